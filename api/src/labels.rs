@@ -1,0 +1,30 @@
+//! Well-known label and annotation keys that deployctl puts on the objects it manages.
+//!
+//! They are part of the API: the CLI, dashboards and users' selectors rely on them.
+
+/// Name of the `ProductionStack` that owns an object.
+pub const STACK: &str = "deployctl.dev/stack";
+/// Name of the stack component an object belongs to.
+pub const COMPONENT: &str = "deployctl.dev/component";
+/// Standard label naming the tool that manages an object.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY`] on everything deployctl creates.
+pub const MANAGED_BY_VALUE: &str = "deployctl";
+/// Annotation on a workload: the digest of the component spec last applied to it.
+/// Comparing it with the desired digest tells whether a component must be rolled.
+pub const SPEC_HASH: &str = "deployctl.dev/spec-hash";
+/// Annotation on a workload (and label on a `ControllerRevision`): the stack revision
+/// number whose component spec the object carries.
+pub const REVISION: &str = "deployctl.dev/revision";
+/// Label on a `ControllerRevision`: the digest of the components it records.
+pub const REVISION_HASH: &str = "deployctl.dev/revision-hash";
+/// Annotation on a `ControllerRevision`: the `metadata.generation` of the stack that
+/// first produced it.
+pub const REVISION_GENERATION: &str = "deployctl.dev/generation";
+
+/// Field manager the controller uses for the children it applies.
+pub const FIELD_MANAGER: &str = "deployctl-controller";
+/// Field manager the controller uses for the stack's status.
+pub const STATUS_FIELD_MANAGER: &str = "deployctl-controller-status";
+/// Finalizer that lets the controller clean up before a stack disappears.
+pub const FINALIZER: &str = "deployctl.dev/cleanup";

@@ -1,0 +1,279 @@
+//! `ProductionStack`: a whole stack (API, database, cache, ...) described as components
+//! with dependencies, rolled out in dependency order by the controller.
+
+use crate::duration::Duration;
+use crate::status::ProductionStackStatus;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default for `spec.rollout.progressDeadline`.
+pub const DEFAULT_PROGRESS_DEADLINE: &str = "10m";
+/// Default for `spec.revisionHistoryLimit`.
+pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
+
+/// A stack of components that deployctl creates and updates in dependency order, keeping
+/// a numbered history of revisions.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "deployctl.dev",
+    version = "v1alpha1",
+    kind = "ProductionStack",
+    plural = "productionstacks",
+    singular = "productionstack",
+    shortname = "pstack",
+    category = "deployctl",
+    namespaced,
+    status = "ProductionStackStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the stack is in its life cycle"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.currentRevision","description":"Revision the spec asks for"}"#,
+    printcolumn = r#"{"name":"Stable","type":"integer","jsonPath":".status.stableRevision","description":"Last revision that rolled out completely"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.readyComponents","description":"Available components out of all"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductionStackSpec {
+    /// The components of the stack. Each becomes a Deployment or StatefulSet (named
+    /// `<stack>-<component>`), with an optional Service and PersistentVolumeClaims.
+    /// Components are created and updated in the order their `dependsOn` gives.
+    #[schemars(length(min = 1, max = 64))]
+    pub components: Vec<Component>,
+
+    /// How new revisions are rolled out.
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+
+    /// How many old revisions (ControllerRevision objects) to keep for history and
+    /// rollback. Defaults to 10. The current and the stable revision are always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub revision_history_limit: Option<i32>,
+
+    /// What happens to the components' PersistentVolumeClaims, and so their data, when
+    /// the stack is deleted. Defaults to `Retain`: data outlives the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_retention: Option<VolumeClaimRetention>,
+}
+
+/// One workload of the stack: an API, a database, a cache, a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    /// Name of the component, unique in the stack; a DNS label (lower case letters,
+    /// digits and `-`). Other components refer to it in `dependsOn`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Kind of workload: `Deployment` (default; stateless, rolled with no loss of
+    /// capacity) or `StatefulSet` (stable identity and one claim per replica).
+    #[serde(default)]
+    pub kind: WorkloadKind,
+
+    /// Number of pods. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: Option<i32>,
+
+    /// Names of components that must be Available before this one is created or
+    /// updated. On rollback the order is reversed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+
+    /// The pod template, as in a Deployment. deployctl adds the labels
+    /// `deployctl.dev/stack` and `deployctl.dev/component` and the volumes of
+    /// `volumeClaims`; everything else is used as written.
+    pub template: PodTemplateSpec,
+
+    /// A Service in front of the component's pods, named like the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+
+    /// Persistent volumes that hold the component's state. Each claim is mounted as a
+    /// pod volume of the same name, so containers refer to it in `volumeMounts`.
+    /// For a Deployment one PersistentVolumeClaim `<stack>-<component>-<name>` is shared
+    /// by its pods; for a StatefulSet they become `volumeClaimTemplates`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claims: Vec<VolumeClaim>,
+}
+
+/// Kind of workload a component runs as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    /// An `apps/v1` Deployment.
+    #[default]
+    Deployment,
+    /// An `apps/v1` StatefulSet.
+    StatefulSet,
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+        })
+    }
+}
+
+/// The Service deployctl creates for a component.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Ports the Service exposes.
+    #[schemars(length(min = 1, max = 100))]
+    pub ports: Vec<ServicePort>,
+}
+
+/// A port of a component's Service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Name of the port; required when there is more than one. Health gates may refer
+    /// to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+
+    /// Port the Service listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Port (number or container port name) on the pods. Defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+/// Transport protocol of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    TCP,
+    /// UDP.
+    UDP,
+    /// SCTP.
+    SCTP,
+}
+
+impl Protocol {
+    /// The protocol as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::TCP => "TCP",
+            Protocol::UDP => "UDP",
+            Protocol::SCTP => "SCTP",
+        }
+    }
+}
+
+/// A persistent volume that holds a component's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaim {
+    /// Name of the pod volume the claim is mounted as; containers use it in `volumeMounts`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Requested size, e.g. `1Gi`.
+    pub size: Quantity,
+
+    /// StorageClass of the claim; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Access modes; defaults to `[ReadWriteOnce]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<AccessMode>,
+}
+
+/// Access mode of a PersistentVolumeClaim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AccessMode {
+    /// Mounted read-write by one node.
+    ReadWriteOnce,
+    /// Mounted read-only by many nodes.
+    ReadOnlyMany,
+    /// Mounted read-write by many nodes.
+    ReadWriteMany,
+    /// Mounted read-write by one pod.
+    ReadWriteOncePod,
+}
+
+impl AccessMode {
+    /// The access mode as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadOnlyMany => "ReadOnlyMany",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+        }
+    }
+}
+
+/// What happens to the components' claims when the stack is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VolumeClaimRetention {
+    /// Keep the PersistentVolumeClaims (and the data) after the stack is gone.
+    #[default]
+    Retain,
+    /// Delete the PersistentVolumeClaims with the stack.
+    Delete,
+}
+
+/// How a new revision of the stack is rolled out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// How long one component may take to become Available after it was applied before
+    /// the rollout is reported as failed (`ProgressDeadlineExceeded`). Defaults to `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Duration>,
+
+    /// While true, no new revision is rolled out: components keep what they run and the
+    /// stack reports `Paused`. A rollout in progress stops after the current component.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+impl RolloutPolicy {
+    /// The progress deadline, with its default.
+    pub fn progress_deadline(&self) -> Duration {
+        self.progress_deadline
+            .clone()
+            .unwrap_or_else(|| Duration::from(DEFAULT_PROGRESS_DEADLINE))
+    }
+}
+
+impl ProductionStackSpec {
+    /// The revision history limit, with its default.
+    pub fn revision_history_limit(&self) -> usize {
+        self.revision_history_limit
+            .unwrap_or(DEFAULT_REVISION_HISTORY_LIMIT)
+            .max(1) as usize
+    }
+
+    /// The component with this name.
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+impl Component {
+    /// Desired replicas, with its default.
+    pub fn replicas(&self) -> i32 {
+        self.replicas.unwrap_or(1)
+    }
+}
+
+/// Name of the workload and Service of a component.
+pub fn child_name(stack: &str, component: &str) -> String {
+    format!("{stack}-{component}")
+}

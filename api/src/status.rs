@@ -1,0 +1,204 @@
+//! `ProductionStack` status: what the controller observed and where the rollout is.
+//!
+//! The rollout state machine lives here (not in controller memory), so a controller that
+//! restarts at any point resumes from the status alone.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a `ProductionStack`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductionStackStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Where the stack is in its life cycle. See the conditions for details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StackPhase>,
+
+    /// Revision number of the components the spec asks for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<i64>,
+
+    /// Last revision that was rolled out completely, to every component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<i64>,
+
+    /// Available components out of all, e.g. `2/3` (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_components: Option<String>,
+
+    /// One line a person can read: what the stack is doing or what is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The rollout in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutState>,
+
+    /// State of each component, in rollout order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentStatus>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, in the kstatus convention that Argo CD and
+    /// Flux read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Life-cycle phase of a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum StackPhase {
+    /// A revision is being rolled out.
+    Progressing,
+    /// Every component runs the current revision and is Available.
+    Healthy,
+    /// `spec.rollout.paused` holds the rollout.
+    Paused,
+    /// Something is wrong with components that were Available (a workload lost
+    /// availability, or the rollout missed its progress deadline).
+    Degraded,
+    /// The spec cannot be rolled out as written; nothing was changed. See the `Stalled`
+    /// condition for the field and the problem.
+    Invalid,
+    /// The stack is being deleted.
+    Terminating,
+}
+
+impl StackPhase {
+    /// Every phase, for metrics that report a count per phase.
+    pub const ALL: [StackPhase; 6] = [
+        StackPhase::Progressing,
+        StackPhase::Healthy,
+        StackPhase::Paused,
+        StackPhase::Degraded,
+        StackPhase::Invalid,
+        StackPhase::Terminating,
+    ];
+
+    /// The phase as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackPhase::Progressing => "Progressing",
+            StackPhase::Healthy => "Healthy",
+            StackPhase::Paused => "Paused",
+            StackPhase::Degraded => "Degraded",
+            StackPhase::Invalid => "Invalid",
+            StackPhase::Terminating => "Terminating",
+        }
+    }
+}
+
+impl std::fmt::Display for StackPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rollout of one revision, step by step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// Revision being rolled out.
+    pub revision: i64,
+
+    /// Revision the stack ran before (the stable revision when the rollout started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<i64>,
+
+    /// Component being rolled now, in dependency order; unset when between components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+
+    /// When the current component was applied (its progress deadline counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_started_at: Option<Time>,
+
+    /// When the rollout started.
+    pub started_at: Time,
+
+    /// Set when the rollout cannot go on by itself (e.g. a missed progress deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Observed state of one component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Component name.
+    pub name: String,
+
+    /// Revision whose spec of this component the workload carries; unset before it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+
+    /// Where the component is.
+    pub phase: ComponentPhase,
+
+    /// Desired pods.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Pods that run the latest pod template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+
+    /// Why the component is in this phase, when it is not Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Life-cycle phase of a component.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ComponentPhase {
+    /// Not created yet.
+    #[default]
+    Pending,
+    /// Waiting for the components it depends on to become Available.
+    WaitingForDependencies,
+    /// Applied; pods are rolling.
+    Progressing,
+    /// Every pod runs the applied template and is available.
+    Available,
+    /// Did not become Available in time, or lost availability.
+    Unavailable,
+}
+
+impl ComponentPhase {
+    /// The phase as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentPhase::Pending => "Pending",
+            ComponentPhase::WaitingForDependencies => "WaitingForDependencies",
+            ComponentPhase::Progressing => "Progressing",
+            ComponentPhase::Available => "Available",
+            ComponentPhase::Unavailable => "Unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ProductionStackStatus {
+    /// The condition of this type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of this type has status `True`.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}

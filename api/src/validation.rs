@@ -1,0 +1,467 @@
+//! Checks of a `ProductionStack` spec that the OpenAPI schema cannot express (dependency
+//! cycles, references to unknown components, duplicate names, conflicting ports, name
+//! lengths, durations), run by the controller before it touches anything.
+//!
+//! Pure: a function of the spec alone, so the CLI can run it too.
+
+use crate::stack::{child_name, Component, ProductionStackSpec, WorkloadKind};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One problem in a spec, with the path of the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.components[1].dependsOn[0]`.
+    pub path: String,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a spec.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Longest object name we derive (`<stack>-<component>`): a Service name is a DNS-1035
+/// label (63), and a StatefulSet's pods get a `controller-revision-hash` label made of
+/// the name plus 11 characters, which must stay within 63.
+const MAX_CHILD_NAME: usize = 52;
+
+/// A validated spec: components in rollout (dependency) order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutOrder(pub Vec<String>);
+
+/// Validates `spec` for a stack named `stack_name`, returning the components in an order
+/// that respects `dependsOn` (ties broken by their order in the spec).
+pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutOrder, InvalidSpec> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, message: String| errors.push(FieldError { path, message });
+
+    if spec.components.is_empty() {
+        err(
+            "spec.components".into(),
+            "at least one component is required".into(),
+        );
+    }
+
+    let mut index_by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, c) in spec.components.iter().enumerate() {
+        let path = format!("spec.components[{i}]");
+        if let Some(first) = index_by_name.insert(&c.name, i) {
+            err(
+                format!("{path}.name"),
+                format!(
+                    "duplicate component name {:?} (also spec.components[{first}])",
+                    c.name
+                ),
+            );
+            index_by_name.insert(&c.name, first);
+        }
+        if !is_dns_label(&c.name) {
+            err(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is not a DNS label: use lower case letters, digits and '-'",
+                    c.name
+                ),
+            );
+        }
+        let child = child_name(stack_name, &c.name);
+        if child.len() > MAX_CHILD_NAME {
+            err(
+                format!("{path}.name"),
+                format!(
+                    "object name {child:?} would be {} characters; stack name plus component name must stay within {MAX_CHILD_NAME}",
+                    child.len()
+                ),
+            );
+        }
+        if c.replicas.is_some_and(|r| r < 0) {
+            err(format!("{path}.replicas"), "must be 0 or more".into());
+        }
+        validate_component(&path, c, &mut err);
+    }
+
+    for (i, c) in spec.components.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for (j, dep) in c.depends_on.iter().enumerate() {
+            let path = format!("spec.components[{i}].dependsOn[{j}]");
+            if dep == &c.name {
+                err(path, format!("component {:?} depends on itself", c.name));
+            } else if !index_by_name.contains_key(dep.as_str()) {
+                let known: Vec<&str> = index_by_name.keys().copied().collect();
+                err(
+                    path,
+                    format!(
+                        "unknown component {dep:?}; known components: {}",
+                        known.join(", ")
+                    ),
+                );
+            } else if !seen.insert(dep) {
+                err(path, format!("{dep:?} is listed twice"));
+            }
+        }
+    }
+
+    if let Some(d) = &spec.rollout.progress_deadline {
+        match d.parse() {
+            Ok(v) if v.is_zero() => err(
+                "spec.rollout.progressDeadline".into(),
+                "must be longer than 0s".into(),
+            ),
+            Ok(_) => {}
+            Err(e) => err("spec.rollout.progressDeadline".into(), e.to_string()),
+        }
+    }
+
+    let order = match topological_order(spec) {
+        Ok(order) => order,
+        Err(cycle) => {
+            err(
+                "spec.components".into(),
+                format!(
+                    "dependency cycle: {}; remove one of these dependsOn entries",
+                    cycle.join(" -> ")
+                ),
+            );
+            Vec::new()
+        }
+    };
+
+    if errors.is_empty() {
+        Ok(RolloutOrder(order))
+    } else {
+        Err(InvalidSpec(errors))
+    }
+}
+
+fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, String)) {
+    let pod = c.template.spec.as_ref();
+    let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
+    if containers.is_empty() {
+        err(
+            format!("{path}.template.spec.containers"),
+            "at least one container is required".into(),
+        );
+    }
+    let mut container_names = BTreeSet::new();
+    for (k, ctr) in containers.iter().enumerate() {
+        if !container_names.insert(ctr.name.as_str()) {
+            err(
+                format!("{path}.template.spec.containers[{k}].name"),
+                format!("duplicate container name {:?}", ctr.name),
+            );
+        }
+    }
+
+    let named_container_ports: BTreeSet<&str> = containers
+        .iter()
+        .flat_map(|ctr| ctr.ports.iter().flatten())
+        .filter_map(|p| p.name.as_deref())
+        .collect();
+
+    if let Some(svc) = &c.service {
+        let mut by_port: BTreeMap<(i32, &str), usize> = BTreeMap::new();
+        let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+        for (k, p) in svc.ports.iter().enumerate() {
+            let ppath = format!("{path}.service.ports[{k}]");
+            let proto = p.protocol.unwrap_or_default().as_str();
+            if let Some(first) = by_port.insert((p.port, proto), k) {
+                err(
+                    format!("{ppath}.port"),
+                    format!(
+                        "port {}/{proto} conflicts with {path}.service.ports[{first}]",
+                        p.port
+                    ),
+                );
+            }
+            match &p.name {
+                Some(name) => {
+                    if let Some(first) = by_name.insert(name, k) {
+                        err(
+                            format!("{ppath}.name"),
+                            format!(
+                                "port name {name:?} conflicts with {path}.service.ports[{first}]"
+                            ),
+                        );
+                    }
+                }
+                None if svc.ports.len() > 1 => err(
+                    format!("{ppath}.name"),
+                    "a name is required when the service has more than one port".into(),
+                ),
+                None => {}
+            }
+            if !(1..=65535).contains(&p.port) {
+                err(format!("{ppath}.port"), "must be between 1 and 65535".into());
+            }
+            if let Some(IntOrString::String(target)) = &p.target_port {
+                if !named_container_ports.contains(target.as_str()) {
+                    err(
+                        format!("{ppath}.targetPort"),
+                        format!(
+                            "no container port is named {target:?}; name it in template.spec.containers[].ports or use a number"
+                        ),
+                    );
+                }
+            }
+            if let Some(IntOrString::Int(n)) = &p.target_port {
+                if !(1..=65535).contains(n) {
+                    err(
+                        format!("{ppath}.targetPort"),
+                        "must be between 1 and 65535".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    let template_volumes: BTreeSet<&str> = pod
+        .and_then(|p| p.volumes.as_ref())
+        .map(|vs| vs.iter().map(|v| v.name.as_str()).collect())
+        .unwrap_or_default();
+    let mounted: BTreeSet<&str> = containers
+        .iter()
+        .flat_map(|ctr| ctr.volume_mounts.iter().flatten())
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut claim_names = BTreeSet::new();
+    for (k, vc) in c.volume_claims.iter().enumerate() {
+        let vpath = format!("{path}.volumeClaims[{k}]");
+        if !claim_names.insert(vc.name.as_str()) {
+            err(
+                format!("{vpath}.name"),
+                format!("duplicate volume claim {:?}", vc.name),
+            );
+        }
+        if template_volumes.contains(vc.name.as_str()) {
+            err(
+                format!("{vpath}.name"),
+                format!(
+                    "{:?} is also declared in template.spec.volumes; remove it there, deployctl adds the volume",
+                    vc.name
+                ),
+            );
+        }
+        if !mounted.contains(vc.name.as_str()) {
+            err(
+                format!("{vpath}.name"),
+                format!(
+                    "no container mounts {:?}; add a volumeMounts entry with this name",
+                    vc.name
+                ),
+            );
+        }
+        if vc.size.0.trim().is_empty() {
+            err(format!("{vpath}.size"), "a size such as 1Gi is required".into());
+        }
+    }
+    if c.kind == WorkloadKind::StatefulSet && c.service.is_none() {
+        // A StatefulSet needs a governing Service name; we give it the component's Service.
+        err(
+            format!("{path}.service"),
+            "a StatefulSet component needs a service (its pods get stable names through it)"
+                .into(),
+        );
+    }
+}
+
+/// Kahn's algorithm with ties broken by spec order, so the rollout order is stable and
+/// predictable for the person who wrote the spec. On a cycle, returns one cycle's names.
+fn topological_order(spec: &ProductionStackSpec) -> Result<Vec<String>, Vec<String>> {
+    let names: Vec<&str> = spec.components.iter().map(|c| c.name.as_str()).collect();
+    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let n = names.len();
+    let mut indegree = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, c) in spec.components.iter().enumerate() {
+        let deps: BTreeSet<usize> = c
+            .depends_on
+            .iter()
+            .filter_map(|d| index.get(d.as_str()).copied())
+            .filter(|&d| d != i)
+            .collect();
+        indegree[i] = deps.len();
+        for d in deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(&i) = ready.iter().next() {
+        ready.remove(&i);
+        order.push(names[i].to_string());
+        for &d in &dependents[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk dependencies from a node left with indegree > 0 until a node repeats.
+    let start = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = spec.components[cur]
+            .depends_on
+            .iter()
+            .filter_map(|d| index.get(d.as_str()).copied())
+            .find(|&d| indegree[d] > 0 && d != cur);
+        let Some(next) = next else { break };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<String> = path[pos..].iter().map(|&p| names[p].to_string()).collect();
+            cycle.push(names[next].to_string());
+            return Err(cycle);
+        }
+        path.push(next);
+        cur = next;
+    }
+    Err(path.iter().map(|&p| names[p].to_string()).collect())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ProductionStackSpec {
+        serde_yaml_ng::from_str(yaml).expect("test fixture parses")
+    }
+
+    const CONTAINER: &str = "{spec: {containers: [{name: app, image: x}]}}";
+
+    fn three(deps_api: &str, deps_db: &str) -> ProductionStackSpec {
+        spec(&format!(
+            "components:
+- {{name: api, dependsOn: {deps_api}, template: {CONTAINER}}}
+- {{name: cache, template: {CONTAINER}}}
+- {{name: db, dependsOn: {deps_db}, template: {CONTAINER}}}
+"
+        ))
+    }
+
+    fn paths(e: InvalidSpec) -> Vec<String> {
+        e.0.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn orders_by_dependencies_then_spec_order() {
+        let order = validate("shop", &three("[db, cache]", "[]")).unwrap();
+        assert_eq!(order.0, vec!["cache", "db", "api"]);
+    }
+
+    #[test]
+    fn refuses_a_cycle_and_names_it() {
+        let e = validate("shop", &three("[db]", "[api]")).unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["spec.components"]);
+        let msg = e.to_string();
+        assert!(msg.contains("dependency cycle"), "{msg}");
+        assert!(msg.contains("api") && msg.contains("db"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_unknown_self_and_repeated_dependencies() {
+        let e = validate("shop", &three("[search]", "[db]")).unwrap_err();
+        let p = paths(e.clone());
+        assert!(p.contains(&"spec.components[0].dependsOn[0]".to_string()), "{p:?}");
+        assert!(p.contains(&"spec.components[2].dependsOn[0]".to_string()), "{p:?}");
+        assert!(e.to_string().contains("unknown component \"search\""));
+        assert!(e.to_string().contains("depends on itself"));
+        let e = validate("shop", &three("[db, db]", "[]")).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].dependsOn[1]"]);
+    }
+
+    #[test]
+    fn refuses_duplicate_components() {
+        let s = spec(&format!(
+            "components: [{{name: a, template: {CONTAINER}}}, {{name: a, template: {CONTAINER}}}]"
+        ));
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["spec.components[1].name"]);
+        assert!(e.to_string().contains("also spec.components[0]"));
+    }
+
+    #[test]
+    fn refuses_conflicting_ports() {
+        let s = spec(&format!(
+            "components:
+- name: api
+  template: {CONTAINER}
+  service: {{ports: [{{name: http, port: 80}}, {{name: http, port: 80}}, {{port: 81}}]}}"
+        ));
+        let p = paths(validate("shop", &s).unwrap_err());
+        assert!(p.contains(&"spec.components[0].service.ports[1].port".into()), "{p:?}");
+        assert!(p.contains(&"spec.components[0].service.ports[1].name".into()), "{p:?}");
+        assert!(p.contains(&"spec.components[0].service.ports[2].name".into()), "{p:?}");
+    }
+
+    #[test]
+    fn refuses_unknown_named_target_port() {
+        let s = spec(
+            "components:
+- name: api
+  template: {spec: {containers: [{name: app, image: x, ports: [{name: web, containerPort: 8080}]}]}}
+  service: {ports: [{port: 80, targetPort: http}]}",
+        );
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].service.ports[0].targetPort"]);
+    }
+
+    #[test]
+    fn refuses_bad_durations_and_long_names() {
+        let mut s = three("[]", "[]");
+        s.rollout.progress_deadline = Some("10 minutes".into());
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.rollout.progressDeadline"]);
+        let long = "x".repeat(50);
+        let e = validate(&long, &three("[]", "[]")).unwrap_err();
+        assert_eq!(e.0.len(), 3);
+        assert!(e.to_string().contains("must stay within 52"));
+    }
+
+    #[test]
+    fn checks_volume_claims_against_the_template() {
+        let s = spec(
+            "components:
+- name: db
+  kind: StatefulSet
+  service: {ports: [{port: 8080}]}
+  template: {spec: {containers: [{name: app, image: x, volumeMounts: [{name: data, mountPath: /data}]}]}}
+  volumeClaims: [{name: data, size: 1Gi}, {name: logs, size: 1Gi}]",
+        );
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["spec.components[0].volumeClaims[1].name"]);
+        assert!(e.to_string().contains("no container mounts \"logs\""));
+    }
+
+    #[test]
+    fn statefulset_needs_a_service() {
+        let s = spec(&format!("components: [{{name: db, kind: StatefulSet, template: {CONTAINER}}}]"));
+        assert_eq!(paths(validate("shop", &s).unwrap_err()), vec!["spec.components[0].service"]);
+    }
+}

@@ -43,7 +43,11 @@ pub fn set(
     now: &Time,
 ) {
     let status = if status { "True" } else { "False" }.to_string();
-    let message = message.into();
+    // The API server refuses an empty message (it arrives as null), and a reader wants a
+    // sentence anyway: fall back to the reason.
+    let message = Some(message.into())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| reason.to_string());
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {

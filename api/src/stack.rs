@@ -64,7 +64,10 @@ pub struct ProductionStackSpec {
 pub struct Component {
     /// Name of the component, unique in the stack; a DNS label (lower case letters,
     /// digits and `-`). Other components refer to it in `dependsOn`.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Kind of workload: `Deployment` (default; stateless, rolled with no loss of
@@ -178,7 +181,10 @@ impl Protocol {
 #[serde(rename_all = "camelCase")]
 pub struct VolumeClaim {
     /// Name of the pod volume the claim is mounted as; containers use it in `volumeMounts`.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Requested size, e.g. `1Gi`.

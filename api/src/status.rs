@@ -23,6 +23,10 @@ pub struct ProductionStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<i64>,
 
+    /// Digest of the components of `currentRevision` (names its ControllerRevision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision_hash: Option<String>,
+
     /// Last revision that was rolled out completely, to every component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<i64>,

@@ -206,7 +206,10 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
                 None => {}
             }
             if !(1..=65535).contains(&p.port) {
-                err(format!("{ppath}.port"), "must be between 1 and 65535".into());
+                err(
+                    format!("{ppath}.port"),
+                    "must be between 1 and 65535".into(),
+                );
             }
             if let Some(IntOrString::String(target)) = &p.target_port {
                 if !named_container_ports.contains(target.as_str()) {
@@ -266,15 +269,17 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             );
         }
         if vc.size.0.trim().is_empty() {
-            err(format!("{vpath}.size"), "a size such as 1Gi is required".into());
+            err(
+                format!("{vpath}.size"),
+                "a size such as 1Gi is required".into(),
+            );
         }
     }
     if c.kind == WorkloadKind::StatefulSet && c.service.is_none() {
         // A StatefulSet needs a governing Service name; we give it the component's Service.
         err(
             format!("{path}.service"),
-            "a StatefulSet component needs a service (its pods get stable names through it)"
-                .into(),
+            "a StatefulSet component needs a service (its pods get stable names through it)".into(),
         );
     }
 }
@@ -326,7 +331,8 @@ fn topological_order(spec: &ProductionStackSpec) -> Result<Vec<String>, Vec<Stri
             .find(|&d| indegree[d] > 0 && d != cur);
         let Some(next) = next else { break };
         if let Some(pos) = path.iter().position(|&p| p == next) {
-            let mut cycle: Vec<String> = path[pos..].iter().map(|&p| names[p].to_string()).collect();
+            let mut cycle: Vec<String> =
+                path[pos..].iter().map(|&p| names[p].to_string()).collect();
             cycle.push(names[next].to_string());
             return Err(cycle);
         }
@@ -388,8 +394,14 @@ mod tests {
     fn refuses_unknown_self_and_repeated_dependencies() {
         let e = validate("shop", &three("[search]", "[db]")).unwrap_err();
         let p = paths(e.clone());
-        assert!(p.contains(&"spec.components[0].dependsOn[0]".to_string()), "{p:?}");
-        assert!(p.contains(&"spec.components[2].dependsOn[0]".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"spec.components[0].dependsOn[0]".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"spec.components[2].dependsOn[0]".to_string()),
+            "{p:?}"
+        );
         assert!(e.to_string().contains("unknown component \"search\""));
         assert!(e.to_string().contains("depends on itself"));
         let e = validate("shop", &three("[db, db]", "[]")).unwrap_err();
@@ -415,9 +427,18 @@ mod tests {
   service: {{ports: [{{name: http, port: 80}}, {{name: http, port: 80}}, {{port: 81}}]}}"
         ));
         let p = paths(validate("shop", &s).unwrap_err());
-        assert!(p.contains(&"spec.components[0].service.ports[1].port".into()), "{p:?}");
-        assert!(p.contains(&"spec.components[0].service.ports[1].name".into()), "{p:?}");
-        assert!(p.contains(&"spec.components[0].service.ports[2].name".into()), "{p:?}");
+        assert!(
+            p.contains(&"spec.components[0].service.ports[1].port".into()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"spec.components[0].service.ports[1].name".into()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"spec.components[0].service.ports[2].name".into()),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -429,7 +450,10 @@ mod tests {
   service: {ports: [{port: 80, targetPort: http}]}",
         );
         let e = validate("shop", &s).unwrap_err();
-        assert_eq!(paths(e), vec!["spec.components[0].service.ports[0].targetPort"]);
+        assert_eq!(
+            paths(e),
+            vec!["spec.components[0].service.ports[0].targetPort"]
+        );
     }
 
     #[test]
@@ -455,13 +479,21 @@ mod tests {
   volumeClaims: [{name: data, size: 1Gi}, {name: logs, size: 1Gi}]",
         );
         let e = validate("shop", &s).unwrap_err();
-        assert_eq!(paths(e.clone()), vec!["spec.components[0].volumeClaims[1].name"]);
+        assert_eq!(
+            paths(e.clone()),
+            vec!["spec.components[0].volumeClaims[1].name"]
+        );
         assert!(e.to_string().contains("no container mounts \"logs\""));
     }
 
     #[test]
     fn statefulset_needs_a_service() {
-        let s = spec(&format!("components: [{{name: db, kind: StatefulSet, template: {CONTAINER}}}]"));
-        assert_eq!(paths(validate("shop", &s).unwrap_err()), vec!["spec.components[0].service"]);
+        let s = spec(&format!(
+            "components: [{{name: db, kind: StatefulSet, template: {CONTAINER}}}]"
+        ));
+        assert_eq!(
+            paths(validate("shop", &s).unwrap_err()),
+            vec!["spec.components[0].service"]
+        );
     }
 }

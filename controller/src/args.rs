@@ -1,0 +1,116 @@
+//! Command-line and environment configuration of the controller: one clap struct, every
+//! option with an `env` fallback so the chart can set it either way.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// deployctl controller: rolls ProductionStacks out in dependency order.
+#[derive(Debug, Parser)]
+#[command(name = "deployctl-controller", version, about)]
+pub struct Args {
+    /// What to run; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `run`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (the default).
+    Run,
+    /// Print the CustomResourceDefinitions as YAML.
+    Crdgen,
+}
+
+/// Options of the controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Kubeconfig file; in-cluster configuration or $KUBECONFIG when omitted.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use.
+    #[arg(long, env = "DEPLOYCTL_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Watch only this namespace (all namespaces when omitted).
+    #[arg(long, env = "DEPLOYCTL_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "DEPLOYCTL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "DEPLOYCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Take a Lease before reconciling, so several replicas can run and only one writes.
+    #[arg(long, env = "DEPLOYCTL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "DEPLOYCTL_LEASE_NAME",
+        default_value = "deployctl-controller"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease (the watched namespace, else the pod's
+    /// namespace, else `default`).
+    #[arg(long, env = "DEPLOYCTL_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader's Lease is valid without renewal; another replica takes over
+    /// after it expires.
+    #[arg(long, env = "DEPLOYCTL_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: deployctl_api::Duration,
+
+    /// This replica's identity in the Lease (the pod name, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Namespace the controller runs in (for the Lease default).
+    #[arg(long, env = "POD_NAMESPACE", hide = true)]
+    pub pod_namespace: Option<String>,
+
+    /// How often a Healthy stack is re-checked even without a change.
+    #[arg(long, env = "DEPLOYCTL_RESYNC", default_value = "5m")]
+    pub resync: deployctl_api::Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl RunArgs {
+    /// Namespace of the Lease.
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| self.namespace.clone())
+            .or_else(|| self.pod_namespace.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! What every reconcile shares: the API client, metrics, the Event recorder and settings.
+
+use crate::metrics::Metrics;
+use deployctl_api::ProductionStack;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared state of the controller.
+#[derive(Clone)]
+pub struct Context {
+    /// Client to the API server.
+    pub client: Client,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Records Kubernetes Events on stacks.
+    pub recorder: Recorder,
+    /// How often Healthy stacks are re-checked.
+    pub resync: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("resync", &self.resync)
+            .finish()
+    }
+}
+
+impl Context {
+    /// A context for `client`, recording Events as `identity`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str, resync: Duration) -> Self {
+        let reporter = Reporter {
+            controller: "deployctl-controller".into(),
+            instance: Some(identity.to_string()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            resync,
+        }
+    }
+
+    /// Records an Event on the stack; a failure to record is logged, never fatal.
+    pub async fn event(&self, stack: &ProductionStack, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &stack.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not record an Event");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// The current time, as Kubernetes writes it.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}

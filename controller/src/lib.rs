@@ -1,0 +1,198 @@
+//! The deployctl controller: reconciles `ProductionStack` resources, rolling their
+//! components out in dependency order and keeping a revision history.
+//!
+//! `main.rs` only parses arguments; [`run`] wires the pieces: the API client, the metrics
+//! server, leader election and the kube-runtime `Controller`.
+
+pub mod args;
+pub mod context;
+pub mod crdgen;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod server;
+
+use anyhow::Context as _;
+use args::{LogFormat, RunArgs};
+use deployctl_api::{labels, ProductionStack};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Config};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Sets up logging once for the process.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,tower=warn,hyper=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A client from `--kubeconfig`/`--context`, else the in-cluster or default config.
+pub async fn client(args: &RunArgs) -> anyhow::Result<Client> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs the controller until SIGTERM/SIGINT (exit 0) or until leadership is lost (error).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = client(&args).await?;
+    let identity = args.identity();
+    let resync = args.resync.parse().context("--resync")?;
+    let lease_duration = args.lease_duration.parse().context("--lease-duration")?;
+
+    let stacks: Api<ProductionStack> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    if let Err(e) = stacks.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list ProductionStacks ({e}); is the CRD installed? kubectl apply --server-side -f manifests/crds/"
+        );
+    }
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let health = Arc::new(server::Health::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    let server = {
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(server::serve(
+            args.metrics_addr,
+            metrics.clone(),
+            health.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ))
+    };
+
+    let elector = args.leader_elect.then(|| {
+        leader::LeaderElector::new(
+            client.clone(),
+            &args.lease_namespace(),
+            &args.lease_name,
+            &identity,
+            lease_duration,
+        )
+    });
+    // A standby replica is ready: it serves metrics and waits for the Lease.
+    health.ready.store(true, Ordering::Relaxed);
+    if let Some(e) = &elector {
+        tracing::info!(identity, "waiting for the leader Lease");
+        if !e.acquire(&mut shutdown_rx.clone()).await {
+            let _ = server.await;
+            return Ok(());
+        }
+    }
+    metrics.set_leader(true);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lost = {
+        let elector = elector.clone();
+        let mut rx = shutdown_rx.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let kept = match &elector {
+                Some(e) => e.keep(&mut rx).await,
+                None => {
+                    let _ = rx.wait_for(|s| *s).await;
+                    true
+                }
+            };
+            let _ = stop_tx.send(true);
+            !kept
+        })
+    };
+
+    let ctx = Arc::new(context::Context::new(
+        client.clone(),
+        metrics.clone(),
+        &identity,
+        resync,
+    ));
+    let children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+    let (deployments, statefulsets): (Api<Deployment>, Api<StatefulSet>) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let mut stop = stop_rx.clone();
+    tracing::info!(namespace = ?args.namespace, "controller started");
+    Controller::new(stacks, watcher::Config::default())
+        .owns(deployments, children.clone())
+        .owns(statefulsets, children)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(stack = %obj.name, "reconciled"),
+                // error_policy already logged it with its category.
+                Err(_) => {}
+            }
+        })
+        .await;
+
+    let lost_leadership = lost.await.unwrap_or(false);
+    metrics.set_leader(false);
+    if lost_leadership {
+        anyhow::bail!("lost the leader Lease; exiting so that a fresh start re-joins the election");
+    }
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

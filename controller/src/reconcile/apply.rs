@@ -1,0 +1,133 @@
+//! Applies a component's objects with server-side apply under deployctl's field manager,
+//! never forcing: a field owned by another manager is reported as a conflict, not
+//! overwritten.
+
+use crate::error::{Error, Result};
+use crate::reconcile::build::{ComponentObjects, Workload};
+use deployctl_api::labels::FIELD_MANAGER;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+
+/// Applies the claims, then the Service, then the workload (so pods never start without
+/// their volumes), and removes a workload of the other kind left from an earlier spec.
+pub async fn component(client: &Client, ns: &str, objects: &ComponentObjects) -> Result<()> {
+    for claim in &objects.claims {
+        ensure_claim(client, ns, claim).await?;
+    }
+    if let Some(svc) = &objects.service {
+        apply(client, ns, "Service", svc).await?;
+    }
+    match &objects.workload {
+        Workload::Deployment(d) => {
+            remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
+            apply(client, ns, "Deployment", d.as_ref()).await
+        }
+        Workload::StatefulSet(s) => {
+            remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
+            apply(client, ns, "StatefulSet", s.as_ref()).await
+        }
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, kind: &'static str, obj: &K) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(obj)?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
+            kind,
+            name,
+            message: e.message,
+        }),
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(Error::ChildInvalid {
+            kind,
+            name,
+            message: e.message,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Claims are created once and then left alone: their spec is immutable, and re-applying
+/// a changed size or class would only fail. Their data is the point.
+async fn ensure_claim(client: &Client, ns: &str, claim: &PersistentVolumeClaim) -> Result<()> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let name = claim.name_any();
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            claim,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(Error::ChildInvalid {
+            kind: "PersistentVolumeClaim",
+            name,
+            message: e.message,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn remove_other_kind<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    owner: &impl Resource,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = owner
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| existing.owner_references().iter().any(|e| e.uid == o.uid));
+    if ours {
+        match api.delete(name, &DeleteParams::foreground()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

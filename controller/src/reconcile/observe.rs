@@ -1,0 +1,227 @@
+//! Reads what the cluster runs for each component: the workload's deployctl annotations,
+//! its rollout progress, and, when it is not available, why (pod waiting reasons), so the
+//! status tells a person at 3 a.m. what is wrong without a second command.
+
+use crate::error::Result;
+use crate::reconcile::build::selector_labels;
+use crate::reconcile::plan::WorkloadState;
+use deployctl_api::{child_name, labels, ProductionStack, WorkloadKind};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+
+/// Observes every component's workload (absent from the map when it does not exist).
+pub async fn workloads(
+    client: &Client,
+    stack: &ProductionStack,
+) -> Result<BTreeMap<String, WorkloadState>> {
+    let ns = stack.namespace().unwrap_or_default();
+    let stack_name = stack.name_any();
+    let mut out = BTreeMap::new();
+    for c in &stack.spec.components {
+        let name = child_name(&stack_name, &c.name);
+        let state = match c.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+                .filter(|d| owned_by(d.owner_references(), stack))
+                .map(|d| deployment_state(&d)),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+                .filter(|s| owned_by(s.owner_references(), stack))
+                .map(|s| statefulset_state(&s)),
+        };
+        if let Some(mut state) = state {
+            if !state.available {
+                let pods = pod_problems(client, &ns, &stack_name, &c.name).await?;
+                if pods.is_some() {
+                    state.message = pods;
+                }
+            }
+            out.insert(c.name.clone(), state);
+        }
+    }
+    Ok(out)
+}
+
+fn owned_by(
+    refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+    stack: &ProductionStack,
+) -> bool {
+    refs.iter()
+        .any(|o| Some(&o.uid) == stack.metadata.uid.as_ref())
+}
+
+fn annotations<K: ResourceExt>(o: &K) -> (Option<String>, Option<i64>) {
+    let a = o.annotations();
+    (
+        a.get(labels::SPEC_HASH).cloned(),
+        a.get(labels::REVISION).and_then(|r| r.parse().ok()),
+    )
+}
+
+/// Rollout progress of a Deployment, as `kubectl rollout status` judges it.
+pub fn deployment_state(d: &Deployment) -> WorkloadState {
+    let (spec_hash, revision) = annotations(d);
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let seen = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let available_pods = st.available_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let available = seen && updated == want && available_pods >= want && total == want;
+    let message = (!available).then(|| {
+        st.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .and_then(|c| c.message.clone())
+            .unwrap_or_else(|| {
+                format!("{updated} of {want} pods updated, {available_pods} available")
+            })
+    });
+    WorkloadState {
+        kind: WorkloadKind::Deployment,
+        spec_hash,
+        revision,
+        replicas: want,
+        ready_replicas: st.ready_replicas.unwrap_or(0),
+        updated_replicas: updated,
+        available,
+        message,
+    }
+}
+
+/// Rollout progress of a StatefulSet, as `kubectl rollout status` judges it.
+pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
+    let (spec_hash, revision) = annotations(s);
+    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = s.status.clone().unwrap_or_default();
+    let seen = st.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let same_revision = st.update_revision.is_none() || st.update_revision == st.current_revision;
+    let available = seen
+        && ready == want
+        && st.replicas == want
+        && (want == 0 || (updated == want && same_revision));
+    WorkloadState {
+        kind: WorkloadKind::StatefulSet,
+        spec_hash,
+        revision,
+        replicas: want,
+        ready_replicas: ready,
+        updated_replicas: updated,
+        available,
+        message: (!available).then(|| format!("{ready} of {want} pods ready, {updated} updated")),
+    }
+}
+
+/// The first pod problem worth telling a person (image pull, crash loop, not ready).
+async fn pod_problems(
+    client: &Client,
+    ns: &str,
+    stack: &str,
+    component: &str,
+) -> Result<Option<String>> {
+    let selector = selector_labels(stack, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(pods.items.iter().find_map(pod_problem))
+}
+
+/// Describes what is wrong with a pod, if anything.
+pub fn pod_problem(p: &Pod) -> Option<String> {
+    let name = p.name_any();
+    let st = p.status.as_ref()?;
+    for cs in st.container_statuses.iter().flatten() {
+        if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.clone().unwrap_or_default();
+            if reason != "ContainerCreating" && !reason.is_empty() {
+                let restarts = if cs.restart_count > 0 {
+                    format!(" (restarted {} times)", cs.restart_count)
+                } else {
+                    String::new()
+                };
+                let msg = w
+                    .message
+                    .clone()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "pod {name}: container {} {reason}{restarts}{msg}",
+                    cs.name
+                ));
+            }
+        }
+        if !cs.ready && cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some() {
+            return Some(format!(
+                "pod {name}: container {} is running but not ready",
+                cs.name
+            ));
+        }
+    }
+    if st.phase.as_deref() == Some("Pending") {
+        if let Some(c) = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        {
+            return Some(format!(
+                "pod {name} is not scheduled: {}",
+                c.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_is_available_only_when_fully_rolled() {
+        let mut d: Deployment = serde_yaml_ng::from_str(
+            "metadata: {name: x, generation: 2, annotations: {deployctl.dev/spec-hash: h, deployctl.dev/revision: '3'}}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 3, updatedReplicas: 2, availableReplicas: 2, readyReplicas: 3}",
+        )
+        .unwrap();
+        let s = deployment_state(&d);
+        assert!(!s.available, "an old pod is still there");
+        assert_eq!((s.spec_hash.as_deref(), s.revision), (Some("h"), Some(3)));
+        d.status.as_mut().unwrap().replicas = Some(2);
+        assert!(deployment_state(&d).available);
+        d.metadata.generation = Some(3);
+        assert!(
+            !deployment_state(&d).available,
+            "the Deployment controller has not seen the spec"
+        );
+    }
+
+    #[test]
+    fn pod_problem_names_the_waiting_reason() {
+        let p: Pod = serde_yaml_ng::from_str(
+            "metadata: {name: shop-api-1}
+status:
+  phase: Pending
+  containerStatuses:
+  - {name: api, image: x, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ImagePullBackOff, message: 'Back-off pulling image x'}}}",
+        )
+        .unwrap();
+        assert_eq!(
+            pod_problem(&p).as_deref(),
+            Some("pod shop-api-1: container api ImagePullBackOff: Back-off pulling image x")
+        );
+    }
+}

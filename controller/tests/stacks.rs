@@ -1,0 +1,513 @@
+//! A ProductionStack on the real control plane with the simulated node: creation in
+//! dependency order, revisions, invalid specs, deletion.
+
+mod support;
+
+use deployctl_api::{labels, ProductionStack, StackPhase};
+use deployctl_harness::{require_sim_node, shared};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn count<K>(api: &Api<K>) -> usize
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + kube::Resource,
+{
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn three_components_come_up_in_dependency_order_and_reach_ready() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("deps-order").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
+
+    // Watch workloads from before the stack exists, and record, for each workload the
+    // moment it first appears, which workloads were already fully available.
+    let avail_dep = |d: &Deployment| {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        d.status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            >= want
+    };
+    let avail_sts = |s: &StatefulSet| {
+        let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        s.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+            >= want
+    };
+    let mut dep_events = watcher(deployments.clone(), watcher::Config::default()).boxed();
+    let mut sts_events = watcher(statefulsets.clone(), watcher::Config::default()).boxed();
+
+    stacks
+        .create(&PostParams::default(), &three_tier("shop", "v1", "Delete"))
+        .await
+        .expect("stack is created");
+
+    let mut available: BTreeMap<String, bool> = BTreeMap::new();
+    let mut seen_when_created: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while available.values().filter(|a| **a).count() < 3 {
+        let (name, is_avail) = tokio::select! {
+            Some(Ok(ev)) = dep_events.next() => match ev {
+                watcher::Event::Apply(d) | watcher::Event::InitApply(d) => (d.name_any(), avail_dep(&d)),
+                _ => continue,
+            },
+            Some(Ok(ev)) = sts_events.next() => match ev {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s.name_any(), avail_sts(&s)),
+                _ => continue,
+            },
+            _ = tokio::time::sleep_until(deadline) => panic!(
+                "workloads did not all become available; seen: {available:?}; stack: {:?}",
+                stacks.get("shop").await.ok().and_then(|s| s.status)
+            ),
+        };
+        seen_when_created.entry(name.clone()).or_insert_with(|| {
+            available
+                .iter()
+                .filter(|(_, a)| **a)
+                .map(|(n, _)| n.clone())
+                .collect()
+        });
+        available.insert(name, is_avail);
+    }
+    let api_saw = &seen_when_created["shop-api"];
+    assert!(
+        api_saw.contains(&"shop-db".to_string()) && api_saw.contains(&"shop-cache".to_string()),
+        "shop-api was created before its dependencies were available; available then: {api_saw:?}"
+    );
+
+    let s = wait_stack(&stacks, "shop", "Ready", READY_TIMEOUT, is_ready).await;
+    let st = s.status.unwrap();
+    assert_eq!(st.phase, Some(StackPhase::Healthy));
+    assert_eq!(
+        (st.current_revision, st.stable_revision),
+        (Some(1), Some(1))
+    );
+    assert_eq!(st.ready_components.as_deref(), Some("3/3"));
+    let order: Vec<&str> = st.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        order,
+        vec!["cache", "db", "api"],
+        "status lists components in rollout order"
+    );
+    assert_eq!(st.condition("Reconciling").unwrap().status, "False");
+    assert_eq!(st.condition("Stalled").unwrap().status, "False");
+
+    // The children carry owner references and deployctl's labels.
+    let api_svc = Api::<Service>::namespaced(client.clone(), ns.name())
+        .get("shop-api")
+        .await
+        .unwrap();
+    assert_eq!(
+        api_svc.owner_references()[0].uid,
+        s.metadata.uid.clone().unwrap()
+    );
+    assert_eq!(api_svc.labels()[labels::MANAGED_BY], "deployctl");
+    let events: Api<Event> = Api::namespaced(client.clone(), ns.name());
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in [
+        "RevisionCreated",
+        "RolloutStarted",
+        "ComponentApplied",
+        "RolloutComplete",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} Event; saw {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_spec_change_makes_a_new_revision_and_updates_only_what_changed() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("revisions").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .create(&PostParams::default(), &three_tier("shop", "v1", "Delete"))
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Ready", READY_TIMEOUT, is_ready).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
+    let cache_before = deployments.get("shop-cache").await.unwrap();
+    let db_before = statefulsets.get("shop-db").await.unwrap();
+    let api_before = deployments.get("shop-api").await.unwrap();
+
+    // Change only the api image, as a user would with kubectl apply.
+    let mut changed = stacks.get("shop").await.unwrap();
+    let api = changed
+        .spec
+        .components
+        .iter_mut()
+        .find(|c| c.name == "api")
+        .unwrap();
+    api.template.spec.as_mut().unwrap().containers[0].image =
+        Some("deployctl.dev/demo-app:v3".into());
+    changed.metadata.managed_fields = None;
+    stacks
+        .replace("shop", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+
+    let s = wait_stack(&stacks, "shop", "Ready on revision 2", READY_TIMEOUT, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(2)
+    })
+    .await;
+    let st = s.status.unwrap();
+    assert_eq!(st.current_revision, Some(2));
+
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns.name());
+    let mut numbers: Vec<i64> = revisions
+        .list(&ListParams::default().labels(&format!("{}=shop", labels::STACK)))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        vec![1, 2],
+        "one ControllerRevision per distinct spec"
+    );
+
+    let cache_after = deployments.get("shop-cache").await.unwrap();
+    let db_after = statefulsets.get("shop-db").await.unwrap();
+    let api_after = deployments.get("shop-api").await.unwrap();
+    assert_eq!(
+        cache_after.metadata.generation, cache_before.metadata.generation,
+        "cache untouched"
+    );
+    assert_eq!(
+        db_after.metadata.generation, db_before.metadata.generation,
+        "db untouched"
+    );
+    assert!(
+        api_after.metadata.generation > api_before.metadata.generation,
+        "api updated"
+    );
+    assert_eq!(
+        api_after
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .as_deref(),
+        Some("deployctl.dev/demo-app:v3")
+    );
+    assert_eq!(api_after.annotations()[labels::REVISION], "2");
+    assert_eq!(cache_after.annotations()[labels::REVISION], "1");
+    let by_name: BTreeMap<_, _> = st
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.revision))
+        .collect();
+    assert_eq!(by_name["api"], Some(2));
+    assert_eq!(by_name["cache"], Some(1));
+
+    // Going back to the first spec reuses revision 1 instead of minting a third.
+    let mut back = stacks.get("shop").await.unwrap();
+    let api = back
+        .spec
+        .components
+        .iter_mut()
+        .find(|c| c.name == "api")
+        .unwrap();
+    api.template.spec.as_mut().unwrap().containers[0].image =
+        Some("deployctl.dev/demo-app:v1".into());
+    back.metadata.managed_fields = None;
+    stacks
+        .replace("shop", &PostParams::default(), &back)
+        .await
+        .unwrap();
+    let s = wait_stack(&stacks, "shop", "Ready on revision 1", READY_TIMEOUT, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.current_revision) == Some(1)
+    })
+    .await;
+    assert_eq!(s.status.unwrap().stable_revision, Some(1));
+    assert_eq!(count(&revisions).await, 2);
+}
+
+/// Specs the schema accepts but the controller must refuse, each with the field path the
+/// message must name.
+fn invalid_cases() -> Vec<(&'static str, String, &'static str)> {
+    let t = demo_template("v1", "");
+    let plain = "{spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}";
+    vec![
+        (
+            "cycle",
+            format!("  components:\n  - {{name: a, dependsOn: [b], template: {plain}}}\n  - {{name: b, dependsOn: [a], template: {plain}}}\n"),
+            "dependency cycle",
+        ),
+        (
+            "unknown-dep",
+            format!("  components:\n  - {{name: a, dependsOn: [search], template: {plain}}}\n"),
+            "spec.components[0].dependsOn[0]: unknown component \"search\"",
+        ),
+        (
+            "duplicate",
+            format!("  components:\n  - {{name: a, template: {plain}}}\n  - {{name: a, template: {plain}}}\n"),
+            "spec.components[1].name: duplicate component name",
+        ),
+        (
+            "ports",
+            format!("  components:\n  - {{name: a, template: {plain}, service: {{ports: [{{name: http, port: 80}}, {{name: web, port: 80}}]}}}}\n"),
+            "spec.components[0].service.ports[1].port: port 80/TCP conflicts",
+        ),
+        (
+            "claim-unmounted",
+            format!("  components:\n  - {{name: a, template: {plain}, volumeClaims: [{{name: data, size: 1Mi}}]}}\n"),
+            "spec.components[0].volumeClaims[0].name: no container mounts",
+        ),
+        (
+            "zero-deadline",
+            format!("  rollout: {{progressDeadline: 0s}}\n  components:\n  - {{name: a, template: {t}, volumeClaims: [{{name: data, size: 1Mi}}]}}\n"),
+            "spec.rollout.progressDeadline: must be longer than 0s",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() {
+    let env = shared();
+    let client = install_crd(env).await;
+    let ns = env.namespace("invalid").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    for (name, body, _) in invalid_cases() {
+        stacks
+            .create(&PostParams::default(), &stack_yaml(name, &body))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the API server accepts the object: {e}"));
+    }
+    for (name, _, expected) in invalid_cases() {
+        let s = wait_stack(&stacks, name, "Stalled", Duration::from_secs(30), |s| {
+            s.status.as_ref().is_some_and(|st| st.is_true("Stalled"))
+        })
+        .await;
+        let st = s.status.unwrap();
+        let stalled = st.condition("Stalled").unwrap();
+        assert_eq!(stalled.reason, "InvalidSpec", "{name}");
+        assert!(
+            stalled.message.contains(expected),
+            "{name}: {:?} lacks {expected:?}",
+            stalled.message
+        );
+        assert_eq!(st.phase, Some(StackPhase::Invalid), "{name}");
+        assert_eq!(st.condition("Ready").unwrap().status, "False");
+        assert_eq!(stalled.observed_generation, s.metadata.generation);
+    }
+    // Nothing was applied for any of them.
+    assert_eq!(
+        count(&Api::<Deployment>::namespaced(client.clone(), ns.name())).await,
+        0
+    );
+    assert_eq!(
+        count(&Api::<StatefulSet>::namespaced(client.clone(), ns.name())).await,
+        0
+    );
+    assert_eq!(
+        count(&Api::<Service>::namespaced(client.clone(), ns.name())).await,
+        0
+    );
+    assert_eq!(
+        count(&Api::<PersistentVolumeClaim>::namespaced(
+            client.clone(),
+            ns.name()
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&Api::<ControllerRevision>::namespaced(
+            client.clone(),
+            ns.name()
+        ))
+        .await,
+        0
+    );
+    // An Event says the same, once per stack.
+    let events: Api<Event> = Api::namespaced(client.clone(), ns.name());
+    let warnings: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        .collect();
+    for (name, _, expected) in invalid_cases() {
+        let e = warnings
+            .iter()
+            .find(|e| e.involved_object.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no InvalidSpec Event for {name}"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert!(
+            e.message.as_deref().unwrap_or_default().contains(expected),
+            "{name}: {:?}",
+            e.message
+        );
+    }
+
+    // What the schema can check is refused by the API server itself, naming the field.
+    let bad = stack_yaml(
+        "bad-duration",
+        "  rollout: {progressDeadline: 10 minutes}\n  components:\n  - {name: a, template: {spec: {containers: [{name: app, image: x}]}}}\n",
+    );
+    let err = stacks
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.rollout.progressDeadline"), "{err}");
+    let bad = stack_yaml("bad-name", "  components:\n  - {name: Not_A_Label, template: {spec: {containers: [{name: app, image: x}]}}}\n");
+    let err = stacks
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.components[0].name") || err.contains("spec.components.name"),
+        "{err}"
+    );
+
+    // Fixing the spec makes the stack go on.
+    let mut fixed = stacks.get("unknown-dep").await.unwrap();
+    fixed.spec.components[0].depends_on.clear();
+    fixed.spec.components[0].replicas = Some(0);
+    fixed.metadata.managed_fields = None;
+    stacks
+        .replace("unknown-dep", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
+    let s = wait_stack(
+        &stacks,
+        "unknown-dep",
+        "Ready after the fix",
+        Duration::from_secs(30),
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        s.status.unwrap().condition("Stalled").unwrap().status,
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_stack_cleans_up_and_keeps_claims_only_when_asked() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("delete").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .create(&PostParams::default(), &three_tier("gone", "v1", "Delete"))
+        .await
+        .unwrap();
+    stacks
+        .create(&PostParams::default(), &three_tier("kept", "v1", "Retain"))
+        .await
+        .unwrap();
+    wait_stack(&stacks, "gone", "Ready", READY_TIMEOUT, is_ready).await;
+    wait_stack(&stacks, "kept", "Ready", READY_TIMEOUT, is_ready).await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    let claims_of = |stack: &'static str| {
+        let pvcs = pvcs.clone();
+        async move {
+            pvcs.list(&ListParams::default().labels(&format!("{}={stack}", labels::STACK)))
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(
+        claims_of("gone").await,
+        3,
+        "api and cache claims plus db's claim template"
+    );
+
+    stacks
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    stacks
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        "both stacks to disappear",
+        Duration::from_secs(60),
+        || async { (count(&stacks).await == 0).then_some(()) },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
+    let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
+    wait_until(
+        "workloads and Services to be deleted",
+        Duration::from_secs(60),
+        || async {
+            (count(&deployments).await == 0
+                && count(&statefulsets).await == 0
+                && count(&services).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    wait_until(
+        "the Delete stack's claims to go",
+        Duration::from_secs(30),
+        || async { (claims_of("gone").await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(claims_of("kept").await, 3, "Retain keeps the data");
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns.name());
+    wait_until(
+        "revisions to be garbage-collected",
+        Duration::from_secs(60),
+        || async { (count(&revisions).await == 0).then_some(()) },
+    )
+    .await;
+}

@@ -1,0 +1,311 @@
+//! Shared helpers of the controller's tests on the real control plane: installing the
+//! CRD, running the controller binary for one test namespace, and waiting for conditions
+//! (by polling with a deadline, never by sleeping for a fixed time).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use deployctl_api::ProductionStack;
+use deployctl_harness::SharedEnv;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The CRD YAML, as checked in.
+pub const CRD_YAML: &str = include_str!("../../../manifests/crds/productionstacks.yaml");
+
+/// Installs (server-side applies) the CRD and waits until it is Established.
+pub async fn install_crd(env: &SharedEnv) -> Client {
+    let client = env.client().await;
+    deployctl_harness::apply_yaml(
+        &client,
+        CRD_YAML,
+        "productionstacks.yaml",
+        "deployctl-tests",
+        "default",
+    )
+    .await
+    .expect("CRD applies");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    wait_until(
+        "the CRD to be Established",
+        Duration::from_secs(30),
+        || async {
+            let crd = crds.get("productionstacks.deployctl.dev").await.ok()?;
+            let ok = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            ok.then_some(())
+        },
+    )
+    .await;
+    // Discovery in a fresh client sees the new resource only after the CRD is served.
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), "default");
+    wait_until(
+        "ProductionStacks to be served",
+        Duration::from_secs(30),
+        || async {
+            stacks
+                .list(&ListParams::default().limit(1))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    client
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the stack's status satisfies `pred`, returning the stack; on timeout
+/// panics with the last status seen.
+pub async fn wait_stack(
+    api: &Api<ProductionStack>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&ProductionStack) -> bool,
+) -> ProductionStack {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(s) = api.get(name).await {
+            if pred(&s) {
+                return s;
+            }
+            last = Some(s);
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for stack {name} to be {what}; last status:\n{}",
+                last.and_then(|s| s.status)
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap())
+                    .unwrap_or_else(|| "<none>".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// True when the stack is Ready on its current generation.
+pub fn is_ready(s: &ProductionStack) -> bool {
+    let Some(st) = &s.status else { return false };
+    st.observed_generation == s.metadata.generation && st.is_true("Ready")
+}
+
+/// A controller process watching one namespace, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct ControllerProcess {
+    child: Option<Child>,
+    log: PathBuf,
+    /// Address of its metrics server.
+    pub metrics_addr: String,
+    /// Identity in the Lease.
+    pub identity: String,
+}
+
+impl ControllerProcess {
+    /// Starts the controller for namespace `ns` with a short Lease so hand-over tests are
+    /// quick. `identity` names the replica.
+    pub fn start(env: &SharedEnv, ns: &str, identity: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join("deployctl-controller-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{ns}-{identity}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_deployctl-controller"))
+            .args([
+                "--kubeconfig",
+                env.kubeconfig_path().to_str().unwrap(),
+                "--namespace",
+                ns,
+                "--metrics-addr",
+                &metrics_addr,
+                "--lease-duration",
+                "3s",
+                "--identity",
+                identity,
+                "--resync",
+                "30s",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,deployctl_controller=debug")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("the controller binary starts");
+        ControllerProcess {
+            child: Some(child),
+            log,
+            metrics_addr,
+            identity: identity.to_string(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Path of the log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- last lines of controller {} log ({}):\n{}",
+                self.identity,
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        self.kill();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A stack of `components`, each given as YAML mapping text.
+pub fn stack_yaml(name: &str, body: &str) -> ProductionStack {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: deployctl.dev/v1alpha1\nkind: ProductionStack\nmetadata: {{name: {name}}}\nspec:\n{body}"
+    ))
+    .expect("test stack parses")
+}
+
+/// A demo-app container listening on 8080 with a readiness probe.
+pub fn demo_template(tag: &str, extra_env: &str) -> String {
+    format!(
+        "{{metadata: {{labels: {{app: demo}}}}, spec: {{terminationGracePeriodSeconds: 5, containers: [{{name: app, image: 'deployctl.dev/demo-app:{tag}', env: [{{name: DATA_DIR, value: /data}}{extra_env}], ports: [{{name: http, containerPort: 8080}}], readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}, volumeMounts: [{{name: data, mountPath: /data}}]}}]}}}}"
+    )
+}
+
+/// Three components: db (StatefulSet with a claim), cache and api (Deployments, api
+/// depends on both).
+pub fn three_tier(name: &str, api_tag: &str, retention: &str) -> ProductionStack {
+    let db = demo_template("v1", "");
+    let cache = demo_template("v1", "");
+    let api = demo_template(api_tag, "");
+    stack_yaml(
+        name,
+        &format!(
+            "  volumeClaimRetention: {retention}
+  components:
+  - name: api
+    replicas: 2
+    dependsOn: [db, cache]
+    template: {api}
+    service: {{ports: [{{name: http, port: 80, targetPort: http}}]}}
+    volumeClaims: [{{name: data, size: 10Mi}}]
+  - name: cache
+    template: {cache}
+    volumeClaims: [{{name: data, size: 10Mi}}]
+  - name: db
+    kind: StatefulSet
+    template: {db}
+    service: {{ports: [{{name: http, port: 8080}}]}}
+    volumeClaims: [{{name: data, size: 10Mi}}]
+"
+        ),
+    )
+}

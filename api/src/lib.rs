@@ -7,12 +7,16 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod gates;
 pub mod labels;
+pub mod operation;
 pub mod stack;
 pub mod status;
 pub mod validation;
 
 pub use duration::Duration;
+pub use gates::*;
+pub use operation::*;
 pub use stack::*;
 pub use status::*;
 

@@ -2,6 +2,7 @@
 //! with dependencies, rolled out in dependency order by the controller.
 
 use crate::duration::Duration;
+use crate::gates::Gate;
 use crate::status::ProductionStackStatus;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -12,6 +13,12 @@ use serde::{Deserialize, Serialize};
 
 /// Default for `spec.rollout.progressDeadline`.
 pub const DEFAULT_PROGRESS_DEADLINE: &str = "10m";
+/// Default for `spec.rollout.analysis`.
+pub const DEFAULT_ANALYSIS: &str = "30s";
+/// Default for `spec.rollout.rollbackDeadline`.
+pub const DEFAULT_ROLLBACK_DEADLINE: &str = "5m";
+/// Default for `spec.rollout.monitorInterval`.
+pub const DEFAULT_MONITOR_INTERVAL: &str = "30s";
 /// Default for `spec.revisionHistoryLimit`.
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 
@@ -45,6 +52,11 @@ pub struct ProductionStackSpec {
     /// How new revisions are rolled out.
     #[serde(default)]
     pub rollout: RolloutPolicy,
+
+    /// Gates over the whole stack, analysed after the last component has passed its own,
+    /// before the revision is promoted to stable, and kept running after promotion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
 
     /// How many old revisions (ControllerRevision objects) to keep for history and
     /// rollback. Defaults to 10. The current and the stable revision are always kept.
@@ -100,6 +112,11 @@ pub struct Component {
     /// by its pods; for a StatefulSet they become `volumeClaimTemplates`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_claims: Vec<VolumeClaim>,
+
+    /// Health gates analysed after this component is Available on a new revision; the
+    /// rollout moves to the next component only when all pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
 }
 
 /// Kind of workload a component runs as.
@@ -247,6 +264,33 @@ pub struct RolloutPolicy {
     /// stack reports `Paused`. A rollout in progress stops after the current component.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// How long each component's gates (and then the stack's) are analysed before the
+    /// rollout moves on. Defaults to `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Duration>,
+
+    /// Whether a failed gate or a missed progress deadline rolls the stack back by
+    /// itself. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+
+    /// How long a rollback may take, from its decision to the stable revision Available
+    /// with its data verified. Missing it raises the `RollbackDeadlineExceeded` condition
+    /// reason and an Event. Defaults to `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_deadline: Option<Duration>,
+
+    /// How often gates are measured after promotion, to see a stack that breaks later.
+    /// Defaults to `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_interval: Option<Duration>,
+
+    /// Whether a gate failing after promotion rolls the stack back (to the revision before
+    /// the stable one). Defaults to false: the stack reports `Degraded` and waits for a
+    /// person.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_after_promotion: bool,
 }
 
 impl RolloutPolicy {
@@ -255,6 +299,32 @@ impl RolloutPolicy {
         self.progress_deadline
             .clone()
             .unwrap_or_else(|| Duration::from(DEFAULT_PROGRESS_DEADLINE))
+    }
+
+    /// The analysis window, with its default.
+    pub fn analysis(&self) -> Duration {
+        self.analysis
+            .clone()
+            .unwrap_or_else(|| Duration::from(DEFAULT_ANALYSIS))
+    }
+
+    /// The rollback deadline, with its default.
+    pub fn rollback_deadline(&self) -> Duration {
+        self.rollback_deadline
+            .clone()
+            .unwrap_or_else(|| Duration::from(DEFAULT_ROLLBACK_DEADLINE))
+    }
+
+    /// The post-promotion monitoring interval, with its default.
+    pub fn monitor_interval(&self) -> Duration {
+        self.monitor_interval
+            .clone()
+            .unwrap_or_else(|| Duration::from(DEFAULT_MONITOR_INTERVAL))
+    }
+
+    /// Whether automatic rollback is on.
+    pub fn auto_rollback(&self) -> bool {
+        self.auto_rollback.unwrap_or(true)
     }
 }
 

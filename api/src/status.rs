@@ -3,6 +3,7 @@
 //! The rollout state machine lives here (not in controller memory), so a controller that
 //! restarts at any point resumes from the status alone.
 
+use crate::gates::GateStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,32 @@ pub struct ProductionStackStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ComponentStatus>,
 
+    /// Analysis of the stack-wide gates (during the final analysis and after promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
+
+    /// The rollback in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackState>,
+
+    /// The last rollback that finished: why, from what, to what, how long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<RollbackRecord>,
+
+    /// Set after a rollback: the stack holds `revision` and does not roll the spec's
+    /// revision (`heldBack`) out again until the spec changes or a `Retry` operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<RevisionHold>,
+
+    /// Set by a `Pause` operation, cleared by `Resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_pause: Option<OperationRecord>,
+
+    /// Names of the last StackOperations acted on, newest last, so that an operation is
+    /// acted on exactly once even if the controller restarts in between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processed_operations: Vec<String>,
+
     /// `Ready`, `Reconciling` and `Stalled`, in the kstatus convention that Argo CD and
     /// Flux read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -70,17 +97,24 @@ pub enum StackPhase {
     Invalid,
     /// The stack is being deleted.
     Terminating,
+    /// A rollback is in progress.
+    RollingBack,
+    /// The stack was rolled back and holds the older revision; the spec's revision is not
+    /// retried until the spec changes or a `Retry` operation.
+    RolledBack,
 }
 
 impl StackPhase {
     /// Every phase, for metrics that report a count per phase.
-    pub const ALL: [StackPhase; 6] = [
+    pub const ALL: [StackPhase; 8] = [
         StackPhase::Progressing,
         StackPhase::Healthy,
         StackPhase::Paused,
         StackPhase::Degraded,
         StackPhase::Invalid,
         StackPhase::Terminating,
+        StackPhase::RollingBack,
+        StackPhase::RolledBack,
     ];
 
     /// The phase as written in status.
@@ -92,6 +126,8 @@ impl StackPhase {
             StackPhase::Degraded => "Degraded",
             StackPhase::Invalid => "Invalid",
             StackPhase::Terminating => "Terminating",
+            StackPhase::RollingBack => "RollingBack",
+            StackPhase::RolledBack => "RolledBack",
         }
     }
 }
@@ -127,6 +163,102 @@ pub struct RolloutState {
     /// Set when the rollout cannot go on by itself (e.g. a missed progress deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+
+    /// What the rollout is doing for the current component (or the stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<RolloutStep>,
+
+    /// When the analysis of the current component (or the stack) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_started_at: Option<Time>,
+
+    /// Set by a `Promote` operation: remaining analysis is skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted: bool,
+}
+
+/// Steps of a rollout, in order, for each component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutStep {
+    /// Taking the pre-rollout snapshots of the stack's data.
+    Snapshotting,
+    /// Applied; waiting for the component to be Available.
+    Progressing,
+    /// Available; its gates are being analysed.
+    Analysing,
+    /// Every component passed; the stack-wide gates are being analysed.
+    StackAnalysis,
+}
+
+/// A rollback in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackState {
+    /// Revision being rolled back from.
+    pub from_revision: i64,
+    /// Revision being rolled back to.
+    pub to_revision: i64,
+    /// Why (the failing gate's message, a missed deadline, or the operation's reason).
+    pub reason: String,
+    /// When it was decided.
+    pub started_at: Time,
+    /// Component being rolled back now (reverse dependency order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// The StackOperation that asked for it; unset when automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// A finished rollback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    /// Revision rolled back from.
+    pub from_revision: i64,
+    /// Revision rolled back to.
+    pub to_revision: i64,
+    /// Why.
+    pub reason: String,
+    /// When it was decided.
+    pub started_at: Time,
+    /// When the target revision was Available again.
+    pub completed_at: Time,
+    /// How long it took, in seconds.
+    pub duration_seconds: f64,
+    /// Whether it finished within `spec.rollout.rollbackDeadline`.
+    pub within_deadline: bool,
+    /// The StackOperation that asked for it; unset when automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// A revision the stack holds after a rollback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionHold {
+    /// The revision the stack runs.
+    pub revision: i64,
+    /// The spec's revision that is not rolled out again until the spec changes or a retry.
+    pub held_back: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Who did what, through which StackOperation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationRecord {
+    /// The StackOperation's name.
+    pub operation: String,
+    /// When it was acted on.
+    pub at: Time,
+    /// Who asked, as recorded in the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Why, as recorded in the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Observed state of one component.
@@ -158,6 +290,10 @@ pub struct ComponentStatus {
     /// Why the component is in this phase, when it is not Available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Analysis of the component's gates in the current rollout (or after promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
 }
 
 /// Life-cycle phase of a component.

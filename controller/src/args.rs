@@ -23,8 +23,12 @@ pub struct Args {
 pub enum Command {
     /// Run the controller (the default).
     Run,
-    /// Print the CustomResourceDefinitions as YAML.
-    Crdgen,
+    /// Print the CustomResourceDefinitions as YAML (or write one file each).
+    Crdgen {
+        /// Write `<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Options of the controller.

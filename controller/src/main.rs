@@ -7,9 +7,18 @@ use deployctl_controller::args::{Args, Command};
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match args.command {
-        Some(Command::Crdgen) => {
-            print!("{}", deployctl_controller::crdgen::crds_yaml());
+        Some(Command::Crdgen { out_dir: None }) => {
+            print!("{}", deployctl_controller::crdgen::all_yaml());
             std::process::ExitCode::SUCCESS
+        }
+        Some(Command::Crdgen { out_dir: Some(dir) }) => {
+            match deployctl_controller::crdgen::write_all(&dir) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: writing CRDs to {}: {e}", dir.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::Run) | None => {
             deployctl_controller::init_tracing(args.run.log_format);

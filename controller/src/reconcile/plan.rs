@@ -145,6 +145,9 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     component_started_at: None,
                     started_at: now.clone(),
                     failure: None,
+                    step: None,
+                    analysis_started_at: None,
+                    promoted: false,
                 })
             }
         }

@@ -9,12 +9,14 @@ use deployctl_harness::SharedEnv;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The CRD YAML, as checked in.
-pub const CRD_YAML: &str = include_str!("../../../manifests/crds/productionstacks.yaml");
+pub const CRD_YAML: &str = concat!(
+    include_str!("../../../manifests/crds/productionstacks.yaml"),
+    "---\n",
+    include_str!("../../../manifests/crds/stackoperations.yaml")
+);
 
 /// Installs (server-side applies) the CRD and waits until it is Established.
 pub async fn install_crd(env: &SharedEnv) -> Client {
@@ -116,134 +118,7 @@ pub fn is_ready(s: &ProductionStack) -> bool {
     st.observed_generation == s.metadata.generation && st.is_true("Ready")
 }
 
-/// A controller process watching one namespace, killed (SIGKILL) when dropped.
-#[derive(Debug)]
-pub struct ControllerProcess {
-    child: Option<Child>,
-    log: PathBuf,
-    /// Address of its metrics server.
-    pub metrics_addr: String,
-    /// Identity in the Lease.
-    pub identity: String,
-}
-
-impl ControllerProcess {
-    /// Starts the controller for namespace `ns` with a short Lease so hand-over tests are
-    /// quick. `identity` names the replica.
-    pub fn start(env: &SharedEnv, ns: &str, identity: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join("deployctl-controller-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("{ns}-{identity}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let metrics_addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_deployctl-controller"))
-            .args([
-                "--kubeconfig",
-                env.kubeconfig_path().to_str().unwrap(),
-                "--namespace",
-                ns,
-                "--metrics-addr",
-                &metrics_addr,
-                "--lease-duration",
-                "3s",
-                "--identity",
-                identity,
-                "--resync",
-                "30s",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info,deployctl_controller=debug")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("the controller binary starts");
-        ControllerProcess {
-            child: Some(child),
-            log,
-            metrics_addr,
-            identity: identity.to_string(),
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, and waits for a clean exit; returns the exit status.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Path of the log.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!(
-                "--- last lines of controller {} log ({}):\n{}",
-                self.identity,
-                self.log.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        self.kill();
-    }
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use deployctl_harness::ControllerProcess;
 
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {

@@ -1,0 +1,319 @@
+//! Health gates: what must stay true while a component (or the whole stack) is analysed
+//! after a rollout, and what a measurement found.
+
+use crate::duration::Duration;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A check that a new revision must pass before the rollout goes on. Exactly one of
+/// `readiness`, `http`, `errorRate`, `prometheus` or `job` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    /// Name of the gate, unique within its component (or the stack).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Time between two measurements. Defaults to `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+
+    /// Consecutive successful measurements needed, at the end of the analysis window, for
+    /// the gate to pass. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub success_threshold: Option<i32>,
+
+    /// Failed measurements tolerated; one more fails the gate (and rolls the stack back
+    /// when `spec.rollout.autoRollback` is on). Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub failure_limit: Option<i32>,
+
+    /// Measurements that could not be taken (connection refused, timeout) tolerated; one
+    /// more makes the gate Inconclusive, which pauses the rollout for a person to decide.
+    /// Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub error_limit: Option<i32>,
+
+    /// Checks the workload's own readiness: all pods ready, no restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessGate>,
+
+    /// Sends HTTP requests to every ready pod of the new revision, or to a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGate>,
+
+    /// Fails when the ratio of failed HTTP requests over the window reaches a threshold
+    /// (a circuit breaker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateGate>,
+
+    /// Evaluates a PromQL query against a Prometheus HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+
+    /// Runs a Job (a smoke test); a measurement succeeds when it exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobGate>,
+}
+
+/// Readiness of the workload itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadinessGate {
+    /// Container restarts tolerated across the component's pods during analysis.
+    /// Defaults to 0: a restart fails the measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_restarts: Option<i32>,
+}
+
+/// Where an HTTP-based gate sends its requests, and how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTarget {
+    /// A full URL (in a real cluster, e.g. the Service's DNS name). When unset, every
+    /// ready pod of the component is checked at its pod IP, found through the Service's
+    /// Endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Path of the request. Defaults to `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+
+    /// Port on the pods, by number or container port name. Defaults to the Service's
+    /// first target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<IntOrString>,
+
+    /// HTTP method. Defaults to `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+
+    /// Time after which a request counts as an error. Defaults to `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// HTTP methods a gate may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HttpMethod {
+    /// GET.
+    #[default]
+    GET,
+    /// HEAD.
+    HEAD,
+    /// POST (no body).
+    POST,
+}
+
+/// An HTTP check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGate {
+    /// Where to send requests.
+    #[serde(flatten)]
+    pub target: HttpTarget,
+
+    /// Status codes that count as success. Defaults to any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_status: Vec<i32>,
+
+    /// A substring the response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+
+    /// A bound on latency over the analysis window, e.g. p95 under 200ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyBound>,
+}
+
+/// A latency percentile bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyBound {
+    /// Percentile, 1 to 100. Defaults to 95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percentile: Option<i32>,
+    /// Largest allowed latency at that percentile.
+    pub max: Duration,
+}
+
+/// A circuit breaker on the ratio of failed requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRateGate {
+    /// Where to send requests.
+    #[serde(flatten)]
+    pub target: HttpTarget,
+
+    /// Requests sent per measurement (spread over the pods). Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub requests: Option<i32>,
+
+    /// Failure ratio, as a percentage, at which a measurement fails. Defaults to 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub threshold_percent: Option<i32>,
+}
+
+/// A PromQL check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    pub address: String,
+    /// A PromQL instant query that returns one number (a scalar or a one-element vector).
+    pub query: String,
+    /// What the number must satisfy.
+    pub condition: Comparison,
+    /// Time after which a query counts as an error. Defaults to `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// A comparison of a measured number with a bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Comparison {
+    /// `<`, `<=`, `>`, `>=` or `==`.
+    pub operator: ComparisonOperator,
+    /// The bound.
+    pub value: f64,
+}
+
+/// Comparison operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ComparisonOperator {
+    /// Less than.
+    #[serde(rename = "<")]
+    Lt,
+    /// Less than or equal.
+    #[serde(rename = "<=")]
+    Le,
+    /// Greater than.
+    #[serde(rename = ">")]
+    Gt,
+    /// Greater than or equal.
+    #[serde(rename = ">=")]
+    Ge,
+    /// Equal.
+    #[serde(rename = "==")]
+    Eq,
+}
+
+impl Comparison {
+    /// Whether `v` satisfies the comparison.
+    pub fn holds(&self, v: f64) -> bool {
+        match self.operator {
+            ComparisonOperator::Lt => v < self.value,
+            ComparisonOperator::Le => v <= self.value,
+            ComparisonOperator::Gt => v > self.value,
+            ComparisonOperator::Ge => v >= self.value,
+            ComparisonOperator::Eq => (v - self.value).abs() < f64::EPSILON,
+        }
+    }
+}
+
+/// A Job run as a test; one run is one measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobGate {
+    /// The pod template of the Job (its `restartPolicy` is set to `Never`).
+    pub template: PodTemplateSpec,
+    /// How long one run may take. Defaults to `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Where a gate is in its analysis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum GatePhase {
+    /// Measuring.
+    #[default]
+    Running,
+    /// Passed for this rollout.
+    Passed,
+    /// More failures than `failureLimit`.
+    Failed,
+    /// More measurement errors than `errorLimit`: a person must decide.
+    Inconclusive,
+}
+
+impl GatePhase {
+    /// The phase as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatePhase::Running => "Running",
+            GatePhase::Passed => "Passed",
+            GatePhase::Failed => "Failed",
+            GatePhase::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+/// The outcome of one measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum MeasurementOutcome {
+    /// The check held.
+    Success,
+    /// The check did not hold.
+    Failure,
+    /// The check could not be made (unreachable, timeout).
+    Error,
+}
+
+/// One measurement, kept in status for people and the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// When it was taken.
+    pub at: Time,
+    /// What it found.
+    pub outcome: MeasurementOutcome,
+    /// The measured value, when there is one (a ratio, a latency in seconds, a query result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Details for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Analysis state of one gate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// Gate name.
+    pub name: String,
+    /// Where it is.
+    pub phase: GatePhase,
+    /// Successful measurements so far.
+    #[serde(default)]
+    pub successes: i32,
+    /// Failed measurements so far.
+    #[serde(default)]
+    pub failures: i32,
+    /// Measurements that could not be taken so far.
+    #[serde(default)]
+    pub errors: i32,
+    /// Successes in a row, up to the last measurement.
+    #[serde(default)]
+    pub consecutive_successes: i32,
+    /// The last few measurements, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
+    /// Why it is in this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

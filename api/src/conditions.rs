@@ -29,6 +29,18 @@ pub mod reason {
     pub const IDLE: &str = "Idle";
     /// The stack is being deleted.
     pub const TERMINATING: &str = "Terminating";
+    /// A health gate failed (during analysis, or after promotion).
+    pub const GATE_FAILED: &str = "GateFailed";
+    /// A gate could not be measured often enough to decide; a person must.
+    pub const INCONCLUSIVE: &str = "Inconclusive";
+    /// A rollback is in progress.
+    pub const ROLLING_BACK: &str = "RollingBack";
+    /// The stack was rolled back and holds the older revision.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// A rollback took longer than `spec.rollout.rollbackDeadline`.
+    pub const ROLLBACK_DEADLINE_EXCEEDED: &str = "RollbackDeadlineExceeded";
+    /// A rollback cannot proceed (its target revision is gone).
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
 }
 
 /// Sets a condition in `conditions`, keeping `lastTransitionTime` when the status did not

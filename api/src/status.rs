@@ -175,6 +175,14 @@ pub struct RolloutState {
     /// Set by a `Promote` operation: remaining analysis is skipped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promoted: bool,
+
+    /// Components that passed their analysis in this rollout, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysed: Vec<String>,
+
+    /// Whether the stack-wide gates passed in this rollout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stack_analysed: bool,
 }
 
 /// Steps of a rollout, in order, for each component.
@@ -208,6 +216,31 @@ pub struct RollbackState {
     /// The StackOperation that asked for it; unset when automatic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+
+    /// What started it.
+    pub trigger: RollbackTrigger,
+}
+
+/// What started a rollback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RollbackTrigger {
+    /// A health gate failed.
+    Gate,
+    /// A component missed the progress deadline.
+    ProgressDeadline,
+    /// A StackOperation (Rollback or Abort).
+    Operation,
+}
+
+impl RollbackTrigger {
+    /// Bounded metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RollbackTrigger::Gate => "gate",
+            RollbackTrigger::ProgressDeadline => "deadline",
+            RollbackTrigger::Operation => "manual",
+        }
+    }
 }
 
 /// A finished rollback.
@@ -231,6 +264,8 @@ pub struct RollbackRecord {
     /// The StackOperation that asked for it; unset when automatic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// What started it.
+    pub trigger: RollbackTrigger,
 }
 
 /// A revision the stack holds after a rollback.

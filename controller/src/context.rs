@@ -19,6 +19,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often Healthy stacks are re-checked.
     pub resync: Duration,
+    /// Takes gate measurements.
+    pub measurer: crate::gates::measure::Measurer,
 }
 
 impl std::fmt::Debug for Context {
@@ -38,6 +40,7 @@ impl Context {
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            measurer: crate::gates::measure::Measurer::new(client.clone()),
             client,
             metrics,
             resync,

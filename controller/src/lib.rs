@@ -8,6 +8,7 @@ pub mod args;
 pub mod context;
 pub mod crdgen;
 pub mod error;
+pub mod gates;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

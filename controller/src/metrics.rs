@@ -27,6 +27,23 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RollbackLabels {
+    trigger: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GateLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +53,11 @@ pub struct Metrics {
     duration: Histogram,
     stacks: Family<PhaseLabels, Gauge>,
     leader: Gauge,
+    rollouts: Family<OutcomeLabels, Counter>,
+    rollbacks: Family<RollbackLabels, Counter>,
+    rollback_duration: Histogram,
+    rollback_deadline: Gauge<f64, std::sync::atomic::AtomicU64>,
+    gate_measurements: Family<GateLabels, Counter>,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -68,6 +90,50 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
+        let rollbacks = Family::<RollbackLabels, Counter>::default();
+        // Seconds, from sub-second rollbacks to ones past a 5-minute deadline.
+        let rollback_duration = Histogram::new(
+            [
+                0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]
+            .into_iter(),
+        );
+        let rollback_deadline = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let gate_measurements = Family::<GateLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts that ended, by outcome (promoted, rolled_back, aborted)",
+            rollouts.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Rollbacks that ended, by trigger (gate, deadline, manual) and outcome (completed, over_deadline)",
+            rollbacks.clone(),
+        );
+        registry.register(
+            "rollback_duration_seconds",
+            "Time from a rollback's decision to the target revision Available",
+            rollback_duration.clone(),
+        );
+        registry.register(
+            "rollback_deadline_seconds",
+            "The rollback deadline that applied to the last rollback",
+            rollback_deadline.clone(),
+        );
+        registry.register(
+            "gate_measurements",
+            "Health gate measurements by kind and outcome (success, failure, error)",
+            gate_measurements.clone(),
+        );
+        for outcome in ["promoted", "rolled_back", "aborted"] {
+            let _ = rollouts.get_or_create(&OutcomeLabels { outcome });
+        }
+        for trigger in ["gate", "deadline", "manual"] {
+            for outcome in ["completed", "over_deadline"] {
+                let _ = rollbacks.get_or_create(&RollbackLabels { trigger, outcome });
+            }
+        }
         for result in ["ok", "error"] {
             let _ = reconciles.get_or_create(&ResultLabels { result });
         }
@@ -84,6 +150,11 @@ impl Default for Metrics {
             duration,
             stacks,
             leader,
+            rollouts,
+            rollbacks,
+            rollback_duration,
+            rollback_deadline,
+            gate_measurements,
             phases: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +191,42 @@ impl Metrics {
             self.stacks
                 .get_or_create(&PhaseLabels { phase: p.as_str() })
                 .set(n as i64);
+        }
+    }
+
+    /// Records a gate measurement.
+    pub fn gate_measured(&self, kind: &'static str, outcome: deployctl_api::MeasurementOutcome) {
+        let outcome = match outcome {
+            deployctl_api::MeasurementOutcome::Success => "success",
+            deployctl_api::MeasurementOutcome::Failure => "failure",
+            deployctl_api::MeasurementOutcome::Error => "error",
+        };
+        self.gate_measurements
+            .get_or_create(&GateLabels { kind, outcome })
+            .inc();
+    }
+
+    /// Records a rollout or rollback outcome.
+    pub fn outcome(&self, o: &crate::reconcile::plan::Outcome) {
+        use crate::reconcile::plan::Outcome;
+        match o {
+            Outcome::Rollout(outcome) => {
+                self.rollouts
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc();
+            }
+            Outcome::Rollback {
+                trigger,
+                outcome,
+                seconds,
+                deadline_seconds,
+            } => {
+                self.rollbacks
+                    .get_or_create(&RollbackLabels { trigger, outcome })
+                    .inc();
+                self.rollback_duration.observe(*seconds);
+                self.rollback_deadline.set(*deadline_seconds);
+            }
         }
     }
 

@@ -35,6 +35,58 @@ pub async fn component(client: &Client, ns: &str, objects: &ComponentObjects) ->
     }
 }
 
+/// Deletes a component's workload (either kind) and Service, when owned by the stack.
+pub async fn delete_component(
+    client: &Client,
+    stack: &deployctl_api::ProductionStack,
+    component: &str,
+) -> Result<()> {
+    let ns = stack.namespace().unwrap_or_default();
+    let name = deployctl_api::child_name(&stack.name_any(), component);
+    crate::reconcile::cleanup::delete_owned::<Deployment>(client, &ns, &name, stack).await?;
+    crate::reconcile::cleanup::delete_owned::<StatefulSet>(client, &ns, &name, stack).await?;
+    crate::reconcile::cleanup::delete_owned::<k8s_openapi::api::core::v1::Service>(
+        client, &ns, &name, stack,
+    )
+    .await
+}
+
+/// Components that have workloads but are not in `keep` (removed from the spec).
+pub async fn orphans(
+    client: &Client,
+    stack: &deployctl_api::ProductionStack,
+    keep: &[String],
+) -> Result<Vec<String>> {
+    let ns = stack.namespace().unwrap_or_default();
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{}={}",
+        deployctl_api::labels::STACK,
+        stack.name_any()
+    ));
+    let mut found = std::collections::BTreeSet::new();
+    let uid = stack.metadata.uid.clone();
+    let ours = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        refs.iter().any(|o| Some(&o.uid) == uid.as_ref())
+    };
+    for d in Api::<Deployment>::namespaced(client.clone(), &ns)
+        .list(&lp)
+        .await?
+    {
+        if ours(d.owner_references()) {
+            found.extend(d.labels().get(deployctl_api::labels::COMPONENT).cloned());
+        }
+    }
+    for s in Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .list(&lp)
+        .await?
+    {
+        if ours(s.owner_references()) {
+            found.extend(s.labels().get(deployctl_api::labels::COMPONENT).cloned());
+        }
+    }
+    Ok(found.into_iter().filter(|c| !keep.contains(c)).collect())
+}
+
 async fn apply<K>(client: &Client, ns: &str, kind: &'static str, obj: &K) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>

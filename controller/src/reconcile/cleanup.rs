@@ -81,7 +81,8 @@ pub async fn cleanup(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-async fn delete_owned<K>(
+/// Deletes `name` of kind `K` if the stack owns it.
+pub async fn delete_owned<K>(
     client: &Client,
     ns: &str,
     name: &str,

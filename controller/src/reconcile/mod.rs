@@ -9,6 +9,7 @@ pub mod apply;
 pub mod build;
 pub mod cleanup;
 pub mod observe;
+pub mod operations;
 pub mod plan;
 pub mod revisions;
 pub mod status;
@@ -80,8 +81,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let now = crate::context::now();
 
     // 1. Validate what the schema could not: refuse before touching anything.
-    let order = match validation::validate(&name, &stack.spec) {
-        Ok(order) => order,
+    let desired_components = match validation::validate(&name, &stack.spec) {
+        Ok(_) => stack.spec.components.clone(),
         Err(invalid) => {
             let (new_status, event) = plan::invalid(
                 &previous,
@@ -109,51 +110,156 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    let desired = plan::RevisionRef::new(&name, revision.number, desired_components)
+        .expect("a validated spec makes a valid revision");
 
-    // 3. Observe, 4. plan.
-    let observed = observe::workloads(&ctx.client, stack).await?;
-    let hashes: BTreeMap<String, String> = stack
-        .spec
+    // 3. Operations, and the history when a rollback, hold or operation may need it.
+    let (ops, recovered) = operations::pending(&ctx.client, stack).await?;
+    for op in &recovered {
+        operations::record_recovered(&ctx.client, &ns, op).await?;
+    }
+    let needs_history = previous.rollout.is_some()
+        || previous.rollback.is_some()
+        || previous.hold.is_some()
+        || !ops.is_empty()
+        || previous.stable_revision != Some(desired.number)
+        || stack.spec.rollout.rollback_after_promotion;
+    let history = if needs_history {
+        revisions::load_all(&ctx.client, stack).await?
+    } else {
+        BTreeMap::new()
+    };
+
+    // 4. Observe every component any of these revisions has.
+    let mut components: Vec<(String, deployctl_api::WorkloadKind)> = desired
         .components
         .iter()
-        .map(|c| (c.name.clone(), revisions::component_hash(c)))
+        .map(|c| (c.name.clone(), c.kind))
         .collect();
+    for r in history.values() {
+        for c in &r.components {
+            if !components.iter().any(|(n, _)| n == &c.name) {
+                components.push((c.name.clone(), c.kind));
+            }
+        }
+    }
+    let observed = observe::workloads(&ctx.client, stack, &components).await?;
+
+    // 5. Measure the gates that are due.
+    let mut measurements = BTreeMap::new();
+    for (component, gate) in plan::gates_due(&stack.spec, &desired, &previous, &now) {
+        let comp = component.and_then(|c| desired.component(c));
+        let attempt = gate_attempts(&previous, component, &gate.name);
+        let subject = crate::gates::measure::Subject {
+            stack,
+            component: comp,
+            components: &desired.components,
+            revision: desired.number,
+            attempt,
+        };
+        if let Some(m) = ctx.measurer.measure(subject, gate).await {
+            ctx.metrics
+                .gate_measured(crate::gates::analysis::kind(gate), m.outcome);
+            measurements.insert(plan::gate_key(component, &gate.name), m);
+        }
+    }
+
+    // 6. Plan.
     let decision = plan::plan(plan::PlanInput {
         spec: &stack.spec,
         generation: stack.metadata.generation,
-        order: &order.0,
-        revision: revision.number,
-        revision_hash: &revision.hash,
-        hashes: &hashes,
+        desired: &desired,
+        revisions: &history,
         observed: &observed,
+        measurements: &measurements,
+        operations: &ops,
         previous: &previous,
         now,
     });
 
-    // 5. Apply the one component the plan chose.
-    if let Some(component) = &decision.apply {
-        let spec = stack
-            .spec
-            .component(component)
-            .expect("planned components come from the spec");
-        let objects = build::component_objects(stack, spec, &hashes[component], revision.number);
-        apply::component(&ctx.client, &ns, &objects).await?;
-        tracing::info!(stack = %key, component, revision = revision.number, "applied component");
+    // 7. Act.
+    for action in &decision.actions {
+        match action {
+            plan::Action::Apply {
+                component,
+                revision: rev,
+            } => {
+                let source = if *rev == desired.number {
+                    &desired
+                } else {
+                    history
+                        .get(rev)
+                        .expect("planned revisions come from the history")
+                };
+                let spec = source
+                    .component(component)
+                    .expect("planned components come from their revision");
+                let objects =
+                    build::component_objects(stack, spec, &source.hashes[component], *rev);
+                apply::component(&ctx.client, &ns, &objects).await?;
+                tracing::info!(stack = %key, component, revision = rev, "applied component");
+            }
+            plan::Action::Delete { component } => {
+                apply::delete_component(&ctx.client, stack, component).await?;
+                tracing::info!(stack = %key, component, "deleted component");
+            }
+        }
+    }
+    if decision.promoted {
+        for orphan in apply::orphans(&ctx.client, stack, &desired.order).await? {
+            apply::delete_component(&ctx.client, stack, &orphan).await?;
+            ctx.event(
+                stack,
+                false,
+                "ComponentRemoved",
+                format!(
+                    "Removed component {orphan}: revision {} no longer has it",
+                    desired.number
+                ),
+            )
+            .await;
+        }
     }
 
-    // 6. Status and Events.
+    // 8. Status, operation results, Events, metrics.
     status::write(&ctx.client, stack, &previous, &decision.status).await?;
+    for r in &decision.operations {
+        operations::record(&ctx.client, &ns, r).await?;
+    }
     for e in decision.events {
         ctx.event(stack, e.warning, e.reason, e.note).await;
+    }
+    for o in &decision.outcomes {
+        ctx.metrics.outcome(o);
     }
     ctx.metrics.set_phase(&key, decision.status.phase);
 
     let resync = ctx.resync;
-    Ok(match (decision.apply, decision.requeue_after) {
-        // Workload watches bring us back when the applied component progresses; the
-        // short requeue only guards against a missed event.
-        (Some(_), _) => Action::requeue(Duration::from_secs(5).min(resync)),
-        (None, Some(after)) => Action::requeue(after.min(resync) + Duration::from_millis(200)),
-        (None, None) => Action::requeue(resync),
+    Ok(match decision.requeue_after {
+        _ if !decision.actions.is_empty() => Action::requeue(Duration::from_secs(2).min(resync)),
+        Some(after) => Action::requeue(after.min(resync) + Duration::from_millis(50)),
+        None => Action::requeue(resync),
     })
+}
+
+/// Measurements already taken of a gate in the current analysis (names Job runs).
+fn gate_attempts(
+    previous: &deployctl_api::ProductionStackStatus,
+    component: Option<&str>,
+    gate: &str,
+) -> i32 {
+    let statuses = match component {
+        Some(c) => previous
+            .components
+            .iter()
+            .find(|s| s.name == c)
+            .map(|s| s.gates.as_slice())
+            .unwrap_or_default(),
+        None => previous.gates.as_slice(),
+    };
+    statuses
+        .iter()
+        .find(|g| g.name == gate)
+        .map(|g| g.successes + g.failures + g.errors)
+        .unwrap_or(0)
 }

@@ -12,17 +12,22 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
-/// Observes every component's workload (absent from the map when it does not exist).
+/// Observes the workloads of these components, given as (name, kind) (absent from the
+/// map when the workload does not exist).
 pub async fn workloads(
     client: &Client,
     stack: &ProductionStack,
+    components: &[(String, WorkloadKind)],
 ) -> Result<BTreeMap<String, WorkloadState>> {
     let ns = stack.namespace().unwrap_or_default();
     let stack_name = stack.name_any();
     let mut out = BTreeMap::new();
-    for c in &stack.spec.components {
-        let name = child_name(&stack_name, &c.name);
-        let state = match c.kind {
+    for (component, kind) in components {
+        if out.contains_key(component) {
+            continue;
+        }
+        let name = child_name(&stack_name, component);
+        let state = match kind {
             WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &ns)
                 .get_opt(&name)
                 .await?
@@ -36,12 +41,12 @@ pub async fn workloads(
         };
         if let Some(mut state) = state {
             if !state.available {
-                let pods = pod_problems(client, &ns, &stack_name, &c.name).await?;
+                let pods = pod_problems(client, &ns, &stack_name, component).await?;
                 if pods.is_some() {
                     state.message = pods;
                 }
             }
-            out.insert(c.name.clone(), state);
+            out.insert(component.clone(), state);
         }
     }
     Ok(out)

@@ -200,6 +200,35 @@ pub async fn list_owned(
     Ok(revs)
 }
 
+/// Every revision of the stack's history, decoded and ordered, by number. Revisions that
+/// cannot be read are left out with a warning (they cannot be rolled back to).
+pub async fn load_all(
+    client: &Client,
+    stack: &ProductionStack,
+) -> Result<BTreeMap<i64, crate::reconcile::plan::RevisionRef>> {
+    let ns = stack
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let mut out = BTreeMap::new();
+    for rev in list_owned(&api, stack).await? {
+        let decoded = decode(&rev).and_then(|d| {
+            crate::reconcile::plan::RevisionRef::new(&stack.name_any(), rev.revision, d.components)
+                .map_err(|e| Error::BadRevision {
+                    name: rev.name_any(),
+                    message: e.to_string(),
+                })
+        });
+        match decoded {
+            Ok(r) => {
+                out.insert(rev.revision, r);
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable revision"),
+        }
+    }
+    Ok(out)
+}
+
 /// Which revisions to delete: all but the newest `limit`, never the stable or current one.
 pub fn to_prune(numbers: &[i64], limit: usize, keep: &[i64]) -> Vec<i64> {
     let mut sorted = numbers.to_vec();

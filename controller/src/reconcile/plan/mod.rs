@@ -1,0 +1,519 @@
+//! The rollout planner: from the spec's revision, the history, what the cluster runs, new
+//! gate measurements, pending operations and the previous status, decides what to apply or
+//! delete next and what the status says.
+//!
+//! Pure and deterministic, so every branch is unit-tested without a cluster, and a
+//! controller restarted at any point recomputes the same decision from the status and the
+//! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
+//! `operations`, `status` (phase and conditions).
+
+mod forward;
+mod operations;
+mod rollback;
+mod summary;
+#[cfg(test)]
+mod tests;
+
+use crate::gates::analysis;
+use deployctl_api::validation::{self, InvalidSpec};
+use deployctl_api::{
+    Component, Gate, GateStatus, Measurement, OperationAction, OperationPhase, ProductionStackSpec,
+    ProductionStackStatus, WorkloadKind,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use operations::PendingOperation;
+
+/// What the controller observed of one component's workload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadState {
+    /// Kind of the object found.
+    pub kind: WorkloadKind,
+    /// The spec digest annotation deployctl put on it.
+    pub spec_hash: Option<String>,
+    /// The revision annotation deployctl put on it.
+    pub revision: Option<i64>,
+    /// Desired pods.
+    pub replicas: i32,
+    /// Ready pods.
+    pub ready_replicas: i32,
+    /// Pods on the latest template.
+    pub updated_replicas: i32,
+    /// Fully rolled out: the workload controller saw the latest spec and every desired pod
+    /// is updated and available, with no old pods left.
+    pub available: bool,
+    /// Why it is not available (pod waiting reasons, workload conditions).
+    pub message: Option<String>,
+}
+
+/// One revision's components, validated and ordered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionRef {
+    /// Revision number.
+    pub number: i64,
+    /// Its components.
+    pub components: Vec<Component>,
+    /// Component names in rollout (dependency) order.
+    pub order: Vec<String>,
+    /// Spec digest per component.
+    pub hashes: BTreeMap<String, String>,
+}
+
+impl RevisionRef {
+    /// Validates and orders `components` of revision `number` of stack `stack`.
+    pub fn new(stack: &str, number: i64, components: Vec<Component>) -> Result<Self, InvalidSpec> {
+        let spec = ProductionStackSpec {
+            components,
+            rollout: Default::default(),
+            gates: vec![],
+            revision_history_limit: None,
+            volume_claim_retention: None,
+        };
+        let order = validation::validate(stack, &spec)?.0;
+        let hashes = spec
+            .components
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    crate::reconcile::revisions::component_hash(c),
+                )
+            })
+            .collect();
+        Ok(RevisionRef {
+            number,
+            components: spec.components,
+            order,
+            hashes,
+        })
+    }
+
+    /// The component of this name.
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// Key of a gate in the measurement map: `component/gate`, or `/gate` for stack gates.
+pub fn gate_key(component: Option<&str>, gate: &str) -> String {
+    format!("{}/{gate}", component.unwrap_or(""))
+}
+
+/// Everything the planner needs.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    /// The stack spec (policy and stack-wide gates).
+    pub spec: &'a ProductionStackSpec,
+    /// The stack's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The revision the spec maps to.
+    pub desired: &'a RevisionRef,
+    /// Other revisions from the history, loaded when a rollback, hold or operation may
+    /// need them.
+    pub revisions: &'a BTreeMap<i64, RevisionRef>,
+    /// Observed workloads per component name (absent: not created).
+    pub observed: &'a BTreeMap<String, WorkloadState>,
+    /// Measurements taken in this reconcile, by [`gate_key`].
+    pub measurements: &'a BTreeMap<String, Measurement>,
+    /// StackOperations not yet acted on, oldest first.
+    pub operations: &'a [PendingOperation],
+    /// The status before this reconcile.
+    pub previous: &'a ProductionStackStatus,
+    /// The time of this reconcile.
+    pub now: Time,
+}
+
+/// Something to change in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Apply a component as it is in a revision.
+    Apply {
+        /// Component name.
+        component: String,
+        /// Revision whose spec to apply.
+        revision: i64,
+    },
+    /// Delete a component that the target revision does not have.
+    Delete {
+        /// Component name.
+        component: String,
+    },
+}
+
+/// An Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened, for a person.
+    pub note: String,
+}
+
+/// What became of a StackOperation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperationResult {
+    /// The operation's name.
+    pub name: String,
+    /// Succeeded or Failed.
+    pub phase: OperationPhase,
+    /// What was done, or why not.
+    pub message: String,
+    /// For rollbacks, the target revision.
+    pub target_revision: Option<i64>,
+}
+
+/// Metric-worthy outcomes of this reconcile (bounded labels only).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A rollout ended: `promoted`, `rolled_back` or `aborted`.
+    Rollout(&'static str),
+    /// A rollback finished: trigger (`gate`, `deadline`, `manual`), outcome
+    /// (`completed`, `over_deadline`), duration and deadline in seconds.
+    Rollback {
+        /// What started it.
+        trigger: &'static str,
+        /// How it ended.
+        outcome: &'static str,
+        /// How long it took.
+        seconds: f64,
+        /// Its deadline.
+        deadline_seconds: f64,
+    },
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Changes to make, in order.
+    pub actions: Vec<Action>,
+    /// The new status.
+    pub status: ProductionStackStatus,
+    /// Events to record.
+    pub events: Vec<PlannedEvent>,
+    /// When to look again even if nothing changes (a deadline, a gate measurement).
+    pub requeue_after: Option<Duration>,
+    /// Results of the operations acted on.
+    pub operations: Vec<OperationResult>,
+    /// Outcomes for metrics.
+    pub outcomes: Vec<Outcome>,
+    /// The desired revision was promoted to stable in this reconcile: components it no
+    /// longer has can be removed.
+    pub promoted: bool,
+}
+
+/// Working state of one planning pass.
+struct Planner<'a> {
+    input: PlanInput<'a>,
+    status: ProductionStackStatus,
+    actions: Vec<Action>,
+    events: Vec<PlannedEvent>,
+    requeue: Option<Duration>,
+    op_results: Vec<OperationResult>,
+    outcomes: Vec<Outcome>,
+    promoted: bool,
+    /// Set when a pause (spec, operation) holds the rollout at a component.
+    held_by_pause: bool,
+    /// Set when a gate is inconclusive.
+    inconclusive: Option<String>,
+    /// Set when a gate failed after promotion (no rollback configured).
+    monitor_failure: Option<String>,
+    /// Set when the rollout failed and is not rolled back: the condition reason.
+    failure_reason: Option<&'static str>,
+    /// Set when the rollback in progress is over its deadline.
+    rollback_over_deadline: bool,
+    /// Set when a rollback or hold cannot proceed.
+    rollback_failure: Option<String>,
+    /// The rollback already took its step in this pass (started by an operation).
+    rollback_ran: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn event(&mut self, warning: bool, reason: &'static str, note: impl Into<String>) {
+        self.events.push(PlannedEvent {
+            warning,
+            reason,
+            note: note.into(),
+        });
+    }
+
+    fn requeue_in(&mut self, d: Duration) {
+        let d = d.max(Duration::from_millis(100));
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn now(&self) -> Time {
+        self.input.now.clone()
+    }
+
+    fn observed(&self, c: &str) -> Option<&'a WorkloadState> {
+        self.input.observed.get(c)
+    }
+
+    /// Whether the workload carries `target`'s spec of component `c`.
+    fn up_to_date(&self, target: &RevisionRef, c: &str) -> bool {
+        self.observed(c)
+            .is_some_and(|w| w.spec_hash.as_deref() == target.hashes.get(c).map(String::as_str))
+    }
+
+    fn available(&self, c: &str) -> bool {
+        self.observed(c).is_some_and(|w| w.available)
+    }
+
+    fn revision(&self, n: i64) -> Option<&'a RevisionRef> {
+        if n == self.input.desired.number {
+            Some(self.input.desired)
+        } else {
+            self.input.revisions.get(&n)
+        }
+    }
+
+    fn progress_deadline(&self) -> Duration {
+        self.input
+            .spec
+            .rollout
+            .progress_deadline()
+            .parse()
+            .unwrap_or(Duration::from_secs(600))
+    }
+
+    fn analysis_window(&self) -> Duration {
+        self.input
+            .spec
+            .rollout
+            .analysis()
+            .parse()
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    fn rollback_deadline(&self) -> Duration {
+        self.input
+            .spec
+            .rollout
+            .rollback_deadline()
+            .parse()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    fn monitor_interval(&self) -> Duration {
+        self.input
+            .spec
+            .rollout
+            .monitor_interval()
+            .parse()
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// Updates gate statuses with this reconcile's measurements and evaluates them.
+    fn analyse(
+        &self,
+        component: Option<&str>,
+        gates: &[Gate],
+        previous: &[GateStatus],
+        window_over: bool,
+    ) -> Vec<GateStatus> {
+        gates
+            .iter()
+            .map(|g| {
+                let mut st = previous
+                    .iter()
+                    .find(|s| s.name == g.name)
+                    .cloned()
+                    .unwrap_or_else(|| analysis::fresh(g));
+                if let Some(m) = self.input.measurements.get(&gate_key(component, &g.name)) {
+                    analysis::record(&mut st, m.clone());
+                }
+                analysis::evaluate(&mut st, g, window_over);
+                st
+            })
+            .collect()
+    }
+
+    /// Like [`Planner::analyse`] for monitoring after promotion: a gate is Failed while
+    /// its last `failureLimit + 1` measurements all failed, so it can recover.
+    fn monitor_gates(
+        &self,
+        component: Option<&str>,
+        gates: &[Gate],
+        previous: &[GateStatus],
+    ) -> Vec<GateStatus> {
+        gates
+            .iter()
+            .map(|g| {
+                let mut st = previous
+                    .iter()
+                    .find(|s| s.name == g.name)
+                    .cloned()
+                    .unwrap_or_else(|| analysis::fresh(g));
+                if let Some(m) = self.input.measurements.get(&gate_key(component, &g.name)) {
+                    analysis::record(&mut st, m.clone());
+                }
+                analysis::evaluate_monitoring(&mut st, g);
+                st
+            })
+            .collect()
+    }
+
+    /// Schedules the next reconcile for the earliest due measurement of `gates`.
+    fn requeue_for_gates(&mut self, gates: &[Gate], statuses: &[GateStatus], every: Duration) {
+        let now = self.now();
+        let next = gates
+            .iter()
+            .map(|g| {
+                analysis::until_due(statuses.iter().find(|s| s.name == g.name), g, every, &now)
+            })
+            .min();
+        if let Some(d) = next {
+            self.requeue_in(d);
+        }
+    }
+}
+
+/// Plans one reconcile.
+pub fn plan(input: PlanInput<'_>) -> Plan {
+    let mut status = input.previous.clone();
+    status.observed_generation = input.generation;
+    status.current_revision = Some(input.desired.number);
+    status.current_revision_hash = Some(crate::reconcile::revisions::revision_hash(
+        &input.desired.components,
+    ));
+    let mut p = Planner {
+        input,
+        status,
+        actions: vec![],
+        events: vec![],
+        requeue: None,
+        op_results: vec![],
+        outcomes: vec![],
+        promoted: false,
+        held_by_pause: false,
+        inconclusive: None,
+        monitor_failure: None,
+        failure_reason: None,
+        rollback_over_deadline: false,
+        rollback_failure: None,
+        rollback_ran: false,
+    };
+
+    operations::apply(&mut p);
+
+    // A hold lasts only while the spec still asks for the revision that was rolled back.
+    if let Some(h) = p.status.hold.clone() {
+        if h.held_back != p.input.desired.number && p.status.rollback.is_none() {
+            p.status.hold = None;
+            p.event(
+                false,
+                "HoldReleased",
+                format!(
+                    "The spec now asks for revision {} (revision {} stays held back)",
+                    p.input.desired.number, h.held_back
+                ),
+            );
+        }
+    }
+
+    if p.status.rollback.is_some() {
+        if !p.rollback_ran {
+            rollback::run(&mut p);
+        }
+    } else if let Some(h) = p.status.hold.clone() {
+        match p.revision(h.revision) {
+            Some(target) => forward::hold(&mut p, target),
+            None => rollback::missing_revision(&mut p, h.revision),
+        }
+    } else {
+        forward::rollout(&mut p);
+    }
+
+    summary::finish(&mut p);
+    Plan {
+        actions: p.actions,
+        status: p.status,
+        events: p.events,
+        requeue_after: p.requeue,
+        operations: p.op_results,
+        outcomes: p.outcomes,
+        promoted: p.promoted,
+    }
+}
+
+/// Status for a spec the controller refuses: nothing is applied; revision numbers stay
+/// what they were, so the stack keeps running its last good spec.
+pub fn invalid(
+    previous: &ProductionStackStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: &Time,
+) -> (ProductionStackStatus, Option<PlannedEvent>) {
+    summary::invalid(previous, generation, message, now)
+}
+
+/// Gates due for a measurement in this reconcile, from the previous status: the gates of
+/// the component under analysis, the stack's gates during the final analysis, or every
+/// gate (at the slower monitoring pace) once the stack is stable.
+pub fn gates_due<'s>(
+    spec: &'s ProductionStackSpec,
+    desired: &'s RevisionRef,
+    previous: &ProductionStackStatus,
+    now: &Time,
+) -> Vec<(Option<&'s str>, &'s Gate)> {
+    use deployctl_api::RolloutStep;
+    let statuses = |c: Option<&str>| -> Vec<GateStatus> {
+        match c {
+            Some(c) => previous
+                .components
+                .iter()
+                .find(|s| s.name == c)
+                .map(|s| s.gates.clone())
+                .unwrap_or_default(),
+            None => previous.gates.clone(),
+        }
+    };
+    let due = |c: Option<&'s str>, gates: &'s [Gate], every: Duration| {
+        let st = statuses(c);
+        gates
+            .iter()
+            .filter(|g| analysis::is_due(st.iter().find(|s| s.name == g.name), g, every, now))
+            .map(|g| (c, g))
+            .collect::<Vec<_>>()
+    };
+    if previous.rollback.is_some() || previous.hold.is_some() {
+        return vec![];
+    }
+    match &previous.rollout {
+        Some(r) if r.promoted || r.revision != desired.number => vec![],
+        Some(r) => match r.step {
+            Some(RolloutStep::Analysing) => r
+                .component
+                .as_deref()
+                .and_then(|c| desired.component(c))
+                .map(|c| due(Some(c.name.as_str()), &c.gates, Duration::ZERO))
+                .unwrap_or_default(),
+            Some(RolloutStep::StackAnalysis) => due(None, &spec.gates, Duration::ZERO),
+            _ => vec![],
+        },
+        None if previous.stable_revision == Some(desired.number) => {
+            let every = spec
+                .rollout
+                .monitor_interval()
+                .parse()
+                .unwrap_or(Duration::from_secs(30));
+            let mut all: Vec<(Option<&'s str>, &'s Gate)> = desired
+                .components
+                .iter()
+                .flat_map(|c| due(Some(c.name.as_str()), &c.gates, every))
+                .collect();
+            all.extend(due(None, &spec.gates, every));
+            all
+        }
+        None => vec![],
+    }
+}
+
+/// Whether an operation asks for this action (for the I/O layer's filters).
+pub fn is_action(op: &PendingOperation, a: OperationAction) -> bool {
+    op.action == a
+}

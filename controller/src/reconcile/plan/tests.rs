@@ -1,0 +1,778 @@
+//! Planner scenarios, each a small world: the planner decides, the "cluster" applies what
+//! it asked for, time moves on.
+
+use super::*;
+use deployctl_api::conditions::{READY, RECONCILING, STALLED};
+use deployctl_api::{ComponentPhase, GatePhase, MeasurementOutcome, RolloutStep, StackPhase};
+
+fn t(secs: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap())
+}
+
+fn spec(extra_policy: &str, api_gates: &str, image: &str) -> ProductionStackSpec {
+    let c = format!("{{spec: {{containers: [{{name: a, image: '{image}'}}]}}}}");
+    serde_yaml_ng::from_str(&format!(
+        "components:
+- {{name: db, template: {c}}}
+- {{name: cache, template: {c}}}
+- {{name: api, dependsOn: [db, cache], template: {c}, gates: {api_gates}}}
+rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s{extra_policy}}}"
+    ))
+    .unwrap()
+}
+
+const GATE: &str = "[{name: http, interval: 1s, http: {path: /healthz}}]";
+
+struct World {
+    spec: ProductionStackSpec,
+    desired: RevisionRef,
+    history: BTreeMap<i64, RevisionRef>,
+    observed: BTreeMap<String, WorkloadState>,
+    status: ProductionStackStatus,
+    measurements: BTreeMap<String, Measurement>,
+    ops: Vec<PendingOperation>,
+    /// Revision number whose pods come up Available when applied.
+    healthy: Vec<i64>,
+}
+
+impl World {
+    fn new(spec: ProductionStackSpec) -> Self {
+        let desired = RevisionRef::new("shop", 1, spec.components.clone()).unwrap();
+        World {
+            spec,
+            desired,
+            history: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            status: Default::default(),
+            measurements: BTreeMap::new(),
+            ops: vec![],
+            healthy: vec![1, 2, 3, 4],
+        }
+    }
+
+    /// The user changes the spec: a new revision.
+    fn change(&mut self, spec: ProductionStackSpec, number: i64) {
+        self.history
+            .insert(self.desired.number, self.desired.clone());
+        self.desired = RevisionRef::new("shop", number, spec.components.clone()).unwrap();
+        self.history.remove(&number);
+        self.spec = spec;
+    }
+
+    fn step(&mut self, now: i64) -> Plan {
+        let p = plan(PlanInput {
+            spec: &self.spec,
+            generation: Some(self.desired.number),
+            desired: &self.desired,
+            revisions: &self.history,
+            observed: &self.observed,
+            measurements: &self.measurements,
+            operations: &self.ops,
+            previous: &self.status,
+            now: t(now),
+        });
+        self.status = p.status.clone();
+        self.measurements.clear();
+        self.ops
+            .retain(|o| !p.operations.iter().any(|r| r.name == o.name));
+        // The cluster does what was asked.
+        for a in &p.actions {
+            match a {
+                Action::Apply {
+                    component,
+                    revision,
+                } => {
+                    let r = if *revision == self.desired.number {
+                        &self.desired
+                    } else {
+                        &self.history[revision]
+                    };
+                    self.observed.insert(
+                        component.clone(),
+                        WorkloadState {
+                            spec_hash: Some(r.hashes[component].clone()),
+                            revision: Some(*revision),
+                            replicas: 1,
+                            available: self.healthy.contains(revision),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Action::Delete { component } => {
+                    self.observed.remove(component);
+                }
+            }
+        }
+        p
+    }
+
+    fn measure(&mut self, component: &str, gate: &str, outcome: MeasurementOutcome, at: i64) {
+        self.measurements.insert(
+            gate_key(Some(component), gate),
+            Measurement {
+                at: t(at),
+                outcome,
+                value: None,
+                message: Some(format!("{outcome:?}")),
+            },
+        );
+    }
+
+    fn op(&mut self, name: &str, action: OperationAction, to: Option<i64>) {
+        self.ops.push(PendingOperation {
+            name: name.into(),
+            action,
+            to_revision: to,
+            reason: Some("test".into()),
+            requested_by: Some("alice".into()),
+        });
+    }
+
+    fn phase(&self) -> StackPhase {
+        self.status.phase.unwrap()
+    }
+
+    fn running(&self, c: &str) -> Option<i64> {
+        self.observed.get(c).and_then(|w| w.revision)
+    }
+
+    /// Steps until no action is planned, passing gates of the component under analysis.
+    fn settle(&mut self, mut now: i64, pass: bool) -> i64 {
+        for _ in 0..50 {
+            let analysing = self.status.rollout.as_ref().and_then(|r| {
+                (r.step == Some(RolloutStep::Analysing))
+                    .then(|| r.component.clone())
+                    .flatten()
+            });
+            if let Some(c) = analysing {
+                let outcome = if pass {
+                    MeasurementOutcome::Success
+                } else {
+                    MeasurementOutcome::Failure
+                };
+                self.measure(&c, "http", outcome, now);
+            }
+            let p = self.step(now);
+            now += 11;
+            if p.actions.is_empty()
+                && self.status.rollout.is_none()
+                && self.status.rollback.is_none()
+            {
+                return now;
+            }
+        }
+        panic!("did not settle: {:#?}", self.status);
+    }
+}
+
+fn cond<'a>(s: &'a ProductionStackStatus, t: &str) -> (&'a str, &'a str) {
+    let c = s.condition(t).unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[test]
+fn creates_components_one_at_a_time_in_dependency_order() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    w.healthy.clear();
+    let p = w.step(0);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 1
+        }]
+    );
+    assert_eq!(p.events[0].reason, "RolloutStarted");
+    assert_eq!(cond(&w.status, RECONCILING), ("True", "RollingOut"));
+    assert_eq!(
+        w.status.components[2].phase,
+        ComponentPhase::WaitingForDependencies
+    );
+    let p = w.step(1);
+    assert!(
+        p.actions.is_empty(),
+        "db is not Available yet: nothing else starts"
+    );
+    assert_eq!(w.status.components[1].phase, ComponentPhase::Pending);
+    w.healthy = vec![1];
+    w.observed.get_mut("db").unwrap().available = true;
+    let p = w.step(2);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "cache".into(),
+            revision: 1
+        }]
+    );
+    let p = w.step(3);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "api".into(),
+            revision: 1
+        }]
+    );
+    let p = w.step(4);
+    assert!(p.actions.is_empty());
+    assert!(p.promoted);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert_eq!(
+        (w.status.stable_revision, w.status.rollout.clone()),
+        (Some(1), None)
+    );
+    assert_eq!(w.status.ready_components.as_deref(), Some("3/3"));
+    assert_eq!(cond(&w.status, READY), ("True", "Available"));
+    assert!(p.events.iter().any(|e| e.reason == "RolloutComplete"));
+    let before = w.status.clone();
+    let p = w.step(100);
+    assert!(p.actions.is_empty() && p.events.is_empty());
+    assert_eq!(w.status, before, "steady state writes nothing");
+}
+
+#[test]
+fn gates_hold_the_next_component_until_they_pass() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    // Revision 2 changes db and api; api has a gate, and a new db is analysed by none.
+    let mut s2 = spec("", GATE, "x:2");
+    s2.components[1] = w.spec.components[1].clone(); // cache unchanged
+    w.change(s2, 2);
+    let p = w.step(now);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 2
+        }]
+    );
+    let p = w.step(now + 1);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "api".into(),
+            revision: 2
+        }],
+        "cache did not change"
+    );
+    let p = w.step(now + 2);
+    assert!(p.actions.is_empty());
+    let r = w.status.rollout.clone().unwrap();
+    assert_eq!(
+        (r.component.as_deref(), r.step),
+        (Some("api"), Some(RolloutStep::Analysing))
+    );
+    assert!(p.events.iter().any(|e| e.reason == "AnalysisStarted"));
+    w.measure("api", "http", MeasurementOutcome::Success, now + 3);
+    w.step(now + 3);
+    assert_eq!(
+        w.phase(),
+        StackPhase::Progressing,
+        "the 10s window is still open"
+    );
+    assert_eq!(w.status.components[2].gates[0].successes, 1);
+    w.measure("api", "http", MeasurementOutcome::Success, now + 13);
+    let p = w.step(now + 13);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert_eq!(w.status.stable_revision, Some(2));
+    assert!(p.events.iter().any(|e| e.reason == "AnalysisPassed"));
+}
+
+#[test]
+fn a_failed_gate_rolls_back_in_reverse_order_and_holds() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", GATE, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    assert_eq!(w.running("api"), Some(2));
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 4);
+    let p = w.step(now + 4);
+    assert_eq!(w.phase(), StackPhase::RollingBack);
+    let rb = w.status.rollback.clone().unwrap();
+    assert_eq!((rb.from_revision, rb.to_revision), (2, 1));
+    assert_eq!(rb.trigger, deployctl_api::RollbackTrigger::Gate);
+    assert!(rb.reason.contains("gate http failed"), "{}", rb.reason);
+    // Dependents first: api, then (cache, db in reverse order of revision 2).
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "api".into(),
+            revision: 1
+        }]
+    );
+    assert!(p.outcomes.contains(&Outcome::Rollout("rolled_back")));
+    let p = w.step(now + 5);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "cache".into(),
+            revision: 1
+        }]
+    );
+    let p = w.step(now + 6);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 1
+        }]
+    );
+    let p = w.step(now + 7);
+    assert!(p.actions.is_empty());
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(
+        (last.from_revision, last.to_revision, last.within_deadline),
+        (2, 1, true)
+    );
+    assert_eq!(last.duration_seconds, 3.0);
+    assert_eq!(w.status.hold.as_ref().unwrap().held_back, 2);
+    assert_eq!(cond(&w.status, STALLED), ("True", "RolledBack"));
+    assert!(matches!(
+        p.outcomes[0],
+        Outcome::Rollback {
+            trigger: "gate",
+            outcome: "completed",
+            ..
+        }
+    ));
+    // It stays there: the same spec is not retried.
+    let p = w.step(now + 100);
+    assert!(p.actions.is_empty());
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!(w.running("api"), Some(1));
+}
+
+#[test]
+fn bad_to_good_and_bad_to_bad() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", GATE, "x:2"), 2);
+    let now = w.settle(now, false);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    // Bad to bad: another failing revision rolls back to 1 again.
+    w.change(spec("", GATE, "x:3"), 3);
+    let now = w.settle(now, false);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!(
+        w.status
+            .last_rollback
+            .as_ref()
+            .map(|r| (r.from_revision, r.to_revision)),
+        Some((3, 1))
+    );
+    // Bad to good.
+    w.change(spec("", GATE, "x:4"), 4);
+    w.settle(now, true);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert_eq!(w.status.stable_revision, Some(4));
+    assert!(w.status.hold.is_none());
+}
+
+#[test]
+fn a_missed_progress_deadline_rolls_back_and_an_overlong_rollback_is_reported() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    w.healthy = vec![1];
+    w.change(spec("", "[]", "x:2"), 2);
+    w.step(now);
+    assert_eq!(w.running("db"), Some(2));
+    w.step(now + 30);
+    assert_eq!(w.phase(), StackPhase::Progressing);
+    let p = w.step(now + 61);
+    assert_eq!(w.phase(), StackPhase::RollingBack);
+    assert_eq!(
+        w.status.rollback.as_ref().unwrap().trigger,
+        deployctl_api::RollbackTrigger::ProgressDeadline
+    );
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 1
+        }]
+    );
+    // The old revision takes long to come back: past the 30s rollback deadline.
+    w.observed.get_mut("db").unwrap().available = false;
+    let p = w.step(now + 95);
+    assert_eq!(w.phase(), StackPhase::RollingBack);
+    assert_eq!(cond(&w.status, READY).1, "RollbackDeadlineExceeded");
+    assert!(p
+        .events
+        .iter()
+        .any(|e| e.reason == "RollbackDeadlineExceeded" && e.warning));
+    let p = w.step(now + 96);
+    assert!(
+        !p.events
+            .iter()
+            .any(|e| e.reason == "RollbackDeadlineExceeded"),
+        "reported once"
+    );
+    w.observed.get_mut("db").unwrap().available = true;
+    let p = w.step(now + 100);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert!(!w.status.last_rollback.as_ref().unwrap().within_deadline);
+    assert!(matches!(
+        p.outcomes[0],
+        Outcome::Rollback {
+            outcome: "over_deadline",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn without_auto_rollback_a_failure_stalls_the_rollout() {
+    let mut w = World::new(spec(", autoRollback: false", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec(", autoRollback: false", GATE, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 4);
+    let p = w.step(now + 4);
+    assert!(p.actions.is_empty());
+    assert_eq!(w.phase(), StackPhase::Degraded);
+    assert_eq!(cond(&w.status, STALLED), ("True", "GateFailed"));
+    assert!(w.status.rollback.is_none());
+}
+
+#[test]
+fn the_first_rollout_has_nothing_to_roll_back_to() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    for i in 0..3 {
+        w.step(i);
+    }
+    w.measure("api", "http", MeasurementOutcome::Failure, 4);
+    let p = w.step(4);
+    assert_eq!(w.phase(), StackPhase::Degraded);
+    assert!(p
+        .events
+        .iter()
+        .any(|e| e.note.contains("no stable revision")));
+}
+
+#[test]
+fn a_new_spec_after_a_rollback_releases_the_hold() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", GATE, "x:2"), 2);
+    let now = w.settle(now, false);
+    assert!(w.status.hold.is_some());
+    w.change(spec("", GATE, "x:3"), 3);
+    let p = w.step(now);
+    assert!(w.status.hold.is_none());
+    assert!(p.events.iter().any(|e| e.reason == "HoldReleased"));
+    assert_eq!(w.status.rollout.as_ref().unwrap().revision, 3);
+}
+
+#[test]
+fn a_new_spec_mid_rollout_takes_over() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    w.healthy = vec![1, 3];
+    w.change(spec("", "[]", "x:2"), 2);
+    w.step(now);
+    w.change(spec("", "[]", "x:3"), 3);
+    let p = w.step(now + 1);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 3
+        }]
+    );
+    let r = w.status.rollout.clone().unwrap();
+    assert_eq!((r.revision, r.from_revision), (3, Some(1)));
+    w.settle(now + 2, true);
+    assert_eq!(w.status.stable_revision, Some(3));
+}
+
+#[test]
+fn pause_and_resume_operations() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    w.op("p1", OperationAction::Pause, None);
+    w.change(spec("", "[]", "x:2"), 2);
+    let p = w.step(now);
+    assert!(p.actions.is_empty());
+    assert_eq!(w.phase(), StackPhase::Paused);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert!(w
+        .status
+        .message
+        .as_ref()
+        .unwrap()
+        .contains("paused by alice"));
+    assert_eq!(w.status.processed_operations, vec!["p1"]);
+    w.op("r1", OperationAction::Resume, None);
+    let p = w.step(now + 1);
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "db".into(),
+            revision: 2
+        }]
+    );
+    // An operation already acted on is never acted on twice.
+    w.op("p1", OperationAction::Pause, None);
+    let p = w.step(now + 2);
+    assert!(p.operations.is_empty());
+    assert!(w.status.manual_pause.is_none());
+}
+
+#[test]
+fn abort_then_retry_then_promote() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", GATE, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    w.op("a1", OperationAction::Abort, None);
+    let p = w.step(now + 3);
+    assert_eq!(p.operations[0].target_revision, Some(1));
+    assert_eq!(
+        w.status.rollback.as_ref().unwrap().operation.as_deref(),
+        Some("a1")
+    );
+    assert!(p.outcomes.contains(&Outcome::Rollout("aborted")));
+    let now = w.settle(now + 4, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    w.op("t1", OperationAction::Retry, None);
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert_eq!(w.status.rollout.as_ref().unwrap().revision, 2);
+    for i in 1..4 {
+        w.step(now + i);
+    }
+    assert_eq!(
+        w.status.rollout.as_ref().unwrap().step,
+        Some(RolloutStep::Analysing)
+    );
+    w.op("pr", OperationAction::Promote, None);
+    let p = w.step(now + 4);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert_eq!(
+        w.phase(),
+        StackPhase::Healthy,
+        "promotion skips the remaining analysis"
+    );
+    assert_eq!(w.status.stable_revision, Some(2));
+    // Nothing to promote or retry now.
+    w.op("pr2", OperationAction::Promote, None);
+    w.op("t2", OperationAction::Retry, None);
+    let p = w.step(now + 5);
+    assert!(
+        p.operations
+            .iter()
+            .all(|o| o.phase == OperationPhase::Failed),
+        "{:?}",
+        p.operations
+    );
+    assert!(p.events.iter().any(|e| e.reason == "OperationRefused"));
+}
+
+#[test]
+fn rollback_to_a_named_revision_and_refusals() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let mut now = w.settle(0, true);
+    for n in 2..=3 {
+        w.change(spec("", "[]", &format!("x:{n}")), n);
+        now = w.settle(now, true);
+    }
+    assert_eq!(w.status.stable_revision, Some(3));
+    w.op("bad", OperationAction::Rollback, Some(9));
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Failed);
+    assert!(
+        p.operations[0].message.contains("kept: 1, 2, 3"),
+        "{}",
+        p.operations[0].message
+    );
+    w.op("rb", OperationAction::Rollback, Some(1));
+    let p = w.step(now + 1);
+    assert_eq!(p.operations[0].target_revision, Some(1));
+    assert_eq!(
+        p.actions,
+        vec![Action::Apply {
+            component: "api".into(),
+            revision: 1
+        }]
+    );
+    let now = w.settle(now + 2, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!(
+        w.status
+            .last_rollback
+            .as_ref()
+            .unwrap()
+            .operation
+            .as_deref(),
+        Some("rb")
+    );
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    // Without a revision: the one before what runs.
+    w.op("rb2", OperationAction::Retry, None);
+    let now = w.settle(now, true);
+    assert_eq!(w.status.stable_revision, Some(3));
+    w.op("rb3", OperationAction::Rollback, None);
+    let p = w.step(now);
+    assert_eq!(p.operations[0].target_revision, Some(2));
+}
+
+#[test]
+fn an_inconclusive_gate_pauses_for_a_person() {
+    let gate = "[{name: http, interval: 1s, errorLimit: 1, http: {}}]";
+    let mut w = World::new(spec("", gate, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", gate, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    w.measure("api", "http", MeasurementOutcome::Error, now + 3);
+    w.step(now + 3);
+    assert_eq!(
+        w.phase(),
+        StackPhase::Progressing,
+        "one error is within the limit"
+    );
+    w.measure("api", "http", MeasurementOutcome::Error, now + 4);
+    let p = w.step(now + 4);
+    assert_eq!(w.phase(), StackPhase::Paused);
+    assert_eq!(cond(&w.status, READY).1, "Inconclusive");
+    assert_eq!(
+        w.status.components[2].gates[0].phase,
+        GatePhase::Inconclusive
+    );
+    assert!(p.events.iter().any(|e| e.reason == "Inconclusive"));
+    assert!(
+        w.status.rollback.is_none(),
+        "an inconclusive gate never rolls back by itself"
+    );
+    // Resume measures again, and the gate passes.
+    w.op("r", OperationAction::Resume, None);
+    w.step(now + 5);
+    assert_eq!(w.status.components[2].gates[0].phase, GatePhase::Running);
+    w.measure("api", "http", MeasurementOutcome::Success, now + 16);
+    w.step(now + 16);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+}
+
+#[test]
+fn after_promotion_a_failing_gate_degrades_then_recovers() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.measure("api", "http", MeasurementOutcome::Failure, now);
+    let p = w.step(now);
+    assert_eq!(w.phase(), StackPhase::Degraded);
+    assert_eq!(cond(&w.status, READY), ("False", "GateFailed"));
+    assert!(p.events.iter().any(|e| e.reason == "GateFailed"));
+    assert!(
+        w.status.rollback.is_none(),
+        "no rollback after promotion unless asked"
+    );
+    w.measure("api", "http", MeasurementOutcome::Success, now + 30);
+    w.step(now + 30);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+}
+
+#[test]
+fn after_promotion_rollback_when_the_policy_asks() {
+    let policy = ", rollbackAfterPromotion: true";
+    let mut w = World::new(spec(policy, GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec(policy, GATE, "x:2"), 2);
+    let now = w.settle(now, true);
+    assert_eq!(w.status.stable_revision, Some(2));
+    w.measure("api", "http", MeasurementOutcome::Failure, now);
+    w.step(now);
+    assert_eq!(w.phase(), StackPhase::RollingBack);
+    assert_eq!(w.status.rollback.as_ref().unwrap().to_revision, 1);
+}
+
+#[test]
+fn restart_after_apply_before_status_write_resumes_without_reapplying() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    w.healthy = vec![1];
+    w.change(spec("", "[]", "x:2"), 2);
+    let saved = w.status.clone();
+    w.step(now);
+    w.status = saved; // the status write was lost
+    let p = w.step(now + 2);
+    assert!(
+        p.actions.is_empty(),
+        "db already carries revision 2: {:?}",
+        p.actions
+    );
+    assert_eq!(w.status.components[0].phase, ComponentPhase::Progressing);
+}
+
+#[test]
+fn a_component_removed_by_the_failed_revision_comes_back_and_an_added_one_goes() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    // Revision 2 drops cache and adds search (which fails its gate).
+    let mut s2 = spec("", "[]", "x:2");
+    s2.components.retain(|c| c.name != "cache");
+    for c in &mut s2.components {
+        c.depends_on.retain(|d| d != "cache");
+    }
+    let mut search = s2.components[0].clone();
+    search.name = "search".into();
+    search.gates = serde_yaml_ng::from_str(GATE).unwrap();
+    s2.components.push(search);
+    w.change(s2, 2);
+    for i in 0..4 {
+        w.step(now + i);
+    }
+    assert_eq!(w.running("search"), Some(2));
+    w.measure("search", "http", MeasurementOutcome::Failure, now + 5);
+    let p = w.step(now + 5);
+    assert!(
+        p.actions.contains(&Action::Delete {
+            component: "search".into()
+        }),
+        "{:?}",
+        p.actions
+    );
+    w.settle(now + 6, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert!(w.observed.contains_key("cache"));
+    assert!(!w.observed.contains_key("search"));
+}
+
+#[test]
+fn invalid_spec_is_stalled_and_reported_once() {
+    let prev = ProductionStackStatus {
+        stable_revision: Some(4),
+        ..Default::default()
+    };
+    let (s, e) = invalid(&prev, Some(7), "spec.components: dependency cycle", &t(0));
+    assert_eq!(s.phase, Some(StackPhase::Invalid));
+    assert_eq!(s.stable_revision, Some(4));
+    assert_eq!(cond(&s, STALLED), ("True", "InvalidSpec"));
+    assert!(e.is_some());
+    let (_, e) = invalid(&s, Some(7), "spec.components: dependency cycle", &t(5));
+    assert!(e.is_none());
+}
+
+#[test]
+fn gates_due_follow_the_step() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    for i in 0..4 {
+        w.step(i);
+    }
+    assert_eq!(
+        w.status.rollout.as_ref().unwrap().step,
+        Some(RolloutStep::Analysing)
+    );
+    let due = gates_due(&w.spec, &w.desired, &w.status, &t(4));
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, Some("api"));
+    w.settle(3, true);
+    let due = gates_due(&w.spec, &w.desired, &w.status, &t(1000));
+    assert_eq!(due.len(), 1, "monitoring after promotion");
+}

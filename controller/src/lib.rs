@@ -16,11 +16,12 @@ pub mod server;
 
 use anyhow::Context as _;
 use args::{LogFormat, RunArgs};
-use deployctl_api::{labels, ProductionStack};
+use deployctl_api::{labels, ProductionStack, StackOperation};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
@@ -150,11 +151,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let operations: Api<StackOperation> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
     Controller::new(stacks, watcher::Config::default())
         .owns(deployments, children.clone())
         .owns(statefulsets, children)
+        // A new StackOperation wakes the stack it names.
+        .watches(
+            operations,
+            watcher::Config::default(),
+            |op: StackOperation| {
+                let ns = op.metadata.namespace.clone()?;
+                Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
+            },
+        )
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

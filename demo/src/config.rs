@@ -80,6 +80,12 @@ pub struct ServeArgs {
     #[arg(long, env = "UPSTREAM_URL")]
     pub upstream: Option<Url>,
 
+    /// After SIGTERM, keep serving this long (with `/readyz` answering 503) before
+    /// closing the listener, so endpoints stop routing here first: what a `preStop`
+    /// sleep does for real services.
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
     /// Fault switches.
     #[command(flatten)]
     pub faults: FaultArgs,

@@ -30,6 +30,8 @@ pub struct Shared {
     pub store: OnceLock<Arc<Store>>,
     /// The upstream, in the proxy role.
     pub proxy: Option<Proxy>,
+    /// Set after SIGTERM while the shutdown delay runs: `/readyz` answers 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -164,6 +166,9 @@ async fn readyz(State(state): State<Arc<Shared>>) -> (StatusCode, String) {
             format!("not ready: {why}\n"),
         )
     };
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return unready("shutting down".into());
+    }
     if state.faults.get().never_ready {
         return unready("fault never_ready is set".into());
     }

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub upstream: Option<Url>,
     /// Fault switches at start.
     pub faults: Faults,
+    /// How long to drain after SIGTERM before closing the listener.
+    pub shutdown_delay: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -67,6 +69,7 @@ impl ServeConfig {
             seed: args.seed,
             upstream: args.upstream,
             faults,
+            shutdown_delay: std::time::Duration::from_millis(args.shutdown_delay_ms),
         })
     }
 
@@ -81,6 +84,7 @@ impl ServeConfig {
             seed: 0,
             upstream: None,
             faults: Faults::default(),
+            shutdown_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -187,6 +191,7 @@ impl Server {
             metrics: Arc::new(Metrics::new(cfg.version)),
             store: OnceLock::new(),
             proxy,
+            draining: Default::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(listener, shared.clone(), cfg, shutdown_rx));
@@ -232,14 +237,27 @@ fn join(r: Result<Result<(), RunError>, tokio::task::JoinError>) -> Result<(), R
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(cfg: ServeConfig) -> Result<(), RunError> {
+    let delay = cfg.shutdown_delay;
     let mut server = Server::start(cfg).await?;
     tokio::select! {
         res = &mut server.task => return join(res),
         signal = termination_signal() => {
-            tracing::info!(signal, "shutting down gracefully");
-            server.shutdown();
+            tracing::info!(signal, drain_ms = delay.as_millis() as u64, "shutting down gracefully");
         }
     }
+    if !delay.is_zero() {
+        // Unready first, so the endpoints controller takes this pod out of rotation
+        // while it still answers the requests already routed to it.
+        server
+            .shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            res = &mut server.task => return join(res),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    server.shutdown();
     server.wait().await
 }
 

@@ -359,3 +359,34 @@ async fn bad_configuration_is_a_usage_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn after_sigterm_it_drains_unready_but_serving_for_the_shutdown_delay() {
+    let http = client();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::spawn(
+        demo_app()
+            .env("DATA_DIR", dir.path())
+            .env("SHUTDOWN_DELAY_MS", "3000"),
+    )
+    .await;
+    wait_ready(&http, &run.base).await;
+    let pid = run.child.id().expect("running") as i32;
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("send SIGTERM");
+    let readyz = format!("{}/readyz", run.base);
+    let (status, body) = common::eventually("/readyz to answer 503 after SIGTERM", || async {
+        match get(&http, &readyz).await {
+            Ok((503, body)) => Ok((503, body)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shutting down"), "{body}");
+    let (status, _) = get(&http, &format!("{}/api/items", run.base))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "still serving while draining");
+    let (code, log) = run.sigterm_and_wait().await;
+    assert_eq!(code, 0, "{log}");
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of deployctl on this machine, installing what they need first.
+# Usage: scripts/test.sh            (the whole suite, as CI runs it)
+#        scripts/test.sh -p deployctl-controller   (extra args go to `cargo test`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+say() { printf '\n[test +%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+
+say "installing the platform (Debian packages, Kubernetes 1.20 control plane; cached after the first run)"
+bash scripts/install-platform.sh
+
+say "checking formatting"
+cargo fmt --all -- --check
+
+say "building every binary (the tests run them as real processes)"
+cargo build --workspace --bins --locked
+
+say "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "running the Rust tests"
+# Tests wait on real clusters and processes, not on the CPU: run more at once than cores.
+cargo test --workspace --locked "$@" -- --test-threads "${DEPLOYCTL_TEST_THREADS:-4}"
+
+if [ -d tests/packaging ]; then
+  say "running the packaging tests (chart, manifests, alerts)"
+  python3 -m pip install -q -r tests/packaging/requirements.txt
+  python3 -m pytest tests/packaging -q
+fi
+
+say "checking that nothing outlived the tests"
+bash scripts/check-leftovers.sh
+say "all tests passed"

@@ -17,7 +17,7 @@ START=$(date +%s)
 say() { printf '[install-platform +%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
 APT_PACKAGES=(etcd-server iproute2 util-linux procps jq rsync golang-go golang-github-modern-go-reflect2-dev
-              ca-certificates sqlite3 prometheus restic)
+              ca-certificates sqlite3 prometheus restic lua5.4)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -497,3 +497,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use crate::ProductionStack;
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        for (name, yaml) in [
+            ("stack.yaml", include_str!("../../examples/demo-stack/stack.yaml")),
+            ("stack-good.yaml", include_str!("../../examples/demo-stack/stack-good.yaml")),
+            ("stack-bad.yaml", include_str!("../../examples/demo-stack/stack-bad.yaml")),
+        ] {
+            let s: ProductionStack = serde_yaml_ng::from_str(yaml)
+                .unwrap_or_else(|e| panic!("examples/demo-stack/{name} does not parse: {e}"));
+            super::validate("shop", &s.spec)
+                .unwrap_or_else(|e| panic!("examples/demo-stack/{name} is invalid: {e}"));
+        }
+    }
+}

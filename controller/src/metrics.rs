@@ -108,7 +108,7 @@ impl Default for Metrics {
         );
         registry.register(
             "rollbacks",
-            "Rollbacks that ended, by trigger (gate, deadline, manual) and outcome (completed, over_deadline)",
+            "Rollbacks that ended, by trigger (gate, deadline, manual) and outcome (completed, over_deadline, failed)",
             rollbacks.clone(),
         );
         registry.register(
@@ -130,8 +130,13 @@ impl Default for Metrics {
             let _ = rollouts.get_or_create(&OutcomeLabels { outcome });
         }
         for trigger in ["gate", "deadline", "manual"] {
-            for outcome in ["completed", "over_deadline"] {
+            for outcome in ["completed", "over_deadline", "failed"] {
                 let _ = rollbacks.get_or_create(&RollbackLabels { trigger, outcome });
+            }
+        }
+        for kind in ["readiness", "http", "error_rate", "prometheus", "job"] {
+            for outcome in ["success", "failure", "error"] {
+                let _ = gate_measurements.get_or_create(&GateLabels { kind, outcome });
             }
         }
         for result in ["ok", "error"] {

@@ -1,0 +1,230 @@
+"""The chart against a real API server: Helm (helm-python-sdk) installs and upgrades it, every
+rendered object passes a server-side dry run, and the API server's own RBAC authorizer
+answers what the controller and people may do.
+
+Needs DEPLOYCTL_TEST_KUBECONFIG: a kubeconfig with cluster-admin rights on a throwaway
+cluster. `tests/packaging/with-sandbox.sh` starts one (deployctl-sandbox, Kubernetes 1.20)
+and runs the whole suite against it. Without it these tests FAIL: a packaging change that
+was never tried on an API server is not tested."""
+
+from __future__ import annotations
+
+import copy
+
+import helm_python
+import pytest
+import yaml
+
+from kube import ApiError, Kube, wait_for
+from support import CHART_DIR, REPO, of_kind
+
+# An image no node has, so the installed controller never starts.
+NEVER_RUNS = {"image": {"repository": "deployctl.dev/packaging-test-never-runs"}}
+
+# prometheus-operator's kinds: their CRDs are not part of the test cluster.
+NOT_IN_TEST_CLUSTER = {"ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.fixture(scope="module")
+def namespace(kube, run_id):
+    """A throwaway namespace for dry runs and bindings."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"pkg-dry-{run_id}"}}
+    kube.apply(ns)
+    yield ns["metadata"]["name"]
+    kube.delete(ns)
+
+
+@pytest.fixture(scope="module")
+def release(kubeconfig, kube, run_id):
+    """The chart installed by Helm with its default values, as `helm install` would, except
+    for an image that does not exist: on a cluster with (simulated) nodes, a controller
+    watching all namespaces would act on other tests' stacks. test_cluster_run.py runs the
+    real controller, confined to its own namespace."""
+    name, ns = f"deployctl-pkg-{run_id}", f"pkg-{run_id}"
+    cfg = helm_python.Config(namespace=ns, kubeconfig_path=kubeconfig)
+    installed = cfg.install(helm_python.Chart.load(str(CHART_DIR)), name, NEVER_RUNS,
+                            namespace=ns, create_namespace=True, timeout=120)
+    yield {"name": name, "namespace": ns, "config": cfg, "installed": installed}
+    try:
+        cfg.uninstall(name, timeout=120)
+    finally:
+        kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+
+
+# --- Helm install and upgrade -----------------------------------------------------------
+
+def test_helm_installs_the_chart_and_its_crds(kube, release):
+    ns, name = release["namespace"], release["name"]
+    assert release["installed"]["status"] == "deployed", release["installed"]
+    for crd in ("productionstacks.deployctl.dev", "stackoperations.deployctl.dev"):
+        obj = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
+        established = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+        assert established.get("Established") == "True", obj["status"]
+    deploy = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+    assert deploy["spec"]["replicas"] == 2
+    for role in ("viewer", "operator", "admin", "controller"):
+        assert kube.exists(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}-{role}")
+    # The PodDisruptionBudget follows what the API server serves: policy/v1 from 1.21,
+    # policy/v1beta1 before.
+    pdb_version = "policy/v1" if kube.serves("policy/v1", "PodDisruptionBudget") else "policy/v1beta1"
+    manifest = release["installed"]["manifest"]
+    assert f"apiVersion: {pdb_version}\nkind: PodDisruptionBudget" in manifest
+    assert kube.exists(f"/apis/{pdb_version}/namespaces/{ns}/poddisruptionbudgets/{name}")
+
+
+def test_helm_upgrades_and_keeps_history(kube, release):
+    cfg, name, ns = release["config"], release["name"], release["namespace"]
+    upgraded = cfg.upgrade(helm_python.Chart.load(str(CHART_DIR)), name,
+                           {**NEVER_RUNS, "replicaCount": 1, "leaderElection": {"leaseDuration": "20s"}},
+                           namespace=ns, timeout=120)
+    assert upgraded["revision"] == 2 and upgraded["status"] == "deployed"
+    deploy = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+    assert deploy["spec"]["replicas"] == 1
+    assert "--lease-duration=20s" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    # One replica: the PodDisruptionBudget would block every drain, so it is gone.
+    pdb_version = "policy/v1" if kube.serves("policy/v1", "PodDisruptionBudget") else "policy/v1beta1"
+    assert not kube.exists(f"/apis/{pdb_version}/namespaces/{ns}/poddisruptionbudgets/{name}")
+    assert [r["revision"] for r in cfg.history(name)] == [1, 2]
+
+
+# --- what the API server's authorizer says ----------------------------------------------
+
+def sa(release) -> str:
+    return f"system:serviceaccount:{release['namespace']}:{release['name']}"
+
+
+@pytest.mark.parametrize("verb,group,resource,where,allowed", [
+    ("list", "deployctl.dev", "productionstacks", None, True),
+    ("watch", "deployctl.dev", "stackoperations", "anywhere", True),
+    ("patch", "deployctl.dev", "productionstacks/status", "anywhere", True),
+    ("update", "deployctl.dev", "productionstacks/finalizers", "anywhere", True),
+    ("create", "deployctl.dev", "stackoperations", "anywhere", False),
+    ("create", "apps", "deployments", "anywhere", True),
+    ("delete", "apps", "controllerrevisions", "anywhere", True),
+    ("create", "batch", "jobs", "anywhere", True),
+    ("list", "", "endpoints", None, True),
+    ("delete", "", "pods", "anywhere", False),
+    ("create", "events.k8s.io", "events", "anywhere", True),
+    ("get", "", "secrets", "own", False),
+    ("list", "", "secrets", None, False),
+    ("get", "", "configmaps", "anywhere", False),
+    ("create", "", "namespaces", None, False),
+])
+def test_the_controller_may_do_what_it_needs_and_no_more(kube, release, verb, group, resource,
+                                                         where, allowed):
+    ns = {None: None, "anywhere": "some-team", "own": release["namespace"]}[where]
+    assert kube.can(sa(release), verb, group, resource, namespace=ns,
+                    groups=["system:serviceaccounts"]) is allowed
+
+
+def test_the_controller_may_touch_only_its_own_lease(kube, release):
+    me, ns = sa(release), release["namespace"]
+    lease = f"{release['name']}-controller"
+    g = ["system:serviceaccounts"]
+    assert kube.can(me, "create", "coordination.k8s.io", "leases", namespace=ns, groups=g)
+    assert kube.can(me, "update", "coordination.k8s.io", "leases", namespace=ns, name=lease, groups=g)
+    assert not kube.can(me, "update", "coordination.k8s.io", "leases", namespace=ns,
+                        name="kube-scheduler", groups=g)
+    assert not kube.can(me, "update", "coordination.k8s.io", "leases", namespace="kube-system",
+                        name=lease, groups=g)
+
+
+def bind(kube, namespace: str, name: str, cluster_role: str, user: str):
+    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": name, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": cluster_role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+def test_an_operator_requests_rollbacks_but_cannot_edit_stacks(kube, release, namespace):
+    bind(kube, namespace, "oncall", f"{release['name']}-operator", "oncall@example.com")
+    def can(verb, resource, ns=namespace):
+        return kube.can("oncall@example.com", verb, "deployctl.dev", resource, namespace=ns)
+    assert can("create", "stackoperations")
+    assert can("get", "productionstacks") and can("watch", "productionstacks")
+    for verb in ("update", "patch", "delete", "create"):
+        assert not can(verb, "productionstacks"), verb
+    assert not can("delete", "stackoperations")
+    assert not can("create", "stackoperations", ns="another-team"), "bound in one namespace only"
+
+
+def test_viewer_and_admin_aggregate_into_the_built_in_roles(kube, release, namespace):
+    bind(kube, namespace, "reader", "view", "reader@example.com")
+    bind(kube, namespace, "developer", "edit", "developer@example.com")
+    # kube-controller-manager's clusterrole-aggregation controller fills the built-in
+    # roles from the labels; give it a moment.
+    wait_for("view to include productionstacks", lambda: kube.can(
+        "reader@example.com", "list", "deployctl.dev", "productionstacks", namespace=namespace))
+    wait_for("edit to include editing productionstacks", lambda: kube.can(
+        "developer@example.com", "update", "deployctl.dev", "productionstacks", namespace=namespace))
+    assert not kube.can("reader@example.com", "create", "deployctl.dev", "stackoperations",
+                        namespace=namespace)
+
+
+# --- server-side dry run of everything we ship ------------------------------------------
+
+VARIANTS = {
+    "default": {},
+    "watchNamespace": {"watchNamespace": "shop"},
+    "snapshot key, no NetworkPolicy": {"snapshots": {"encryptionKeySecret": "k"},
+                                       "networkPolicy": {"enabled": False}},
+    "one replica, narrowed NetworkPolicy": {
+        "replicaCount": 1,
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+                          "apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]},
+                          "gateTargets": {"ports": [{"port": 8080, "protocol": "TCP"}]},
+                          "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}]}},
+}
+
+
+def dry_run_all(kube: Kube, docs: list[dict], namespace: str) -> list[str]:
+    failures = []
+    for doc in docs:
+        if doc["kind"] in NOT_IN_TEST_CLUSTER:
+            continue
+        try:
+            kube.apply(doc, namespace=namespace, dry_run=True)
+        except (ApiError, LookupError) as e:
+            failures.append(f"{doc['kind']} {doc['metadata'].get('name')}: {e}")
+    return failures
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_every_rendered_object_passes_a_server_side_dry_run(kubeconfig, kube, namespace, values):
+    values = copy.deepcopy(values)
+    if values.get("watchNamespace"):
+        values["watchNamespace"] = namespace
+    # Rendered by Helm's own server dry run, so with the API versions this server serves;
+    # then every object goes to the API server as a dry-run apply (admission, schema).
+    cfg = helm_python.Config(namespace=namespace, kubeconfig_path=kubeconfig)
+    release = cfg.install(helm_python.Chart.load(str(CHART_DIR)), "deployctl-dry", values,
+                          namespace=namespace, dry_run="server")
+    docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    assert of_kind(docs, "Deployment")
+    assert dry_run_all(kube, docs, namespace) == []
+
+
+def test_the_plain_install_manifests_pass_a_server_side_dry_run(kube, namespace):
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests/install/deployctl.yaml").read_text()) if d]
+    # Put them into the throwaway namespace: a dry run does not create deployctl-system.
+    moved = []
+    for d in docs:
+        if d["kind"] == "Namespace":
+            continue
+        d = copy.deepcopy(d)
+        if "namespace" in d["metadata"]:
+            d["metadata"]["namespace"] = namespace
+        for s in d.get("subjects", []):
+            s["namespace"] = namespace
+        # The plain manifests are for Kubernetes 1.21+ (policy/v1); on an older test
+        # server check the same spec as policy/v1beta1.
+        if d["kind"] == "PodDisruptionBudget" and not kube.serves("policy/v1", "PodDisruptionBudget"):
+            d["apiVersion"] = "policy/v1beta1"
+        moved.append(d)
+    assert dry_run_all(kube, moved, namespace) == []
+
+
+def test_the_gitops_example_stack_is_valid(kube, namespace):
+    stack = yaml.safe_load((REPO / "deploy/gitops/stack/productionstack.yaml").read_text())
+    assert dry_run_all(kube, [stack], namespace) == []

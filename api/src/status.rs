@@ -198,6 +198,17 @@ pub enum RolloutStep {
     StackAnalysis,
 }
 
+impl std::fmt::Display for RolloutStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RolloutStep::Snapshotting => "Snapshotting",
+            RolloutStep::Progressing => "Progressing",
+            RolloutStep::Analysing => "Analysing",
+            RolloutStep::StackAnalysis => "StackAnalysis",
+        })
+    }
+}
+
 /// A rollback in progress.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -218,13 +229,15 @@ pub struct RollbackState {
     pub operation: Option<String>,
 
     /// What started it.
+    #[serde(default)]
     pub trigger: RollbackTrigger,
 }
 
 /// What started a rollback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RollbackTrigger {
     /// A health gate failed.
+    #[default]
     Gate,
     /// A component missed the progress deadline.
     ProgressDeadline,
@@ -265,6 +278,7 @@ pub struct RollbackRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     /// What started it.
+    #[serde(default)]
     pub trigger: RollbackTrigger,
 }
 

@@ -505,9 +505,18 @@ mod example_tests {
     #[test]
     fn the_shipped_examples_are_valid() {
         for (name, yaml) in [
-            ("stack.yaml", include_str!("../../examples/demo-stack/stack.yaml")),
-            ("stack-good.yaml", include_str!("../../examples/demo-stack/stack-good.yaml")),
-            ("stack-bad.yaml", include_str!("../../examples/demo-stack/stack-bad.yaml")),
+            (
+                "stack.yaml",
+                include_str!("../../examples/demo-stack/stack.yaml"),
+            ),
+            (
+                "stack-good.yaml",
+                include_str!("../../examples/demo-stack/stack-good.yaml"),
+            ),
+            (
+                "stack-bad.yaml",
+                include_str!("../../examples/demo-stack/stack-bad.yaml"),
+            ),
         ] {
             let s: ProductionStack = serde_yaml_ng::from_str(yaml)
                 .unwrap_or_else(|e| panic!("examples/demo-stack/{name} does not parse: {e}"));

@@ -69,11 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    if let Err(e) = stacks.list(&ListParams::default().limit(1)).await {
-        anyhow::bail!(
-            "cannot list ProductionStacks ({e}); is the CRD installed? kubectl apply --server-side -f manifests/crds/"
-        );
-    }
+    wait_for_crd(&stacks).await?;
 
     let metrics = Arc::new(metrics::Metrics::default());
     let health = Arc::new(server::Health::default());
@@ -174,10 +170,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(stack = %obj.name, "reconciled"),
-                // error_policy already logged it with its category.
-                Err(_) => {}
+            // error_policy already logged failures with their category.
+            if let Ok((obj, _)) = res {
+                tracing::debug!(stack = %obj.name, "reconciled");
             }
         })
         .await;
@@ -192,6 +187,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = server.await;
     Ok(())
+}
+
+/// Waits (up to a minute) until ProductionStacks are served: a controller started together
+/// with its CRDs (a sandbox, a fresh install) must not exit because it came up first.
+async fn wait_for_crd(stacks: &Api<ProductionStack>) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut logged = false;
+    loop {
+        match stacks.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 && std::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!("ProductionStacks are not served yet; waiting for the CRD (kubectl apply --server-side -f manifests/crds/)");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!(
+                "cannot list ProductionStacks: {}; is the CRD installed? kubectl apply --server-side -f manifests/crds/",
+                error::kube_message(&e)
+            ),
+        }
+    }
 }
 
 async fn wait_for_signal() {

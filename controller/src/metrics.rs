@@ -93,12 +93,9 @@ impl Default for Metrics {
         let rollouts = Family::<OutcomeLabels, Counter>::default();
         let rollbacks = Family::<RollbackLabels, Counter>::default();
         // Seconds, from sub-second rollbacks to ones past a 5-minute deadline.
-        let rollback_duration = Histogram::new(
-            [
-                0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-            ]
-            .into_iter(),
-        );
+        let rollback_duration = Histogram::new([
+            0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]);
         let rollback_deadline = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let gate_measurements = Family::<GateLabels, Counter>::default();
         registry.register(

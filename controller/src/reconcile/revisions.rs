@@ -277,9 +277,9 @@ mod tests {
         let a = component("x:1");
         assert_eq!(component_hash(&a), component_hash(&a.clone()));
         assert_ne!(component_hash(&a), component_hash(&component("x:2")));
-        assert_eq!(revision_hash(&[a.clone()]).len(), 10);
+        assert_eq!(revision_hash(std::slice::from_ref(&a)).len(), 10);
         assert_ne!(
-            revision_hash(&[a.clone()]),
+            revision_hash(std::slice::from_ref(&a)),
             revision_hash(&[component("x:2")])
         );
     }

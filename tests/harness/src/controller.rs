@@ -35,7 +35,13 @@ impl ControllerProcess {
     /// Starts the controller for namespace `ns` with a short Lease (3 s) so hand-over
     /// tests are quick; `identity` names the replica; `extra` are more arguments.
     pub fn start(env: &SharedEnv, ns: &str, identity: &str, extra: &[&str]) -> Self {
-        Self::start_binary(&controller_binary(), env.kubeconfig_path(), ns, identity, extra)
+        Self::start_binary(
+            &controller_binary(),
+            env.kubeconfig_path(),
+            ns,
+            identity,
+            extra,
+        )
     }
 
     /// Like [`ControllerProcess::start`] with an explicit binary and kubeconfig.

@@ -209,7 +209,7 @@ fn finish(
     });
     p.status.rollback = None;
     p.status.stable_revision = Some(rb.to_revision);
-    p.status.hold = (rb.to_revision != p.input.desired.number).then(|| RevisionHold {
+    p.status.hold = (rb.to_revision != p.input.desired.number).then_some(RevisionHold {
         revision: rb.to_revision,
         held_back: p.input.desired.number,
         reason: rb.reason,

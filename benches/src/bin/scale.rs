@@ -1,0 +1,202 @@
+//! Scale benchmark of the controller (not a test): creates N stacks of three components on
+//! a local control plane, waits until all are Healthy, then changes one component of a
+//! sample of stacks at a steady rate and measures the time from each spec change to the
+//! changed child applied. Reports the controller's resident memory per stack and the
+//! latency percentiles.
+//!
+//! `cargo run --release -p deployctl-benches --bin scale -- --stacks 100 --stacks 1000`
+
+use anyhow::Context;
+use clap::Parser;
+use deployctl_api::{labels, ProductionStack};
+use deployctl_benches::{percentile, rss_bytes};
+use deployctl_harness::{Cluster, ClusterOptions, ControllerProcess};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Numbers of stacks to measure, each on a fresh cluster (repeatable).
+    #[arg(long = "stacks", default_values_t = vec![100usize, 1000])]
+    stacks: Vec<usize>,
+    /// Spec changes to time per run.
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// Spec changes per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// The controller binary (a release build measures what users run).
+    #[arg(long, default_value = "target/release/deployctl-controller")]
+    controller: PathBuf,
+}
+
+fn stack(name: &str, release: u32) -> ProductionStack {
+    let c = |env: &str| {
+        format!("{{spec: {{containers: [{{name: app, image: 'deployctl.dev/demo-app:v1', env: [{{name: RELEASE, value: '{env}'}}]}}]}}}}")
+    };
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {{name: {name}}}
+spec:
+  components:
+  - {{name: db, replicas: 0, template: {db}}}
+  - {{name: cache, replicas: 0, template: {db}}}
+  - {{name: api, replicas: 0, dependsOn: [db, cache], template: {api}}}
+",
+        db = c("1"),
+        api = c(&release.to_string()),
+    ))
+    .expect("bench stack parses")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.controller.exists(),
+        "{} not found; run `cargo build --release -p deployctl-controller` first",
+        args.controller.display()
+    );
+    println!("| stacks | time to all Healthy | controller RSS | RSS per stack | change→applied p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &args.stacks {
+        run(n, &args)
+            .await
+            .with_context(|| format!("run with {n} stacks"))?;
+    }
+    Ok(())
+}
+
+async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let client = cluster.client().await;
+    let crds = std::fs::read_to_string("manifests/crds/productionstacks.yaml")?
+        + "---\n"
+        + &std::fs::read_to_string("manifests/crds/stackoperations.yaml")?;
+    deployctl_harness::apply_yaml(&client, &crds, "crds", "bench", "default").await?;
+    let ns = "bench";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns);
+    // The CRD is served once a list works.
+    let t = Instant::now();
+    while stacks.list(&ListParams::default().limit(1)).await.is_err() {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "CRD not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let controller = ControllerProcess::start_binary(
+        &args.controller,
+        cluster.kubeconfig_path(),
+        ns,
+        "bench",
+        &["--log-format", "json"],
+    );
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let stacks = stacks.clone();
+            async move {
+                stacks
+                    .create(&PostParams::default(), &stack(&format!("s{i}"), 1))
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    loop {
+        let healthy = stacks
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.stable_revision == Some(1) && st.is_true("Ready"))
+            })
+            .count();
+        if healthy == n {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "only {healthy}/{n} Healthy after 30 min"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_healthy = started.elapsed();
+    let rss = rss_bytes(controller.pid()).unwrap_or(0);
+
+    // Time spec changes to the api Deployment carrying the new revision annotation.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch = tokio::spawn(async move {
+        let mut events = watcher(deployments, watcher::Config::default()).boxed();
+        while let Some(Ok(ev)) = events.next().await {
+            if let watcher::Event::Apply(d) = ev {
+                if d.annotations().get(labels::REVISION).map(String::as_str) == Some("2") {
+                    let _ = tx.send((d.name_any(), Instant::now()));
+                }
+            }
+        }
+    });
+    let changes = args.changes.min(n);
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let gap = Duration::from_secs_f64(1.0 / args.rate);
+    for i in 0..changes {
+        let name = format!("s{}", i * n / changes);
+        let patch = serde_json::json!({"spec": {"components": [
+            serde_json::to_value(&stack(&name, 1).spec.components[0])?,
+            serde_json::to_value(&stack(&name, 1).spec.components[1])?,
+            serde_json::to_value(&stack(&name, 2).spec.components[2])?,
+        ]}});
+        sent.insert(format!("{name}-api"), Instant::now());
+        stacks
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tokio::time::sleep(gap).await;
+    }
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while latencies.len() < changes && Instant::now() < deadline {
+        if let Ok(Some((name, at))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+        {
+            if let Some(t0) = sent.remove(&name) {
+                latencies.push(at.duration_since(t0));
+            }
+        }
+    }
+    watch.abort();
+    anyhow::ensure!(
+        latencies.len() == changes,
+        "only {} of {changes} changes were applied",
+        latencies.len()
+    );
+    latencies.sort();
+    let rss_after = rss_bytes(controller.pid()).unwrap_or(rss).max(rss);
+    println!(
+        "| {n} | {:.1}s | {:.1} MiB | {:.1} KiB | {}ms | {}ms | {}ms |",
+        all_healthy.as_secs_f64(),
+        rss_after as f64 / 1048576.0,
+        rss_after as f64 / 1024.0 / n as f64,
+        percentile(&latencies, 50.0).as_millis(),
+        percentile(&latencies, 99.0).as_millis(),
+        latencies.last().map(|d| d.as_millis()).unwrap_or(0),
+    );
+    drop(controller);
+    drop(cluster);
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! `deployctl status STACK`: one screen that tells the story of a stack: where it is and
+//! why, every component with its gates, the rollout step in progress and for how long,
+//! the rollback in progress and the last one. `--watch` keeps it live.
+
+use super::{print, Ctx};
+use crate::describe::{self, opt_num};
+use crate::error::{one_line, CliError};
+use crate::output::style::phase_color;
+use crate::output::table::Cell;
+use crate::output::time::{ago, human, since};
+use crate::output::{Color, Style, Table};
+use crate::stacks;
+use crate::watch::{self, ObjectWatch, Seen};
+use deployctl_api::{GatePhase, GateStatus, MeasurementOutcome, ProductionStack};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, ResourceExt};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The stack
+    #[arg(value_name = "STACK")]
+    pub stack: String,
+
+    /// Keep the screen up to date until interrupted (Ctrl-C); off a terminal, print a new
+    /// block for every change
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+/// Runs `status`.
+pub async fn run(args: StatusArgs, ctx: &Ctx) -> Result<(), CliError> {
+    let cluster = ctx.cluster().await?;
+    let stack = stacks::get(&cluster, &args.stack).await?;
+    if !args.watch {
+        return print(&render(&stack, Timestamp::now(), &ctx.style));
+    }
+    let no_color = ctx.global.no_color;
+    let terminal = std::io::stdout().is_terminal();
+    let api: Api<ProductionStack> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let mut watch = ObjectWatch::new(api, &args.stack);
+    let mut current = stack;
+    let mut problem: Option<String> = None;
+    let mut last_block = String::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        if terminal {
+            // Redrawn every second too, so the "for 42s" timings move.
+            let style = Style::for_stdout(no_color);
+            let mut screen = String::from("\x1b[H\x1b[2J");
+            screen.push_str(&render(&current, Timestamp::now(), &style));
+            screen.push_str(&style.paint(
+                &format!(
+                    "\nwatching {} (Ctrl-C to stop){}\n",
+                    args.stack,
+                    problem
+                        .as_deref()
+                        .map(|p| format!("; watch interrupted, retrying: {p}"))
+                        .unwrap_or_default()
+                ),
+                Color::Dim,
+            ));
+            print(&screen)?;
+        } else {
+            // Off a terminal a block per change: a re-render with only time moving on
+            // would be noise in a log.
+            let block = render(&current, Timestamp::now(), &ctx.style);
+            let key = change_key(&current);
+            if key != last_block {
+                print(&format!("{block}\n"))?;
+                last_block = key;
+            }
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = ticker.tick(), if terminal => {}
+            next = watch.next() => match next {
+                Ok(Seen::Changed(s)) => {
+                    current = s;
+                    problem = None;
+                }
+                Ok(Seen::Deleted) => {
+                    eprintln!("stack \"{}\" was deleted", args.stack);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let message = watch::fatal(e, &cluster, stacks::STACKS, &format!("stack \"{}\"", args.stack))?;
+                    if !terminal {
+                        eprintln!("watch interrupted, retrying: {message}");
+                    }
+                    problem = Some(message);
+                }
+            },
+        }
+    }
+}
+
+/// What makes a new block worth printing off a terminal: the spec generation and the
+/// status.
+fn change_key(stack: &ProductionStack) -> String {
+    format!(
+        "{:?}/{}",
+        stack.metadata.generation,
+        serde_json::to_string(&stack.status).unwrap_or_default()
+    )
+}
+
+/// Width of the labels of the header lines.
+const LABEL: usize = 15;
+
+fn kv(out: &mut String, label: &str, value: &str) {
+    out.push_str(&format!("{:<LABEL$}{value}\n", format!("{label}:")));
+}
+
+/// The whole status screen.
+pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String {
+    let mut out = String::new();
+    let status = stack.status.clone().unwrap_or_default();
+    let phase = describe::phase(stack);
+    kv(&mut out, "Stack", &stack.name_any());
+    kv(
+        &mut out,
+        "Namespace",
+        &stack.namespace().unwrap_or_default(),
+    );
+    let phase_text = style.paint(&phase, phase_color(&phase).unwrap_or(Color::Bold));
+    kv(&mut out, "Phase", &phase_text);
+    if let Some(m) = status.message.as_deref().filter(|m| !m.is_empty()) {
+        kv(&mut out, "Message", &one_line(m));
+    }
+    if stack.status.is_none() {
+        kv(
+            &mut out,
+            "Status",
+            "none yet: the controller has not reported on this stack (is it running?)",
+        );
+    }
+    kv(
+        &mut out,
+        "Revisions",
+        &format!(
+            "current {}, stable {}",
+            opt_num(status.current_revision),
+            opt_num(status.stable_revision)
+        ),
+    );
+    let generation = match (stack.metadata.generation, status.observed_generation) {
+        (Some(g), Some(o)) if g == o => format!("{g} (observed)"),
+        (Some(g), o) => style.paint(
+            &format!(
+                "{g} (controller has observed {}: this status may be stale)",
+                opt_num(o)
+            ),
+            Color::Yellow,
+        ),
+        (None, _) => "-".into(),
+    };
+    kv(&mut out, "Generation", &generation);
+    if let Some(ready) = &status.ready_components {
+        kv(&mut out, "Ready", &format!("{ready} components"));
+    }
+    if !status.conditions.is_empty() {
+        let conds: Vec<String> = status
+            .conditions
+            .iter()
+            .map(|c| {
+                // Ready=True is good news; Reconciling/Stalled=True are the abnormal ones.
+                let good = (c.type_ == "Ready") == (c.status == "True");
+                let text = format!("{}={} ({})", c.type_, c.status, c.reason);
+                style.paint(&text, if good { Color::Green } else { Color::Yellow })
+            })
+            .collect();
+        kv(&mut out, "Conditions", &conds.join(", "));
+    }
+    if let Some(r) = &status.rollout {
+        let mut line = format!("revision {}", r.revision);
+        if let Some(from) = r.from_revision {
+            line.push_str(&format!(" from {from}"));
+        }
+        line.push_str(&format!(
+            ", running for {}",
+            human(since(&r.started_at, now))
+        ));
+        if let Some(c) = &r.component {
+            line.push_str(&format!("; component {c}"));
+            if let Some(step) = r.step {
+                line.push_str(&format!(": {step:?}"));
+                if let Some(a) = &r.analysis_started_at {
+                    line.push_str(&format!(" for {}", human(since(a, now))));
+                }
+            }
+            if let Some(t) = &r.component_started_at {
+                line.push_str(&format!(" (applied {})", ago(t, now)));
+            }
+        } else if let Some(step) = r.step {
+            line.push_str(&format!("; {step:?}"));
+            if let Some(a) = &r.analysis_started_at {
+                line.push_str(&format!(" for {}", human(since(a, now))));
+            }
+        }
+        if r.promoted {
+            line.push_str("; promoted: remaining analysis skipped");
+        }
+        kv(&mut out, "Rollout", &line);
+        if let Some(f) = &r.failure {
+            kv(&mut out, "Failure", &style.paint(&one_line(f), Color::Red));
+        }
+    }
+    if let Some(p) = &status.manual_pause {
+        let mut line = format!("paused {}", ago(&p.at, now));
+        if let Some(who) = &p.requested_by {
+            line.push_str(&format!(" by {who}"));
+        }
+        line.push_str(&format!(" (operation {})", p.operation));
+        if let Some(reason) = &p.reason {
+            line.push_str(&format!(": {}", one_line(reason)));
+        }
+        kv(&mut out, "Paused", &style.paint(&line, Color::Yellow));
+    }
+    if let Some(rb) = &status.rollback {
+        let mut line = format!(
+            "{} → {} in progress for {}",
+            rb.from_revision,
+            rb.to_revision,
+            human(since(&rb.started_at, now))
+        );
+        if let Some(c) = &rb.component {
+            line.push_str(&format!(", component {c}"));
+        }
+        line.push_str(&format!(
+            " ({})",
+            describe::rollback_cause(rb.operation.as_deref(), rb.trigger)
+        ));
+        line.push_str(&format!(": {}", one_line(&rb.reason)));
+        kv(&mut out, "Rollback", &style.paint(&line, Color::Yellow));
+    }
+    if let Some(h) = &status.hold {
+        kv(
+            &mut out,
+            "Holding",
+            &format!(
+                "revision {}; revision {} is held back until the spec changes or a retry: {}",
+                h.revision,
+                h.held_back,
+                one_line(&h.reason)
+            ),
+        );
+    }
+    if let Some(r) = &status.last_rollback {
+        let deadline = stack.spec.rollout.rollback_deadline();
+        let within = if r.within_deadline {
+            format!("within the {deadline} deadline")
+        } else {
+            style.paint(&format!("missed the {deadline} deadline"), Color::Red)
+        };
+        let by = describe::rollback_cause(r.operation.as_deref(), r.trigger);
+        kv(
+            &mut out,
+            "Last rollback",
+            &format!(
+                "{} → {}, {}, took {} ({within}; {by}): {}",
+                r.from_revision,
+                r.to_revision,
+                ago(&r.completed_at, now),
+                deployctl_api::duration::human(Duration::from_secs_f64(
+                    r.duration_seconds.max(0.0)
+                )),
+                one_line(&r.reason)
+            ),
+        );
+    }
+
+    if !status.components.is_empty() {
+        out.push_str("\nComponents:\n");
+        let mut t = Table::new(["NAME", "REVISION", "PHASE", "READY", "UPDATED", "MESSAGE"])
+            .flex("MESSAGE")
+            .indent(2);
+        for c in &status.components {
+            let phase = c.phase.as_str();
+            t.row([
+                Cell::from(c.name.as_str()),
+                opt_num(c.revision).into(),
+                Cell::colored(phase, phase_color(phase)),
+                format!("{}/{}", c.ready_replicas, c.replicas).into(),
+                c.updated_replicas.to_string().into(),
+                c.message
+                    .as_deref()
+                    .map(one_line)
+                    .unwrap_or_default()
+                    .into(),
+            ]);
+        }
+        out.push_str(&t.render(style));
+        for c in status.components.iter().filter(|c| !c.gates.is_empty()) {
+            out.push_str(&format!("\nGates of {}:\n", c.name));
+            out.push_str(&gates_table(&c.gates, now, style));
+        }
+    } else if !stack.spec.components.is_empty() {
+        let names: Vec<&str> = stack
+            .spec
+            .components
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "\nComponents:    {} (no status reported yet)\n",
+            names.join(", ")
+        ));
+    }
+    if !status.gates.is_empty() {
+        out.push_str("\nStack gates:\n");
+        out.push_str(&gates_table(&status.gates, now, style));
+    }
+    out
+}
+
+/// A table of gates: phase, counts, the last measurements as marks (oldest first) with
+/// the age of the newest, and the message.
+fn gates_table(gates: &[GateStatus], now: Timestamp, style: &Style) -> String {
+    let mut t = Table::new(["GATE", "PHASE", "OK", "FAILED", "ERRORS", "LAST", "MESSAGE"])
+        .flex("MESSAGE")
+        .indent(2);
+    for g in gates {
+        let phase = g.phase.as_str();
+        let marks: String = g
+            .measurements
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(|m| match m.outcome {
+                MeasurementOutcome::Success => '✓',
+                MeasurementOutcome::Failure => '✗',
+                MeasurementOutcome::Error => '!',
+            })
+            .collect();
+        let last = match g.measurements.last() {
+            Some(m) => {
+                let mut s = format!("{marks} {}", ago(&m.at, now));
+                if let Some(v) = m.value {
+                    s.push_str(&format!(" ({v})"));
+                }
+                s
+            }
+            None => "-".into(),
+        };
+        // The gate's own verdict first; the newest measurement's detail says what it saw.
+        let mut message: Vec<String> = vec![];
+        if let Some(m) = g.message.as_deref().filter(|m| !m.is_empty()) {
+            message.push(one_line(m));
+        }
+        if let Some(m) = g
+            .measurements
+            .last()
+            .and_then(|m| m.message.as_deref())
+            .filter(|m| !m.is_empty())
+        {
+            message.push(format!("last: {}", one_line(m)));
+        }
+        let color = match g.phase {
+            GatePhase::Failed | GatePhase::Inconclusive => Some(Color::Red),
+            _ => None,
+        };
+        t.row([
+            Cell::from(g.name.as_str()),
+            Cell::colored(phase, phase_color(phase)),
+            g.successes.to_string().into(),
+            g.failures.to_string().into(),
+            g.errors.to_string().into(),
+            last.into(),
+            Cell::colored(message.join("; "), color),
+        ]);
+    }
+    t.render(style)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::describe::fixtures::*;
+
+    #[test]
+    fn the_story_of_a_rollout_in_progress() {
+        let out = render(&progressing(), now(), &Style::PLAIN);
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_rolled_back_stack_shows_the_hold_and_the_missed_deadline() {
+        let out = render(&rolled_back(), now(), &Style::PLAIN);
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_stack_without_status_says_so() {
+        let mut s = healthy();
+        s.status = None;
+        let out = render(&s, now(), &Style::PLAIN);
+        assert!(out.contains("Phase:         Unknown\n"), "{out}");
+        assert!(out.contains("the controller has not reported"), "{out}");
+        assert!(
+            out.contains("Components:    db (no status reported yet)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_stale_status_is_flagged() {
+        let mut s = healthy();
+        s.metadata.generation = Some(3);
+        let out = render(&s, now(), &Style::PLAIN);
+        assert!(
+            out.contains("Generation:    3 (controller has observed 2: this status may be stale)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_status_fits_the_width() {
+        let style = Style {
+            color: false,
+            width: Some(80),
+        };
+        let out = render(&progressing(), now(), &style);
+        for line in out.lines().filter(|l| l.starts_with("  ")) {
+            assert!(
+                unicode_width::UnicodeWidthStr::width(line) <= 80,
+                "too wide: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn changes_are_keyed_on_generation_and_status_only() {
+        let a = progressing();
+        let mut b = a.clone();
+        b.metadata.resource_version = Some("99".into());
+        assert_eq!(change_key(&a), change_key(&b));
+        b.status.as_mut().unwrap().message = Some("other".into());
+        assert_ne!(change_key(&a), change_key(&b));
+    }
+}

@@ -1,0 +1,257 @@
+//! Short descriptions of a stack's state shared by the commands: its phase, whether its
+//! status is current, one line saying where it is (for spinners and timeout messages),
+//! and the compact form of the last rollback.
+
+use crate::output::time;
+use deployctl_api::{ProductionStack, RollbackRecord, RollbackTrigger};
+use k8s_openapi::jiff::Timestamp;
+
+/// The phase as text, `Unknown` before the controller has written one.
+pub fn phase(stack: &ProductionStack) -> String {
+    stack
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "Unknown".to_string())
+}
+
+/// Whether the status describes the current spec (`status.observedGeneration ==
+/// metadata.generation`), so that a stale status never satisfies a wait.
+pub fn is_current(stack: &ProductionStack) -> bool {
+    match (&stack.status, stack.metadata.generation) {
+        (Some(s), Some(g)) => s.observed_generation == Some(g),
+        // A server that does not count generations: trust what there is.
+        (Some(s), None) => s.phase.is_some(),
+        (None, _) => false,
+    }
+}
+
+/// One line saying where the stack is: `Progressing: rolling out revision 4: component
+/// api`, or why its status cannot be trusted yet.
+pub fn state(stack: &ProductionStack) -> String {
+    let Some(status) = &stack.status else {
+        return "without status: the controller has not reported on it yet (is it running?)"
+            .to_string();
+    };
+    let mut line = phase(stack);
+    if let Some(m) = status.message.as_deref().filter(|m| !m.is_empty()) {
+        line.push_str(": ");
+        line.push_str(&crate::error::one_line(m));
+    }
+    if !is_current(stack) {
+        if let Some(g) = stack.metadata.generation {
+            line.push_str(&format!(
+                " (as of generation {}; the controller has not yet acted on generation {g})",
+                status
+                    .observed_generation
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            ));
+        }
+    }
+    line
+}
+
+/// `3→2 4m ago`.
+pub fn rollback_short(r: &RollbackRecord, now: Timestamp) -> String {
+    format!(
+        "{}→{} {}",
+        r.from_revision,
+        r.to_revision,
+        time::ago(&r.completed_at, now)
+    )
+}
+
+/// Who or what started a rollback: `operation shop-rollback-x7k2q`, `a failed gate`.
+pub fn rollback_cause(operation: Option<&str>, trigger: RollbackTrigger) -> String {
+    match (operation, trigger) {
+        (Some(op), _) => format!("operation {op}"),
+        (None, RollbackTrigger::Gate) => "automatic: a gate failed".to_string(),
+        (None, RollbackTrigger::ProgressDeadline) => {
+            "automatic: progress deadline missed".to_string()
+        }
+        (None, RollbackTrigger::Operation) => "by an operation".to_string(),
+    }
+}
+
+/// `-` for a missing number.
+pub fn opt_num(n: Option<i64>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Stacks as the controller would report them, for the rendering tests.
+
+    use deployctl_api::ProductionStack;
+    use k8s_openapi::jiff::Timestamp;
+
+    /// The fixed "now" of the rendering tests: 2024-05-01T12:00:00Z.
+    pub fn now() -> Timestamp {
+        "2024-05-01T12:00:00Z".parse().unwrap()
+    }
+
+    /// A stack from YAML.
+    pub fn stack(yaml: &str) -> ProductionStack {
+        serde_yaml_ng::from_str(yaml).expect("fixture parses")
+    }
+
+    /// `shop`, mid-rollout of revision 4 from 3, with gates and a past rollback.
+    pub fn progressing() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 7, creationTimestamp: "2024-04-30T12:00:00Z"}
+spec:
+  rollout: {rollbackDeadline: 5m}
+  components:
+  - {name: db, kind: StatefulSet, template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}}
+  - {name: api, replicas: 2, dependsOn: [db], template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v4'}]}}}
+status:
+  observedGeneration: 7
+  phase: Progressing
+  currentRevision: 4
+  stableRevision: 3
+  readyComponents: 1/2
+  message: "rolling out revision 4: component api"
+  conditions:
+  - {type: Ready, status: "False", reason: RollingOut, message: rolling out, lastTransitionTime: "2024-05-01T11:57:00Z"}
+  - {type: Reconciling, status: "True", reason: RollingOut, message: rolling out, lastTransitionTime: "2024-05-01T11:57:00Z"}
+  - {type: Stalled, status: "False", reason: Idle, message: Idle, lastTransitionTime: "2024-04-30T12:00:00Z"}
+  rollout:
+    revision: 4
+    fromRevision: 3
+    component: api
+    step: Analysing
+    startedAt: "2024-05-01T11:57:00Z"
+    componentStartedAt: "2024-05-01T11:59:00Z"
+    analysisStartedAt: "2024-05-01T11:59:30Z"
+  components:
+  - {name: db, revision: 4, phase: Available, replicas: 1, readyReplicas: 1, updatedReplicas: 1}
+  - name: api
+    revision: 4
+    phase: Progressing
+    replicas: 2
+    readyReplicas: 1
+    updatedReplicas: 2
+    message: "1 of 2 pods ready"
+    gates:
+    - name: http-ok
+      phase: Running
+      successes: 3
+      failures: 1
+      errors: 0
+      consecutiveSuccesses: 2
+      message: "2 consecutive successes of 3 needed"
+      measurements:
+      - {at: "2024-05-01T11:59:45Z", outcome: Failure, message: "GET / returned 500"}
+      - {at: "2024-05-01T11:59:50Z", outcome: Success, value: 0.012}
+      - {at: "2024-05-01T11:59:55Z", outcome: Success, value: 0.011, message: "200 in 11ms"}
+  gates:
+  - {name: error-rate, phase: Running, successes: 0, failures: 0, errors: 0}
+  lastRollback:
+    fromRevision: 3
+    toRevision: 2
+    reason: "gate http-ok of api failed: GET / returned 500"
+    startedAt: "2024-05-01T10:00:00Z"
+    completedAt: "2024-05-01T10:01:03Z"
+    durationSeconds: 63.2
+    withinDeadline: true
+    trigger: Gate
+"#,
+        )
+    }
+
+    /// `shop`, healthy on revision 2, nothing in progress.
+    pub fn healthy() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 2, creationTimestamp: "2024-05-01T11:00:00Z"}
+spec:
+  components:
+  - {name: db, replicas: 0, template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}}
+status:
+  observedGeneration: 2
+  phase: Healthy
+  currentRevision: 2
+  stableRevision: 2
+  readyComponents: 1/1
+  message: every component is Available on revision 2
+  components:
+  - {name: db, revision: 2, phase: Available, replicas: 0, readyReplicas: 0, updatedReplicas: 0}
+"#,
+        )
+    }
+
+    /// `shop`, rolled back from 4 to 3 by an operation, holding 3.
+    pub fn rolled_back() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 7, creationTimestamp: "2024-04-30T12:00:00Z"}
+spec:
+  components:
+  - {name: api, template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v4'}]}}}
+status:
+  observedGeneration: 7
+  phase: RolledBack
+  currentRevision: 4
+  stableRevision: 3
+  readyComponents: 1/1
+  message: "rolled back to revision 3: gate http-ok failed"
+  hold: {revision: 3, heldBack: 4, reason: "gate http-ok failed"}
+  lastRollback:
+    fromRevision: 4
+    toRevision: 3
+    reason: "gate http-ok failed"
+    startedAt: "2024-05-01T11:50:00Z"
+    completedAt: "2024-05-01T11:56:00Z"
+    durationSeconds: 360
+    withinDeadline: false
+    operation: shop-rollback-x7k2q
+    trigger: Operation
+"#,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn state_is_phase_and_message() {
+        assert_eq!(
+            state(&progressing()),
+            "Progressing: rolling out revision 4: component api"
+        );
+    }
+
+    #[test]
+    fn a_stale_status_says_so() {
+        let mut s = healthy();
+        s.metadata.generation = Some(3);
+        assert!(!is_current(&s));
+        assert_eq!(
+            state(&s),
+            "Healthy: every component is Available on revision 2 (as of generation 2; the \
+             controller has not yet acted on generation 3)"
+        );
+        s.status = None;
+        assert!(state(&s).contains("has not reported on it yet"));
+        assert_eq!(phase(&s), "Unknown");
+    }
+
+    #[test]
+    fn last_rollback_is_compact() {
+        let s = progressing();
+        let r = s.status.unwrap().last_rollback.unwrap();
+        assert_eq!(rollback_short(&r, now()), "3→2 118m ago");
+    }
+}

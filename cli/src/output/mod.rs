@@ -1,0 +1,10 @@
+//! Presentation shared by the commands: terminal detection and colours, tables that fit
+//! the terminal, human durations and ages, and the progress spinner of long waits.
+
+pub mod progress;
+pub mod style;
+pub mod table;
+pub mod time;
+
+pub use style::{Color, Style};
+pub use table::Table;

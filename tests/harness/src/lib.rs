@@ -1,0 +1,34 @@
+//! Test harness of deployctl: throwaway Kubernetes 1.20 control planes (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler built by
+//! `scripts/install-platform.sh`) with the simulated node of `deployctl-simnode`, one shared
+//! cluster per test binary with a namespace per test, and server-side apply of YAML files.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let env = deployctl_harness::shared();
+//! let ns = env.namespace("my-test").await;
+//! let client = env.client().await;
+//! # let _ = (ns, client);
+//! # }
+//! ```
+//!
+//! Nothing outlives the test process: every child is tied to it by a parent-death signal
+//! and a reaper removes the state dir (see [`process`]). `scripts/check-leftovers.sh`
+//! verifies that after a run.
+
+pub mod apply;
+mod certs;
+pub mod cluster;
+pub mod controller;
+pub mod error;
+pub mod kubeconfig;
+pub mod node;
+pub mod process;
+pub mod shared;
+
+pub use apply::apply_yaml;
+pub use cluster::{control_plane_bin_dir, Cluster, ClusterOptions};
+pub use controller::ControllerProcess;
+pub use error::HarnessError;
+pub use node::workspace_images;
+pub use shared::{shared, SharedEnv, TestNamespace};

@@ -1,0 +1,149 @@
+//! What every part of a running node shares: the client, the spawner, configuration, the
+//! probe HTTP client, event recording, and per-node network state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Resource;
+
+use crate::image;
+use crate::network::NodeNet;
+use crate::rootfs::HostLayout;
+use crate::spawner::Spawner;
+
+/// Shared by all tasks of one [`crate::SimNode`].
+pub(crate) struct Ctx {
+    pub(crate) client: kube::Client,
+    pub(crate) spawner: Arc<Spawner>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) images: BTreeMap<String, PathBuf>,
+    pub(crate) ca_pem: String,
+    /// Port of the API relay on `10.96.0.1`.
+    pub(crate) api_port: u16,
+    pub(crate) layout: HostLayout,
+    pub(crate) http: reqwest::Client,
+    image_ids: Mutex<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("state_dir", &self.state_dir)
+            .field("images", &self.images)
+            .field("api_port", &self.api_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        client: kube::Client,
+        spawner: Arc<Spawner>,
+        state_dir: PathBuf,
+        images: BTreeMap<String, PathBuf>,
+        ca_pem: String,
+        api_port: u16,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            client,
+            spawner,
+            state_dir,
+            images,
+            ca_pem,
+            api_port,
+            layout: HostLayout::detect(),
+            http,
+            image_ids: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `state_dir/pods`.
+    pub(crate) fn pods_dir(&self) -> PathBuf {
+        self.state_dir.join("pods")
+    }
+
+    /// `state_dir/pvs`.
+    pub(crate) fn pv_root(&self) -> PathBuf {
+        self.state_dir.join("pvs")
+    }
+
+    /// The image id reported for `repository`, computed once per node.
+    pub(crate) fn image_id(&self, repository: &str, exe: &Path) -> String {
+        let mut ids = self.image_ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.entry(repository.to_owned())
+            .or_insert_with(|| image::image_id(repository, exe))
+            .clone()
+    }
+}
+
+/// One simulated node: its name, network and event recorder.
+pub(crate) struct NodeHandle {
+    pub(crate) name: String,
+    pub(crate) net: NodeNet,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("name", &self.name)
+            .field("net", &self.net)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    pub(crate) fn new(client: kube::Client, net: NodeNet) -> Self {
+        let name = net.node.clone();
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: "kubelet".into(),
+                instance: Some(name.clone()),
+            },
+        );
+        Self {
+            name,
+            net,
+            recorder,
+        }
+    }
+
+    /// Records an Event about `pod` in the background (events are best effort, as on a
+    /// kubelet).
+    pub(crate) fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        let recorder = self.recorder.clone();
+        let reference = pod.object_ref(&());
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: reason.into(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "recording an event");
+            }
+        });
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -29,7 +29,7 @@ fn stack(api_env: &str, gates: &str, policy: &str) -> ProductionStack {
     stack_yaml(
         "shop",
         &format!(
-            "  rollout: {{analysis: 3s, progressDeadline: 30s, rollbackDeadline: 60s, monitorInterval: 2s{policy}}}
+            "  rollout: {{progressDeadline: 30s, rollbackDeadline: 60s, monitorInterval: 2s{analysis}{policy}}}
   components:
   - name: db
     template: {db}
@@ -43,6 +43,8 @@ fn stack(api_env: &str, gates: &str, policy: &str) -> ProductionStack {
 ",
             db = tpl(""),
             api = tpl(api_env),
+            // A test may set its own analysis window in `policy`.
+            analysis = if policy.contains("analysis") { "" } else { ", analysis: 3s" },
         ),
     )
 }
@@ -77,23 +79,16 @@ async fn setup(prefix: &str) -> Env {
 }
 
 impl Env {
+    /// Applies the stack as a person or a GitOps tool would: server-side apply.
     async fn apply(&self, s: &ProductionStack) {
-        let mut s = s.clone();
-        match self.stacks.get_opt("shop").await.unwrap() {
-            Some(existing) => {
-                s.metadata.resource_version = existing.metadata.resource_version;
-                self.stacks
-                    .replace("shop", &PostParams::default(), &s)
-                    .await
-                    .unwrap();
-            }
-            None => {
-                self.stacks
-                    .create(&PostParams::default(), &s)
-                    .await
-                    .unwrap();
-            }
-        }
+        self.stacks
+            .patch(
+                "shop",
+                &kube::api::PatchParams::apply("tester").force(),
+                &kube::api::Patch::Apply(s),
+            )
+            .await
+            .unwrap();
     }
 
     async fn wait(&self, what: &str, pred: impl Fn(&ProductionStack) -> bool) -> ProductionStack {
@@ -499,4 +494,94 @@ async fn no_request_fails_during_a_good_rollout_or_an_automatic_rollback() {
         &errors[..errors.len().min(5)]
     );
     let _ = (&e.env, &e.controller);
+}
+
+/// Where in a rollout or rollback the controller is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// A component was applied and is coming up.
+    Progressing,
+    /// A component's gates are being analysed.
+    Analysing,
+    /// A rollback is in progress.
+    RollingBack,
+}
+
+fn at_step(s: &ProductionStack, k: KillAt) -> bool {
+    let Some(st) = &s.status else { return false };
+    match k {
+        KillAt::Progressing => {
+            st.rollout.as_ref().and_then(|r| r.step)
+                == Some(deployctl_api::RolloutStep::Progressing)
+        }
+        KillAt::Analysing => {
+            st.rollout.as_ref().and_then(|r| r.step) == Some(deployctl_api::RolloutStep::Analysing)
+        }
+        KillAt::RollingBack => st.rollback.is_some(),
+    }
+}
+
+#[tokio::test]
+async fn the_controller_killed_at_each_step_of_a_rollout_and_a_rollback_still_converges() {
+    require_sim_node!(shared());
+    let mut e = setup("crash-matrix").await;
+    e.apply(&stack("", HTTP_GATE, "")).await;
+    e.healthy_on(1).await;
+    let cases = [
+        // (release, faulty, kill at, expected end)
+        ("2", false, KillAt::Progressing, StackPhase::Healthy),
+        ("3", false, KillAt::Analysing, StackPhase::Healthy),
+        ("4", true, KillAt::Analysing, StackPhase::RolledBack),
+        ("5", true, KillAt::RollingBack, StackPhase::RolledBack),
+    ];
+    let mut revision = 1;
+    for (i, (release, faulty, kill_at, end)) in cases.into_iter().enumerate() {
+        revision += 1;
+        let env = format!(
+            ", {{name: RELEASE, value: '{release}'}}{}",
+            if faulty { FAULTY } else { "" }
+        );
+        e.apply(&stack(&env, HTTP_GATE, "")).await;
+        e.wait(&format!("{kill_at:?} on revision {revision}"), |s| {
+            at_step(s, kill_at)
+        })
+        .await;
+        e.controller.kill();
+        e.controller =
+            ControllerProcess::start(e.env, e.ns.name(), &format!("after-kill-{i}"), &[]);
+        let s = e
+            .wait(&format!("{end:?} after the kill at {kill_at:?}"), |s| {
+                let st = s.status.as_ref();
+                phase(s) == Some(end)
+                    && st.and_then(|st| st.current_revision) == Some(revision)
+                    && st.and_then(|st| st.observed_generation) == s.metadata.generation
+            })
+            .await;
+        let st = s.status.unwrap();
+        if faulty {
+            let last = st.last_rollback.clone().unwrap();
+            assert_eq!(last.from_revision, revision, "case {i}: {last:?}");
+        } else {
+            assert_eq!(st.stable_revision, Some(revision), "case {i}");
+        }
+        // Nothing duplicated: one ControllerRevision per spec, two workloads, one
+        // Service each.
+        let revs = Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(
+            e.client.clone(),
+            e.ns.name(),
+        )
+        .list(&kube::api::ListParams::default().labels(deployctl_api::labels::REVISION_HASH))
+        .await
+        .unwrap();
+        assert_eq!(
+            revs.items.len() as i64,
+            revision,
+            "case {i}: one revision per distinct spec"
+        );
+        let deps = Api::<Deployment>::namespaced(e.client.clone(), e.ns.name())
+            .list(&Default::default())
+            .await
+            .unwrap();
+        assert_eq!(deps.items.len(), 2, "case {i}");
+    }
 }

@@ -480,7 +480,11 @@ pub fn gates_due<'s>(
             .map(|g| (c, g))
             .collect::<Vec<_>>()
     };
-    if previous.rollback.is_some() || previous.hold.is_some() {
+    let holding = previous
+        .hold
+        .as_ref()
+        .is_some_and(|h| h.held_back == desired.number);
+    if previous.rollback.is_some() || holding {
         return vec![];
     }
     match &previous.rollout {

@@ -1,0 +1,233 @@
+//! The Job and Prometheus gates against real peers: a smoke-test Job run on the simulated
+//! node, and Debian's Prometheus 2.42 scraping the demo app's own /metrics at its pod IPs
+//! (Debian builds Prometheus without Kubernetes service discovery, so the test keeps a
+//! `file_sd` targets file up to date from the ready pods, as a sidecar would).
+
+mod support;
+
+use deployctl_api::{ProductionStack, RollbackTrigger, StackPhase};
+use deployctl_harness::{require_sim_node, shared};
+use kube::api::{Api, Patch, PatchParams};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(150);
+
+fn stack(release: &str, api_env: &str, gates: &str, analysis: &str) -> ProductionStack {
+    let api = format!(
+        "{{metadata: {{labels: {{app: demo}}}}, spec: {{terminationGracePeriodSeconds: 5, containers: [{{name: app, image: 'deployctl.dev/demo-app:v1', env: [{{name: DATA_DIR, value: /data}}, {{name: RELEASE, value: '{release}'}}{api_env}], ports: [{{name: http, containerPort: 8080}}], readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}, volumeMounts: [{{name: data, mountPath: /data}}]}}], volumes: [{{name: data, emptyDir: {{}}}}]}}}}"
+    );
+    stack_yaml(
+        "shop",
+        &format!(
+            "  rollout: {{analysis: {analysis}, progressDeadline: 60s}}
+  components:
+  - name: api
+    replicas: 2
+    template: {api}
+    service: {{ports: [{{name: http, port: 80, targetPort: http}}]}}
+    gates: {gates}
+"
+        ),
+    )
+}
+
+async fn apply(stacks: &Api<ProductionStack>, s: &ProductionStack) {
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(s),
+        )
+        .await
+        .unwrap();
+}
+
+fn on(s: &ProductionStack, phase: StackPhase, stable: i64) -> bool {
+    let Some(st) = &s.status else { return false };
+    st.phase == Some(phase)
+        && st.stable_revision == Some(stable)
+        && st.observed_generation == s.metadata.generation
+}
+
+#[tokio::test]
+async fn a_smoke_test_job_gate_passes_on_exit_0_and_rolls_back_on_failure() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("job-gate").await;
+    let _c = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let job = |code: u8| {
+        format!(
+            "[{{name: smoke, interval: 1s, job: {{timeout: 60s, template: {{spec: {{containers: [{{name: smoke, image: 'deployctl.dev/demo-app:v1', command: ['/bin/sh', '-c', 'echo smoke test; exit {code}']}}]}}}}}}}}]"
+        )
+    };
+    apply(&stacks, &stack("1", "", &job(0), "1s")).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        on(s, StackPhase::Healthy, 1)
+    })
+    .await;
+    apply(&stacks, &stack("2", "", &job(0), "1s")).await;
+    let s = wait_stack(&stacks, "shop", "Healthy on revision 2", T, |s| {
+        on(s, StackPhase::Healthy, 2)
+    })
+    .await;
+    assert!(s.status.is_some());
+    apply(&stacks, &stack("3", "", &job(7), "1s")).await;
+    let s = wait_stack(&stacks, "shop", "RolledBack to 2", T, |s| {
+        on(s, StackPhase::RolledBack, 2)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.trigger, RollbackTrigger::Gate);
+    assert!(
+        last.reason.contains("Job") && last.reason.contains("failed"),
+        "{}",
+        last.reason
+    );
+}
+
+/// Debian's Prometheus, scraping the ready demo-app pods of a namespace every second;
+/// killed on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    targets: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = deployctl_harness::controller::free_port();
+        let targets = dir.path().join("targets.json");
+        std::fs::write(&targets, "[]").unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+- job_name: demo
+  file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]
+",
+            targets.display()
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "/usr/bin/prometheus"])
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("prometheus starts (Debian package `prometheus`)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            targets,
+            _dir: dir,
+        }
+    }
+
+    /// Keeps the targets file listing the ready pods labelled app=demo, at their pod IPs.
+    fn follow_pods(&self, client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
+        let path = self.targets.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = pods
+                    .list(&kube::api::ListParams::default().labels("app=demo"))
+                    .await
+                {
+                    let ips: Vec<String> = list
+                        .items
+                        .iter()
+                        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                        .map(|ip| format!("{ip}:8080"))
+                        .collect();
+                    let json = serde_json::json!([{"targets": ips}]).to_string();
+                    let tmp = path.with_extension("tmp");
+                    if std::fs::write(&tmp, json).is_ok() {
+                        let _ = std::fs::rename(&tmp, &path);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_prometheus_gate_reads_the_demo_apps_own_metrics() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("prom-gate").await;
+    let _c = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let prom = Prometheus::start();
+    let follower = prom.follow_pods(client.clone(), ns.name());
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    // Traffic comes from an http gate that accepts 500s too; the Prometheus gate fails
+    // when the scraped 5xx rate is not near zero.
+    let gates = format!(
+        "[{{name: traffic, interval: 200ms, http: {{path: /, port: http, expectedStatus: [200, 500]}}}},
+          {{name: no-5xx, interval: 2s, failureLimit: 1, errorLimit: 30, prometheus: {{address: '{}', query: 'sum(rate(http_requests_total{{code=~\"5..\"}}[5s])) or vector(0)', condition: {{operator: '<', value: 0.5}}}}}}]",
+        prom.url
+    );
+    apply(&stacks, &stack("1", "", &gates, "8s")).await;
+    let s = wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        on(s, StackPhase::Healthy, 1)
+    })
+    .await;
+    let g = s.status.unwrap().components[0].gates.clone();
+    assert!(g.iter().any(|g| g.name == "no-5xx"), "{g:?}");
+
+    apply(
+        &stacks,
+        &stack(
+            "2",
+            ", {name: FAULT_ERROR_RATE, value: '1.0'}",
+            &gates,
+            "20s",
+        ),
+    )
+    .await;
+    let s = wait_stack(&stacks, "shop", "RolledBack to 1", T, |s| {
+        on(s, StackPhase::RolledBack, 1)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert!(
+        last.reason.contains("gate no-5xx failed"),
+        "{}",
+        last.reason
+    );
+    // The measured value is the scraped 5xx rate, not a made-up number.
+    let up: serde_json::Value = reqwest::get(format!("{}/api/v1/query?query=up", prom.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !up["data"]["result"].as_array().unwrap().is_empty(),
+        "Prometheus scraped the pods: {up}"
+    );
+    follower.abort();
+}

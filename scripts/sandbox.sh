@@ -49,7 +49,7 @@ PIDS+=($!)
 
 # Every step the controller takes is an Event on the stack: print them as they happen.
 kubectl get events --watch-only --field-selector involvedObject.kind=ProductionStack \
-  -o custom-columns='TIME:.lastTimestamp,TYPE:.type,REASON:.reason,MESSAGE:.message' \
+  -o custom-columns='TIME:.eventTime,TYPE:.type,REASON:.reason,MESSAGE:.message' \
   2>/dev/null | sed -u 's/^/    event: /' &
 PIDS+=($!)
 

@@ -118,11 +118,16 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     for op in &recovered {
         operations::record_recovered(&ctx.client, &ns, op).await?;
     }
-    let needs_history = previous.rollout.is_some()
-        || previous.rollback.is_some()
+    // Listing the history reads every ControllerRevision of the namespace (label selectors
+    // are filtered after the read), so do it only when a rollback, a hold or an operation
+    // may need another revision: never for a first rollout or a stable stack.
+    let can_roll_back = previous
+        .stable_revision
+        .is_some_and(|s| s != desired.number);
+    let needs_history = previous.rollback.is_some()
         || previous.hold.is_some()
         || !ops.is_empty()
-        || previous.stable_revision != Some(desired.number)
+        || can_roll_back
         || stack.spec.rollout.rollback_after_promotion;
     let history = if needs_history {
         revisions::load_all(&ctx.client, stack).await?

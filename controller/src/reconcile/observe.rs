@@ -40,7 +40,9 @@ pub async fn workloads(
                 .map(|s| statefulset_state(&s)),
         };
         if let Some(mut state) = state {
-            if !state.available {
+            // Pods explain an unavailable workload only once its controller has seen the
+            // spec and pods are wanted; listing them costs a read of the namespace's pods.
+            if !state.available && state.replicas > 0 && state.seen {
                 let pods = pod_problems(client, &ns, &stack_name, component).await?;
                 if pods.is_some() {
                     state.message = pods;
@@ -78,6 +80,7 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
     let available_pods = st.available_replicas.unwrap_or(0);
     let total = st.replicas.unwrap_or(0);
     let available = seen && updated == want && available_pods >= want && total == want;
+    let seen_spec = seen;
     let message = (!available).then(|| {
         st.conditions
             .iter()
@@ -96,6 +99,7 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
         ready_replicas: st.ready_replicas.unwrap_or(0),
         updated_replicas: updated,
         available,
+        seen: seen_spec,
         message,
     }
 }
@@ -121,6 +125,7 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
         ready_replicas: ready,
         updated_replicas: updated,
         available,
+        seen,
         message: (!available).then(|| format!("{ready} of {want} pods ready, {updated} updated")),
     }
 }

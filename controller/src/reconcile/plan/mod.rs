@@ -44,6 +44,8 @@ pub struct WorkloadState {
     /// Fully rolled out: the workload controller saw the latest spec and every desired pod
     /// is updated and available, with no old pods left.
     pub available: bool,
+    /// The workload controller has observed the latest spec.
+    pub seen: bool,
     /// Why it is not available (pod waiting reasons, workload conditions).
     pub message: Option<String>,
 }

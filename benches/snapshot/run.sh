@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): deployctl-snapshot against restic on 1 GiB of data, one large file
+# plus 10,000 small files, in one run on this machine:
+#   full snapshot, snapshot after 1% of the data changed, restore with verification.
+# Prints times and ours/restic ratios. Needs: cargo, python3, restic (apt-get install restic).
+# Usage: benches/snapshot/run.sh            (BENCH_DIR=/path to choose the scratch directory;
+#                                             it must be on a disk, not tmpfs, to be fair)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+command -v restic >/dev/null || { echo "restic is not installed: apt-get install restic" >&2; exit 1; }
+(cd "$ROOT" && cargo build --release -p deployctl-snapshot --example snapctl)
+BIN="$ROOT/target/release/examples/snapctl"
+
+WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/snapbench.XXXXXX)}
+trap 'rm -rf "$WORK"' EXIT
+DATA="$WORK/data"
+export RESTIC_REPOSITORY="$WORK/restic-repo" RESTIC_PASSWORD=bench-password RESTIC_CACHE_DIR="$WORK/restic-cache"
+
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) (other builders share this machine)"
+echo "== generating 1 GiB in $DATA (one large file + 10,000 small files)"
+python3 - "$DATA" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rnd = random.Random(1)
+small_dir = os.path.join(root, "small")
+total_small = 0
+for i in range(10_000):
+    d = os.path.join(small_dir, f"d{i // 100:03d}")
+    os.makedirs(d, exist_ok=True)
+    n = rnd.randint(1, 20 * 1024)
+    with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
+        f.write(rnd.randbytes(n))
+    total_small += n
+big = (1 << 30) - total_small
+with open(os.path.join(root, "large.bin"), "wb") as f:
+    left = big
+    while left:
+        n = min(left, 8 << 20)
+        f.write(rnd.randbytes(n))
+        left -= n
+print(f"large file {big / 2**20:.0f} MiB, small files {total_small / 2**20:.0f} MiB")
+PY
+
+change_one_percent() {
+  python3 - "$DATA" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rnd = random.Random(2)
+path = os.path.join(root, "large.bin")
+size = os.path.getsize(path)
+changed = 0
+with open(path, "r+b") as f:
+    for _ in range(8):  # eight scattered 1 MiB regions
+        f.seek(rnd.randrange(0, size - (1 << 20)))
+        f.write(rnd.randbytes(1 << 20))
+        changed += 1 << 20
+for i in rnd.sample(range(10_000), 100):  # and 1% of the small files rewritten
+    p = os.path.join(root, "small", f"d{i // 100:03d}", f"f{i:05d}")
+    n = rnd.randint(1, 20 * 1024)
+    with open(p, "wb") as f:
+        f.write(rnd.randbytes(n))
+    changed += n
+print(f"changed {changed / 2**20:.1f} MiB")
+PY
+}
+
+now() { date +%s.%N; }
+# timed LABEL CMD... : runs CMD after a sync (so earlier writeback is not billed to it),
+# records the wall time in $T_<LABEL>.
+timed() {
+  local label=$1; shift
+  sync
+  local s e
+  s=$(now)
+  "$@" >"$WORK/out.$label" 2>&1 || { cat "$WORK/out.$label"; exit 1; }
+  e=$(now)
+  printf -v "T_$label" '%s' "$(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.2f", b - a }')"
+  local v="T_$label"
+  printf '%-28s %6ss\n' "$label" "${!v}"
+}
+
+same_tree() { # same_tree A B: contents identical (cmp of every file)
+  (cd "$1" && find . -type f | sort) >"$WORK/list.a"
+  (cd "$2" && find . -type f | sort) >"$WORK/list.b"
+  cmp -s "$WORK/list.a" "$WORK/list.b" || { echo "restored tree differs from the source (file list)" >&2; exit 1; }
+  cmp "$1/large.bin" "$2/large.bin"
+  diff -r -q "$1/small" "$2/small" >/dev/null || { echo "restored small files differ" >&2; exit 1; }
+}
+
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/key.hex"
+restic init >/dev/null
+
+echo "== full snapshot"
+timed ours_full "$BIN" snapshot "$WORK/ours" "$DATA"
+ID1=$(cut -d' ' -f1 "$WORK/out.ours_full" | head -1)
+timed ours_enc_full "$BIN" snapshot "$WORK/ours-enc" "$DATA" "$WORK/key.hex"
+timed restic_full restic backup --host bench "$DATA"
+
+echo "== snapshot after a 1% change"
+change_one_percent
+timed ours_incr "$BIN" snapshot "$WORK/ours" "$DATA"
+ID2=$(head -1 "$WORK/out.ours_incr" | cut -d' ' -f1)
+timed ours_enc_incr "$BIN" snapshot "$WORK/ours-enc" "$DATA" "$WORK/key.hex"
+ID2E=$(head -1 "$WORK/out.ours_enc_incr" | cut -d' ' -f1)
+timed restic_incr restic backup --host bench "$DATA"
+grep -h "new_bytes" "$WORK/out.ours_incr" | sed 's/^/  ours: /'
+grep -h "Added to the" "$WORK/out.restic_incr" | sed 's/^/  restic: /'
+
+echo "== restore with verification"
+timed ours_restore "$BIN" restore "$WORK/ours" "$ID2" "$WORK/restore-ours"
+same_tree "$DATA" "$WORK/restore-ours"; rm -rf "$WORK/restore-ours"
+timed ours_enc_restore "$BIN" restore "$WORK/ours-enc" "$ID2E" "$WORK/restore-ours-enc" "$WORK/key.hex"
+same_tree "$DATA" "$WORK/restore-ours-enc"; rm -rf "$WORK/restore-ours-enc"
+timed restic_restore restic restore latest --host bench --target "$WORK/restore-restic" --verify
+same_tree "$DATA" "$WORK/restore-restic$DATA"; rm -rf "$WORK/restore-restic"
+: "$ID1"
+
+echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "| step | ours (plain) | ours (AES-256-GCM) | restic 0.14 | ours/restic (plain) | ours/restic (encrypted) |"
+echo "|---|---|---|---|---|---|"
+echo "| full snapshot, 1 GiB | ${T_ours_full} s | ${T_ours_enc_full} s | ${T_restic_full} s | $(ratio "$T_ours_full" "$T_restic_full") | $(ratio "$T_ours_enc_full" "$T_restic_full") |"
+echo "| snapshot after 1% change | ${T_ours_incr} s | ${T_ours_enc_incr} s | ${T_restic_incr} s | $(ratio "$T_ours_incr" "$T_restic_incr") | $(ratio "$T_ours_enc_incr" "$T_restic_incr") |"
+echo "| restore with verification | ${T_ours_restore} s | ${T_ours_enc_restore} s | ${T_restic_restore} s | $(ratio "$T_ours_restore" "$T_restic_restore") | $(ratio "$T_ours_enc_restore" "$T_restic_restore") |"

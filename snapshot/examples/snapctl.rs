@@ -1,0 +1,89 @@
+//! A minimal command line over the engine, used by `benches/snapshot/run.sh` and handy for
+//! restore drills by hand. The controller's agent subcommand is the real interface.
+//!
+//! ```text
+//! snapctl snapshot REPO ROOT [KEYFILE]     prints the snapshot id
+//! snapctl restore  REPO ID ROOT [KEYFILE]
+//! snapctl verify   REPO ID [KEYFILE]
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deployctl_snapshot::*;
+
+fn key(path: Option<&String>) -> Option<MasterKey> {
+    let bytes = std::fs::read(path?).expect("read key file");
+    Some(MasterKey::from_secret_bytes(&bytes).expect("key file: 32 bytes or 64 hex digits"))
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: snapctl snapshot REPO ROOT [KEYFILE] | restore REPO ID ROOT [KEYFILE] | verify REPO ID [KEYFILE]";
+    let (Some(cmd), Some(repo_dir)) = (args.first(), args.get(1)) else {
+        eprintln!("{usage}");
+        return std::process::ExitCode::from(2);
+    };
+    let store = Arc::new(FsStore::new(repo_dir).expect("open repository directory"));
+    let started = Instant::now();
+    let result = (|| -> Result<String> {
+        match cmd.as_str() {
+            "snapshot" => {
+                let k = key(args.get(3));
+                let repo = Repository::open_or_init(store, k.as_ref())?;
+                let root = args.get(2).expect("ROOT");
+                let r = repo.snapshot(
+                    &Source::new("bench", "data", "r"),
+                    &Method::Files { root: root.into() },
+                    &SnapshotOptions::default(),
+                    &NoProgress,
+                )?;
+                Ok(format!(
+                    "{} files={} bytes={} new_chunks={} new_bytes={} reused_chunks={}",
+                    r.info.id,
+                    r.info.meta.file_count,
+                    r.info.meta.total_size,
+                    r.new_chunks,
+                    r.new_bytes,
+                    r.reused_chunks
+                ))
+            }
+            "restore" => {
+                let repo = Repository::open(store, key(args.get(4)).as_ref())?;
+                let id: SnapshotId = args.get(2).expect("ID").parse().map_err(Error::Config)?;
+                let root = args.get(3).expect("ROOT");
+                let r = repo.restore(
+                    id,
+                    &Method::Files { root: root.into() },
+                    &RestoreOptions::default(),
+                    &NoProgress,
+                )?;
+                Ok(format!(
+                    "restored {} files, {} bytes, every chunk verified",
+                    r.files, r.bytes
+                ))
+            }
+            "verify" => {
+                let repo = Repository::open(store, key(args.get(3)).as_ref())?;
+                let id: SnapshotId = args.get(2).expect("ID").parse().map_err(Error::Config)?;
+                let r = repo.verify(id, &NoProgress)?;
+                Ok(format!(
+                    "verified {} chunks, {} bytes",
+                    r.unique_chunks, r.bytes
+                ))
+            }
+            _ => Err(Error::Config(usage.into())),
+        }
+    })();
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            eprintln!("{cmd}: {:.3}s", started.elapsed().as_secs_f64());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{cmd} failed ({}): {e}", e.category());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

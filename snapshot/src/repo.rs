@@ -1,0 +1,350 @@
+//! A repository: a store plus its config and keys. Owns reading and writing of verified
+//! objects; the operations (snapshot, restore, verify, retention) build on it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+use crate::crypto::{Crypto, MasterKey};
+use crate::error::{ChunkFault, Error, Result};
+use crate::id::{ChunkId, SnapshotId};
+use crate::manifest::{self, ChunkRef, Manifest, PackLoc, SnapshotInfo};
+use crate::store::{ObjectKind, Store};
+
+/// Repository format version.
+pub const REPO_FORMAT: u32 = 1;
+const KEY_CHECK_PLAINTEXT: &[u8] = b"deployctl-snapshot key check v1";
+
+/// Encryption of a repository, fixed at init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// Plain SHA-256 ids and plaintext objects.
+    None,
+    /// Keyed ids and AES-256-GCM objects.
+    Aes256Gcm,
+}
+
+/// The `config` object (plaintext JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RepoConfig {
+    format: u32,
+    /// Random per repository; salts key derivation.
+    repo_id: String,
+    chunker: ChunkerParams,
+    encryption: Encryption,
+    /// Hex of a fixed plaintext sealed with the encryption key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_check: Option<String>,
+}
+
+/// An open repository. Cheap to clone; safe to share between threads.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) crypto: Crypto,
+    config: RepoConfig,
+}
+
+/// Snapshots that could be read, and those that could not.
+#[derive(Debug, Default)]
+pub struct SnapshotListing {
+    /// Complete, verified snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Manifests that failed verification, with the reason.
+    pub unreadable: Vec<(String, Error)>,
+}
+
+impl Repository {
+    /// Creates a new repository in an empty store. With `key` it is encrypted.
+    pub fn init(
+        store: Arc<dyn Store>,
+        key: Option<&MasterKey>,
+        chunker: ChunkerParams,
+    ) -> Result<Self> {
+        chunker.validate().map_err(Error::Config)?;
+        match store.get(ObjectKind::Config, "config") {
+            Ok(_) => return Err(Error::Config("a repository already exists here".into())),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).expect("system random number generator failed");
+        let repo_id = hex::encode(id);
+        let (crypto, encryption, key_check) = match key {
+            Some(k) => {
+                let c = Crypto::sealed(k, repo_id.as_bytes());
+                let check = hex::encode(c.seal(b"config/key-check", KEY_CHECK_PLAINTEXT.to_vec()));
+                (c, Encryption::Aes256Gcm, Some(check))
+            }
+            None => (Crypto::Plain, Encryption::None, None),
+        };
+        let config = RepoConfig {
+            format: REPO_FORMAT,
+            repo_id,
+            chunker,
+            encryption,
+            key_check,
+        };
+        let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        store.put(ObjectKind::Config, "config", &bytes)?;
+        Ok(Repository {
+            store,
+            crypto,
+            config,
+        })
+    }
+
+    /// Opens an existing repository; refuses a wrong, missing or unexpected key.
+    pub fn open(store: Arc<dyn Store>, key: Option<&MasterKey>) -> Result<Self> {
+        let bytes = match store.get(ObjectKind::Config, "config") {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::NotInitialized),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Config(format!("unreadable config: {e}")))?;
+        if config.format != REPO_FORMAT {
+            return Err(Error::Config(format!(
+                "unsupported repository format {}",
+                config.format
+            )));
+        }
+        config.chunker.validate().map_err(Error::Config)?;
+        let crypto = match (config.encryption, key) {
+            (Encryption::None, None) => Crypto::Plain,
+            (Encryption::None, Some(_)) => return Err(Error::KeyNotExpected),
+            (Encryption::Aes256Gcm, None) => return Err(Error::KeyRequired),
+            (Encryption::Aes256Gcm, Some(k)) => {
+                let c = Crypto::sealed(k, config.repo_id.as_bytes());
+                let check = config
+                    .key_check
+                    .as_deref()
+                    .and_then(|h| hex::decode(h).ok())
+                    .ok_or(Error::WrongKey)?;
+                match c.open(b"config/key-check", check) {
+                    Ok(p) if p == KEY_CHECK_PLAINTEXT => c,
+                    _ => return Err(Error::WrongKey),
+                }
+            }
+        };
+        Ok(Repository {
+            store,
+            crypto,
+            config,
+        })
+    }
+
+    /// Opens the repository, creating it first if the store has none.
+    pub fn open_or_init(store: Arc<dyn Store>, key: Option<&MasterKey>) -> Result<Self> {
+        match Self::open(store.clone(), key) {
+            Err(Error::NotInitialized) => Self::init(store, key, ChunkerParams::default()),
+            other => other,
+        }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// True when objects are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.crypto.is_sealed()
+    }
+
+    /// The chunk bounds of this repository.
+    pub fn chunker(&self) -> ChunkerParams {
+        self.config.chunker
+    }
+
+    pub(crate) fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId(self.crypto.digest(data))
+    }
+
+    fn aad(kind: ObjectKind, name: &str) -> Vec<u8> {
+        format!("{}/{}", kind.label(), name).into_bytes()
+    }
+
+    /// A chunk as stored: sealed under its own id when encrypted (also inside a pack, so
+    /// each packed chunk can be read and authenticated alone).
+    pub(crate) fn seal_chunk(&self, id: ChunkId, data: Vec<u8>) -> Vec<u8> {
+        self.crypto
+            .seal(&Self::aad(ObjectKind::Chunk, &id.to_hex()), data)
+    }
+
+    /// Stored size of a chunk of plaintext length `len`.
+    pub(crate) fn stored_len(&self, len: u32) -> u64 {
+        u64::from(len)
+            + if self.crypto.is_sealed() {
+                crate::crypto::OVERHEAD as u64
+            } else {
+                0
+            }
+    }
+
+    /// Seals and stores a chunk as its own object; returns the stored size.
+    pub(crate) fn put_chunk(&self, id: ChunkId, data: Vec<u8>) -> Result<u64> {
+        let sealed = self.seal_chunk(id, data);
+        self.store.put(ObjectKind::Chunk, &id.to_hex(), &sealed)?;
+        Ok(sealed.len() as u64)
+    }
+
+    /// Fetches a chunk and checks it against its reference; errors name snapshot, file and
+    /// chunk.
+    pub(crate) fn read_chunk(
+        &self,
+        snapshot: SnapshotId,
+        file: &str,
+        offset: u64,
+        c: &ChunkRef,
+    ) -> Result<Vec<u8>> {
+        let name = c.id.to_hex();
+        let corrupt = |fault| Error::ChunkCorrupt {
+            snapshot,
+            file: file.to_string(),
+            chunk: c.id,
+            offset,
+            fault,
+        };
+        let fetched = match c.pack {
+            None => self.store.get(ObjectKind::Chunk, &name),
+            Some(p) => self.store.get_range(
+                ObjectKind::Chunk,
+                &p.object.to_hex(),
+                p.offset,
+                self.stored_len(c.len),
+            ),
+        };
+        let raw = match fetched {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::ChunkMissing {
+                    snapshot,
+                    file: file.to_string(),
+                    chunk: c.id,
+                    offset,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let data = self
+            .crypto
+            .open(&Self::aad(ObjectKind::Chunk, &name), raw)
+            .map_err(|_| corrupt(ChunkFault::Undecryptable))?;
+        if data.len() != c.len as usize {
+            return Err(corrupt(ChunkFault::LengthMismatch));
+        }
+        if self.crypto.digest(&data) != c.id.0 {
+            return Err(corrupt(ChunkFault::HashMismatch));
+        }
+        Ok(data)
+    }
+
+    /// Writes a manifest (the last write of a snapshot) and returns its id.
+    pub(crate) fn write_manifest(&self, m: &Manifest) -> Result<SnapshotId> {
+        let bytes = m.to_bytes();
+        let id = SnapshotId(self.crypto.digest(&bytes));
+        let name = id.to_hex();
+        let sealed = self
+            .crypto
+            .seal(&Self::aad(ObjectKind::Snapshot, &name), bytes);
+        self.store.put(ObjectKind::Snapshot, &name, &sealed)?;
+        Ok(id)
+    }
+
+    /// Loads a complete snapshot's manifest and checks, before anything else, that its
+    /// bytes match the id and that it is safe to restore.
+    pub fn load_manifest(&self, id: SnapshotId) -> Result<Manifest> {
+        let name = id.to_hex();
+        let corrupt = |reason: String| Error::ManifestCorrupt {
+            snapshot: id,
+            reason,
+        };
+        let raw = match self.store.get(ObjectKind::Snapshot, &name) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::SnapshotNotFound { snapshot: id }),
+            Err(e) => return Err(e.into()),
+        };
+        let bytes = self
+            .crypto
+            .open(&Self::aad(ObjectKind::Snapshot, &name), raw)
+            .map_err(|_| corrupt("authenticated decryption failed".into()))?;
+        if self.crypto.digest(&bytes) != id.0 {
+            return Err(corrupt("content does not match the snapshot id".into()));
+        }
+        let m = Manifest::from_bytes(&bytes).map_err(corrupt)?;
+        manifest::validate(&m, id)?;
+        Ok(m)
+    }
+
+    /// Every snapshot, verified, oldest first; unreadable manifests are listed apart.
+    pub fn list_snapshots_detailed(&self) -> Result<SnapshotListing> {
+        let mut out = SnapshotListing::default();
+        for o in self.store.list(ObjectKind::Snapshot)? {
+            let id = match o.name.parse::<SnapshotId>() {
+                Ok(id) => id,
+                Err(e) => {
+                    out.unreadable.push((o.name.clone(), Error::Config(e)));
+                    continue;
+                }
+            };
+            match self.load_manifest(id) {
+                Ok(m) => out.snapshots.push(SnapshotInfo { id, meta: m.meta }),
+                // Forgotten between list and get: not a snapshot any more.
+                Err(Error::SnapshotNotFound { .. }) => {}
+                Err(e) => out.unreadable.push((o.name, e)),
+            }
+        }
+        out.snapshots
+            .sort_by(|a, b| a.meta.created.cmp(&b.meta.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Every complete, verified snapshot, oldest first (unreadable ones are logged).
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let listing = self.list_snapshots_detailed()?;
+        for (name, e) in &listing.unreadable {
+            tracing::warn!(snapshot = %name, error = %e, "skipping unreadable snapshot");
+        }
+        Ok(listing.snapshots)
+    }
+
+    /// Chunks referenced by complete snapshots, with where they are stored: the only ones a
+    /// new snapshot may reuse without writing (see the file system store for why).
+    pub(crate) fn referenced_chunks(
+        &self,
+    ) -> Result<(HashMap<ChunkId, Option<PackLoc>>, SnapshotListing)> {
+        let mut set = HashMap::new();
+        let mut listing = SnapshotListing::default();
+        for o in self.store.list(ObjectKind::Snapshot)? {
+            let Ok(id) = o.name.parse::<SnapshotId>() else {
+                listing
+                    .unreadable
+                    .push((o.name.clone(), Error::Config("bad snapshot name".into())));
+                continue;
+            };
+            match self.load_manifest(id) {
+                Ok(m) => {
+                    set.extend(
+                        m.files()
+                            .flat_map(|e| e.chunks.iter().map(|c| (c.id, c.pack))),
+                    );
+                    listing.snapshots.push(SnapshotInfo { id, meta: m.meta });
+                }
+                Err(Error::SnapshotNotFound { .. }) => {}
+                Err(e) => listing.unreadable.push((o.name, e)),
+            }
+        }
+        Ok((set, listing))
+    }
+
+    /// Deletes a snapshot's manifest (its chunks go at the next gc).
+    pub fn forget(&self, id: SnapshotId) -> Result<()> {
+        self.store.delete(ObjectKind::Snapshot, &id.to_hex())?;
+        Ok(())
+    }
+}

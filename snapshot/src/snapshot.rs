@@ -1,0 +1,460 @@
+//! Taking a snapshot: read, chunk, hash, store, then write the manifest last.
+//!
+//! The pipeline runs on scoped threads: readers cut inputs into chunks, workers hash
+//! (and seal) each chunk and store the new ones, and the calling thread collects chunk
+//! references in order, reports progress and refreshes the lock. Channels are bounded, so
+//! memory stays at a few chunks per thread whatever the input size. The manifest is
+//! written only after every chunk is stored and the store is synced: an agent killed at
+//! any earlier point leaves no snapshot marked complete.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{bounded, unbounded};
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::error::{io_err, Error, Result};
+use crate::id::ChunkId;
+use crate::lock::{self, LockGuard, LockKind, DEFAULT_STALE_AFTER};
+use crate::manifest::PackLoc;
+use crate::manifest::{
+    ChunkRef, Entry, EntryKind, Manifest, SnapshotInfo, SnapshotMeta, Source, MANIFEST_FORMAT,
+};
+use crate::methods::{self, Method};
+use crate::progress::{Phase, Progress, ProgressUpdate, REPORT_EVERY};
+use crate::repo::Repository;
+
+/// Tuning for [`Repository::snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Hash-and-store threads; default: the store's preferred concurrency, at least the
+    /// number of cores.
+    pub workers: Option<usize>,
+    /// Locks older than this are treated as abandoned.
+    pub stale_lock_after: Duration,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            workers: None,
+            stale_lock_after: DEFAULT_STALE_AFTER,
+        }
+    }
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    /// The new snapshot.
+    pub info: SnapshotInfo,
+    /// Chunks written by this snapshot.
+    pub new_chunks: u64,
+    /// Plaintext bytes of those chunks.
+    pub new_bytes: u64,
+    /// Bytes they take in the store (with encryption overhead).
+    pub stored_bytes: u64,
+    /// Chunk references satisfied by chunks already stored.
+    pub reused_chunks: u64,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Where a file's bytes come from.
+pub(crate) enum Input {
+    /// A file to open.
+    Path(PathBuf),
+    /// A stream (a dump command's stdout).
+    Stream(Box<dyn Read + Send>),
+}
+
+/// What a method hands to the pipeline.
+pub(crate) struct Prepared {
+    /// Entries sorted by path; files have no chunks yet.
+    pub entries: Vec<Entry>,
+    /// One input per file entry, by entry index.
+    pub inputs: Vec<(usize, Input)>,
+    /// Expected bytes (0 when unknown).
+    pub total: u64,
+}
+
+#[derive(Debug, Default)]
+struct IngestStats {
+    new_chunks: u64,
+    new_bytes: u64,
+    stored_bytes: u64,
+    reused_chunks: u64,
+}
+
+enum Msg {
+    Chunk {
+        input: usize,
+        seq: usize,
+        cref: ChunkRef,
+        stored: Option<u64>,
+    },
+    Finished {
+        input: usize,
+        count: usize,
+    },
+    Failed(Error),
+}
+
+fn read_input(
+    input: Input,
+    params: ChunkerParams,
+    buf: &mut Vec<u8>,
+    mut emit: impl FnMut(usize, Vec<u8>) -> bool,
+) -> std::io::Result<usize> {
+    let source: Box<dyn Read + Send> = match input {
+        Input::Path(p) => Box::new(std::fs::File::open(p)?),
+        Input::Stream(s) => s,
+    };
+    let mut chunker = Chunker::with_buffer(source, params, std::mem::take(buf));
+    let mut seq = 0;
+    let result = loop {
+        match chunker.next_chunk() {
+            Ok(Some(data)) => {
+                if !emit(seq, data) {
+                    break Ok(seq);
+                }
+                seq += 1;
+            }
+            Ok(None) => break Ok(seq),
+            Err(e) => break Err(e),
+        }
+    };
+    *buf = chunker.into_buffer();
+    result
+}
+
+/// Packs are written once they reach this size.
+const PACK_TARGET: usize = 8 * 1024 * 1024;
+
+/// One worker's pack being filled.
+#[derive(Default)]
+struct PackBuffer {
+    name: Option<ChunkId>,
+    buf: Vec<u8>,
+}
+
+impl PackBuffer {
+    /// Appends a stored chunk; returns where it will be.
+    fn append(&mut self, stored: &[u8]) -> PackLoc {
+        let object = *self.name.get_or_insert_with(|| {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).expect("system random number generator failed");
+            ChunkId(b)
+        });
+        let loc = PackLoc {
+            object,
+            offset: self.buf.len() as u64,
+        };
+        self.buf.extend_from_slice(stored);
+        loc
+    }
+
+    /// Writes the pack, if any, and starts a new one.
+    fn flush(&mut self, repo: &Repository) -> Result<()> {
+        if let Some(name) = self.name.take() {
+            repo.store
+                .put(crate::store::ObjectKind::Chunk, &name.to_hex(), &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Hashes one chunk and stores it unless an equal chunk is already stored or on its way.
+/// Returns its reference and, if this call stored it, its stored size.
+fn store_piece(
+    repo: &Repository,
+    seen: &Mutex<HashMap<ChunkId, Option<PackLoc>>>,
+    pack: &mut PackBuffer,
+    data: Vec<u8>,
+    small_below: u32,
+) -> Result<(ChunkRef, Option<u64>)> {
+    let id = repo.chunk_id(&data);
+    let len = data.len() as u32;
+    if len < small_below {
+        let stored = repo.seal_chunk(id, data);
+        let (loc, fresh) = {
+            let mut seen = seen.lock().expect("poisoned");
+            match seen.get(&id) {
+                Some(loc) => (*loc, false),
+                None => {
+                    // Appended under the lock so a duplicate on another worker finds it.
+                    let loc = Some(pack.append(&stored));
+                    seen.insert(id, loc);
+                    (loc, true)
+                }
+            }
+        };
+        if pack.buf.len() >= PACK_TARGET {
+            pack.flush(repo)?;
+        }
+        return Ok((
+            ChunkRef { id, len, pack: loc },
+            fresh.then_some(stored.len() as u64),
+        ));
+    }
+    let existing = {
+        let mut seen = seen.lock().expect("poisoned");
+        match seen.get(&id) {
+            Some(loc) => Some(*loc),
+            None => {
+                seen.insert(id, None);
+                None
+            }
+        }
+    };
+    match existing {
+        Some(loc) => Ok((ChunkRef { id, len, pack: loc }, None)),
+        None => {
+            let size = repo.put_chunk(id, data)?;
+            Ok((
+                ChunkRef {
+                    id,
+                    len,
+                    pack: None,
+                },
+                Some(size),
+            ))
+        }
+    }
+}
+
+/// Runs the pipeline over `inputs`; returns each input's chunk list.
+fn ingest(
+    repo: &Repository,
+    known: HashMap<ChunkId, Option<PackLoc>>,
+    inputs: Vec<(PathBuf, Input)>,
+    total: u64,
+    workers: usize,
+    progress: &dyn Progress,
+    lock: &mut LockGuard<'_>,
+) -> Result<(Vec<Vec<ChunkRef>>, IngestStats)> {
+    let n = inputs.len();
+    let params = repo.chunker();
+    let readers = n.clamp(1, 2);
+    let (in_tx, in_rx) = unbounded();
+    for (i, (label, input)) in inputs.into_iter().enumerate() {
+        in_tx.send((i, label, input)).expect("receiver alive");
+    }
+    drop(in_tx);
+    let (piece_tx, piece_rx) = bounded::<(usize, usize, Vec<u8>)>(workers * 2);
+    let (msg_tx, msg_rx) = unbounded::<Msg>();
+    let cancel = AtomicBool::new(false);
+    let seen = Mutex::new(known);
+    let small_below = params.min;
+
+    std::thread::scope(|s| {
+        for _ in 0..readers {
+            let (in_rx, piece_tx, msg_tx, cancel) =
+                (in_rx.clone(), piece_tx.clone(), msg_tx.clone(), &cancel);
+            s.spawn(move || {
+                let mut buf = Vec::new();
+                while let Ok((i, label, input)) = in_rx.recv() {
+                    if cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let sent = read_input(input, params, &mut buf, |seq, data| {
+                        !cancel.load(Ordering::Relaxed) && piece_tx.send((i, seq, data)).is_ok()
+                    });
+                    let msg = match sent {
+                        Ok(count) => Msg::Finished { input: i, count },
+                        Err(e) => Msg::Failed(io_err("read", label)(e)),
+                    };
+                    let _ = msg_tx.send(msg);
+                }
+            });
+        }
+        drop(piece_tx);
+        for _ in 0..workers {
+            let (piece_rx, msg_tx, cancel, seen) =
+                (piece_rx.clone(), msg_tx.clone(), &cancel, &seen);
+            s.spawn(move || {
+                let mut pack = PackBuffer::default();
+                while let Ok((input, seq, data)) = piece_rx.recv() {
+                    // Keep draining after a failure so readers never block on a full channel.
+                    if cancel.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match store_piece(repo, seen, &mut pack, data, small_below) {
+                        Ok((cref, stored)) => {
+                            let _ = msg_tx.send(Msg::Chunk {
+                                input,
+                                seq,
+                                cref,
+                                stored,
+                            });
+                        }
+                        Err(e) => {
+                            cancel.store(true, Ordering::Relaxed);
+                            let _ = msg_tx.send(Msg::Failed(e));
+                        }
+                    }
+                }
+                // The last, partly filled pack: written before the collector can finish.
+                if !cancel.load(Ordering::Relaxed) {
+                    if let Err(e) = pack.flush(repo) {
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = msg_tx.send(Msg::Failed(e));
+                    }
+                }
+            });
+        }
+        drop(msg_tx);
+
+        let mut lists: Vec<Vec<Option<ChunkRef>>> = vec![Vec::new(); n];
+        let mut counts: Vec<Option<usize>> = vec![None; n];
+        let mut stats = IngestStats::default();
+        let mut first_err: Option<Error> = None;
+        let (mut done, mut reported) = (0u64, 0u64);
+        for msg in msg_rx.iter() {
+            match msg {
+                Msg::Chunk {
+                    input,
+                    seq,
+                    cref,
+                    stored,
+                } => {
+                    let list = &mut lists[input];
+                    if list.len() <= seq {
+                        list.resize(seq + 1, None);
+                    }
+                    list[seq] = Some(cref);
+                    match stored {
+                        Some(size) => {
+                            stats.new_chunks += 1;
+                            stats.new_bytes += u64::from(cref.len);
+                            stats.stored_bytes += size;
+                        }
+                        None => stats.reused_chunks += 1,
+                    }
+                    if done == 0 {
+                        crate::testing::pause_point("snapshot-ingesting");
+                    }
+                    done += u64::from(cref.len);
+                    if done - reported >= REPORT_EVERY {
+                        reported = done;
+                        progress.update(ProgressUpdate {
+                            phase: Phase::Snapshot,
+                            done_bytes: done,
+                            total_bytes: total.max(done),
+                        });
+                        if let Err(e) = lock.refresh_if_due() {
+                            cancel.store(true, Ordering::Relaxed);
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                Msg::Finished { input, count } => counts[input] = Some(count),
+                Msg::Failed(e) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        progress.update(ProgressUpdate {
+            phase: Phase::Snapshot,
+            done_bytes: done,
+            total_bytes: total.max(done),
+        });
+        let mut out = Vec::with_capacity(n);
+        for (i, list) in lists.into_iter().enumerate() {
+            let complete = counts[i] == Some(list.len()) && list.iter().all(Option::is_some);
+            if !complete {
+                return Err(Error::Internal(format!("input {i}: chunk list incomplete")));
+            }
+            out.push(list.into_iter().flatten().collect());
+        }
+        Ok((out, stats))
+    })
+}
+
+impl Repository {
+    /// Takes a snapshot of `method`'s data, labelled with `source`. The caller quiesces the
+    /// data for the `files` method; `sqlite` and `exec` are consistent by construction.
+    pub fn snapshot(
+        &self,
+        source: &Source,
+        method: &Method,
+        options: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<SnapshotReport> {
+        let started = Instant::now();
+        let created = Utc::now();
+        let mut lock = lock::acquire(
+            &*self.store,
+            LockKind::Shared,
+            "snapshot",
+            options.stale_lock_after,
+        )?;
+        let (known, _) = self.referenced_chunks()?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = options
+            .workers
+            .unwrap_or_else(|| self.store.concurrency().max(cores))
+            .max(1);
+
+        let mut capture = methods::capture(method)?;
+        let prepared = capture.take_prepared();
+        let Prepared {
+            mut entries,
+            inputs,
+            total,
+        } = prepared;
+        let (slots, inputs): (Vec<usize>, Vec<(PathBuf, Input)>) = inputs
+            .into_iter()
+            .map(|(idx, input)| (idx, (PathBuf::from(&entries[idx].path), input)))
+            .unzip();
+        let ingested = ingest(self, known, inputs, total, workers, progress, &mut lock);
+        // The method learns whether all input was read (an exec dump must also exit 0).
+        capture.finish(ingested.is_ok())?;
+        let (lists, stats) = ingested?;
+        for (idx, chunks) in slots.into_iter().zip(lists) {
+            let e = &mut entries[idx];
+            e.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+            e.chunks = chunks;
+        }
+        let files: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .collect();
+        let meta = SnapshotMeta {
+            source: source.clone(),
+            method: method.kind(),
+            created,
+            total_size: files.iter().map(|e| e.size).sum(),
+            file_count: files.len() as u64,
+            chunk_count: files.iter().map(|e| e.chunks.len() as u64).sum(),
+        };
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            meta: meta.clone(),
+            entries,
+        };
+        // All chunks durable before the manifest exists: the manifest is the completion mark.
+        self.store.sync()?;
+        crate::testing::pause_point("snapshot-before-manifest");
+        let id = self.write_manifest(&manifest)?;
+        drop(lock);
+        Ok(SnapshotReport {
+            info: SnapshotInfo { id, meta },
+            new_chunks: stats.new_chunks,
+            new_bytes: stats.new_bytes,
+            stored_bytes: stats.stored_bytes,
+            reused_chunks: stats.reused_chunks,
+            duration: started.elapsed(),
+        })
+    }
+}

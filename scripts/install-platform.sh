@@ -34,6 +34,18 @@ fi
 # Debian's prometheus package starts a service on install; the tests start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
 
+# Garage: a real S3-compatible server for the snapshot store's tests (AGPL; run as a
+# separate program, never linked). About 13 minutes to build on 2 cores, once.
+GARAGE="$CACHE/garage/bin/garage"
+if [ -x "$GARAGE" ]; then
+  say "garage already cached in $GARAGE"
+else
+  say "building garage (S3 server for the snapshot tests; about 13 minutes on 2 cores, once)"
+  cargo install garage --locked --quiet --root "$CACHE/garage" >"$CACHE/garage-build.log" 2>&1 || {
+    tail -n 30 "$CACHE/garage-build.log"; echo "garage build failed; log in $CACHE/garage-build.log" >&2; exit 1; }
+  say "garage installed in $GARAGE"
+fi
+
 have_all=1
 for b in kube-apiserver kube-controller-manager kube-scheduler; do
   [ -x "$BIN_DIR/$b" ] || have_all=0

@@ -310,6 +310,9 @@ pub struct GateStatus {
     /// Successes in a row, up to the last measurement.
     #[serde(default)]
     pub consecutive_successes: i32,
+    /// Failures in a row, up to the last measurement (errors neither count nor break it).
+    #[serde(default)]
+    pub consecutive_failures: i32,
     /// The last few measurements, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measurements: Vec<Measurement>,

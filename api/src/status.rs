@@ -28,6 +28,16 @@ pub struct ProductionStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision_hash: Option<String>,
 
+    /// Digest of the components of `stableRevision` (names its ControllerRevision, so the
+    /// controller can fetch the one revision a rollback would need).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision_hash: Option<String>,
+
+    /// The stable revision before the current one (what a rollback after promotion goes
+    /// back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable_revision: Option<i64>,
+
     /// Last revision that was rolled out completely, to every component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<i64>,

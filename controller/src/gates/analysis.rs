@@ -61,10 +61,12 @@ pub fn record(st: &mut GateStatus, m: Measurement) {
         MeasurementOutcome::Success => {
             st.successes += 1;
             st.consecutive_successes += 1;
+            st.consecutive_failures = 0;
         }
         MeasurementOutcome::Failure => {
             st.failures += 1;
             st.consecutive_successes = 0;
+            st.consecutive_failures += 1;
         }
         MeasurementOutcome::Error => {
             st.errors += 1;
@@ -129,16 +131,13 @@ pub fn evaluate(st: &mut GateStatus, g: &Gate, window_over: bool) {
 /// seen too); measurement errors never fail it.
 pub fn evaluate_monitoring(st: &mut GateStatus, g: &Gate) {
     let (_, failure_limit, _) = limits(g);
-    let needed = (failure_limit + 1) as usize;
+    let needed = failure_limit + 1;
     let recent: Vec<&Measurement> = st
         .measurements
         .iter()
         .filter(|m| m.outcome != MeasurementOutcome::Error)
         .collect();
-    let failing = recent.len() >= needed
-        && recent[recent.len() - needed..]
-            .iter()
-            .all(|m| m.outcome == MeasurementOutcome::Failure);
+    let failing = st.consecutive_failures >= needed;
     if failing {
         st.phase = GatePhase::Failed;
         st.message = Some(format!(

@@ -41,6 +41,9 @@ pub struct Subject<'a> {
     pub revision: i64,
     /// Measurements already taken of this gate in this analysis (names Job runs).
     pub attempt: i32,
+    /// Identifies this analysis (or monitoring period), so a Job run's name is never
+    /// reused by a later analysis of the same revision (a retry, a re-promotion).
+    pub epoch: i64,
 }
 
 impl std::fmt::Debug for Measurer {
@@ -423,7 +426,7 @@ impl Measurer {
             owner,
             &gate.name,
             s.revision,
-            s.attempt,
+            &format!("{}-{}", s.epoch, s.attempt),
         );
         let timeout =
             crate::gates::analysis::duration_or(j.timeout.as_ref(), Duration::from_secs(300));
@@ -593,8 +596,8 @@ pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, String> {
 }
 
 /// The name of one Job run: readable, within 63 characters, unique per attempt.
-pub fn job_name(stack: &str, owner: &str, gate: &str, revision: i64, attempt: i32) -> String {
-    let full = format!("{stack}-{owner}-{gate}-r{revision}-{attempt}");
+pub fn job_name(stack: &str, owner: &str, gate: &str, revision: i64, run: &str) -> String {
+    let full = format!("{stack}-{owner}-{gate}-r{revision}-{run}");
     if full.len() <= 63 {
         return full;
     }
@@ -649,14 +652,18 @@ mod tests {
     #[test]
     fn job_names_fit_and_stay_unique() {
         assert_eq!(
-            job_name("shop", "api", "smoke", 3, 0),
-            "shop-api-smoke-r3-0"
+            job_name("shop", "api", "smoke", 3, "17-0"),
+            "shop-api-smoke-r3-17-0"
         );
-        let long = job_name(&"s".repeat(40), &"c".repeat(40), "smoke", 3, 1);
+        let long = job_name(&"s".repeat(40), &"c".repeat(40), "smoke", 3, "17-1");
         assert!(long.len() <= 63, "{long}");
         assert_ne!(
             long,
-            job_name(&"s".repeat(40), &"c".repeat(40), "smoke", 3, 2)
+            job_name(&"s".repeat(40), &"c".repeat(40), "smoke", 3, "17-2")
+        );
+        assert_ne!(
+            long,
+            job_name(&"s".repeat(40), &"c".repeat(40), "smoke", 3, "18-1")
         );
     }
 

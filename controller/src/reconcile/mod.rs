@@ -127,10 +127,12 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let needs_history = previous.rollback.is_some()
         || previous.hold.is_some()
         || !ops.is_empty()
-        || can_roll_back
         || stack.spec.rollout.rollback_after_promotion;
     let history = if needs_history {
         revisions::load_all(&ctx.client, stack).await?
+    } else if can_roll_back {
+        // A rollout that may fail needs only the stable revision: one GET by name.
+        revisions::load_stable(&ctx.client, stack).await?
     } else {
         BTreeMap::new()
     };
@@ -155,12 +157,21 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     for (component, gate) in plan::gates_due(&stack.spec, &desired, &previous, &now) {
         let comp = component.and_then(|c| desired.component(c));
         let attempt = gate_attempts(&previous, component, &gate.name);
+        // Analysis: when it started. Monitoring: the generation (new with every spec), negated
+        // so it never equals an analysis time.
+        let epoch = previous
+            .rollout
+            .as_ref()
+            .and_then(|r| r.analysis_started_at.as_ref())
+            .map(|t| t.0.as_second())
+            .unwrap_or_else(|| -stack.metadata.generation.unwrap_or(0));
         let subject = crate::gates::measure::Subject {
             stack,
             component: comp,
             components: &desired.components,
             revision: desired.number,
             attempt,
+            epoch,
         };
         if let Some(m) = ctx.measurer.measure(subject, gate).await {
             ctx.metrics
@@ -182,7 +193,13 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         now,
     });
 
-    // 7. Act.
+    // 7. Record the decision first: a controller that dies after acting but before
+    // recording would re-plan from the old status on restart and could undo the act (apply
+    // the failed revision again in the middle of its rollback). Acting after recording is
+    // safe: re-planning notices what was not done.
+    status::write(&ctx.client, stack, &previous, &decision.status).await?;
+
+    // 8. Act.
     for action in &decision.actions {
         match action {
             plan::Action::Apply {
@@ -226,8 +243,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // 8. Status, operation results, Events, metrics.
-    status::write(&ctx.client, stack, &previous, &decision.status).await?;
+    // 9. Operation results, Events, metrics.
     for r in &decision.operations {
         operations::record(&ctx.client, &ns, r).await?;
     }

@@ -229,6 +229,46 @@ pub async fn load_all(
     Ok(out)
 }
 
+/// The stable revision alone, fetched by name from `status.stableRevisionHash` (the whole
+/// history when the hash is not recorded, as for stacks from an older controller).
+pub async fn load_stable(
+    client: &Client,
+    stack: &ProductionStack,
+) -> Result<BTreeMap<i64, crate::reconcile::plan::RevisionRef>> {
+    let status = stack.status.clone().unwrap_or_default();
+    let (Some(number), Some(hash)) = (status.stable_revision, status.stable_revision_hash) else {
+        return load_all(client, stack).await;
+    };
+    let ns = stack
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let mut out = BTreeMap::new();
+    let Some(rev) = api
+        .get_opt(&revision_name(&stack.name_any(), &hash))
+        .await?
+    else {
+        return load_all(client, stack).await;
+    };
+    let owned = rev
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == stack.metadata.uid.as_ref());
+    if owned && rev.revision == number {
+        let data = decode(&rev)?;
+        let r =
+            crate::reconcile::plan::RevisionRef::new(&stack.name_any(), number, data.components)
+                .map_err(|e| Error::BadRevision {
+                    name: rev.name_any(),
+                    message: e.to_string(),
+                })?;
+        out.insert(number, r);
+        Ok(out)
+    } else {
+        load_all(client, stack).await
+    }
+}
+
 /// Which revisions to delete: all but the newest `limit`, never the stable or current one.
 pub fn to_prune(numbers: &[i64], limit: usize, keep: &[i64]) -> Vec<i64> {
     let mut sorted = numbers.to_vec();

@@ -182,7 +182,9 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
 
     if rolling && blocker.is_none() && p.status.rollout.is_some() {
         stack_analysis_then_promote(p, target);
-    } else if rolling && blocker.is_none() && p.status.rollout.is_none() {
+    } else if rolling && p.status.rollout.is_none() {
+        // Also while a component is unavailable: that is when a breaking stack must be
+        // seen (and rolled back when the policy asks).
         monitor(p, target);
     }
 }
@@ -231,6 +233,16 @@ fn focus(
         p.status.rollout = Some(r);
         p.requeue_in(p.progress_deadline());
         return;
+    }
+    if !avail && r.step == Some(RolloutStep::Analysing) {
+        // It was Available and lost it during analysis: wait for it again within a fresh
+        // progress deadline rather than blaming the deadline of the original apply.
+        r.step = Some(RolloutStep::Progressing);
+        r.component_started_at = Some(now.clone());
+        r.analysis_started_at = None;
+    }
+    if avail {
+        r.failure = None;
     }
     if !avail {
         let started = r
@@ -442,7 +454,13 @@ fn stack_analysis_then_promote(p: &mut Planner<'_>, target: &RevisionRef) {
     }
     // Promotion.
     let r = p.status.rollout.take().expect("rolling");
+    if p.status.stable_revision != Some(target.number) {
+        p.status.previous_stable_revision = p.status.stable_revision;
+    }
     p.status.stable_revision = Some(target.number);
+    p.status.stable_revision_hash = Some(crate::reconcile::revisions::revision_hash(
+        &target.components,
+    ));
     p.promoted = true;
     p.outcomes.push(Outcome::Rollout("promoted"));
     p.event(
@@ -521,12 +539,9 @@ fn monitor(p: &mut Planner<'_>, target: &RevisionRef) {
     let Some(message) = failed else { return };
     let before = target.number;
     let back_to = p
-        .input
-        .revisions
-        .keys()
-        .copied()
-        .filter(|n| *n < before)
-        .max();
+        .status
+        .previous_stable_revision
+        .filter(|n| *n != before && p.input.revisions.contains_key(n));
     if p.input.spec.rollout.rollback_after_promotion {
         if let Some(to) = back_to {
             rollback::start(

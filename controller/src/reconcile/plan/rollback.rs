@@ -209,9 +209,14 @@ fn finish(
     });
     p.status.rollback = None;
     p.status.stable_revision = Some(rb.to_revision);
-    p.status.hold = (rb.to_revision != p.input.desired.number).then_some(RevisionHold {
+    p.status.stable_revision_hash = p
+        .revision(rb.to_revision)
+        .map(|r| crate::reconcile::revisions::revision_hash(&r.components));
+    // Hold back the revision that failed; a spec pushed during the rollback is a new
+    // revision and the hold-release check rolls it out next.
+    p.status.hold = (rb.to_revision != rb.from_revision).then_some(RevisionHold {
         revision: rb.to_revision,
-        held_back: p.input.desired.number,
+        held_back: rb.from_revision,
         reason: rb.reason,
     });
     for c in &mut p.status.components {

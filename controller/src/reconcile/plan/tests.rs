@@ -776,3 +776,58 @@ fn gates_due_follow_the_step() {
     let due = gates_due(&w.spec, &w.desired, &w.status, &t(1000));
     assert_eq!(due.len(), 1, "monitoring after promotion");
 }
+
+#[test]
+fn a_spec_pushed_during_a_rollback_rolls_out_after_it() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", GATE, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    w.healthy = vec![1, 3];
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 4);
+    w.step(now + 4);
+    assert_eq!(w.phase(), StackPhase::RollingBack);
+    // The fix arrives while the rollback of 2 runs.
+    w.change(spec("", GATE, "x:3"), 3);
+    let now = w.settle(now + 5, true);
+    // The rollback ends holding back revision 2 only; the next reconcile rolls 3 out.
+    assert_eq!(w.status.hold.as_ref().map(|h| h.held_back), Some(2));
+    let now = w.settle(now, true);
+    assert_eq!(
+        w.status
+            .last_rollback
+            .as_ref()
+            .map(|r| (r.from_revision, r.to_revision)),
+        Some((2, 1))
+    );
+    assert!(
+        w.status.hold.is_none(),
+        "revision 3 was never tried, so it is not held back"
+    );
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert_eq!(w.status.stable_revision, Some(3));
+    assert_eq!(w.status.previous_stable_revision, Some(1));
+    let _ = now;
+}
+
+#[test]
+fn monitoring_fails_a_gate_after_failure_limit_plus_one_failures_in_a_row() {
+    let gate = "[{name: http, interval: 1s, failureLimit: 6, http: {}}]";
+    let mut w = World::new(spec("", gate, "x:1"));
+    let now = w.settle(0, true);
+    for i in 0..6 {
+        w.measure("api", "http", MeasurementOutcome::Failure, now + 30 * i);
+        w.step(now + 30 * i);
+        assert_eq!(
+            w.phase(),
+            StackPhase::Healthy,
+            "{} failures are within the limit",
+            i + 1
+        );
+    }
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 200);
+    w.step(now + 200);
+    assert_eq!(w.phase(), StackPhase::Degraded);
+}

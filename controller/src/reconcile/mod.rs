@@ -198,6 +198,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     // the failed revision again in the middle of its rollback). Acting after recording is
     // safe: re-planning notices what was not done.
     status::write(&ctx.client, stack, &previous, &decision.status).await?;
+    ctx.metrics.set_phase(&key, decision.status.phase);
 
     // 8. Act.
     for action in &decision.actions {
@@ -253,7 +254,6 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     for o in &decision.outcomes {
         ctx.metrics.outcome(o);
     }
-    ctx.metrics.set_phase(&key, decision.status.phase);
 
     let resync = ctx.resync;
     Ok(match decision.requeue_after {

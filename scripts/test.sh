@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "running the Rust tests"
 # Tests wait on real clusters and processes, not on the CPU: run more at once than cores.
-cargo test --workspace --locked "$@" -- --test-threads "${DEPLOYCTL_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "${DEPLOYCTL_TEST_THREADS:-4}"
 
 if [ -d tests/packaging ]; then
   say "running the packaging tests (chart, manifests, alerts)"

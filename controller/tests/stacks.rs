@@ -124,26 +124,33 @@ async fn three_components_come_up_in_dependency_order_and_reach_ready() {
         s.metadata.uid.clone().unwrap()
     );
     assert_eq!(api_svc.labels()[labels::MANAGED_BY], "deployctl");
+    // Events are recorded just after the status that they describe.
     let events: Api<Event> = Api::namespaced(client.clone(), ns.name());
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    for r in [
+    let wanted = [
         "RevisionCreated",
         "RolloutStarted",
         "ComponentApplied",
         "RolloutComplete",
-    ] {
-        assert!(
-            reasons.iter().any(|x| x == r),
-            "no {r} Event; saw {reasons:?}"
-        );
-    }
+    ];
+    let reasons = wait_until("the rollout's Events", Duration::from_secs(15), || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        wanted
+            .iter()
+            .all(|r| reasons.iter().any(|x| x == r))
+            .then_some(reasons)
+    })
+    .await;
+    assert!(
+        reasons.iter().any(|r| r == "ComponentAvailable"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]
@@ -383,14 +390,30 @@ async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() 
     );
     // An Event says the same, once per stack.
     let events: Api<Event> = Api::namespaced(client.clone(), ns.name());
-    let warnings: Vec<Event> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
-        .collect();
+    // Events are recorded just after the status: wait until every stack has one.
+    let warnings: Vec<Event> = wait_until(
+        "an InvalidSpec Event per stack",
+        Duration::from_secs(15),
+        || async {
+            let warnings: Vec<Event> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+                .collect();
+            invalid_cases()
+                .iter()
+                .all(|(name, _, _)| {
+                    warnings
+                        .iter()
+                        .any(|e| e.involved_object.name.as_deref() == Some(*name))
+                })
+                .then_some(warnings)
+        },
+    )
+    .await;
     for (name, _, expected) in invalid_cases() {
         let e = warnings
             .iter()

@@ -22,10 +22,13 @@
 //! # Repository format (version 1)
 //!
 //! - `config`: JSON `{format, repoId, chunker: {min, avg, max}, encryption, keyCheck}`.
-//! - `objects/ab/abcd…`: one chunk per object, named by its 64-hex id. Plain repositories
-//!   store the bytes as they are and the id is their SHA-256; encrypted ones store
-//!   `0x01 || nonce(12) || AES-256-GCM ciphertext || tag(16)` and the id is an HMAC-SHA256
-//!   under a key derived from the master key (see [`crypto`]).
+//! - `objects/ab/abcd…`: chunk objects, named by 64 hex digits. A chunk at least the
+//!   chunker minimum (256 KiB by default) is its own object, named by its id; smaller chunks
+//!   (small files, file tails) are appended to *pack* objects of about 8 MiB with random
+//!   names, and the manifest records pack and offset for each. Plain repositories store
+//!   chunk bytes as they are and the id is their SHA-256; encrypted ones store each chunk
+//!   (alone or inside a pack) as `0x01 || nonce(12) || AES-256-GCM ciphertext || tag(16)`
+//!   and the id is an HMAC-SHA256 under a key derived from the master key (see [`crypto`]).
 //! - `snapshots/<id>`: a manifest (canonical JSON, sealed like a chunk when encrypted); the
 //!   id is the digest of its plaintext bytes. Written last: its presence is what makes a
 //!   snapshot complete.

@@ -171,6 +171,7 @@ fn materialize(
                 .open(&path)
                 .map_err(io_err("create", &path))?;
             f.write_all(&data).map_err(io_err("write", &path))?;
+            crate::store::fs::start_writeback(&f, 0, 0);
             finish_file(&f, e, &path, own)?;
         } else {
             let f = OpenOptions::new()
@@ -179,6 +180,7 @@ fn materialize(
                 .map_err(io_err("open", &path))?;
             f.write_all_at(&data, job.offset)
                 .map_err(io_err("write", &path))?;
+            crate::store::fs::start_writeback(&f, job.offset, data.len() as u64);
         }
         let now = done.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
         crate::testing::pause_point("restore-staging");

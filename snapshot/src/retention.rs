@@ -5,7 +5,8 @@
 //! `keep_daily` UTC calendar days, plus anything pinned (the snapshot a rollback would go
 //! back to must never be forgotten under it). [`Repository::forget_by_policy`] deletes the
 //! other manifests; [`Repository::gc`] then marks every chunk still referenced and sweeps
-//! the rest. Gc holds the exclusive lock (see [`crate::lock`]) and also spares chunks
+//! the rest; a pack object is kept whole while any chunk in it is referenced (packs are not
+//! rewritten, so a pack can hold some dead bytes until all its chunks are dead). Gc holds the exclusive lock (see [`crate::lock`]) and also spares chunks
 //! younger than its grace period, as a second guard for a snapshot whose lock went stale.
 
 use std::collections::{BTreeMap, HashSet};

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
-mod fs;
+pub(crate) mod fs;
 mod mem;
 mod s3;
 mod spec;

@@ -309,7 +309,8 @@ impl<'a> Planner<'a> {
             .unwrap_or(Duration::from_secs(30))
     }
 
-    /// Updates gate statuses with this reconcile's measurements and evaluates them.
+    /// Updates gate statuses with this reconcile's measurements and evaluates them as an
+    /// analysis (a gate passes only once `window_over`).
     fn analyse(
         &self,
         component: Option<&str>,
@@ -317,30 +318,28 @@ impl<'a> Planner<'a> {
         previous: &[GateStatus],
         window_over: bool,
     ) -> Vec<GateStatus> {
-        gates
-            .iter()
-            .map(|g| {
-                let mut st = previous
-                    .iter()
-                    .find(|s| s.name == g.name)
-                    .cloned()
-                    .unwrap_or_else(|| analysis::fresh(g));
-                if let Some(m) = self.input.measurements.get(&gate_key(component, &g.name)) {
-                    analysis::record(&mut st, m.clone());
-                }
-                analysis::evaluate(&mut st, g, window_over);
-                st
-            })
-            .collect()
+        self.record_and_evaluate(component, gates, previous, |st, g| {
+            analysis::evaluate(st, g, window_over)
+        })
     }
 
     /// Like [`Planner::analyse`] for monitoring after promotion: a gate is Failed while
-    /// its last `failureLimit + 1` measurements all failed, so it can recover.
+    /// its last `failureLimit + 1` measurements failed in a row, so it can recover.
     fn monitor_gates(
         &self,
         component: Option<&str>,
         gates: &[Gate],
         previous: &[GateStatus],
+    ) -> Vec<GateStatus> {
+        self.record_and_evaluate(component, gates, previous, analysis::evaluate_monitoring)
+    }
+
+    fn record_and_evaluate(
+        &self,
+        component: Option<&str>,
+        gates: &[Gate],
+        previous: &[GateStatus],
+        evaluate: impl Fn(&mut GateStatus, &Gate),
     ) -> Vec<GateStatus> {
         gates
             .iter()
@@ -353,7 +352,7 @@ impl<'a> Planner<'a> {
                 if let Some(m) = self.input.measurements.get(&gate_key(component, &g.name)) {
                     analysis::record(&mut st, m.clone());
                 }
-                analysis::evaluate_monitoring(&mut st, g);
+                evaluate(&mut st, g);
                 st
             })
             .collect()

@@ -4,40 +4,16 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use deployctl_api::ProductionStack;
-use deployctl_harness::SharedEnv;
-use kube::api::{Api, ListParams};
 use kube::Client;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The CRD YAML, as checked in.
-pub const CRD_YAML: &str = concat!(
-    include_str!("../../../manifests/crds/productionstacks.yaml"),
-    "---\n",
-    include_str!("../../../manifests/crds/stackoperations.yaml")
-);
-
 /// Field manager of the objects the tests apply.
 pub const MANAGER: &str = "deployctl-cli-tests";
 
-/// Installs (server-side applies) the CRDs and waits until both are served.
-pub async fn install_crds(env: &SharedEnv) -> Client {
-    let client = env.client().await;
-    deployctl_harness::apply_yaml(&client, CRD_YAML, "crds.yaml", MANAGER, "default")
-        .await
-        .expect("CRDs apply");
-    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), "default");
-    let ops: Api<deployctl_api::StackOperation> = Api::namespaced(client.clone(), "default");
-    wait_until("the CRDs to be served", Duration::from_secs(30), || async {
-        let lp = ListParams::default().limit(1);
-        stacks.list(&lp).await.ok()?;
-        ops.list(&lp).await.ok().map(|_| ())
-    })
-    .await;
-    client
-}
+/// Installs the CRDs and waits until they are served (shared with the controller's tests).
+pub use deployctl_harness::install_crds;
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -5,63 +5,12 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use deployctl_api::ProductionStack;
-use deployctl_harness::SharedEnv;
-use kube::api::{Api, ListParams};
-use kube::Client;
+use kube::api::Api;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// The CRD YAML, as checked in.
-pub const CRD_YAML: &str = concat!(
-    include_str!("../../../manifests/crds/productionstacks.yaml"),
-    "---\n",
-    include_str!("../../../manifests/crds/stackoperations.yaml")
-);
-
-/// Installs (server-side applies) the CRD and waits until it is Established.
-pub async fn install_crd(env: &SharedEnv) -> Client {
-    let client = env.client().await;
-    deployctl_harness::apply_yaml(
-        &client,
-        CRD_YAML,
-        "productionstacks.yaml",
-        "deployctl-tests",
-        "default",
-    )
-    .await
-    .expect("CRD applies");
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    wait_until(
-        "the CRD to be Established",
-        Duration::from_secs(30),
-        || async {
-            let crd = crds.get("productionstacks.deployctl.dev").await.ok()?;
-            let ok = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            ok.then_some(())
-        },
-    )
-    .await;
-    // Discovery in a fresh client sees the new resource only after the CRD is served.
-    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), "default");
-    wait_until(
-        "ProductionStacks to be served",
-        Duration::from_secs(30),
-        || async {
-            stacks
-                .list(&ListParams::default().limit(1))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-    client
-}
+/// Installs the CRDs and waits until they are served (shared with the CLI's tests).
+pub use deployctl_harness::install_crds as install_crd;
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

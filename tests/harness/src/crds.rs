@@ -1,0 +1,47 @@
+//! Installs deployctl's CRDs (as checked in under `manifests/crds/`) into a test cluster and
+//! waits until the API server serves them, for every test crate that needs them.
+
+use crate::shared::SharedEnv;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use std::time::{Duration, Instant};
+
+/// The CRDs, as checked in.
+pub const CRDS_YAML: &str = concat!(
+    include_str!("../../../manifests/crds/productionstacks.yaml"),
+    "---\n",
+    include_str!("../../../manifests/crds/stackoperations.yaml")
+);
+
+/// Server-side applies the CRDs and waits until both kinds can be listed.
+///
+/// # Panics
+/// When they cannot be applied or are not served within 30 s, saying which.
+pub async fn install_crds(env: &SharedEnv) -> kube::Client {
+    let client = env.client().await;
+    crate::apply_yaml(
+        &client,
+        CRDS_YAML,
+        "manifests/crds",
+        "deployctl-tests",
+        "default",
+    )
+    .await
+    .expect("the CRDs apply");
+    for (kind, plural) in [
+        ("ProductionStack", "productionstacks"),
+        ("StackOperation", "stackoperations"),
+    ] {
+        let gvk = GroupVersionKind::gvk("deployctl.dev", "v1alpha1", kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.list(&ListParams::default().limit(1)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{plural}.deployctl.dev is not served 30 s after the CRD was applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    client
+}

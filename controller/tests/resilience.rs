@@ -222,17 +222,21 @@ async fn serves_metrics_health_and_json_logs() {
     let s = stack_yaml("tiny", "  components:\n  - {name: a, replicas: 0, template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}}\n");
     stacks.create(&PostParams::default(), &s).await.unwrap();
     wait_stack(&stacks, "tiny", "Ready", Duration::from_secs(30), is_ready).await;
-    let (code, body) = wait_until("/metrics", Duration::from_secs(10), || async {
-        http_get(&c.metrics_addr, "/metrics").await
-    })
+    // The gauge is set just after the status write the test observed, so wait for it
+    // the way a Prometheus scrape would see it: eventually, within a scrape or two.
+    let (code, body) = wait_until(
+        "/metrics to count the Healthy stack",
+        Duration::from_secs(10),
+        || async {
+            let (code, body) = http_get(&c.metrics_addr, "/metrics").await?;
+            body.contains("deployctl_stacks{phase=\"Healthy\"} 1")
+                .then_some((code, body))
+        },
+    )
     .await;
     assert_eq!(code, 200);
     assert!(
         body.contains("deployctl_reconcile_total{result=\"ok\"}"),
-        "{body}"
-    );
-    assert!(
-        body.contains("deployctl_stacks{phase=\"Healthy\"} 1"),
         "{body}"
     );
     assert!(body.contains("deployctl_leader 1"), "{body}");

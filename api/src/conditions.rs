@@ -10,9 +10,20 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 /// The controller cannot make progress without a change from a person.
 pub const STALLED: &str = "Stalled";
+/// The latest snapshot of every component with data passed its last scheduled
+/// verification (re-read and re-hashed); `False` names the damaged snapshot.
+pub const SNAPSHOTS_VERIFIED: &str = "SnapshotsVerified";
 
 /// Reasons, CamelCase, stable: tools and alerts match on them.
 pub mod reason {
+    /// Every snapshot checked by the last verification matched its digests.
+    pub const VERIFIED: &str = "Verified";
+    /// A snapshot failed verification.
+    pub const SNAPSHOT_CORRUPT: &str = "SnapshotCorrupt";
+    /// A pre-rollout snapshot could not be taken; the rollout does not start.
+    pub const SNAPSHOT_FAILED: &str = "SnapshotFailed";
+    /// A data restore failed; the live data was left as it was.
+    pub const RESTORE_FAILED: &str = "RestoreFailed";
     /// The spec has a problem the schema could not catch; the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Every component is Available on the current revision.

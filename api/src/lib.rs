@@ -6,6 +6,7 @@
 //! them, and CI fails when the checked-in `manifests/crds/` drifts from it.
 
 pub mod conditions;
+pub mod data;
 pub mod duration;
 pub mod gates;
 pub mod labels;
@@ -14,6 +15,7 @@ pub mod stack;
 pub mod status;
 pub mod validation;
 
+pub use data::*;
 pub use duration::Duration;
 pub use gates::*;
 pub use operation::*;

@@ -41,6 +41,12 @@ pub struct StackOperationSpec {
     #[schemars(range(min = 1))]
     pub to_revision: Option<i64>,
 
+    /// For `Restore`: the StackSnapshot to restore. Its component is stopped, the data
+    /// restored (verified first) and the component started again on the stable revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub snapshot: Option<String>,
+
     /// Why, in a person's words; shown in status, Events and `deployctl history`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -69,6 +75,8 @@ pub enum OperationAction {
     Retry,
     /// Stop the rollout in progress and go back to the stable revision.
     Abort,
+    /// Restore a component's data from `snapshot`, verified, on a stable stack.
+    Restore,
 }
 
 impl OperationAction {
@@ -81,6 +89,7 @@ impl OperationAction {
             OperationAction::Promote => "Promote",
             OperationAction::Retry => "Retry",
             OperationAction::Abort => "Abort",
+            OperationAction::Restore => "Restore",
         }
     }
 }

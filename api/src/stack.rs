@@ -1,6 +1,7 @@
 //! `ProductionStack`: a whole stack (API, database, cache, ...) described as components
 //! with dependencies, rolled out in dependency order by the controller.
 
+use crate::data::{ComponentData, SnapshotPolicy};
 use crate::duration::Duration;
 use crate::gates::Gate;
 use crate::status::ProductionStackStatus;
@@ -68,6 +69,12 @@ pub struct ProductionStackSpec {
     /// the stack is deleted. Defaults to `Retain`: data outlives the stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_claim_retention: Option<VolumeClaimRetention>,
+
+    /// When the data of the components that declare `data` is snapshotted, where the
+    /// snapshots are kept and for how long. Defaults: before every rollout, into a
+    /// filesystem repository on the claim `<stack>-snapshots`, keeping the last 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotPolicy>,
 }
 
 /// One workload of the stack: an API, a database, a cache, a worker.
@@ -117,6 +124,12 @@ pub struct Component {
     /// rollout moves to the next component only when all pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+
+    /// The component's state: which of its `volumeClaims` holds it and how a consistent
+    /// copy is taken. deployctl snapshots it before each rollout and restores it, verified,
+    /// when the rollout is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<ComponentData>,
 }
 
 /// Kind of workload a component runs as.

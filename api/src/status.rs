@@ -193,6 +193,52 @@ pub struct RolloutState {
     /// Whether the stack-wide gates passed in this rollout.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stack_analysed: bool,
+
+    /// The snapshots taken before this rollout (one per component with data), which a
+    /// rollback restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<DataSnapshotRef>,
+}
+
+/// A component's snapshot, by the name of its `StackSnapshot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSnapshotRef {
+    /// Component name.
+    pub component: String,
+    /// Name of the StackSnapshot.
+    pub snapshot: String,
+}
+
+/// Restoring one component's data during a rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataRestore {
+    /// Component name.
+    pub component: String,
+    /// Name of the StackSnapshot restored.
+    pub snapshot: String,
+    /// Where it is: `Stopping` the component, `Restoring`, `Restored`, or `Failed`.
+    pub phase: RestorePhase,
+    /// The Job doing the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// What went wrong (which snapshot, file and chunk failed verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Steps of a data restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RestorePhase {
+    /// The component is being scaled to zero so nothing writes during the restore.
+    Stopping,
+    /// The restore Job is writing and verifying the data in a staging directory.
+    Restoring,
+    /// The data is back, verified; the component starts on the target revision.
+    Restored,
+    /// The restore failed; the live data was left as it was.
+    Failed,
 }
 
 /// Steps of a rollout, in order, for each component.
@@ -241,6 +287,12 @@ pub struct RollbackState {
     /// What started it.
     #[serde(default)]
     pub trigger: RollbackTrigger,
+
+    /// Data brought back with the workloads: each component whose data the failed
+    /// revision may have changed is stopped, restored from its pre-rollout snapshot
+    /// (verified) and started on the target revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restores: Vec<DataRestore>,
 }
 
 /// What started a rollback.
@@ -290,6 +342,9 @@ pub struct RollbackRecord {
     /// What started it.
     #[serde(default)]
     pub trigger: RollbackTrigger,
+    /// The data restored, by component and snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restores: Vec<DataRestore>,
 }
 
 /// A revision the stack holds after a rollback.

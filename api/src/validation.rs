@@ -4,6 +4,7 @@
 //!
 //! Pure: a function of the spec alone, so the CLI can run it too.
 
+use crate::data::{DataMethod, SnapshotPolicy};
 use crate::stack::{child_name, Component, ProductionStackSpec, WorkloadKind};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,6 +126,10 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
             Ok(_) => {}
             Err(e) => err("spec.rollout.progressDeadline".into(), e.to_string()),
         }
+    }
+
+    if let Some(policy) = &spec.snapshots {
+        validate_snapshot_policy(policy, &mut err);
     }
 
     let order = match topological_order(spec) {
@@ -275,6 +280,45 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             );
         }
     }
+    if let Some(data) = &c.data {
+        let dpath = format!("{path}.data");
+        if !claim_names.contains(data.volume.as_str()) {
+            err(
+                format!("{dpath}.volume"),
+                format!(
+                    "{:?} is not one of this component's volumeClaims; the data must be on a volume claim deployctl manages",
+                    data.volume
+                ),
+            );
+        }
+        if let Some(p) = &data.path {
+            if let Err(m) = relative_path(p) {
+                err(format!("{dpath}.path"), m);
+            }
+        }
+        match (data.method, &data.database) {
+            (DataMethod::Sqlite, None) => err(
+                format!("{dpath}.database"),
+                "required with method Sqlite: the database file, relative to path".into(),
+            ),
+            (DataMethod::Sqlite, Some(db)) => {
+                if let Err(m) = relative_path(db) {
+                    err(format!("{dpath}.database"), m);
+                }
+            }
+            (DataMethod::Files, Some(_)) => err(
+                format!("{dpath}.database"),
+                "only used with method Sqlite; remove it or set method: Sqlite".into(),
+            ),
+            (DataMethod::Files, None) => {}
+        }
+        if data.method == DataMethod::Sqlite && data.consistency.is_some() {
+            err(
+                format!("{dpath}.consistency"),
+                "only used with method Files (a Sqlite copy is always consistent and live)".into(),
+            );
+        }
+    }
     if c.kind == WorkloadKind::StatefulSet && c.service.is_none() {
         // A StatefulSet needs a governing Service name; we give it the component's Service.
         err(
@@ -282,6 +326,54 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             "a StatefulSet component needs a service (its pods get stable names through it)".into(),
         );
     }
+}
+
+fn validate_snapshot_policy(policy: &SnapshotPolicy, err: &mut impl FnMut(String, String)) {
+    if let Some(store) = &policy.store {
+        match (&store.filesystem, &store.s3) {
+            (Some(_), Some(_)) => err(
+                "spec.snapshots.store".into(),
+                "set either filesystem or s3, not both".into(),
+            ),
+            (None, None) => err(
+                "spec.snapshots.store".into(),
+                "set filesystem or s3 (or remove store for the default filesystem repository)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let Some(s3) = &store.s3 {
+            if let Some(prefix) = &s3.prefix {
+                if prefix.starts_with('/') || prefix.split('/').any(|p| p == "..") {
+                    err(
+                        "spec.snapshots.store.s3.prefix".into(),
+                        "must be relative, without '..' segments".into(),
+                    );
+                }
+            }
+        }
+    }
+    for (field, value) in [
+        ("schedule", &policy.schedule),
+        ("verifySchedule", &policy.verify_schedule),
+    ] {
+        if let Some(v) = value {
+            if let Err(e) = crate::data::parse_schedule(v) {
+                err(format!("spec.snapshots.{field}"), e);
+            }
+        }
+    }
+}
+
+/// A path inside a volume: relative, no `..`.
+fn relative_path(p: &str) -> Result<(), String> {
+    if p.starts_with('/') {
+        return Err(format!("{p:?} must be relative to the volume's root"));
+    }
+    if p.split('/').any(|s| s == "..") {
+        return Err(format!("{p:?} must not contain '..'"));
+    }
+    Ok(())
 }
 
 /// Kahn's algorithm with ties broken by spec order, so the rollout order is stable and

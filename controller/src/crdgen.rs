@@ -1,7 +1,7 @@
 //! Generates the CRD YAML from the Rust types (`deployctl-controller crdgen`), so the
 //! checked-in `manifests/crds/` never drifts from the code.
 
-use deployctl_api::{ProductionStack, StackOperation};
+use deployctl_api::{ProductionStack, StackOperation, StackSnapshot};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
@@ -12,6 +12,10 @@ pub fn crds() -> Vec<(&'static str, String)> {
         (
             "stackoperations.yaml",
             to_yaml(serde_json::to_value(StackOperation::crd()).expect("CRD serializes")),
+        ),
+        (
+            "stacksnapshots.yaml",
+            to_yaml(serde_json::to_value(StackSnapshot::crd()).expect("CRD serializes")),
         ),
     ]
 }

@@ -112,6 +112,7 @@ impl Env {
                 stack: "shop".into(),
                 action,
                 to_revision: to,
+                snapshot: None,
                 reason: Some("test".into()),
                 requested_by: Some("tester".into()),
             },

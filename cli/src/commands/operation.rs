@@ -187,6 +187,7 @@ pub fn build(
             stack: stack.to_string(),
             action,
             to_revision,
+            snapshot: None,
             reason: reason.filter(|r| !r.trim().is_empty()),
             requested_by,
         },

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 pub const CRDS_YAML: &str = concat!(
     include_str!("../../../manifests/crds/productionstacks.yaml"),
     "---\n",
-    include_str!("../../../manifests/crds/stackoperations.yaml")
+    include_str!("../../../manifests/crds/stackoperations.yaml"),
+    "---\n",
+    include_str!("../../../manifests/crds/stacksnapshots.yaml")
 );
 
 /// Server-side applies the CRDs and waits until both kinds can be listed.
@@ -30,6 +32,7 @@ pub async fn install_crds(env: &SharedEnv) -> kube::Client {
     for (kind, plural) in [
         ("ProductionStack", "productionstacks"),
         ("StackOperation", "stackoperations"),
+        ("StackSnapshot", "stacksnapshots"),
     ] {
         let gvk = GroupVersionKind::gvk("deployctl.dev", "v1alpha1", kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);

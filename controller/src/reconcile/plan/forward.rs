@@ -59,6 +59,7 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
         promoted: false,
         analysed: vec![],
         stack_analysed: false,
+        snapshots: vec![],
     });
 }
 

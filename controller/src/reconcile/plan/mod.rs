@@ -7,6 +7,7 @@
 //! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
 //! `operations`, `status` (phase and conditions).
 
+mod data;
 mod forward;
 mod operations;
 mod rollback;
@@ -72,6 +73,7 @@ impl RevisionRef {
             gates: vec![],
             revision_history_limit: None,
             volume_claim_retention: None,
+            snapshots: None,
         };
         let order = validation::validate(stack, &spec)?.0;
         let hashes = spec

@@ -130,6 +130,7 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 )
             }
         }
+        OperationAction::Restore => super::data::request_restore(p, op),
         OperationAction::Abort => {
             if p.status.rollback.is_some() {
                 return (Failed, "a rollback is already in progress".into(), None);

@@ -48,6 +48,7 @@ pub(super) fn start(
         component: None,
         operation,
         trigger,
+        restores: vec![],
     });
     run(p);
 }
@@ -206,6 +207,7 @@ fn finish(
         within_deadline: within,
         operation: rb.operation.clone(),
         trigger: rb.trigger,
+        restores: rb.restores.clone(),
     });
     p.status.rollback = None;
     p.status.stable_revision = Some(rb.to_revision);

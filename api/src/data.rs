@@ -1,0 +1,374 @@
+//! The data half of a stack: which volume of a component holds its state and how a
+//! consistent copy of it is taken (`Component.data`), where snapshots are kept and when
+//! they are taken (`ProductionStackSpec.snapshots`), and the `StackSnapshot` kind that
+//! records each snapshot (and is how a person asks for one).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a component keeps its state, and how deployctl copies it consistently.
+///
+/// deployctl snapshots it before every rollout and, when the rollout fails, restores it
+/// (verified) before the component starts again on the stable revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentData {
+    /// Name of the entry of `volumeClaims` that holds the data. For a StatefulSet, the
+    /// claim of its first replica (ordinal 0) is the one snapshotted and restored.
+    #[schemars(length(min = 1, max = 63))]
+    pub volume: String,
+
+    /// Directory inside the volume that holds the data, relative to the volume's root
+    /// (no `..`). Defaults to the whole volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub path: Option<String>,
+
+    /// How the copy is taken: `Files` (default: the directory tree) or `Sqlite` (a live,
+    /// consistent copy of one SQLite database with SQLite's online backup API).
+    #[serde(default)]
+    pub method: DataMethod,
+
+    /// For `Sqlite`: the database file, relative to `path`. Required with `Sqlite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub database: Option<String>,
+
+    /// For `Files`: `Quiesce` (default) scales the component to zero while the snapshot
+    /// is taken, so no writer changes the files mid-copy; `Live` copies while it runs
+    /// (only for data that is safe to copy live, such as append-only files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+impl ComponentData {
+    /// Whether taking a snapshot stops the component.
+    pub fn quiesces(&self) -> bool {
+        self.method == DataMethod::Files
+            && self.consistency.unwrap_or_default() == Consistency::Quiesce
+    }
+}
+
+/// Parses a cron schedule (five fields, or six with seconds first), for validation and
+/// for finding the next time it fires.
+pub fn parse_schedule(s: &str) -> Result<croner::Cron, String> {
+    s.parse::<croner::Cron>()
+        .map_err(|e| format!("{s:?} is not a cron schedule ({e}); for example \"0 3 * * *\" is every day at 03:00 UTC"))
+}
+
+/// The first time `schedule` fires strictly after `after` (UTC).
+pub fn next_run(
+    schedule: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    parse_schedule(schedule)
+        .ok()?
+        .find_next_occurrence(&after, false)
+        .ok()
+}
+
+/// How a component's data is copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum DataMethod {
+    /// The directory tree: every file, its mode and its bytes.
+    #[default]
+    Files,
+    /// One SQLite database, copied live with the online backup API (no downtime).
+    Sqlite,
+}
+
+impl DataMethod {
+    /// The method as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataMethod::Files => "Files",
+            DataMethod::Sqlite => "Sqlite",
+        }
+    }
+}
+
+/// Whether a `Files` snapshot stops the component.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Consistency {
+    /// Scale the component to zero while the snapshot is taken, then back.
+    #[default]
+    Quiesce,
+    /// Copy while the component runs.
+    Live,
+}
+
+/// When snapshots of the stack's data are taken, where they are kept, and for how long.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPolicy {
+    /// Snapshot every component that declares `data` before each rollout, so a failed
+    /// rollout can bring the data back. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_rollout: Option<bool>,
+
+    /// Where the snapshots are kept. Defaults to a filesystem repository on a
+    /// PersistentVolumeClaim named `<stack>-snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<SnapshotStore>,
+
+    /// Encrypt the repository at rest (AES-256-GCM) with a key from a Secret. Set it
+    /// when the repository is created; a repository cannot change its encryption later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<SnapshotEncryption>,
+
+    /// Also take snapshots on a schedule, in cron syntax (five fields, UTC), e.g.
+    /// `0 3 * * *` for every day at 03:00.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 100))]
+    pub schedule: Option<String>,
+
+    /// Which snapshots to keep; the others are forgotten and the chunks no kept
+    /// snapshot needs are garbage-collected. Snapshots the current rollout or rollback
+    /// may restore are always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<SnapshotRetention>,
+
+    /// Re-read and re-hash the latest snapshot of each component on a schedule (cron
+    /// syntax, UTC): a restore drill that raises the `SnapshotsVerified=False` condition
+    /// when a snapshot is damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 100))]
+    pub verify_schedule: Option<String>,
+}
+
+impl SnapshotPolicy {
+    /// Whether pre-rollout snapshots are on.
+    pub fn before_rollout(&self) -> bool {
+        self.before_rollout.unwrap_or(true)
+    }
+}
+
+/// A snapshot repository: exactly one of `filesystem` or `s3`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStore {
+    /// A repository on a PersistentVolumeClaim (the default). With volumes that are
+    /// ReadWriteOnce, every component with data must be on the node that holds it: use
+    /// a ReadWriteMany class, or S3, on clusters with more than one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemStore>,
+
+    /// A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph, Garage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+}
+
+/// A filesystem repository on a PersistentVolumeClaim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemStore {
+    /// Name of the claim. Defaults to `<stack>-snapshots`, which deployctl creates (and
+    /// never deletes: the snapshots outlive the stack). An existing claim is used as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: Option<String>,
+
+    /// Size of the claim deployctl creates, e.g. `10Gi`. Defaults to `10Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: Option<String>,
+
+    /// StorageClass of the claim deployctl creates; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// A repository in an S3-compatible bucket (path-style requests, AWS Signature V4).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
+    /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub endpoint: String,
+
+    /// Bucket name. The bucket must exist.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+
+    /// Signing region. Defaults to `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+
+    /// Key prefix of this stack's repository. Defaults to `<namespace>/<stack>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+
+    /// Secret (in the stack's namespace) with the keys `accessKeyId` and
+    /// `secretAccessKey`.
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: String,
+}
+
+/// Encryption at rest of a snapshot repository.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotEncryption {
+    /// The Secret key (in the stack's namespace) holding the 32-byte master key, raw or
+    /// as 64 hex digits. Losing it loses the snapshots.
+    pub key_secret: SecretKeyRef,
+}
+
+/// A key of a Secret in the stack's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret. Defaults to `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Which snapshots to keep (a snapshot kept by any rule is kept).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRetention {
+    /// Keep the newest N snapshots of each component. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub keep_last: Option<u32>,
+
+    /// Also keep the newest snapshot of each of the last D days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub keep_daily: Option<u32>,
+}
+
+/// One snapshot of one component's data. deployctl creates them before rollouts and on
+/// the policy's schedule; a person creates one (spec only) to take a snapshot now.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "deployctl.dev",
+    version = "v1alpha1",
+    kind = "StackSnapshot",
+    plural = "stacksnapshots",
+    singular = "stacksnapshot",
+    shortname = "ssnap",
+    category = "deployctl",
+    namespaced,
+    status = "StackSnapshotStatus",
+    printcolumn = r#"{"name":"Stack","type":"string","jsonPath":".spec.stack"}"#,
+    printcolumn = r#"{"name":"Component","type":"string","jsonPath":".spec.component"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.revision"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","priority":1,"jsonPath":".status.digest"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StackSnapshotSpec {
+    /// Name of the stack, in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub stack: String,
+
+    /// Component whose data to snapshot; it must declare `data`.
+    #[schemars(length(min = 1, max = 40))]
+    pub component: String,
+
+    /// Why it was taken: `BeforeRollout`, `Scheduled` or `Manual` (the default, for
+    /// snapshots people ask for).
+    #[serde(default)]
+    pub reason: SnapshotReason,
+}
+
+/// Why a snapshot was taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SnapshotReason {
+    /// Before a rollout, so it can be rolled back with its data.
+    BeforeRollout,
+    /// On the policy's schedule.
+    Scheduled,
+    /// Asked for by a person or a pipeline.
+    #[default]
+    Manual,
+}
+
+/// What the snapshot holds and how it went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackSnapshotStatus {
+    /// `Pending`, `Running`, `Completed` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SnapshotPhase>,
+    /// Revision of the stack the data belongs to (the stable revision when taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// `Files` or `Sqlite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<DataMethod>,
+    /// The snapshot's identity in the repository: SHA-256 of its manifest, which lists
+    /// the SHA-256 of every chunk of every file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes of data in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// Regular files in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
+    /// Chunks the snapshot references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<i64>,
+    /// Bytes this snapshot added to the repository (the rest was already stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_bytes: Option<i64>,
+    /// Where the repository is: `pvc://<claim>` or `s3://<bucket>/<prefix>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// The Job doing the work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the snapshot was complete in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// When the snapshot was last re-read and re-hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_at: Option<Time>,
+    /// Result of the last verification: `Verified` or `Corrupt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationResult>,
+    /// What went wrong (or the verification's finding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Lifecycle of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SnapshotPhase {
+    /// Waiting for its Job (and, for quiesced components, for the component to stop).
+    Pending,
+    /// The Job is copying the data.
+    Running,
+    /// Complete and checksummed in the repository.
+    Completed,
+    /// Not taken; see the message.
+    Failed,
+}
+
+impl SnapshotPhase {
+    /// Whether the snapshot will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, SnapshotPhase::Completed | SnapshotPhase::Failed)
+    }
+}
+
+/// Result of re-hashing a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VerificationResult {
+    /// Every chunk and the manifest match their digests.
+    Verified,
+    /// Something does not; the snapshot will not be restored.
+    Corrupt,
+}

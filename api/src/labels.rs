@@ -28,3 +28,15 @@ pub const FIELD_MANAGER: &str = "deployctl-controller";
 pub const STATUS_FIELD_MANAGER: &str = "deployctl-controller-status";
 /// Finalizer that lets the controller clean up before a stack disappears.
 pub const FINALIZER: &str = "deployctl.dev/cleanup";
+/// Annotation on a workload deployctl scaled to zero so nothing writes its data while a
+/// snapshot or restore runs; its value names why.
+pub const STOPPED: &str = "deployctl.dev/stopped";
+/// Label on the Jobs of the snapshot agent: `snapshot`, `restore`, `verify` or `prune`.
+pub const DATA_OPERATION: &str = "deployctl.dev/data-operation";
+/// Label on data Jobs and StackSnapshots: the StackSnapshot they concern.
+pub const SNAPSHOT: &str = "deployctl.dev/snapshot";
+/// Annotation on a StackSnapshot asking for a verification now (RFC 3339 time of the
+/// request); `deployctl snapshot verify` sets it.
+pub const VERIFY_REQUESTED: &str = "deployctl.dev/verify-requested-at";
+/// Annotation on a finished agent Job whose result the metrics already counted.
+pub const RECORDED: &str = "deployctl.dev/recorded";

@@ -29,6 +29,9 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Snapshot, restore, verify or prune a component's data (run by the controller's
+    /// Jobs; prints one JSON result and writes it to the termination log).
+    Agent(Box<crate::data::agent::AgentArgs>),
 }
 
 /// Options of the controller.
@@ -53,6 +56,12 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "DEPLOYCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Image of the snapshot agent's Jobs (`deployctl-controller agent ...`): the
+    /// controller's own image, so agent and controller are the same build. The chart sets
+    /// it to the image it deploys.
+    #[arg(long, env = "DEPLOYCTL_AGENT_IMAGE", default_value = crate::context::DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
 
     /// Take a Lease before reconciling, so several replicas can run and only one writes.
     #[arg(long, env = "DEPLOYCTL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]

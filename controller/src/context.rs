@@ -8,6 +8,10 @@ use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The agent image when none is configured: this build's release image.
+pub const DEFAULT_AGENT_IMAGE: &str =
+    concat!("deployctl.dev/deployctl:v", env!("CARGO_PKG_VERSION"));
+
 /// Shared state of the controller.
 #[derive(Clone)]
 pub struct Context {
@@ -21,6 +25,8 @@ pub struct Context {
     pub resync: Duration,
     /// Takes gate measurements.
     pub measurer: crate::gates::measure::Measurer,
+    /// Image of the snapshot agent's Jobs: the controller's own build.
+    pub agent_image: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -44,7 +50,14 @@ impl Context {
             client,
             metrics,
             resync,
+            agent_image: DEFAULT_AGENT_IMAGE.to_string(),
         }
+    }
+
+    /// The same context with the agent Jobs running `image`.
+    pub fn with_agent_image(mut self, image: impl Into<String>) -> Self {
+        self.agent_image = image.into();
+        self
     }
 
     /// Records an Event on the stack; a failure to record is logged, never fatal.

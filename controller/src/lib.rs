@@ -7,6 +7,7 @@
 pub mod args;
 pub mod context;
 pub mod crdgen;
+pub mod data;
 pub mod error;
 pub mod gates;
 pub mod leader;
@@ -16,9 +17,10 @@ pub mod server;
 
 use anyhow::Context as _;
 use args::{LogFormat, RunArgs};
-use deployctl_api::{labels, ProductionStack, StackOperation};
+use deployctl_api::{labels, ProductionStack, StackOperation, StackSnapshot};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::ObjectRef;
@@ -129,12 +131,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     };
 
-    let ctx = Arc::new(context::Context::new(
-        client.clone(),
-        metrics.clone(),
-        &identity,
-        resync,
-    ));
+    let ctx = Arc::new(
+        context::Context::new(client.clone(), metrics.clone(), &identity, resync)
+            .with_agent_image(args.agent_image.clone()),
+    );
     let children = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
@@ -151,11 +151,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
     Controller::new(stacks, watcher::Config::default())
         .owns(deployments, children.clone())
-        .owns(statefulsets, children)
+        .owns(statefulsets, children.clone())
+        // Agent and gate Jobs: a finished one moves its stack on at once.
+        .owns(jobs, children)
         // A new StackOperation wakes the stack it names.
         .watches(
             operations,
@@ -165,6 +174,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
             },
         )
+        // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
+        .watches(snapshots, watcher::Config::default(), |s: StackSnapshot| {
+            let ns = s.metadata.namespace.clone()?;
+            Some(ObjectRef::<ProductionStack>::new(&s.spec.stack).within(&ns))
+        })
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

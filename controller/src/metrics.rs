@@ -44,6 +44,20 @@ struct GateLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataOpLabels {
+    operation: &'static str,
+}
+
+type DataHistograms = Family<DataOpLabels, Histogram, fn() -> Histogram>;
+
+fn data_histogram() -> Histogram {
+    // Seconds, from a small SQLite copy to gigabytes over S3.
+    Histogram::new([
+        0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0,
+    ])
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -58,6 +72,10 @@ pub struct Metrics {
     rollback_duration: Histogram,
     rollback_deadline: Gauge<f64, std::sync::atomic::AtomicU64>,
     gate_measurements: Family<GateLabels, Counter>,
+    data_duration: DataHistograms,
+    data_bytes: Family<DataOpLabels, Counter>,
+    data_failures: Family<DataOpLabels, Counter>,
+    verification_failures: Counter,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -123,6 +141,35 @@ impl Default for Metrics {
             "Health gate measurements by kind and outcome (success, failure, error)",
             gate_measurements.clone(),
         );
+        let data_duration: DataHistograms = Family::new_with_constructor(data_histogram);
+        let data_bytes = Family::<DataOpLabels, Counter>::default();
+        let data_failures = Family::<DataOpLabels, Counter>::default();
+        let verification_failures = Counter::default();
+        registry.register(
+            "snapshot_duration_seconds",
+            "Time a snapshot agent Job took, by operation (snapshot, restore, verify)",
+            data_duration.clone(),
+        );
+        registry.register(
+            "snapshot_bytes",
+            "Bytes of data snapshotted or restored (every byte hashed), by operation",
+            data_bytes.clone(),
+        );
+        registry.register(
+            "snapshot_failures",
+            "Snapshot agent Jobs that failed, by operation (store unreachable, corrupt data, ...)",
+            data_failures.clone(),
+        );
+        registry.register(
+            "snapshot_verification_failures",
+            "Snapshots found damaged by a verification or refused by a restore",
+            verification_failures.clone(),
+        );
+        for operation in ["snapshot", "restore", "verify"] {
+            let _ = data_duration.get_or_create(&DataOpLabels { operation });
+            let _ = data_bytes.get_or_create(&DataOpLabels { operation });
+            let _ = data_failures.get_or_create(&DataOpLabels { operation });
+        }
         for outcome in ["promoted", "rolled_back", "aborted"] {
             let _ = rollouts.get_or_create(&OutcomeLabels { outcome });
         }
@@ -157,6 +204,10 @@ impl Default for Metrics {
             rollback_duration,
             rollback_deadline,
             gate_measurements,
+            data_duration,
+            data_bytes,
+            data_failures,
+            verification_failures,
             phases: Mutex::new(HashMap::new()),
         }
     }
@@ -206,6 +257,25 @@ impl Metrics {
         self.gate_measurements
             .get_or_create(&GateLabels { kind, outcome })
             .inc();
+    }
+
+    /// Records a finished snapshot agent Job: `operation` is snapshot, restore or verify.
+    pub fn snapshot_operation(&self, operation: &'static str, seconds: f64, bytes: Option<u64>) {
+        let l = DataOpLabels { operation };
+        self.data_duration.get_or_create(&l).observe(seconds);
+        if let Some(b) = bytes {
+            self.data_bytes.get_or_create(&l).inc_by(b);
+        }
+    }
+
+    /// Records a failed snapshot agent Job; `corrupt` when it found damaged data.
+    pub fn snapshot_failed(&self, operation: &'static str, corrupt: bool) {
+        self.data_failures
+            .get_or_create(&DataOpLabels { operation })
+            .inc();
+        if corrupt {
+            self.verification_failures.inc();
+        }
     }
 
     /// Records a rollout or rollback outcome.

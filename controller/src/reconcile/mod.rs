@@ -8,6 +8,8 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod data;
+pub mod housekeeping;
 pub mod observe;
 pub mod operations;
 pub mod plan;
@@ -124,7 +126,22 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let can_roll_back = previous
         .stable_revision
         .is_some_and(|s| s != desired.number);
+    // The stack's data: its snapshots advance (Jobs started, results recorded) before
+    // planning, so the planner sees them as they are now.
+    let mut data_world = if data::involved(stack) {
+        data::ensure_store(&ctx.client, stack).await?;
+        data::read(&ctx.client, stack).await?
+    } else {
+        data::DataWorld::default()
+    };
+    let data_pending = data_world.snapshots.iter().any(|s| {
+        !s.status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .is_some_and(deployctl_api::SnapshotPhase::is_final)
+    });
     let needs_history = previous.rollback.is_some()
+        || data_pending
         || previous.hold.is_some()
         || !ops.is_empty()
         || stack.spec.rollout.rollback_after_promotion;
@@ -151,6 +168,11 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         }
     }
     let observed = observe::workloads(&ctx.client, stack, &components).await?;
+    let (data_observed, data_wake) = if data::involved(stack) || !data_world.snapshots.is_empty() {
+        data::sync(ctx, stack, &desired, &observed, &mut data_world).await?
+    } else {
+        (plan::DataObserved::default(), None)
+    };
 
     // 5. Measure the gates that are due.
     let mut measurements = BTreeMap::new();
@@ -189,6 +211,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         observed: &observed,
         measurements: &measurements,
         operations: &ops,
+        data: &data_observed,
+        stack: &name,
         previous: &previous,
         now,
     });
@@ -226,6 +250,54 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                 apply::delete_component(&ctx.client, stack, component).await?;
                 tracing::info!(stack = %key, component, "deleted component");
             }
+            plan::Action::Snapshot {
+                component, name, ..
+            } => {
+                data::create_snapshot(
+                    &ctx.client,
+                    stack,
+                    component,
+                    name,
+                    deployctl_api::SnapshotReason::BeforeRollout,
+                )
+                .await?;
+                tracing::info!(stack = %key, component, snapshot = %name, "requested snapshot");
+            }
+            plan::Action::Stop {
+                component,
+                revision: rev,
+            } => {
+                let source = if *rev == desired.number {
+                    &desired
+                } else {
+                    history
+                        .get(rev)
+                        .expect("planned revisions come from the history")
+                };
+                data::stop(&ctx.client, stack, source, component).await?;
+                tracing::info!(stack = %key, component, revision = rev, "stopped component for its data");
+            }
+            plan::Action::Restore {
+                component,
+                snapshot,
+                job,
+            } => {
+                // The data spec of the revision the rollback goes to, else any other.
+                let to = decision.status.rollback.as_ref().map(|r| r.to_revision);
+                let mut revisions: Vec<&plan::RevisionRef> =
+                    to.and_then(|n| history.get(&n)).into_iter().collect();
+                revisions.push(&desired);
+                revisions.extend(history.values().rev());
+                data::restore(
+                    ctx,
+                    stack,
+                    &revisions,
+                    &data_world,
+                    (component, snapshot, job),
+                )
+                .await?;
+                tracing::info!(stack = %key, component, snapshot = %snapshot, job = %job, "started restore");
+            }
         }
     }
     if decision.promoted {
@@ -256,7 +328,12 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     }
 
     let resync = ctx.resync;
-    Ok(match decision.requeue_after {
+    // The snapshot schedules wake the stack too.
+    let requeue_after = match (decision.requeue_after, data_wake) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match requeue_after {
         _ if !decision.actions.is_empty() => Action::requeue(Duration::from_secs(2).min(resync)),
         Some(after) => Action::requeue(after.min(resync) + Duration::from_millis(50)),
         None => Action::requeue(resync),

@@ -40,6 +40,12 @@ pub async fn workloads(
                 .map(|s| statefulset_state(&s)),
         };
         if let Some(mut state) = state {
+            // A stopped component is drained only once no pod of it is left at all:
+            // terminating pods still write.
+            if state.stopped {
+                state.drained = state.replicas == 0
+                    && pod_count(client, &ns, &stack_name, component).await? == 0;
+            }
             // Pods explain an unavailable workload only once its controller has seen the
             // spec and pods are wanted; listing them costs a read of the namespace's pods.
             if !state.available && state.replicas > 0 && state.seen {
@@ -60,6 +66,10 @@ fn owned_by(
 ) -> bool {
     refs.iter()
         .any(|o| Some(&o.uid) == stack.metadata.uid.as_ref())
+}
+
+fn stopped<K: ResourceExt>(o: &K) -> bool {
+    o.annotations().contains_key(labels::STOPPED)
 }
 
 fn annotations<K: ResourceExt>(o: &K) -> (Option<String>, Option<i64>) {
@@ -101,6 +111,8 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
         available,
         seen: seen_spec,
         message,
+        stopped: stopped(d),
+        drained: false,
     }
 }
 
@@ -127,7 +139,25 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
         available,
         seen,
         message: (!available).then(|| format!("{ready} of {want} pods ready, {updated} updated")),
+        stopped: stopped(s),
+        drained: false,
     }
+}
+
+/// Pods of a component, terminating ones included.
+async fn pod_count(client: &Client, ns: &str, stack: &str, component: &str) -> Result<usize> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&component_selector(stack, component)))
+        .await?;
+    Ok(pods.items.len())
+}
+
+fn component_selector(stack: &str, component: &str) -> String {
+    selector_labels(stack, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The first pod problem worth telling a person (image pull, crash loop, not ready).
@@ -137,13 +167,8 @@ async fn pod_problems(
     stack: &str,
     component: &str,
 ) -> Result<Option<String>> {
-    let selector = selector_labels(stack, component)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&component_selector(stack, component)))
         .await?;
     Ok(pods.items.iter().find_map(pod_problem))
 }

@@ -51,6 +51,7 @@ pub async fn pending(
                 to_revision: o.spec.to_revision,
                 reason: o.spec.reason.clone(),
                 requested_by: o.spec.requested_by.clone(),
+                snapshot: o.spec.snapshot.clone(),
             })
             .collect(),
         done.into_iter().map(|o| o.name_any()).collect(),

@@ -3,17 +3,421 @@
 //! during a rollback: stop the component, restore its pre-rollout snapshot (the Job
 //! verifies every chunk before it swaps the data in), start it on the target revision.
 
-use super::{PendingOperation, Planner};
-use deployctl_api::OperationPhase;
+use super::{rollback, Action, JobOutcome, PendingOperation, Planner, RevisionRef};
+use deployctl_api::conditions::{self, reason};
+use deployctl_api::{
+    DataRestore, DataSnapshotRef, OperationPhase, RestorePhase, RollbackTrigger, RolloutStep,
+    SnapshotPhase,
+};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
-/// A `Restore` operation.
+/// Name of a data Job: `<stack>-<component>` (shortened) `-<kind>-<hash of key>`, within
+/// the 63 characters a Job name may have (its pods carry it as a label value).
+pub fn job_name(child: &str, kind: &str, key: &str) -> String {
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let mut base: String = child.chars().take(44).collect();
+    while base.ends_with('-') {
+        base.pop();
+    }
+    format!("{base}-{kind}-{}", &digest[..8])
+}
+
+/// Components with a pending snapshot that needs them stopped, with that snapshot.
+pub(super) fn quiescing(p: &Planner<'_>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, s) in &p.input.data.snapshots {
+        if s.phase.is_some_and(SnapshotPhase::is_final) {
+            continue;
+        }
+        let quiesces = p
+            .input
+            .desired
+            .component(&s.component)
+            .and_then(|c| c.data.as_ref())
+            .is_some_and(|d| d.quiesces());
+        if quiesces && p.observed(&s.component).is_some() {
+            out.entry(s.component.clone())
+                .or_insert_with(|| name.clone());
+        }
+    }
+    out
+}
+
+/// The snapshots a new rollout takes first: every existing component of the stack that
+/// declares data (a migration in any component may change any data), named after the
+/// rollout so a controller restarted mid-step finds the same ones.
+pub(super) fn pre_rollout_snapshots(
+    p: &Planner<'_>,
+    target: &RevisionRef,
+    started: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Vec<DataSnapshotRef> {
+    let policy = p.input.spec.snapshots.clone().unwrap_or_default();
+    let Some(stable) = p.status.stable_revision else {
+        // A first install has no data worth protecting yet.
+        return vec![];
+    };
+    if !policy.before_rollout() {
+        return vec![];
+    }
+    let stamp = started.0.as_second();
+    target
+        .order
+        .iter()
+        .filter(|c| target.component(c).is_some_and(|c| c.data.is_some()))
+        .filter(|c| p.observed(c).is_some())
+        .map(|c| DataSnapshotRef {
+            component: c.clone(),
+            snapshot: format!("{}-{c}-r{stable}-{stamp}", p.input.stack),
+        })
+        .collect()
+}
+
+/// The `Snapshotting` step of the rollout in progress: creates what is missing, waits
+/// for every snapshot to complete, and fails the rollout (nothing applied yet) when one
+/// cannot be taken. Returns true while the step holds the rollout.
+pub(super) fn snapshotting(p: &mut Planner<'_>) -> bool {
+    let Some(mut r) = p.status.rollout.clone() else {
+        return false;
+    };
+    if r.snapshots.is_empty() || r.failure.is_some() && r.step == Some(RolloutStep::Snapshotting) {
+        return r.step == Some(RolloutStep::Snapshotting);
+    }
+    // Only before the first component moves: later, the snapshots are history (and may
+    // have been pruned), not something to wait for.
+    if r.step.is_some() && r.step != Some(RolloutStep::Snapshotting)
+        || r.component.is_some()
+        || !r.analysed.is_empty()
+    {
+        return false;
+    }
+    let mut waiting = Vec::new();
+    let mut requested = Vec::new();
+    for s in &r.snapshots {
+        match p.input.data.snapshots.get(&s.snapshot) {
+            None => {
+                requested.push(s.component.clone());
+                p.actions.push(Action::Snapshot {
+                    component: s.component.clone(),
+                    name: s.snapshot.clone(),
+                    revision: r.from_revision.unwrap_or(r.revision),
+                });
+                waiting.push(s.component.clone());
+            }
+            Some(o) if o.phase == Some(SnapshotPhase::Completed) => {}
+            Some(o) if o.phase == Some(SnapshotPhase::Failed) => {
+                let msg = format!(
+                    "the pre-rollout snapshot {} of component {} failed: {}; revision {} was not rolled out (retry once the cause is fixed)",
+                    s.snapshot,
+                    s.component,
+                    o.message.clone().unwrap_or_default(),
+                    r.revision
+                );
+                p.event(true, reason::SNAPSHOT_FAILED, msg.clone());
+                r.failure = Some(msg);
+                r.step = Some(RolloutStep::Snapshotting);
+                p.status.rollout = Some(r);
+                p.failure_reason = Some(reason::SNAPSHOT_FAILED);
+                return true;
+            }
+            Some(_) => waiting.push(s.component.clone()),
+        }
+    }
+    if waiting.is_empty() {
+        if r.step == Some(RolloutStep::Snapshotting) {
+            p.event(
+                false,
+                "SnapshotsTaken",
+                format!(
+                    "Pre-rollout snapshots complete: {}",
+                    r.snapshots
+                        .iter()
+                        .map(|s| s.snapshot.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        r.step = None;
+        p.status.rollout = Some(r);
+        return false;
+    }
+    if !requested.is_empty() {
+        p.event(
+            false,
+            "SnapshotsStarted",
+            format!(
+                "Taking pre-rollout snapshots of {} before rolling out revision {}",
+                requested.join(", "),
+                r.revision
+            ),
+        );
+    }
+    r.step = Some(RolloutStep::Snapshotting);
+    p.status.rollout = Some(r);
+    p.requeue_in(std::time::Duration::from_secs(2));
+    true
+}
+
+/// The restores a rollback of the rollout in progress needs: components with a complete
+/// pre-rollout snapshot that ran the failed revision.
+pub(super) fn restores_for(p: &Planner<'_>, failed: i64) -> Vec<DataRestore> {
+    let Some(r) = &p.status.rollout else {
+        return vec![];
+    };
+    r.snapshots
+        .iter()
+        .filter(|s| {
+            p.input
+                .data
+                .snapshots
+                .get(&s.snapshot)
+                .is_some_and(|o| o.phase == Some(SnapshotPhase::Completed))
+        })
+        .filter(|s| p.observed(&s.component).and_then(|w| w.revision) == Some(failed))
+        .map(|s| DataRestore {
+            component: s.component.clone(),
+            snapshot: s.snapshot.clone(),
+            phase: RestorePhase::Stopping,
+            job: None,
+            message: None,
+        })
+        .collect()
+}
+
+/// One step of a component's data restore within a rollback to `target`. Returns true
+/// when the data is back (the component may start on the target revision).
+pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component: &str) -> bool {
+    let Some(mut rb) = p.status.rollback.clone() else {
+        return true;
+    };
+    let Some(i) = rb.restores.iter().position(|r| r.component == component) else {
+        return true;
+    };
+    let mut r = rb.restores[i].clone();
+    let w = p.observed(component);
+    if r.phase == RestorePhase::Stopping {
+        if w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
+            r.phase = RestorePhase::Restoring;
+            let key = format!("{}@{}", r.snapshot, rb.started_at.0.as_second());
+            r.job = Some(job_name(
+                &deployctl_api::child_name(p.input.stack, component),
+                "restore",
+                &key,
+            ));
+            p.event(
+                false,
+                "RestoreStarted",
+                format!(
+                    "Restoring the data of component {component} from snapshot {}",
+                    r.snapshot
+                ),
+            );
+        } else if !w.is_some_and(|w| w.stopped) {
+            p.actions.push(Action::Stop {
+                component: component.to_string(),
+                revision: target.number,
+            });
+        }
+    }
+    if r.phase == RestorePhase::Restoring {
+        let job = r.job.clone().expect("a restoring component has a Job");
+        match p.input.data.restore_jobs.get(&job) {
+            None | Some(JobOutcome::Running) => {
+                if !p.input.data.restore_jobs.contains_key(&job) {
+                    p.actions.push(Action::Restore {
+                        component: component.to_string(),
+                        snapshot: r.snapshot.clone(),
+                        job,
+                    });
+                }
+            }
+            Some(JobOutcome::Succeeded) => {
+                r.phase = RestorePhase::Restored;
+                r.message = None;
+                p.event(
+                    false,
+                    "DataRestored",
+                    format!(
+                        "The data of component {component} is back from snapshot {}, verified",
+                        r.snapshot
+                    ),
+                );
+            }
+            Some(JobOutcome::Failed(msg)) => {
+                r.phase = RestorePhase::Failed;
+                r.message = Some(msg.clone());
+                p.event(
+                    true,
+                    reason::RESTORE_FAILED,
+                    format!(
+                        "Restoring component {component} from snapshot {} failed: {msg}",
+                        r.snapshot
+                    ),
+                );
+            }
+        }
+    }
+    if r.phase == RestorePhase::Failed {
+        p.rollback_failure = Some(format!(
+            "restoring the data of component {component} from snapshot {} failed: {}; the component stays stopped with its data as it was. Restore another snapshot (deployctl snapshot restore) or roll back again",
+            r.snapshot,
+            r.message.clone().unwrap_or_default()
+        ));
+        p.rollback_failure_reason = Some(reason::RESTORE_FAILED);
+    }
+    let done = r.phase == RestorePhase::Restored;
+    rb.restores[i] = r;
+    p.status.rollback = Some(rb);
+    if !done {
+        p.requeue_in(std::time::Duration::from_secs(1));
+    }
+    done
+}
+
+/// A `Restore` operation: on a stack with no rollout or rollback in progress, restore the
+/// named snapshot into its component (stopped meanwhile), on the stable revision.
 pub(super) fn request_restore(
-    _p: &mut Planner<'_>,
-    _op: &PendingOperation,
+    p: &mut Planner<'_>,
+    op: &PendingOperation,
 ) -> (OperationPhase, String, Option<i64>) {
+    use OperationPhase::Failed;
+    let Some(name) = op.snapshot.clone() else {
+        return (
+            Failed,
+            "spec.snapshot is required for Restore: the StackSnapshot to restore".into(),
+            None,
+        );
+    };
+    let Some(snap) = p.input.data.snapshots.get(&name).cloned() else {
+        return (
+            Failed,
+            format!(
+                "StackSnapshot {name} does not exist for stack {}",
+                p.input.stack
+            ),
+            None,
+        );
+    };
+    if snap.phase != Some(SnapshotPhase::Completed) {
+        return (
+            Failed,
+            format!(
+                "StackSnapshot {name} is not complete; only a complete snapshot can be restored"
+            ),
+            None,
+        );
+    }
+    if snap.corrupt {
+        return (
+            Failed,
+            format!("StackSnapshot {name} failed its last verification; it will not be restored"),
+            None,
+        );
+    }
+    if p.status.rollback.is_some() || p.status.rollout.is_some() {
+        return (
+            Failed,
+            "a rollout or rollback is in progress; restore once the stack is stable (or abort first)"
+                .into(),
+            None,
+        );
+    }
+    let Some(stable) = p.status.stable_revision else {
+        return (Failed, "the stack has no stable revision yet".into(), None);
+    };
+    if p.input
+        .desired
+        .component(&snap.component)
+        .and_then(|c| c.data.as_ref())
+        .is_none()
+    {
+        return (
+            Failed,
+            format!(
+                "component {} no longer declares data; nothing to restore into",
+                snap.component
+            ),
+            None,
+        );
+    }
+    let why = format!(
+        "restore of snapshot {name} into component {} requested{}{}",
+        snap.component,
+        op.requested_by
+            .as_ref()
+            .map(|w| format!(" by {w}"))
+            .unwrap_or_default(),
+        op.reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    rollback::start_with(
+        p,
+        stable,
+        why,
+        Some(op.name.clone()),
+        RollbackTrigger::Operation,
+        vec![DataRestore {
+            component: snap.component.clone(),
+            snapshot: name.clone(),
+            phase: RestorePhase::Stopping,
+            job: None,
+            message: None,
+        }],
+    );
     (
-        OperationPhase::Failed,
-        "restore is not wired yet".into(),
-        None,
+        OperationPhase::Succeeded,
+        format!(
+            "component {} is stopped, its data restored from {name} (verified first) and started again on revision {stable}",
+            snap.component
+        ),
+        Some(stable),
     )
+}
+
+/// The `SnapshotsVerified` condition, from the latest complete snapshot of each
+/// component: False when one failed its last verification, True once all checked are
+/// sound, unchanged while none was checked.
+pub(super) fn verification_condition(p: &mut Planner<'_>) {
+    let corrupt: Vec<&String> = p
+        .input
+        .data
+        .snapshots
+        .iter()
+        .filter(|(_, s)| s.corrupt)
+        .map(|(n, _)| n)
+        .collect();
+    let verified = p.input.data.snapshots.values().any(|s| s.verified);
+    let now = p.now();
+    let generation = p.input.generation;
+    let (status, why, msg) = if !corrupt.is_empty() {
+        let names: Vec<&str> = corrupt.iter().map(|s| s.as_str()).collect();
+        (
+            false,
+            reason::SNAPSHOT_CORRUPT,
+            format!(
+                "snapshot(s) {} failed verification and will not be restored; take a new snapshot",
+                names.join(", ")
+            ),
+        )
+    } else if verified {
+        (
+            true,
+            reason::VERIFIED,
+            "every snapshot checked matched its digests".to_string(),
+        )
+    } else {
+        return;
+    };
+    conditions::set(
+        &mut p.status.conditions,
+        conditions::SNAPSHOTS_VERIFIED,
+        status,
+        why,
+        msg,
+        generation,
+        &now,
+    );
 }

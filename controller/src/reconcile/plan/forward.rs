@@ -25,6 +25,7 @@ pub(super) fn rollout(p: &mut Planner<'_>) {
     if p.status.rollout.is_none() && !settled {
         start(p, target);
     }
+    p.snapshotting = super::data::snapshotting(p);
     converge(p, target, true);
 }
 
@@ -47,6 +48,8 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
             _ => format!("Rolling out revision {}", target.number),
         },
     );
+    let now = p.now();
+    let snapshots = super::data::pre_rollout_snapshots(p, target, &now);
     p.status.rollout = Some(RolloutState {
         revision: target.number,
         from_revision: from,
@@ -54,12 +57,12 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
         component_started_at: None,
         started_at: p.now(),
         failure: None,
-        step: None,
         analysis_started_at: None,
         promoted: false,
         analysed: vec![],
         stack_analysed: false,
-        snapshots: vec![],
+        step: (!snapshots.is_empty()).then_some(RolloutStep::Snapshotting),
+        snapshots,
     });
 }
 
@@ -89,6 +92,11 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
             gates: old.as_ref().map(|o| o.gates.clone()).unwrap_or_default(),
             ..Default::default()
         };
+        if quiesce(p, target, name, w, &mut cs) {
+            blocker.get_or_insert_with(|| name.clone());
+            components.push(cs);
+            continue;
+        }
         let up = p.up_to_date(target, name);
         let avail = p.available(name);
         let rollout = p.status.rollout.clone();
@@ -134,6 +142,19 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
                     .and_then(|w| w.message.clone())
                     .or_else(|| Some("not all pods are available".into()));
             }
+            blocker = Some(name.clone());
+        } else if rolling && p.snapshotting {
+            cs.phase = if up && avail {
+                ComponentPhase::Available
+            } else {
+                ComponentPhase::Pending
+            };
+            cs.message = Some(
+                match p.status.rollout.as_ref().and_then(|r| r.failure.clone()) {
+                    Some(f) => f,
+                    None => "waiting for the pre-rollout snapshots".into(),
+                },
+            );
             blocker = Some(name.clone());
         } else if paused(p) && !up {
             cs.phase = ComponentPhase::Pending;
@@ -187,6 +208,53 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
         // Also while a component is unavailable: that is when a breaking stack must be
         // seen (and rolled back when the policy asks).
         monitor(p, target);
+    }
+}
+
+/// A component stopped (or to stop) for a snapshot that needs quiet, or stopped for one
+/// that is now complete and to be started again. Returns true when that is all this pass
+/// does with it.
+fn quiesce(
+    p: &mut Planner<'_>,
+    target: &RevisionRef,
+    name: &str,
+    w: Option<&super::WorkloadState>,
+    cs: &mut ComponentStatus,
+) -> bool {
+    let Some(w) = w else { return false };
+    // The revision it runs, when the history at hand has it (the reconcile loads it).
+    let own = w
+        .revision
+        .filter(|r| p.revision(*r).is_some())
+        .unwrap_or(target.number);
+    match p.quiescing.get(name).cloned() {
+        Some(snapshot) => {
+            if !w.stopped {
+                p.actions.push(Action::Stop {
+                    component: name.to_string(),
+                    revision: own,
+                });
+                p.event(
+                    false,
+                    "ComponentQuiesced",
+                    format!("Stopping component {name} while snapshot {snapshot} is taken"),
+                );
+            }
+            cs.phase = ComponentPhase::Pending;
+            cs.message = Some(format!("stopped while snapshot {snapshot} is taken"));
+            p.requeue_in(std::time::Duration::from_secs(2));
+            true
+        }
+        None if w.stopped => {
+            p.actions.push(Action::Apply {
+                component: name.to_string(),
+                revision: own,
+            });
+            cs.phase = ComponentPhase::Progressing;
+            cs.message = Some(format!("starting again on revision {own}"));
+            true
+        }
+        None => false,
     }
 }
 

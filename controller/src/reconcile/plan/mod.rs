@@ -7,7 +7,7 @@
 //! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
 //! `operations`, `status` (phase and conditions).
 
-mod data;
+pub mod data;
 mod forward;
 mod operations;
 mod rollback;
@@ -19,7 +19,7 @@ use crate::gates::analysis;
 use deployctl_api::validation::{self, InvalidSpec};
 use deployctl_api::{
     Component, Gate, GateStatus, Measurement, OperationAction, OperationPhase, ProductionStackSpec,
-    ProductionStackStatus, WorkloadKind,
+    ProductionStackStatus, SnapshotPhase, WorkloadKind,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::BTreeMap;
@@ -49,6 +49,48 @@ pub struct WorkloadState {
     pub seen: bool,
     /// Why it is not available (pod waiting reasons, workload conditions).
     pub message: Option<String>,
+    /// deployctl scaled it to zero (annotation `deployctl.dev/stopped`) so nothing writes
+    /// its data while a snapshot or restore runs.
+    pub stopped: bool,
+    /// Stopped, and none of its pods is left (not even terminating).
+    pub drained: bool,
+}
+
+/// What the controller observed of the stack's snapshots and data Jobs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataObserved {
+    /// The stack's StackSnapshots by name.
+    pub snapshots: BTreeMap<String, SnapshotObserved>,
+    /// Restore Jobs by name (absent: not created yet).
+    pub restore_jobs: BTreeMap<String, JobOutcome>,
+}
+
+/// One StackSnapshot, as far as planning needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotObserved {
+    /// Component whose data it holds.
+    pub component: String,
+    /// Its phase (unset: not yet picked up).
+    pub phase: Option<SnapshotPhase>,
+    /// Why it failed.
+    pub message: Option<String>,
+    /// Its digest, once complete.
+    pub digest: Option<String>,
+    /// Whether the last verification found it damaged.
+    pub corrupt: bool,
+    /// Whether a verification found it sound.
+    pub verified: bool,
+}
+
+/// Where a data Job is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Created, not finished.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Failed; the agent's message.
+    Failed(String),
 }
 
 /// One revision's components, validated and ordered.
@@ -123,6 +165,10 @@ pub struct PlanInput<'a> {
     pub measurements: &'a BTreeMap<String, Measurement>,
     /// StackOperations not yet acted on, oldest first.
     pub operations: &'a [PendingOperation],
+    /// The stack's snapshots and restore Jobs.
+    pub data: &'a DataObserved,
+    /// The stack's name (snapshot and Job names derive from it).
+    pub stack: &'a str,
     /// The status before this reconcile.
     pub previous: &'a ProductionStackStatus,
     /// The time of this reconcile.
@@ -143,6 +189,31 @@ pub enum Action {
     Delete {
         /// Component name.
         component: String,
+    },
+    /// Create a StackSnapshot of a component's data; the controller then runs its Job.
+    Snapshot {
+        /// Component name.
+        component: String,
+        /// Name of the StackSnapshot.
+        name: String,
+        /// Revision the data belongs to.
+        revision: i64,
+    },
+    /// Scale a component to zero, on a revision's spec, so nothing writes its data.
+    Stop {
+        /// Component name.
+        component: String,
+        /// Revision whose spec to keep.
+        revision: i64,
+    },
+    /// Start the Job that restores a snapshot into a stopped component's volume.
+    Restore {
+        /// Component name.
+        component: String,
+        /// Name of the StackSnapshot.
+        snapshot: String,
+        /// Name of the Job.
+        job: String,
     },
 }
 
@@ -231,8 +302,14 @@ struct Planner<'a> {
     rollback_over_deadline: bool,
     /// Set when a rollback or hold cannot proceed.
     rollback_failure: Option<String>,
+    /// The condition reason for `rollback_failure` (default `RollbackFailed`).
+    rollback_failure_reason: Option<&'static str>,
     /// The rollback already took its step in this pass (started by an operation).
     rollback_ran: bool,
+    /// Components held stopped because a snapshot of theirs that needs quiet is pending.
+    quiescing: BTreeMap<String, String>,
+    /// Set when the pre-rollout snapshots are not all complete.
+    snapshotting: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -257,10 +334,12 @@ impl<'a> Planner<'a> {
         self.input.observed.get(c)
     }
 
-    /// Whether the workload carries `target`'s spec of component `c`.
+    /// Whether the workload carries `target`'s spec of component `c` (and runs: a
+    /// component stopped for its data is not up to date).
     fn up_to_date(&self, target: &RevisionRef, c: &str) -> bool {
-        self.observed(c)
-            .is_some_and(|w| w.spec_hash.as_deref() == target.hashes.get(c).map(String::as_str))
+        self.observed(c).is_some_and(|w| {
+            !w.stopped && w.spec_hash.as_deref() == target.hashes.get(c).map(String::as_str)
+        })
     }
 
     fn available(&self, c: &str) -> bool {
@@ -398,8 +477,12 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         failure_reason: None,
         rollback_over_deadline: false,
         rollback_failure: None,
+        rollback_failure_reason: None,
         rollback_ran: false,
+        quiescing: BTreeMap::new(),
+        snapshotting: false,
     };
+    p.quiescing = data::quiescing(&p);
 
     operations::apply(&mut p);
 
@@ -431,6 +514,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         forward::rollout(&mut p);
     }
 
+    data::verification_condition(&mut p);
     summary::finish(&mut p);
     Plan {
         actions: p.actions,

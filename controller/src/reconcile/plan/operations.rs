@@ -21,6 +21,8 @@ pub struct PendingOperation {
     pub reason: Option<String>,
     /// Who asked.
     pub requested_by: Option<String>,
+    /// For restores, the StackSnapshot.
+    pub snapshot: Option<String>,
 }
 
 pub(super) fn apply(p: &mut Planner<'_>) {

@@ -8,16 +8,38 @@ use crate::gates::analysis::elapsed;
 use deployctl_api::conditions::reason;
 use deployctl_api::duration::human;
 use deployctl_api::{
-    ComponentPhase, ComponentStatus, RevisionHold, RollbackRecord, RollbackState, RollbackTrigger,
+    ComponentPhase, ComponentStatus, DataRestore, RevisionHold, RollbackRecord, RollbackState,
+    RollbackTrigger,
 };
 
 /// Starts a rollback to revision `to` and takes its first step in the same reconcile.
+/// The data of components that ran the failed revision comes back from the rollout's
+/// pre-rollout snapshots.
 pub(super) fn start(
     p: &mut Planner<'_>,
     to: i64,
     reason_text: String,
     operation: Option<String>,
     trigger: RollbackTrigger,
+) {
+    let failed = p
+        .status
+        .rollout
+        .as_ref()
+        .map(|r| r.revision)
+        .unwrap_or(p.input.desired.number);
+    let restores = super::data::restores_for(p, failed);
+    start_with(p, to, reason_text, operation, trigger, restores);
+}
+
+/// Starts a rollback to `to` restoring `restores`, and takes its first step.
+pub(super) fn start_with(
+    p: &mut Planner<'_>,
+    to: i64,
+    reason_text: String,
+    operation: Option<String>,
+    trigger: RollbackTrigger,
+    restores: Vec<DataRestore>,
 ) {
     let from = p
         .status
@@ -27,10 +49,22 @@ pub(super) fn start(
         .or(p.status.hold.as_ref().map(|h| h.revision))
         .or(p.status.stable_revision)
         .unwrap_or(p.input.desired.number);
+    let data = if restores.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (restoring the data of {})",
+            restores
+                .iter()
+                .map(|r| format!("{} from {}", r.component, r.snapshot))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     p.event(
         true,
         "RollbackStarted",
-        format!("Rolling back from revision {from} to {to}: {reason_text}"),
+        format!("Rolling back from revision {from} to {to}{data}: {reason_text}"),
     );
     if p.status.rollout.is_some() {
         p.outcomes.push(Outcome::Rollout(if operation.is_some() {
@@ -48,7 +82,7 @@ pub(super) fn start(
         component: None,
         operation,
         trigger,
-        restores: vec![],
+        restores,
     });
     run(p);
 }
@@ -84,6 +118,10 @@ pub(super) fn run(p: &mut Planner<'_>) {
         if focus.is_some() {
             continue;
         }
+        if !super::data::restore_step(p, target, c) {
+            focus = Some(c.clone());
+            continue;
+        }
         if !p.up_to_date(target, c) {
             p.actions.push(Action::Apply {
                 component: c.clone(),
@@ -100,6 +138,14 @@ pub(super) fn run(p: &mut Planner<'_>) {
         }
     }
 
+    // restore_step updated the restores: carry on from the status, not the copy above.
+    let rb = p.status.rollback.clone().expect("rollback in progress");
+    let restoring = |c: &str| {
+        rb.restores
+            .iter()
+            .find(|r| r.component == c && r.phase != deployctl_api::RestorePhase::Restored)
+            .map(|r| format!("data: {:?} from snapshot {}", r.phase, r.snapshot))
+    };
     let components: Vec<ComponentStatus> = target
         .order
         .iter()
@@ -119,7 +165,9 @@ pub(super) fn run(p: &mut Planner<'_>) {
                 replicas: w.map(|w| w.replicas).unwrap_or_default(),
                 ready_replicas: w.map(|w| w.ready_replicas).unwrap_or_default(),
                 updated_replicas: w.map(|w| w.updated_replicas).unwrap_or_default(),
-                message: if up && !p.available(c) {
+                message: if let Some(m) = restoring(c) {
+                    Some(m)
+                } else if up && !p.available(c) {
                     w.and_then(|w| w.message.clone())
                 } else if !up {
                     Some(format!("rolling back to revision {}", target.number))

@@ -31,7 +31,7 @@ pub(super) fn finish(p: &mut Planner<'_>) {
             false,
             false,
             true,
-            reason::ROLLBACK_FAILED,
+            p.rollback_failure_reason.unwrap_or(reason::ROLLBACK_FAILED),
             msg,
         )
     } else if let Some(rb) = &p.status.rollback {

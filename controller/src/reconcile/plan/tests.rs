@@ -3,7 +3,9 @@
 
 use super::*;
 use deployctl_api::conditions::{READY, RECONCILING, STALLED};
-use deployctl_api::{ComponentPhase, GatePhase, MeasurementOutcome, RolloutStep, StackPhase};
+use deployctl_api::{
+    ComponentPhase, GatePhase, MeasurementOutcome, RestorePhase, RolloutStep, StackPhase,
+};
 
 fn t(secs: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap())
@@ -33,6 +35,12 @@ struct World {
     ops: Vec<PendingOperation>,
     /// Revision number whose pods come up Available when applied.
     healthy: Vec<i64>,
+    /// The stack's snapshots and restore Jobs.
+    data: DataObserved,
+    /// How the next snapshot Job ends (None: it keeps running).
+    snapshot_result: Option<SnapshotPhase>,
+    /// How the next restore Job ends.
+    restore_result: JobOutcome,
 }
 
 impl World {
@@ -47,6 +55,9 @@ impl World {
             measurements: BTreeMap::new(),
             ops: vec![],
             healthy: vec![1, 2, 3, 4],
+            data: DataObserved::default(),
+            snapshot_result: Some(SnapshotPhase::Completed),
+            restore_result: JobOutcome::Succeeded,
         }
     }
 
@@ -68,9 +79,25 @@ impl World {
             observed: &self.observed,
             measurements: &self.measurements,
             operations: &self.ops,
+            data: &self.data,
+            stack: "shop",
             previous: &self.status,
             now: t(now),
         });
+        // Snapshot Jobs that were running end as configured (the I/O layer's work).
+        for s in self.data.snapshots.values_mut() {
+            if s.phase == Some(SnapshotPhase::Running) {
+                s.phase = self.snapshot_result.or(s.phase);
+                if s.phase == Some(SnapshotPhase::Failed) {
+                    s.message = Some("store unreachable".into());
+                }
+            }
+        }
+        for j in self.data.restore_jobs.values_mut() {
+            if *j == JobOutcome::Running {
+                *j = self.restore_result.clone();
+            }
+        }
         self.status = p.status.clone();
         self.measurements.clear();
         self.ops
@@ -101,6 +128,53 @@ impl World {
                 Action::Delete { component } => {
                     self.observed.remove(component);
                 }
+                Action::Snapshot {
+                    component, name, ..
+                } => {
+                    // A quiesced component must be stopped before its Job starts.
+                    let quiet = self.observed.get(component).is_some_and(|w| w.stopped);
+                    let needs_quiet = self
+                        .desired
+                        .component(component)
+                        .and_then(|c| c.data.as_ref())
+                        .is_some_and(|d| d.quiesces());
+                    self.data.snapshots.insert(
+                        name.clone(),
+                        SnapshotObserved {
+                            component: component.clone(),
+                            phase: Some(if needs_quiet && !quiet {
+                                SnapshotPhase::Pending
+                            } else {
+                                SnapshotPhase::Running
+                            }),
+                            message: None,
+                            digest: Some("d".into()),
+                            corrupt: false,
+                            verified: false,
+                        },
+                    );
+                }
+                Action::Stop { component, .. } => {
+                    let w = self.observed.get_mut(component).expect("stops what runs");
+                    w.stopped = true;
+                    w.drained = true;
+                    w.available = true;
+                    w.replicas = 0;
+                    for s in self.data.snapshots.values_mut() {
+                        if &s.component == component && s.phase == Some(SnapshotPhase::Pending) {
+                            s.phase = Some(SnapshotPhase::Running);
+                        }
+                    }
+                }
+                Action::Restore { job, .. } => {
+                    assert!(
+                        !self.data.restore_jobs.contains_key(job),
+                        "a restore Job is started once"
+                    );
+                    self.data
+                        .restore_jobs
+                        .insert(job.clone(), JobOutcome::Running);
+                }
             }
         }
         p
@@ -125,6 +199,7 @@ impl World {
             to_revision: to,
             reason: Some("test".into()),
             requested_by: Some("alice".into()),
+            snapshot: None,
         });
     }
 
@@ -830,4 +905,290 @@ fn monitoring_fails_a_gate_after_failure_limit_plus_one_failures_in_a_row() {
     w.measure("api", "http", MeasurementOutcome::Failure, now + 200);
     w.step(now + 200);
     assert_eq!(w.phase(), StackPhase::Degraded);
+}
+
+/// db keeps its data in SQLite on a claim; api fails or passes its gate.
+fn data_spec(db_image: &str, api_image: &str, data: &str) -> ProductionStackSpec {
+    let c = |image: &str| {
+        format!("{{spec: {{containers: [{{name: a, image: '{image}', volumeMounts: [{{name: data, mountPath: /data}}]}}]}}}}")
+    };
+    let api = format!("{{spec: {{containers: [{{name: a, image: '{api_image}'}}]}}}}");
+    serde_yaml_ng::from_str(&format!(
+        "components:
+- {{name: db, template: {db}, volumeClaims: [{{name: data, size: 1Gi}}], data: {data}}}
+- {{name: api, dependsOn: [db], template: {api}, gates: {GATE}}}
+rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s}}",
+        db = c(db_image),
+    ))
+    .unwrap()
+}
+
+const SQLITE: &str = "{volume: data, method: Sqlite, database: app.db}";
+const FILES: &str = "{volume: data}";
+
+fn applied(p: &Plan) -> Vec<(String, i64)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Apply {
+                component,
+                revision,
+            } => Some((component.clone(), *revision)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_install_takes_no_snapshot() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    w.settle(0, true);
+    assert!(w.data.snapshots.is_empty(), "no data exists yet");
+    assert_eq!(w.status.stable_revision, Some(1));
+}
+
+#[test]
+fn a_rollout_snapshots_the_data_before_it_applies_anything() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.snapshot_result = None; // the Job keeps running
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let p = w.step(now);
+    let name = format!("shop-db-r1-{}", 1_700_000_000 + now);
+    assert_eq!(
+        p.actions,
+        vec![Action::Snapshot {
+            component: "db".into(),
+            name: name.clone(),
+            revision: 1
+        }]
+    );
+    let r = w.status.rollout.clone().unwrap();
+    assert_eq!(r.step, Some(RolloutStep::Snapshotting));
+    assert_eq!(r.snapshots[0].snapshot, name);
+    assert!(p.events.iter().any(|e| e.reason == "SnapshotsStarted"));
+    let p = w.step(now + 1);
+    assert!(
+        p.actions.is_empty(),
+        "nothing moves while the snapshot runs"
+    );
+    assert_eq!(w.status.components[0].phase, ComponentPhase::Pending);
+    assert_eq!(
+        w.status.components[0].message.as_deref(),
+        Some("waiting for the pre-rollout snapshots")
+    );
+    assert_eq!(w.running("db"), Some(1));
+    w.data.snapshots.get_mut(&name).unwrap().phase = Some(SnapshotPhase::Completed);
+    let p = w.step(now + 2);
+    assert_eq!(applied(&p), vec![("db".into(), 2)]);
+    assert!(p.events.iter().any(|e| e.reason == "SnapshotsTaken"));
+    w.settle(now + 3, true);
+    assert_eq!(w.status.stable_revision, Some(2));
+    assert_eq!(w.data.snapshots.len(), 1, "one snapshot per rollout");
+}
+
+#[test]
+fn a_failed_snapshot_stops_the_rollout_before_anything_changes() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.snapshot_result = Some(SnapshotPhase::Failed);
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    w.step(now); // asks for the snapshot
+    w.step(now + 1); // its Job runs, then fails
+    let p = w.step(now + 2);
+    assert!(applied(&p).is_empty());
+    assert_eq!(w.phase(), StackPhase::Degraded);
+    assert_eq!(cond(&w.status, STALLED), ("True", "SnapshotFailed"));
+    assert!(w
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("store unreachable"));
+    assert!(p.events.iter().any(|e| e.reason == "SnapshotFailed"));
+    let p = w.step(now + 3);
+    assert!(p.actions.is_empty() && p.events.is_empty(), "reported once");
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    // A retry takes a new snapshot.
+    w.snapshot_result = Some(SnapshotPhase::Completed);
+    w.op("retry", OperationAction::Retry, None);
+    w.settle(now + 20, true);
+    assert_eq!(w.status.stable_revision, Some(2));
+}
+
+#[test]
+fn a_failed_gate_rolls_back_the_workloads_and_restores_the_data() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    // db migrates its data on revision 2; api then fails its gate.
+    let now = w.settle(now, false);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(last.restores.len(), 1);
+    assert_eq!(last.restores[0].component, "db");
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert_eq!(w.data.restore_jobs.len(), 1);
+    assert!(!w.observed["db"].stopped, "db runs again");
+    let _ = now;
+}
+
+#[test]
+fn the_restore_runs_after_dependents_go_back_and_before_the_component_starts() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let mut now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let mut log: Vec<String> = vec![];
+    for _ in 0..40 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, now);
+        }
+        let p = w.step(now);
+        now += 11;
+        if w.status.rollback.is_some() || w.status.last_rollback.is_some() {
+            for a in &p.actions {
+                log.push(match a {
+                    Action::Apply {
+                        component,
+                        revision,
+                    } => format!("apply {component}@{revision}"),
+                    Action::Stop { component, .. } => format!("stop {component}"),
+                    Action::Restore { component, .. } => format!("restore {component}"),
+                    other => format!("{other:?}"),
+                });
+            }
+        }
+        if w.status.last_rollback.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        log,
+        vec!["apply api@1", "stop db", "restore db", "apply db@1"],
+        "api (the dependent) first, then db stopped, restored, started"
+    );
+}
+
+#[test]
+fn a_failed_restore_leaves_the_component_stopped_and_says_why() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.restore_result = JobOutcome::Failed(
+        "snapshot shop-db-r1: file app.db chunk 3f2a does not match its digest; the live data was left as it was".into(),
+    );
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let mut t = now;
+    for _ in 0..30 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, t);
+        }
+        w.step(t);
+        t += 11;
+    }
+    assert_eq!(cond(&w.status, STALLED), ("True", "RestoreFailed"));
+    assert!(w.status.message.as_deref().unwrap().contains("chunk 3f2a"));
+    assert!(
+        w.observed["db"].stopped,
+        "not started on data that may be wrong"
+    );
+    let rb = w.status.rollback.clone().unwrap();
+    assert_eq!(rb.restores[0].phase, RestorePhase::Failed);
+}
+
+#[test]
+fn a_quiesced_component_is_stopped_for_its_snapshot_and_started_again() {
+    let mut w = World::new(data_spec("db:1", "api:1", FILES));
+    let now = w.settle(0, true);
+    w.snapshot_result = None;
+    // Only api changes: db is stopped for the snapshot and comes back on revision 1.
+    w.change(data_spec("db:1", "api:2", FILES), 2);
+    let p = w.step(now);
+    assert!(matches!(p.actions[..], [Action::Snapshot { .. }]));
+    let p = w.step(now + 1);
+    assert_eq!(
+        p.actions,
+        vec![Action::Stop {
+            component: "db".into(),
+            revision: 1
+        }]
+    );
+    assert_eq!(w.status.components[0].phase, ComponentPhase::Pending);
+    let name = w.status.rollout.clone().unwrap().snapshots[0]
+        .snapshot
+        .clone();
+    w.data.snapshots.get_mut(&name).unwrap().phase = Some(SnapshotPhase::Completed);
+    let p = w.step(now + 2);
+    assert_eq!(applied(&p), vec![("db".into(), 1)], "started again at once");
+    w.settle(now + 3, true);
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(2)));
+}
+
+#[test]
+fn a_restore_operation_restores_a_snapshot_on_a_stable_stack() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.data.snapshots.insert(
+        "nightly".into(),
+        SnapshotObserved {
+            component: "db".into(),
+            phase: Some(SnapshotPhase::Completed),
+            message: None,
+            digest: Some("d".into()),
+            corrupt: false,
+            verified: true,
+        },
+    );
+    w.ops.push(PendingOperation {
+        name: "restore-1".into(),
+        action: OperationAction::Restore,
+        to_revision: None,
+        reason: Some("bad import".into()),
+        requested_by: Some("alice".into()),
+        snapshot: Some("nightly".into()),
+    });
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert_eq!(
+        p.actions,
+        vec![Action::Stop {
+            component: "db".into(),
+            revision: 1
+        }]
+    );
+    w.settle(now + 1, true);
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert!(w.status.hold.is_none(), "nothing is held back");
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!((last.from_revision, last.to_revision), (1, 1));
+    assert_eq!(last.restores[0].snapshot, "nightly");
+    assert_eq!(
+        cond(&w.status, deployctl_api::conditions::SNAPSHOTS_VERIFIED),
+        ("True", "Verified")
+    );
+    // A damaged snapshot is refused.
+    w.data.snapshots.get_mut("nightly").unwrap().corrupt = true;
+    w.ops.push(PendingOperation {
+        name: "restore-2".into(),
+        action: OperationAction::Restore,
+        to_revision: None,
+        reason: None,
+        requested_by: None,
+        snapshot: Some("nightly".into()),
+    });
+    let p = w.step(now + 500);
+    assert_eq!(p.operations[0].phase, OperationPhase::Failed);
+    assert!(p.actions.is_empty());
+    assert_eq!(
+        cond(&w.status, deployctl_api::conditions::SNAPSHOTS_VERIFIED),
+        ("False", "SnapshotCorrupt")
+    );
 }

@@ -1,0 +1,906 @@
+//! The I/O half of the stack's data: reads its StackSnapshots and agent Jobs, drives each
+//! snapshot's Job (created once the component is quiet when the method needs it; its
+//! result, from the agent's termination message, written to the StackSnapshot's status),
+//! and carries out the planner's data actions (create a StackSnapshot, stop a component,
+//! start a restore Job).
+
+use crate::context::Context;
+use crate::data::job::{self, AgentOp, JobRequest, StoreLocation};
+use crate::data::result::{parse_termination_message, AgentResult};
+use crate::error::Result;
+use crate::reconcile::build::{self, owner_ref, Workload};
+use crate::reconcile::housekeeping;
+use crate::reconcile::plan::data::job_name;
+use crate::reconcile::plan::{
+    DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
+};
+use deployctl_api::{
+    child_name, labels, Component, ComponentData, ProductionStack, SnapshotPhase, SnapshotReason,
+    StackSnapshot, StackSnapshotSpec, StackSnapshotStatus, VerificationResult, WorkloadKind,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// Default size of the filesystem repository's claim.
+const DEFAULT_STORE_SIZE: &str = "10Gi";
+/// A data Job that runs longer than this is failed by Kubernetes.
+const JOB_DEADLINE_SECONDS: i64 = 3600;
+
+/// What the controller read of the stack's data this reconcile.
+#[derive(Debug, Default)]
+pub struct DataWorld {
+    /// The stack's StackSnapshots.
+    pub snapshots: Vec<StackSnapshot>,
+    /// Its agent Jobs.
+    pub jobs: Vec<Job>,
+}
+
+/// Whether the stack has data to look after (components declaring it, or restores in
+/// flight): stacks without any pay no extra reads.
+pub fn involved(stack: &ProductionStack) -> bool {
+    stack.spec.components.iter().any(|c| c.data.is_some())
+        || stack
+            .status
+            .as_ref()
+            .and_then(|s| s.rollback.as_ref())
+            .is_some_and(|r| !r.restores.is_empty())
+}
+
+/// Reads the stack's StackSnapshots and agent Jobs.
+pub async fn read(client: &Client, stack: &ProductionStack) -> Result<DataWorld> {
+    let ns = stack.namespace().unwrap_or_default();
+    let selector = format!("{}={}", labels::STACK, stack.name_any());
+    // By spec.stack, not by label: a person's StackSnapshot names its stack only there.
+    let snapshots = Api::<StackSnapshot>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.stack == stack.name_any())
+        .collect();
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{selector},{}", labels::DATA_OPERATION)))
+        .await?
+        .items;
+    Ok(DataWorld { snapshots, jobs })
+}
+
+/// Where the stack's repository is.
+pub fn store_location(stack: &ProductionStack) -> StoreLocation {
+    let policy = stack.spec.snapshots.clone().unwrap_or_default();
+    let store = policy.store.unwrap_or_default();
+    match store.s3 {
+        Some(s3) => StoreLocation::S3 {
+            endpoint: s3.endpoint,
+            bucket: s3.bucket,
+            region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+            prefix: s3.prefix.unwrap_or_else(|| {
+                format!(
+                    "{}/{}/",
+                    stack.namespace().unwrap_or_default(),
+                    stack.name_any()
+                )
+            }),
+            credentials_secret: s3.credentials_secret,
+        },
+        None => StoreLocation::Filesystem {
+            claim: store
+                .filesystem
+                .and_then(|f| f.claim_name)
+                .unwrap_or_else(|| format!("{}-snapshots", stack.name_any())),
+        },
+    }
+}
+
+/// `pvc://<claim>` or `s3://<bucket>/<prefix>`, for status and the CLI.
+fn store_text(store: &StoreLocation) -> String {
+    match store {
+        StoreLocation::Filesystem { claim } => format!("pvc://{claim}"),
+        StoreLocation::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+    }
+}
+
+/// Creates the default filesystem repository's claim when it is missing. It has no owner:
+/// the snapshots must outlive the stack.
+pub async fn ensure_store(client: &Client, stack: &ProductionStack) -> Result<()> {
+    let policy = stack.spec.snapshots.clone().unwrap_or_default();
+    let fs = policy.store.unwrap_or_default();
+    if fs.s3.is_some() {
+        return Ok(());
+    }
+    let fs = fs.filesystem.unwrap_or_default();
+    let StoreLocation::Filesystem { claim } = store_location(stack) else {
+        return Ok(());
+    };
+    let ns = stack.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    if api.get_opt(&claim).await?.is_some() {
+        return Ok(());
+    }
+    if fs.claim_name.is_some() {
+        // A claim the user named is theirs to create; the Job stays Pending until it exists.
+        return Ok(());
+    }
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {
+            "name": claim,
+            "labels": {
+                labels::STACK: stack.name_any(),
+                labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+            },
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": fs.storage_class_name,
+            "resources": {"requests": {"storage": fs.size.unwrap_or_else(|| DEFAULT_STORE_SIZE.into())}},
+        },
+    }))?;
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(labels::FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &pvc,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The claim holding a component's data: the Deployment's shared claim, or the first
+/// replica's claim of a StatefulSet.
+pub fn data_claim(stack: &str, component: &Component, data: &ComponentData) -> String {
+    match component.kind {
+        WorkloadKind::Deployment => build::claim_name(stack, &component.name, &data.volume),
+        WorkloadKind::StatefulSet => {
+            format!("{}-{}-0", data.volume, child_name(stack, &component.name))
+        }
+    }
+}
+
+/// Name of the Job that takes snapshot `snapshot` of `component`.
+pub fn snapshot_job_name(stack: &str, component: &str, snapshot: &str) -> String {
+    job_name(&child_name(stack, component), "snap", snapshot)
+}
+
+/// The agent Job for one operation on one component's data.
+struct AgentJob<'a> {
+    op: AgentOp,
+    name: String,
+    component: &'a Component,
+    data: &'a ComponentData,
+    /// The StackSnapshot concerned (for labels).
+    snapshot_object: &'a str,
+    /// Its digest (restore, verify).
+    digest: Option<String>,
+    revision: Option<i64>,
+    node: Option<String>,
+    keep: Vec<String>,
+    forget_before: Option<String>,
+}
+
+async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) -> Result<()> {
+    let name = stack.name_any();
+    let ns = stack.namespace().unwrap_or_default();
+    let req = JobRequest {
+        name: j.name,
+        namespace: ns.clone(),
+        owner: owner_ref(stack).expect("a stored stack has a uid"),
+        labels: job_labels(&name, &j.component.name, j.op.as_str(), j.snapshot_object),
+        op: j.op,
+        image: ctx.agent_image.clone(),
+        stack: name.clone(),
+        component: j.component.name.clone(),
+        revision: j.revision,
+        data: j.data,
+        data_claim: j
+            .op
+            .uses_data()
+            .then(|| data_claim(&name, j.component, j.data)),
+        store: store_location(stack),
+        encryption: encryption(stack),
+        snapshot: j.digest,
+        node_name: j.node,
+        keep_last: None,
+        keep_daily: None,
+        keep: j.keep,
+        forget_before: j.forget_before,
+        active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
+    };
+    let mut job = job::build(&req);
+    if !j.snapshot_object.is_empty() {
+        // An annotation, not only a label: object names may be longer than label values.
+        job.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(labels::SNAPSHOT.into(), j.snapshot_object.to_string());
+    }
+    create_job(&ctx.client, &ns, &job).await
+}
+
+/// Drives the stack's unfinished snapshots and its verification and retention one step,
+/// and returns what the planner sees, with when to look again for the schedules.
+pub async fn sync(
+    ctx: &Context,
+    stack: &ProductionStack,
+    desired: &RevisionRef,
+    workloads: &BTreeMap<String, WorkloadState>,
+    world: &mut DataWorld,
+) -> Result<(DataObserved, Option<std::time::Duration>)> {
+    let name = stack.name_any();
+    let ns = stack.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let store = store_location(stack);
+    for snap in &mut world.snapshots {
+        let st = snap.status.clone().unwrap_or_default();
+        if st.phase.is_some_and(SnapshotPhase::is_final) {
+            continue;
+        }
+        let comp_name = snap.spec.component.clone();
+        let Some((component, data)) = desired
+            .component(&comp_name)
+            .and_then(|c| c.data.as_ref().map(|d| (c, d)))
+        else {
+            let msg = format!(
+                "component {comp_name} of stack {name} does not declare data; nothing to snapshot"
+            );
+            set_status(client, snap, failed(st, msg)).await?;
+            continue;
+        };
+        let job = snapshot_job_name(&name, &comp_name, &snap.name_any());
+        let w = workloads.get(&comp_name);
+        match world.jobs.iter().find(|j| j.name_any() == job) {
+            None => {
+                if data.quiesces() && !w.is_some_and(|w| w.stopped && w.drained) {
+                    if st.phase != Some(SnapshotPhase::Pending) {
+                        let mut next = st.clone();
+                        next.phase = Some(SnapshotPhase::Pending);
+                        next.message = Some(format!(
+                            "waiting for component {comp_name} to stop (method Files, consistency Quiesce)"
+                        ));
+                        set_status(client, snap, next).await?;
+                    }
+                    continue;
+                }
+                // A live copy of a ReadWriteOnce volume must run where the pod runs.
+                let node = if data.quiesces() {
+                    None
+                } else {
+                    component_node(client, &ns, &name, &comp_name).await?
+                };
+                let revision = w.and_then(|w| w.revision);
+                start_agent(
+                    ctx,
+                    stack,
+                    AgentJob {
+                        op: AgentOp::Snapshot,
+                        name: job.clone(),
+                        component,
+                        data,
+                        snapshot_object: &snap.name_any(),
+                        digest: None,
+                        revision,
+                        node,
+                        keep: vec![],
+                        forget_before: None,
+                    },
+                )
+                .await?;
+                let mut next = st.clone();
+                next.phase = Some(SnapshotPhase::Running);
+                next.job = Some(job);
+                next.revision = revision;
+                next.method = Some(data.method);
+                next.store = Some(store_text(&store));
+                next.started_at = Some(crate::context::now());
+                next.message = None;
+                set_status(client, snap, next).await?;
+            }
+            Some(j) => match job_outcome(client, &ns, j).await? {
+                Finished::Running => {}
+                Finished::Ok(r) => {
+                    let mut next = st.clone();
+                    next.phase = Some(SnapshotPhase::Completed);
+                    next.digest = r.digest;
+                    next.size_bytes = r.size_bytes.map(|v| v as i64);
+                    next.files = r.files.map(|v| v as i64);
+                    next.chunks = r.chunks.map(|v| v as i64);
+                    next.new_bytes = r.new_bytes.map(|v| v as i64);
+                    next.completed_at = Some(crate::context::now());
+                    next.message = None;
+                    if let Some(d) = r.duration_seconds {
+                        ctx.metrics.snapshot_operation("snapshot", d, r.size_bytes);
+                    }
+                    set_status(client, snap, next).await?;
+                }
+                Finished::Failed(msg, corrupt) => {
+                    ctx.metrics.snapshot_failed("snapshot", corrupt);
+                    set_status(client, snap, failed(st, msg)).await?;
+                }
+            },
+        }
+    }
+
+    record_verifications(ctx, &ns, world).await?;
+    let next = keep_house(ctx, stack, desired, world).await?;
+
+    let mut observed = DataObserved::default();
+    for s in &world.snapshots {
+        let st = s.status.clone().unwrap_or_default();
+        observed.snapshots.insert(
+            s.name_any(),
+            SnapshotObserved {
+                component: s.spec.component.clone(),
+                phase: st.phase,
+                message: st.message.clone(),
+                digest: st.digest.clone(),
+                corrupt: st.verification == Some(VerificationResult::Corrupt),
+                verified: st.verification == Some(VerificationResult::Verified),
+            },
+        );
+    }
+    for j in &world.jobs {
+        if j.labels().get(labels::DATA_OPERATION).map(String::as_str) != Some("restore") {
+            continue;
+        }
+        let outcome = match job_outcome(client, &ns, j).await? {
+            Finished::Running => JobOutcome::Running,
+            Finished::Ok(r) => {
+                if let Some(d) = r.duration_seconds {
+                    // Counted once: the Job's result is read again on later reconciles
+                    // only while the rollback still waits for it.
+                    if j.status
+                        .as_ref()
+                        .and_then(|s| s.completion_time.as_ref())
+                        .is_some()
+                        && !j.annotations().contains_key(labels::RECORDED)
+                    {
+                        ctx.metrics.snapshot_operation("restore", d, r.size_bytes);
+                        mark_recorded(client, &ns, j).await?;
+                    }
+                }
+                JobOutcome::Succeeded
+            }
+            Finished::Failed(m, corrupt) => {
+                if !j.annotations().contains_key(labels::RECORDED) {
+                    ctx.metrics.snapshot_failed("restore", corrupt);
+                    mark_recorded(client, &ns, j).await?;
+                }
+                JobOutcome::Failed(m)
+            }
+        };
+        observed.restore_jobs.insert(j.name_any(), outcome);
+    }
+    Ok((observed, next))
+}
+
+/// Marks a finished Job as counted in the metrics.
+async fn mark_recorded(client: &Client, ns: &str, job: &Job) -> Result<()> {
+    Api::<Job>::namespaced(client.clone(), ns)
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {labels::RECORDED: "true"}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes the results of finished verification Jobs into their snapshots' status, then
+/// deletes the Jobs (the status is the record).
+async fn record_verifications(ctx: &Context, ns: &str, world: &mut DataWorld) -> Result<()> {
+    let client = &ctx.client;
+    let mut done = Vec::new();
+    for j in &world.jobs {
+        if j.labels().get(labels::DATA_OPERATION).map(String::as_str) != Some("verify") {
+            continue;
+        }
+        let Some(snap_name) = j.annotations().get(labels::SNAPSHOT).cloned() else {
+            continue;
+        };
+        let (result, message) = match job_outcome(client, ns, j).await? {
+            Finished::Running => continue,
+            Finished::Ok(_) => (VerificationResult::Verified, None),
+            Finished::Failed(m, true) => (VerificationResult::Corrupt, Some(m)),
+            Finished::Failed(m, false) => {
+                // The store was unreachable, or similar: not a finding about the snapshot.
+                tracing::warn!(job = %j.name_any(), "verification could not run: {m}");
+                ctx.metrics.snapshot_failed("verify", false);
+                done.push(j.name_any());
+                continue;
+            }
+        };
+        if let Some(snap) = world
+            .snapshots
+            .iter_mut()
+            .find(|s| s.name_any() == snap_name)
+        {
+            let mut st = snap.status.clone().unwrap_or_default();
+            st.last_verified_at = Some(crate::context::now());
+            st.verification = Some(result);
+            if result == VerificationResult::Corrupt {
+                st.message = message;
+                ctx.metrics.snapshot_failed("verify", true);
+            } else {
+                ctx.metrics.snapshot_operation("verify", 0.0, None);
+            }
+            set_status(client, snap, st).await?;
+        }
+        done.push(j.name_any());
+    }
+    for name in done {
+        let api: Api<Job> = Api::namespaced(client.clone(), ns);
+        match api
+            .delete(&name, &kube::api::DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        world.jobs.retain(|j| j.name_any() != name);
+    }
+    Ok(())
+}
+
+fn timestamp(
+    t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
+}
+
+/// Scheduled snapshots, scheduled and requested verification, retention.
+async fn keep_house(
+    ctx: &Context,
+    stack: &ProductionStack,
+    desired: &RevisionRef,
+    world: &mut DataWorld,
+) -> Result<Option<std::time::Duration>> {
+    let name = stack.name_any();
+    let ns = stack.namespace().unwrap_or_default();
+    let policy = stack.spec.snapshots.clone().unwrap_or_default();
+    let components: Vec<String> = desired
+        .order
+        .iter()
+        .filter(|c| desired.component(c).is_some_and(|c| c.data.is_some()))
+        .cloned()
+        .collect();
+    let facts: Vec<housekeeping::SnapshotFacts> = world
+        .snapshots
+        .iter()
+        .map(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            housekeeping::SnapshotFacts {
+                name: s.name_any(),
+                component: s.spec.component.clone(),
+                reason: s.spec.reason,
+                phase: st.phase,
+                created: s
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(timestamp)
+                    .unwrap_or_else(chrono::Utc::now),
+                checked: st
+                    .last_verified_at
+                    .as_ref()
+                    .or(st.completed_at.as_ref())
+                    .map(timestamp),
+                digest: st.digest.clone(),
+                verify_requested: s
+                    .annotations()
+                    .get(labels::VERIFY_REQUESTED)
+                    .and_then(|v| v.parse().ok()),
+                last_verified: st.last_verified_at.as_ref().map(timestamp),
+            }
+        })
+        .collect();
+    let status = stack.status.clone().unwrap_or_default();
+    let protected: std::collections::BTreeSet<String> = status
+        .rollout
+        .iter()
+        .flat_map(|r| r.snapshots.iter().map(|s| s.snapshot.clone()))
+        .chain(
+            status
+                .rollback
+                .iter()
+                .flat_map(|r| r.restores.iter().map(|s| s.snapshot.clone())),
+        )
+        .collect();
+    let now = chrono::Utc::now();
+    let stack_created = stack
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(timestamp)
+        .unwrap_or(now);
+    let plan = housekeeping::plan(
+        &name,
+        &policy,
+        &components,
+        &facts,
+        &protected,
+        stack_created,
+        now,
+    );
+
+    for (component, snap_name) in &plan.create {
+        create_snapshot(
+            &ctx.client,
+            stack,
+            component,
+            snap_name,
+            SnapshotReason::Scheduled,
+        )
+        .await?;
+    }
+    for (snap_name, key) in &plan.verify {
+        let Some(snap) = world.snapshots.iter().find(|s| &s.name_any() == snap_name) else {
+            continue;
+        };
+        let Some((component, data)) = desired
+            .component(&snap.spec.component)
+            .and_then(|c| c.data.as_ref().map(|d| (c, d)))
+        else {
+            continue;
+        };
+        let job = job_name(&child_name(&name, &component.name), "verify", key);
+        if world.jobs.iter().any(|j| j.name_any() == job) {
+            continue;
+        }
+        start_agent(
+            ctx,
+            stack,
+            AgentJob {
+                op: AgentOp::Verify,
+                name: job,
+                component,
+                data,
+                snapshot_object: snap_name,
+                digest: snap.status.as_ref().and_then(|s| s.digest.clone()),
+                revision: None,
+                node: None,
+                keep: vec![],
+                forget_before: None,
+            },
+        )
+        .await?;
+    }
+    // Prune before the objects go: a controller that dies in between decides the same
+    // prune again (same Job name) and then deletes them.
+    for (component_name, keep) in &plan.prune {
+        let Some((component, data)) = desired
+            .component(component_name)
+            .and_then(|c| c.data.as_ref().map(|d| (c, d)))
+        else {
+            continue;
+        };
+        let mut sorted = keep.clone();
+        sorted.sort();
+        let job = job_name(
+            &child_name(&name, component_name),
+            "prune",
+            &sorted.join(","),
+        );
+        if world.jobs.iter().any(|j| j.name_any() == job) {
+            continue;
+        }
+        start_agent(
+            ctx,
+            stack,
+            AgentJob {
+                op: AgentOp::Prune,
+                name: job,
+                component,
+                data,
+                snapshot_object: "",
+                digest: None,
+                revision: None,
+                node: None,
+                keep: sorted,
+                forget_before: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            },
+        )
+        .await?;
+    }
+    let api: Api<StackSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    for snap_name in &plan.delete {
+        match api.delete(snap_name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        world.snapshots.retain(|s| &s.name_any() != snap_name);
+    }
+    Ok(plan.next)
+}
+
+fn failed(mut st: StackSnapshotStatus, msg: String) -> StackSnapshotStatus {
+    st.phase = Some(SnapshotPhase::Failed);
+    st.message = Some(msg);
+    st.completed_at = Some(crate::context::now());
+    st
+}
+
+fn encryption(stack: &ProductionStack) -> Option<deployctl_api::SecretKeyRef> {
+    stack
+        .spec
+        .snapshots
+        .as_ref()
+        .and_then(|p| p.encryption.as_ref())
+        .map(|e| e.key_secret.clone())
+}
+
+fn job_labels(stack: &str, component: &str, op: &str, snapshot: &str) -> BTreeMap<String, String> {
+    let mut l = build::selector_labels(stack, component);
+    // The component's selector labels would make the agent's pod count as one of the
+    // component's pods; keep the stack label only, and say what the pod is.
+    l.remove(labels::COMPONENT);
+    l.insert(labels::DATA_OPERATION.into(), op.into());
+    l.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+    if snapshot.len() <= 63 {
+        l.insert(labels::SNAPSHOT.into(), snapshot.into());
+    }
+    l
+}
+
+async fn set_status(
+    client: &Client,
+    snap: &mut StackSnapshot,
+    status: StackSnapshotStatus,
+) -> Result<()> {
+    let api: Api<StackSnapshot> =
+        Api::namespaced(client.clone(), &snap.namespace().unwrap_or_default());
+    api.patch_status(
+        &snap.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    snap.status = Some(status);
+    Ok(())
+}
+
+async fn create_job(client: &Client, ns: &str, job: &Job) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(labels::FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            job,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Created by an earlier reconcile that did not get to record it.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The node a running pod of the component is on: a live copy of a ReadWriteOnce volume
+/// must run there.
+async fn component_node(
+    client: &Client,
+    ns: &str,
+    stack: &str,
+    component: &str,
+) -> Result<Option<String>> {
+    let selector = build::selector_labels(stack, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())))
+}
+
+/// How an agent Job ended.
+enum Finished {
+    Running,
+    Ok(AgentResult),
+    /// The message, and whether the agent found damaged data (not an outage).
+    Failed(String, bool),
+}
+
+/// Reads a Job's outcome and, once it ended, the agent's result from its pod's
+/// termination message.
+async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
+    let st = job.status.clone().unwrap_or_default();
+    let failed_condition = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True");
+    let done = st.succeeded.unwrap_or(0) > 0;
+    if !done && st.failed.unwrap_or(0) == 0 && failed_condition.is_none() {
+        return Ok(Finished::Running);
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
+        .await?;
+    let message = pods.items.iter().find_map(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .iter()
+            .flatten()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+    });
+    let result = message.as_deref().map(parse_termination_message);
+    Ok(match (done, result) {
+        (true, Some(Ok(r))) if r.ok => Finished::Ok(r),
+        (_, Some(Ok(r))) => {
+            let corrupt = r.is_corruption();
+            Finished::Failed(
+                r.message
+                    .unwrap_or_else(|| format!("the agent reported {} failed", r.operation)),
+                corrupt,
+            )
+        }
+        (true, _) => Finished::Failed(
+            format!(
+                "Job {} succeeded but left no result in its termination message",
+                job.name_any()
+            ),
+            false,
+        ),
+        (false, _) => Finished::Failed(
+            match failed_condition {
+                Some(c) => format!(
+                    "Job {} failed: {}",
+                    job.name_any(),
+                    c.message.clone().or(c.reason.clone()).unwrap_or_default()
+                ),
+                None => format!("Job {} failed without a result", job.name_any()),
+            },
+            false,
+        ),
+    })
+}
+
+/// Creates a StackSnapshot (its Job follows in the next reconcile).
+pub async fn create_snapshot(
+    client: &Client,
+    stack: &ProductionStack,
+    component: &str,
+    name: &str,
+    reason: SnapshotReason,
+) -> Result<()> {
+    let ns = stack.namespace().unwrap_or_default();
+    let api: Api<StackSnapshot> = Api::namespaced(client.clone(), &ns);
+    let mut l = BTreeMap::from([
+        (labels::STACK.to_string(), stack.name_any()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
+    ]);
+    l.retain(|_, v| v.len() <= 63);
+    let snap = StackSnapshot {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.clone()),
+            labels: Some(l),
+            owner_references: owner_ref(stack).map(|mut o| {
+                // Owned (deleted with the stack), but not controlled: people create them too.
+                o.controller = None;
+                vec![o]
+            }),
+            ..Default::default()
+        },
+        spec: StackSnapshotSpec {
+            stack: stack.name_any(),
+            component: component.to_string(),
+            reason,
+        },
+        status: None,
+    };
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(labels::FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &snap,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Scales a component to zero on revision `source`'s spec, marked stopped.
+pub async fn stop(
+    client: &Client,
+    stack: &ProductionStack,
+    source: &RevisionRef,
+    component: &str,
+) -> Result<()> {
+    let spec = source
+        .component(component)
+        .expect("planned components come from their revision");
+    let mut objects =
+        build::component_objects(stack, spec, &source.hashes[component], source.number);
+    let mark = |meta: &mut ObjectMeta| {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(labels::STOPPED.into(), "data".into());
+    };
+    match &mut objects.workload {
+        Workload::Deployment(d) => {
+            mark(&mut d.metadata);
+            if let Some(s) = d.spec.as_mut() {
+                s.replicas = Some(0);
+            }
+        }
+        Workload::StatefulSet(s) => {
+            mark(&mut s.metadata);
+            if let Some(s) = s.spec.as_mut() {
+                s.replicas = Some(0);
+            }
+        }
+    }
+    crate::reconcile::apply::component(client, &stack.namespace().unwrap_or_default(), &objects)
+        .await
+}
+
+/// Starts the Job restoring StackSnapshot `snapshot` into `component`'s volume (Job
+/// `job`); the data spec comes from the first of `revisions` that declares it.
+pub async fn restore(
+    ctx: &Context,
+    stack: &ProductionStack,
+    revisions: &[&RevisionRef],
+    world: &DataWorld,
+    (component, snapshot, job): (&str, &str, &str),
+) -> Result<()> {
+    let Some(snap) = world.snapshots.iter().find(|s| s.name_any() == snapshot) else {
+        return Ok(());
+    };
+    let Some(digest) = snap.status.as_ref().and_then(|s| s.digest.clone()) else {
+        return Ok(());
+    };
+    let Some(spec) = revisions
+        .iter()
+        .find_map(|r| r.component(component).filter(|c| c.data.is_some()))
+    else {
+        return Ok(());
+    };
+    start_agent(
+        ctx,
+        stack,
+        AgentJob {
+            op: AgentOp::Restore,
+            name: job.to_string(),
+            component: spec,
+            data: spec.data.as_ref().expect("filtered on data"),
+            snapshot_object: snapshot,
+            digest: Some(digest),
+            revision: snap.status.as_ref().and_then(|s| s.revision),
+            node: None,
+            keep: vec![],
+            forget_before: None,
+        },
+    )
+    .await
+}

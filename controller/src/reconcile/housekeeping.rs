@@ -1,0 +1,359 @@
+//! Snapshot housekeeping, decided purely from the policy, the stack's StackSnapshots and
+//! the time: scheduled snapshots (cron), scheduled and requested verification (a restore
+//! drill that re-reads and re-hashes a snapshot), and retention (which snapshot objects
+//! go, and which digests the repository keeps when the agent prunes it).
+
+use deployctl_api::{data, SnapshotPhase, SnapshotPolicy, SnapshotReason};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Snapshots of each component kept when the policy says nothing.
+pub const DEFAULT_KEEP_LAST: u32 = 10;
+
+type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// What housekeeping needs of one StackSnapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotFacts {
+    /// Object name.
+    pub name: String,
+    /// Component.
+    pub component: String,
+    /// Why it was taken.
+    pub reason: SnapshotReason,
+    /// Phase (unset: not picked up yet).
+    pub phase: Option<SnapshotPhase>,
+    /// When the object was created.
+    pub created: Timestamp,
+    /// When it was last verified (or, never verified, completed).
+    pub checked: Option<Timestamp>,
+    /// Its digest, once complete.
+    pub digest: Option<String>,
+    /// When a person asked for a verification (annotation).
+    pub verify_requested: Option<Timestamp>,
+    /// When it was last verified.
+    pub last_verified: Option<Timestamp>,
+}
+
+/// What to do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Housekeeping {
+    /// Scheduled snapshots to create: (component, name).
+    pub create: Vec<(String, String)>,
+    /// Snapshots to verify now, each with the key naming its Job.
+    pub verify: Vec<(String, String)>,
+    /// Snapshot objects to delete (retention).
+    pub delete: Vec<String>,
+    /// Per component, the digests the repository keeps; present only when something is
+    /// forgotten, so the agent prunes the rest.
+    pub prune: BTreeMap<String, Vec<String>>,
+    /// When to look again for the next scheduled snapshot or verification.
+    pub next: Option<Duration>,
+}
+
+/// Decides housekeeping for stack `stack` whose components with data are `components`.
+/// `protected` snapshots (the rollout's or rollback's) are never deleted.
+pub fn plan(
+    stack: &str,
+    policy: &SnapshotPolicy,
+    components: &[String],
+    snaps: &[SnapshotFacts],
+    protected: &BTreeSet<String>,
+    stack_created: Timestamp,
+    now: Timestamp,
+) -> Housekeeping {
+    let mut out = Housekeeping::default();
+    let wake = |at: Timestamp, out: &mut Housekeeping| {
+        let d = (at - now).to_std().unwrap_or(Duration::ZERO);
+        out.next = Some(out.next.map_or(d, |n| n.min(d)));
+    };
+
+    // Scheduled snapshots: one per data component for each time the schedule fired since
+    // the newest scheduled one (at most one catch-up, like a CronJob with no backlog).
+    if let Some(schedule) = &policy.schedule {
+        let last = snaps
+            .iter()
+            .filter(|s| s.reason == SnapshotReason::Scheduled)
+            .map(|s| s.created)
+            .max()
+            .unwrap_or(stack_created);
+        if let Some(due) = data::next_run(schedule, last) {
+            if due <= now {
+                for c in components {
+                    let name = format!("{stack}-{c}-s{}", due.timestamp());
+                    if !snaps.iter().any(|s| s.name == name) {
+                        out.create.push((c.clone(), name));
+                    }
+                }
+                if let Some(after) = data::next_run(schedule, now) {
+                    wake(after, &mut out);
+                }
+            } else {
+                wake(due, &mut out);
+            }
+        }
+    }
+
+    // Verification: the newest complete snapshot of each component on the schedule, and
+    // any snapshot a person asked to verify.
+    for s in snaps {
+        if s.phase != Some(SnapshotPhase::Completed) {
+            continue;
+        }
+        if let Some(asked) = s.verify_requested {
+            if s.last_verified.is_none_or(|v| v < asked) {
+                out.verify.push((
+                    s.name.clone(),
+                    format!("{}@req{}", s.name, asked.timestamp()),
+                ));
+            }
+        }
+    }
+    if let Some(schedule) = &policy.verify_schedule {
+        for c in components {
+            let newest = snaps
+                .iter()
+                .filter(|s| &s.component == c && s.phase == Some(SnapshotPhase::Completed))
+                .max_by_key(|s| s.created);
+            let Some(s) = newest else { continue };
+            let since = s.checked.unwrap_or(s.created);
+            let Some(due) = data::next_run(schedule, since) else {
+                continue;
+            };
+            if due <= now {
+                if !out.verify.iter().any(|(n, _)| n == &s.name) {
+                    out.verify
+                        .push((s.name.clone(), format!("{}@{}", s.name, due.timestamp())));
+                }
+            } else {
+                wake(due, &mut out);
+            }
+        }
+    }
+
+    // Retention, per component: the newest `keepLast`, plus the newest of each of the last
+    // `keepDaily` days, plus what a rollout or rollback may restore.
+    let retention = policy.retention.clone().unwrap_or_default();
+    let keep_last = retention.keep_last.unwrap_or(DEFAULT_KEEP_LAST) as usize;
+    let mut by_component: BTreeMap<&str, Vec<&SnapshotFacts>> = BTreeMap::new();
+    for s in snaps {
+        by_component
+            .entry(s.component.as_str())
+            .or_default()
+            .push(s);
+    }
+    for (component, mut list) in by_component {
+        list.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
+        let complete: Vec<&&SnapshotFacts> = list
+            .iter()
+            .filter(|s| s.phase == Some(SnapshotPhase::Completed))
+            .collect();
+        let mut keep: BTreeSet<&str> = complete
+            .iter()
+            .take(keep_last)
+            .map(|s| s.name.as_str())
+            .collect();
+        if let Some(days) = retention.keep_daily {
+            let mut seen_days = BTreeSet::new();
+            for s in &complete {
+                let age = now - s.created;
+                if age.num_days() >= i64::from(days) {
+                    continue;
+                }
+                if seen_days.insert(s.created.date_naive()) {
+                    keep.insert(s.name.as_str());
+                }
+            }
+        }
+        let mut forgotten = false;
+        for s in &complete {
+            if !keep.contains(s.name.as_str()) && !protected.contains(&s.name) {
+                out.delete.push(s.name.clone());
+                forgotten = true;
+            }
+        }
+        // Failed snapshots hold no data: keep the newest few for the record.
+        for s in list
+            .iter()
+            .filter(|s| s.phase == Some(SnapshotPhase::Failed))
+            .skip(keep_last)
+        {
+            if !protected.contains(&s.name) {
+                out.delete.push(s.name.clone());
+            }
+        }
+        if forgotten {
+            let digests: Vec<String> = complete
+                .iter()
+                .filter(|s| keep.contains(s.name.as_str()) || protected.contains(&s.name))
+                .filter_map(|s| s.digest.clone())
+                .collect();
+            out.prune.insert(component.to_string(), digests);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32) -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 11, 26, h, m, 0).unwrap()
+    }
+
+    fn snap(name: &str, created: Timestamp, phase: SnapshotPhase) -> SnapshotFacts {
+        SnapshotFacts {
+            name: name.into(),
+            component: "db".into(),
+            reason: SnapshotReason::BeforeRollout,
+            phase: Some(phase),
+            created,
+            checked: None,
+            digest: Some(format!("digest-{name}")),
+            verify_requested: None,
+            last_verified: None,
+        }
+    }
+
+    fn policy(yaml: &str) -> SnapshotPolicy {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_schedule_takes_one_snapshot_per_component_when_due_and_wakes_for_the_next() {
+        let p = policy("schedule: '0 3 * * *'");
+        let comps = vec!["db".to_string(), "search".to_string()];
+        let created = at(1, 0);
+        let h = plan("shop", &p, &comps, &[], &BTreeSet::new(), created, at(2, 0));
+        assert!(h.create.is_empty());
+        assert_eq!(h.next, Some(Duration::from_secs(3600)));
+        let h = plan("shop", &p, &comps, &[], &BTreeSet::new(), created, at(3, 0));
+        let stamp = at(3, 0).timestamp();
+        assert_eq!(
+            h.create,
+            vec![
+                ("db".into(), format!("shop-db-s{stamp}")),
+                ("search".into(), format!("shop-search-s{stamp}"))
+            ]
+        );
+        assert_eq!(h.next, Some(Duration::from_secs(24 * 3600)));
+        // Once taken, nothing more until tomorrow.
+        let mut s = snap(
+            &format!("shop-db-s{stamp}"),
+            at(3, 0),
+            SnapshotPhase::Running,
+        );
+        s.reason = SnapshotReason::Scheduled;
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &[s],
+            &BTreeSet::new(),
+            created,
+            at(3, 5),
+        );
+        assert!(h.create.is_empty());
+    }
+
+    #[test]
+    fn verification_runs_on_the_newest_snapshot_when_due_and_on_request() {
+        let p = policy("verifySchedule: '30 * * * *'");
+        let comps = vec!["db".to_string()];
+        let old = snap("old", at(1, 0), SnapshotPhase::Completed);
+        let mut new = snap("new", at(2, 0), SnapshotPhase::Completed);
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &[old.clone(), new.clone()],
+            &BTreeSet::new(),
+            at(0, 0),
+            at(2, 10),
+        );
+        assert!(h.verify.is_empty());
+        assert_eq!(h.next, Some(Duration::from_secs(20 * 60)));
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &[old.clone(), new.clone()],
+            &BTreeSet::new(),
+            at(0, 0),
+            at(2, 31),
+        );
+        assert_eq!(h.verify.len(), 1);
+        assert_eq!(h.verify[0].0, "new");
+        new.checked = Some(at(2, 31));
+        new.last_verified = Some(at(2, 31));
+        let mut asked = old.clone();
+        asked.verify_requested = Some(at(2, 40));
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &[asked, new],
+            &BTreeSet::new(),
+            at(0, 0),
+            at(2, 41),
+        );
+        assert_eq!(h.verify.len(), 1, "{h:?}");
+        assert_eq!(h.verify[0].0, "old", "a person's request");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_what_a_rollback_needs_and_prunes_the_rest() {
+        let p = policy("retention: {keepLast: 2}");
+        let comps = vec!["db".to_string()];
+        let snaps: Vec<SnapshotFacts> = (0..5)
+            .map(|i| snap(&format!("s{i}"), at(i, 0), SnapshotPhase::Completed))
+            .collect();
+        let protected = BTreeSet::from(["s0".to_string()]);
+        let h = plan("shop", &p, &comps, &snaps, &protected, at(0, 0), at(6, 0));
+        let mut deleted = h.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["s1", "s2"]);
+        let mut kept = h.prune["db"].clone();
+        kept.sort();
+        assert_eq!(kept, vec!["digest-s0", "digest-s3", "digest-s4"]);
+        // Nothing to forget: no prune.
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &snaps[3..],
+            &BTreeSet::new(),
+            at(0, 0),
+            at(6, 0),
+        );
+        assert!(h.delete.is_empty() && h.prune.is_empty());
+    }
+
+    #[test]
+    fn keep_daily_keeps_the_newest_of_each_recent_day() {
+        let p = policy("retention: {keepLast: 1, keepDaily: 3}");
+        let comps = vec!["db".to_string()];
+        let day = |d: u32, h: u32| chrono::Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap();
+        let snaps = vec![
+            snap("d26-b", day(26, 9), SnapshotPhase::Completed),
+            snap("d26-a", day(26, 8), SnapshotPhase::Completed),
+            snap("d25", day(25, 8), SnapshotPhase::Completed),
+            snap("d24", day(24, 8), SnapshotPhase::Completed),
+            snap("d20", day(20, 8), SnapshotPhase::Completed),
+        ];
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &snaps,
+            &BTreeSet::new(),
+            day(1, 0),
+            day(26, 10),
+        );
+        let mut deleted = h.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["d20", "d26-a"]);
+    }
+}

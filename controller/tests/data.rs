@@ -1,0 +1,274 @@
+//! Data rolled back with the workloads, on the real control plane: the demo database's
+//! version 2 migrates its SQLite data and fails its gate; after the automatic rollback the
+//! database's logical checksum equals the one taken before the upgrade (version 1 could
+//! not even start on the migrated data: it exits 4). Also a snapshot a person asks for,
+//! and a manual restore of it.
+
+mod support;
+
+use deployctl_api::{
+    OperationAction, OperationPhase, ProductionStack, RestorePhase, SnapshotPhase, StackOperation,
+    StackOperationSpec, StackPhase, StackSnapshot, StackSnapshotSpec,
+};
+use deployctl_harness::{require_sim_node, shared};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Client;
+use std::path::PathBuf;
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(150);
+
+/// db: a StatefulSet keeping the demo app's SQLite database on a claim, snapshotted with
+/// SQLite's online backup; `db_tag` and `db_env` make a release. api: a Deployment in
+/// front of it.
+fn stack(db_tag: &str, db_env: &str) -> ProductionStack {
+    stack_yaml(
+        "shop",
+        &format!(
+            "  rollout: {{progressDeadline: 40s, rollbackDeadline: 90s, analysis: 3s}}
+  components:
+  - name: db
+    kind: StatefulSet
+    template: {db}
+    service: {{ports: [{{name: http, port: 8080}}]}}
+    volumeClaims: [{{name: data, size: 1Gi}}]
+    data: {{volume: data, method: Sqlite, database: app.db}}
+    gates: [{{name: http, interval: 500ms, failureLimit: 1, http: {{path: /api/items, port: http}}}}]
+  - name: api
+    dependsOn: [db]
+    template: {api}
+",
+            db = demo_template(db_tag, &format!(", {{name: SEED_ITEMS, value: '25'}}{db_env}")),
+            // api keeps nothing: its /data is an emptyDir.
+            api = demo_template("v1", "").replace(
+                "volumeMounts: [{name: data, mountPath: /data}]}]}}",
+                "volumeMounts: [{name: data, mountPath: /data}]}], volumes: [{name: data, emptyDir: {}}]}}",
+            ),
+        ),
+    )
+}
+
+/// The directory of the db's volume on the simulated node.
+async fn db_dir(client: &Client, ns: &str) -> PathBuf {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pv_name = wait_until("the db claim to be bound", T, || async {
+        pvcs.get_opt("data-shop-db-0")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.spec?.volume_name)
+    })
+    .await;
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&pv_name)
+        .await
+        .unwrap();
+    PathBuf::from(pv.spec.unwrap().local.unwrap().path)
+}
+
+/// The demo app's logical checksum of the database in `dir`.
+fn checksum(dir: &std::path::Path) -> String {
+    let bin = deployctl_harness::node::target_profile_dir()
+        .expect("the workspace is built")
+        .join("demo-app");
+    let out = std::process::Command::new(bin)
+        .args(["checksum", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("demo-app runs");
+    assert!(
+        out.status.success(),
+        "checksum failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_failed_migration_is_rolled_back_with_its_data() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("data").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let apply = |s: ProductionStack| {
+        let stacks = stacks.clone();
+        async move {
+            stacks
+                .patch(
+                    "shop",
+                    &PatchParams::apply("tester").force(),
+                    &Patch::Apply(&s),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    apply(stack("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
+    })
+    .await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+
+    // Release 2 of db migrates the data to schema 2, then fails every request.
+    apply(stack("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")).await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let st = s.status.unwrap();
+    let last = st.last_rollback.clone().expect("a rollback is recorded");
+    assert_eq!((last.from_revision, last.to_revision), (2, 1));
+    assert_eq!(last.restores.len(), 1, "{last:?}");
+    assert_eq!(last.restores[0].component, "db");
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert!(last.within_deadline);
+
+    // The snapshot taken before the upgrade is recorded, checksummed.
+    let snap = snaps.get(&last.restores[0].snapshot).await.unwrap();
+    let sst = snap.status.unwrap();
+    assert_eq!(sst.phase, Some(SnapshotPhase::Completed));
+    assert_eq!(sst.revision, Some(1));
+    assert_eq!(sst.digest.as_deref().map(str::len), Some(64));
+    assert!(sst.size_bytes.unwrap_or(0) > 0);
+
+    // The data is the pre-upgrade data, and version 1 serves it again.
+    assert_eq!(checksum(&dir), before, "the migration was undone");
+    let db = st.components.iter().find(|c| c.name == "db").unwrap();
+    assert_eq!(db.revision, Some(1));
+    assert_eq!(db.ready_replicas, 1);
+    wait_event(&client, ns.name(), "DataRestored").await;
+}
+
+/// A rollback is settled when the stack holds the stable revision and every component is
+/// Ready on it.
+fn is_settled(s: &ProductionStack) -> bool {
+    s.status.as_ref().is_some_and(|st| {
+        st.rollback.is_none()
+            && st
+                .components
+                .iter()
+                .all(|c| c.ready_replicas >= 1 && c.revision == st.stable_revision)
+    })
+}
+
+async fn wait_event(client: &Client, ns: &str, reason: &str) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    wait_until(&format!("an Event {reason}"), T, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_snapshot_taken_on_request_can_be_restored_by_an_operation() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("restore").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(stack("v1", "")),
+        )
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+
+    // A person takes a snapshot now.
+    snaps
+        .create(
+            &PostParams::default(),
+            &StackSnapshot {
+                metadata: ObjectMeta {
+                    name: Some("before-import".into()),
+                    ..Default::default()
+                },
+                spec: StackSnapshotSpec {
+                    stack: "shop".into(),
+                    component: "db".into(),
+                    reason: Default::default(),
+                },
+                status: None,
+            },
+        )
+        .await
+        .unwrap();
+    let done = wait_until("the snapshot to complete", T, || async {
+        let s = snaps.get("before-import").await.ok()?;
+        let st = s.status?;
+        match st.phase? {
+            SnapshotPhase::Completed => Some(st),
+            SnapshotPhase::Failed => panic!("snapshot failed: {:?}", st.message),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(done.files.unwrap_or(0) >= 1);
+
+    // The data changes behind the stack's back (a bad import).
+    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+    db.execute("DELETE FROM items WHERE id % 2 = 0", [])
+        .unwrap();
+    drop(db);
+    assert_ne!(checksum(&dir), before);
+
+    let op = ops
+        .create(
+            &PostParams::default(),
+            &StackOperation {
+                metadata: ObjectMeta {
+                    name: Some("undo-import".into()),
+                    ..Default::default()
+                },
+                spec: StackOperationSpec {
+                    stack: "shop".into(),
+                    action: OperationAction::Restore,
+                    to_revision: None,
+                    snapshot: Some("before-import".into()),
+                    reason: Some("bad import".into()),
+                    requested_by: Some("tester".into()),
+                },
+                status: None,
+            },
+        )
+        .await
+        .unwrap();
+    let _ = op;
+    let acted = wait_until("the restore operation to be acted on", T, || async {
+        ops.get("undo-import").await.ok()?.status?.phase
+    })
+    .await;
+    assert_eq!(acted, OperationPhase::Succeeded);
+    let s = wait_stack(&stacks, "shop", "Healthy after the restore", T, |s| {
+        is_ready(s)
+            && s.status
+                .as_ref()
+                .and_then(|st| st.last_rollback.as_ref())
+                .is_some_and(|r| r.restores.iter().any(|r| r.snapshot == "before-import"))
+    })
+    .await;
+    assert_eq!(s.status.unwrap().stable_revision, Some(1));
+    assert_eq!(checksum(&dir), before, "the deleted items are back");
+}

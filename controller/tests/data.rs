@@ -272,3 +272,59 @@ async fn a_snapshot_taken_on_request_can_be_restored_by_an_operation() {
     assert_eq!(s.status.unwrap().stable_revision, Some(1));
     assert_eq!(checksum(&dir), before, "the deleted items are back");
 }
+
+#[tokio::test]
+async fn an_invalid_spec_pushed_mid_rollback_does_not_stop_the_rollback() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("invalid-mid").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let apply = |s: ProductionStack| {
+        let stacks = stacks.clone();
+        async move {
+            stacks
+                .patch(
+                    "shop",
+                    &PatchParams::apply("tester").force(),
+                    &Patch::Apply(&s),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    apply(stack("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+    apply(stack("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")).await;
+    wait_stack(&stacks, "shop", "RollingBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RollingBack)
+    })
+    .await;
+    // Mid-incident, someone pushes a spec with a dependency cycle.
+    let mut bad = stack("v1", "");
+    bad.spec.components[0].depends_on = vec!["api".into()];
+    apply(bad).await;
+    let s = wait_stack(
+        &stacks,
+        "shop",
+        "rolled back, then refusing the spec",
+        T,
+        |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.rollback.is_none()
+                    && st.last_rollback.is_some()
+                    && st.condition("Stalled").map(|c| c.reason.as_str()) == Some("InvalidSpec")
+            })
+        },
+    )
+    .await;
+    let st = s.status.unwrap();
+    let last = st.last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    let db = st.components.iter().find(|c| c.name == "db").unwrap();
+    assert_eq!((db.revision, db.ready_replicas), (Some(1), 1), "{db:?}");
+    assert_eq!(checksum(&dir), before);
+}

@@ -82,38 +82,66 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let previous = stack.status.clone().unwrap_or_default();
     let now = crate::context::now();
 
-    // 1. Validate what the schema could not: refuse before touching anything.
-    let desired_components = match validation::validate(&name, &stack.spec) {
-        Ok(_) => stack.spec.components.clone(),
-        Err(invalid) => {
+    // 1. Validate what the schema could not: refuse before touching anything. A rollback
+    // in progress is the exception: it goes on with the revisions already recorded (it
+    // needs nothing from the new spec), so a typo pushed mid-incident does not leave the
+    // stack half rolled back.
+    let refused = |invalid: validation::InvalidSpec| {
+        let previous = &previous;
+        let now = &now;
+        let key = &key;
+        async move {
             let (new_status, event) = plan::invalid(
-                &previous,
+                previous,
                 stack.metadata.generation,
                 &invalid.to_string(),
-                &now,
+                now,
             );
-            status::write(&ctx.client, stack, &previous, &new_status).await?;
+            status::write(&ctx.client, stack, previous, &new_status).await?;
             if let Some(e) = event {
                 ctx.event(stack, e.warning, e.reason, e.note).await;
             }
-            ctx.metrics.set_phase(&key, new_status.phase);
-            return Ok(Action::await_change());
+            ctx.metrics.set_phase(key, new_status.phase);
+            Ok::<_, Error>(Action::await_change())
         }
     };
-
-    // 2. The revision the spec maps to (created once, found again after a crash).
-    let revision = revisions::ensure_current(&ctx.client, stack).await?;
-    if revision.created {
-        ctx.event(
-            stack,
-            false,
-            "RevisionCreated",
-            format!("Created revision {} ({})", revision.number, revision.hash),
-        )
-        .await;
-    }
-    let desired = plan::RevisionRef::new(&name, revision.number, desired_components)
-        .expect("a validated spec makes a valid revision");
+    let (desired, generation) = match validation::validate(&name, &stack.spec) {
+        Ok(_) => {
+            // 2. The revision the spec maps to (created once, found again after a crash).
+            let revision = revisions::ensure_current(&ctx.client, stack).await?;
+            if revision.created {
+                ctx.event(
+                    stack,
+                    false,
+                    "RevisionCreated",
+                    format!("Created revision {} ({})", revision.number, revision.hash),
+                )
+                .await;
+            }
+            let desired =
+                plan::RevisionRef::new(&name, revision.number, stack.spec.components.clone())
+                    .expect("a validated spec makes a valid revision");
+            (desired, stack.metadata.generation)
+        }
+        Err(invalid) if previous.rollback.is_some() => {
+            let all = revisions::load_all(&ctx.client, stack).await?;
+            let Some(current) = previous.current_revision.and_then(|n| all.get(&n)).cloned() else {
+                return refused(invalid).await;
+            };
+            if previous.observed_generation != stack.metadata.generation {
+                ctx.event(
+                    stack,
+                    true,
+                    deployctl_api::conditions::reason::INVALID_SPEC,
+                    format!("{invalid}; the rollback in progress goes on, then the stack waits for a valid spec"),
+                )
+                .await;
+            }
+            // Not observed: the new generation is not what the stack runs.
+            (current, previous.observed_generation)
+        }
+        Err(invalid) => return refused(invalid).await,
+    };
 
     // 3. Operations, and the history when a rollback, hold or operation may need it.
     let (ops, recovered) = operations::pending(&ctx.client, stack).await?;
@@ -205,7 +233,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     // 6. Plan.
     let decision = plan::plan(plan::PlanInput {
         spec: &stack.spec,
-        generation: stack.metadata.generation,
+        generation,
         desired: &desired,
         revisions: &history,
         observed: &observed,

@@ -15,8 +15,9 @@ use deployctl_api::{
 /// Rolls the spec's revision out (or monitors it once stable).
 pub(super) fn rollout(p: &mut Planner<'_>) {
     let target = p.input.desired;
-    let all_up_to_date = target.order.iter().all(|c| p.up_to_date(target, c));
-    let settled = all_up_to_date && p.status.stable_revision == Some(target.number);
+    // The stable revision is never rolled out again: a deleted or edited workload (drift)
+    // is re-applied as it is, without snapshots or analysis, by `converge`.
+    let settled = p.status.stable_revision == Some(target.number);
     match &p.status.rollout {
         Some(r) if r.revision == target.number => {}
         _ if settled => p.status.rollout = None,
@@ -104,8 +105,24 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
             r.promoted || spec.gates.is_empty() || r.analysed.iter().any(|a| a == name)
         });
 
+        let recreate = (rolling && w.is_none() && (blocker.is_some() || paused(p)))
+            .then(|| recreate_revision(p, target, name))
+            .flatten();
         if up && avail && (analysed || !rolling) {
             cs.phase = ComponentPhase::Available;
+        } else if let Some(revision) = recreate {
+            // Deleted (by hand, by accident) while the rollout waits elsewhere: bring back
+            // what it ran rather than leave it down until the rollout reaches it.
+            p.actions.push(Action::Apply {
+                component: name.clone(),
+                revision,
+            });
+            cs.phase = ComponentPhase::Progressing;
+            cs.message = Some(format!("re-creating it at revision {revision}"));
+            if paused(p) {
+                p.held_by_pause = true;
+            }
+            blocker.get_or_insert_with(|| name.clone());
         } else if let Some(b) = &blocker {
             let waiting_on: Vec<&str> = spec
                 .depends_on
@@ -209,6 +226,20 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
         // seen (and rolled back when the policy asks).
         monitor(p, target);
     }
+}
+
+/// The revision to re-create a deleted component at while the rollout is held elsewhere:
+/// the target's when this rollout already rolled it, else the one it ran before the
+/// rollout. None for a component the rollout has yet to create.
+fn recreate_revision(p: &Planner<'_>, target: &RevisionRef, name: &str) -> Option<i64> {
+    let r = p.status.rollout.as_ref()?;
+    if r.analysed.iter().any(|a| a == name) {
+        return Some(target.number);
+    }
+    r.from_revision.filter(|n| *n != target.number).filter(|n| {
+        p.revision(*n)
+            .is_some_and(|rev| rev.component(name).is_some())
+    })
 }
 
 /// A component stopped (or to stop) for a snapshot that needs quiet, or stopped for one

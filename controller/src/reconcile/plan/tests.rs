@@ -1192,3 +1192,45 @@ fn a_restore_operation_restores_a_snapshot_on_a_stable_stack() {
         ("False", "SnapshotCorrupt")
     );
 }
+
+#[test]
+fn drift_on_a_stable_stack_is_repaired_without_a_new_rollout() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.observed.remove("cache");
+    let p = w.step(now);
+    assert_eq!(applied(&p), vec![("cache".into(), 1)]);
+    assert!(
+        !p.events.iter().any(|e| e.reason == "RolloutStarted"),
+        "{:?}",
+        p.events
+    );
+    assert!(w.status.rollout.is_none());
+    let p = w.step(now + 1);
+    assert!(p.actions.is_empty());
+    assert_eq!(w.phase(), StackPhase::Healthy);
+}
+
+#[test]
+fn a_component_deleted_while_the_rollout_is_paused_comes_back_as_it_was() {
+    let mut w = World::new(spec("", "[]", "x:1"));
+    let now = w.settle(0, true);
+    w.change(spec("", "[]", "x:2"), 2);
+    w.step(now); // db at revision 2
+    w.op("pause", OperationAction::Pause, None);
+    w.step(now + 1); // cache is applied (the current step finishes), then nothing
+    w.step(now + 2);
+    assert_eq!(w.phase(), StackPhase::Paused);
+    let api_before = w.running("api");
+    assert_eq!(api_before, Some(1));
+    w.observed.remove("api");
+    let p = w.step(now + 3);
+    assert_eq!(
+        applied(&p),
+        vec![("api".into(), 1)],
+        "back on revision 1, not rolled on"
+    );
+    assert_eq!(w.phase(), StackPhase::Paused);
+    w.step(now + 4);
+    assert_eq!(w.running("api"), Some(1));
+}

@@ -328,3 +328,150 @@ async fn an_invalid_spec_pushed_mid_rollback_does_not_stop_the_rollback() {
     assert_eq!((db.revision, db.ready_replicas), (Some(1), 1), "{db:?}");
     assert_eq!(checksum(&dir), before);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn scheduled_snapshots_are_kept_by_retention_and_a_damaged_one_raises_a_condition() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("schedule").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let mut s = stack("v1", "");
+    // Seconds-resolution cron, so the test sees several runs in seconds.
+    s.spec.snapshots = Some(
+        serde_json::from_value(serde_json::json!({
+            "schedule": "*/3 * * * * *",
+            "verifySchedule": "*/2 * * * * *",
+            "retention": {"keepLast": 2},
+        }))
+        .unwrap(),
+    );
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+
+    // Several scheduled snapshots complete; retention keeps two, and a prune Job makes the
+    // repository agree.
+    let completed = |list: &[StackSnapshot]| {
+        list.iter()
+            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed))
+            .count()
+    };
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns.name());
+    wait_until("a prune Job to succeed", T, || async {
+        jobs.list(&kube::api::ListParams::default().labels("deployctl.dev/data-operation=prune"))
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
+            .then_some(())
+    })
+    .await;
+    let list = snaps.list(&Default::default()).await.unwrap().items;
+    assert!(
+        completed(&list) <= 3,
+        "retention keeps 2 (plus one just taken): {}",
+        completed(&list)
+    );
+    assert!(list
+        .iter()
+        .all(|s| s.spec.reason == deployctl_api::SnapshotReason::Scheduled));
+
+    // The verification schedule re-hashes the newest one.
+    let st = wait_stack(&stacks, "shop", "SnapshotsVerified=True", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.condition("SnapshotsVerified"))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let _ = st;
+
+    // Damage every chunk in the repository: the next verification finds it.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    let pv = pvcs
+        .get("shop-snapshots")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_name
+        .unwrap();
+    let store = PathBuf::from(
+        Api::<PersistentVolume>::all(client.clone())
+            .get(&pv)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .local
+            .unwrap()
+            .path,
+    );
+    let objects = files_under(&store.join("objects"));
+    assert!(!objects.is_empty(), "the repository holds chunks");
+    for f in &objects {
+        let mut bytes = std::fs::read(f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(f, bytes).unwrap();
+    }
+    let s = wait_stack(&stacks, "shop", "SnapshotsVerified=False", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.condition("SnapshotsVerified"))
+            .is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = s
+        .status
+        .unwrap()
+        .condition("SnapshotsVerified")
+        .unwrap()
+        .clone();
+    assert_eq!(c.reason, "SnapshotCorrupt");
+    let corrupt = snaps
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|s| {
+            s.status.as_ref().and_then(|st| st.verification)
+                == Some(deployctl_api::VerificationResult::Corrupt)
+        })
+        .expect("a snapshot is marked Corrupt");
+    assert!(
+        c.message.contains(&corrupt.metadata.name.clone().unwrap()),
+        "{}",
+        c.message
+    );
+    let msg = corrupt.status.unwrap().message.unwrap_or_default();
+    assert!(msg.contains("chunk"), "the finding names the chunk: {msg}");
+}

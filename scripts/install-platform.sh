@@ -3,8 +3,11 @@
 # Debian packages (etcd, Go, iproute2, ...) and kube-apiserver, kube-controller-manager and
 # kube-scheduler 1.20.2 built from Debian's `kubernetes` source package.
 #
+# Also builds Garage (an S3 server for the snapshot tests) and cargo-deny from crates.io.
+#
 # Idempotent: the three binaries are cached under $DEPLOYCTL_CACHE (default
-# ~/.cache/deployctl/k8s-1.20.2/bin); a second run only checks and takes seconds.
+# ~/.cache/deployctl/k8s-1.20.2/bin), Garage and cargo-deny under $DEPLOYCTL_CACHE/garage
+# and $DEPLOYCTL_CACHE/cargo-deny; a second run only checks and takes seconds.
 # Why build from source: no container engine and no download outside the package
 # registries is possible here, so kind/k3d/envtest's downloader cannot be used.
 set -euo pipefail
@@ -44,6 +47,18 @@ else
   cargo install garage --locked --quiet --root "$CACHE/garage" >"$CACHE/garage-build.log" 2>&1 || {
     tail -n 30 "$CACHE/garage-build.log"; echo "garage build failed; log in $CACHE/garage-build.log" >&2; exit 1; }
   say "garage installed in $GARAGE"
+fi
+
+# cargo-deny: licence, ban and source checks of the dependency tree (deny.toml), run by
+# scripts/test.sh. Built from crates.io once, about 5 minutes on 2 cores.
+CARGO_DENY="$CACHE/cargo-deny/bin/cargo-deny"
+if [ -x "$CARGO_DENY" ]; then
+  say "cargo-deny already cached in $CARGO_DENY"
+else
+  say "building cargo-deny (dependency licence/ban/source checks; about 5 minutes on 2 cores, once)"
+  cargo install cargo-deny --locked --quiet --root "$CACHE/cargo-deny" >"$CACHE/cargo-deny-build.log" 2>&1 || {
+    tail -n 30 "$CACHE/cargo-deny-build.log"; echo "cargo-deny build failed; log in $CACHE/cargo-deny-build.log" >&2; exit 1; }
+  say "cargo-deny installed in $CARGO_DENY"
 fi
 
 have_all=1

@@ -19,6 +19,16 @@ cargo build --workspace --bins --locked
 say "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "cargo deny: licences, banned crates, sources (deny.toml)"
+# It reads the metadata of every target's crates, not only this machine's (the build
+# fetched those): fetch them all from crates.io first, then check offline. No
+# `advisories`: the RustSec database is fetched from a git host that this machine and CI
+# cannot reach. Duplicate versions only warn; run it without --hide-inclusion-graph to see
+# which crates pull a version in.
+cargo fetch --locked
+PATH="${DEPLOYCTL_CACHE:-$HOME/.cache/deployctl}/cargo-deny/bin:$PATH" \
+  cargo deny --offline --locked check --hide-inclusion-graph licenses bans sources
+
 say "running the Rust tests"
 # Tests wait on real clusters and processes, not on the CPU: run more at once than cores.
 cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "${DEPLOYCTL_TEST_THREADS:-4}"

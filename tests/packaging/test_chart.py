@@ -25,7 +25,8 @@ VARIANTS = {
     "one replica": {"replicaCount": 1},
     "one replica, no leader election": {"replicaCount": 1,
                                         "leaderElection": {"enabled": False}},
-    "snapshot key": {"snapshots": {"encryptionKeySecret": "deployctl-snapshot-key"}},
+    "pinned image": {"image": {"repository": "registry.example/deployctl", "tag": "v9",
+                               "digest": "sha256:" + "a" * 64}},
     "no RBAC, existing ServiceAccount": {"rbac": {"create": False},
                                          "serviceAccount": {"create": False, "name": "ctl"},
                                          "userRoles": {"create": False}},
@@ -50,6 +51,8 @@ def test_helm_lint_is_clean(values):
     ({"prometheusRule": {"runbookBaseURL": "https://x/runbooks"}}, "/prometheusRule/runbookBaseURL"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
     ({"watchNamespace": "Shop"}, "/watchNamespace"),
+    # Gone: the controller reads no Secret; each stack names its own key Secret.
+    ({"snapshots": {"encryptionKeySecret": "k"}}, "additional properties 'snapshots'"),
 ])
 def test_schema_refuses_bad_values(values, needle):
     with pytest.raises(helm_python.HelmError) as e:
@@ -137,12 +140,29 @@ def test_controller_runs_with_leader_election_and_probes():
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert set(env) == {"POD_NAME", "POD_NAMESPACE"}
+    assert env["DEPLOYCTL_AGENT_IMAGE"] == {"name": "DEPLOYCTL_AGENT_IMAGE",
+                                            "value": "deployctl.dev/deployctl:0.1.0"}
+    assert set(env) == {"POD_NAME", "POD_NAMESPACE", "DEPLOYCTL_AGENT_IMAGE"}
     assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     strategy = d["spec"]["strategy"]["rollingUpdate"]
     assert strategy == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_snapshot_agent_jobs_run_exactly_the_controller_image(values):
+    """The agent (`deployctl-controller agent`) must be the same build as the controller
+    that plans its work: same repository, tag and digest, whatever the values say."""
+    c = container(render(values))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DEPLOYCTL_AGENT_IMAGE"] == c["image"]
+
+
+def test_a_pinned_digest_pins_the_agent_too():
+    c = container(render(VARIANTS["pinned image"]))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DEPLOYCTL_AGENT_IMAGE"] == "registry.example/deployctl:v9@sha256:" + "a" * 64
 
 
 def controller_flags() -> set[str]:
@@ -176,6 +196,8 @@ CONTROLLER_NEEDS = {
     ("deployctl.dev", "productionstacks/finalizers"): {"update"},
     ("deployctl.dev", "stackoperations"): {"get", "list", "watch"},
     ("deployctl.dev", "stackoperations/status"): {"patch", "update"},
+    ("deployctl.dev", "stacksnapshots"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("deployctl.dev", "stacksnapshots/status"): {"get", "patch", "update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
@@ -183,7 +205,7 @@ CONTROLLER_NEEDS = {
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "endpoints"): {"get", "list", "watch"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "events"): {"create", "patch"},
 }
@@ -199,20 +221,34 @@ def test_no_wildcards_in_any_rbac_rule(values):
 
 
 @ALL_VARIANT_DOCS
-def test_no_cluster_role_touches_secrets(values):
-    for role in of_kind(render(values), "ClusterRole"):
-        for g, res, verb, _ in grants(role["rules"]):
-            assert not (g == "" and res == "secrets"), (
-                f"ClusterRole {role['metadata']['name']} grants {verb} on Secrets")
+def test_no_role_touches_secrets(values):
+    """The controller reads no Secret: snapshot Jobs mount the stacks' Secrets by
+    reference. No Role or ClusterRole of the chart (the controller's or people's) names
+    Secrets at all."""
+    for role in roles(render(values)):
+        for g, res, verb, names_ in grants(role["rules"]):
+            assert not (g == "" and res.split("/")[0] == "secrets"), (
+                f"{role['kind']} {role['metadata']['name']} grants {verb} on Secrets {names_}")
 
 
 @ALL_VARIANT_DOCS
-def test_namespaced_secret_access_is_one_named_secret_read_only(values):
-    for role in of_kind(render(values), "Role"):
-        for g, res, verb, names_ in grants(role["rules"]):
-            if g == "" and res == "secrets":
-                assert verb == "get" and len(names_) == 1, (
-                    f"Role {role['metadata']['name']}: {verb} secrets {names_}")
+def test_the_controller_account_is_bound_to_no_secret_access(values):
+    """Whatever is bound to the controller's ServiceAccount, by any binding the chart
+    renders, grants no verb on Secrets, in any namespace."""
+    docs = render(values)
+    sa = deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    by_name = {(r["kind"], r["metadata"]["name"]): r for r in roles(docs)}
+    bound = 0
+    for b in of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"]):
+            continue
+        role = by_name[(b["roleRef"]["kind"], b["roleRef"]["name"])]
+        bound += 1
+        for verb in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"):
+            assert not allows(role["rules"], "", "secrets", verb), (b["metadata"]["name"], verb)
+            assert not allows(role["rules"], "", "secrets", verb, "any-secret")
+    if values.get("rbac", {}).get("create", True):
+        assert bound == 2, "the controller's role and its leader-election Role"
 
 
 def test_controller_cluster_role_is_exactly_what_it_needs():
@@ -274,7 +310,8 @@ def user_role(docs, which):
     return one(docs, "ClusterRole", f"deployctl-{which}")["rules"]
 
 
-@pytest.mark.parametrize("resource", ["productionstacks", "stackoperations", "productionstacks/status"])
+@pytest.mark.parametrize("resource", ["productionstacks", "stackoperations", "productionstacks/status",
+                                      "stacksnapshots", "stacksnapshots/status"])
 @pytest.mark.parametrize("which", ["viewer", "operator", "admin"])
 def test_every_user_role_reads_stacks_and_history(which, resource):
     rules = user_role(render(), which)
@@ -290,13 +327,17 @@ def test_viewer_changes_nothing():
 
 def test_operator_requests_operations_but_cannot_edit_stacks():
     rules = user_role(render(), "operator")
-    assert allows(rules, "deployctl.dev", "stackoperations", "create")
+    assert allows(rules, "deployctl.dev", "stackoperations", "create")  # Restore too
+    assert allows(rules, "deployctl.dev", "stacksnapshots", "create")   # a snapshot now
     for verb in ("create", "update", "patch", "delete"):
         assert not allows(rules, "deployctl.dev", "productionstacks", verb)
         assert not allows(rules, "deployctl.dev", "productionstacks/status", verb)
-    # Operations are the record of who asked for what: not editable afterwards.
+    # Operations are the record of who asked for what: not editable afterwards; nor are
+    # snapshots, which rollbacks and restores depend on.
     for verb in ("update", "patch", "delete"):
         assert not allows(rules, "deployctl.dev", "stackoperations", verb)
+        assert not allows(rules, "deployctl.dev", "stacksnapshots", verb)
+        assert not allows(rules, "deployctl.dev", "stacksnapshots/status", verb)
 
 
 def test_admin_edits_stacks_but_not_their_status():
@@ -304,8 +345,19 @@ def test_admin_edits_stacks_but_not_their_status():
     for verb in ("create", "update", "patch", "delete"):
         assert allows(rules, "deployctl.dev", "productionstacks", verb)
         assert allows(rules, "deployctl.dev", "stackoperations", verb)
+        assert allows(rules, "deployctl.dev", "stacksnapshots", verb)
     for verb in ("update", "patch"):
         assert not allows(rules, "deployctl.dev", "productionstacks/status", verb)
+        # A restore verifies data against the digest in a snapshot's status.
+        assert not allows(rules, "deployctl.dev", "stacksnapshots/status", verb)
+
+
+@pytest.mark.parametrize("which", ["viewer", "operator", "admin"])
+def test_user_roles_grant_no_status_writes_and_no_wildcard_verbs(which):
+    for g, res, verb, _ in grants(user_role(render(), which)):
+        if res.endswith("/status"):
+            assert verb in ("get", "list", "watch"), (which, res, verb)
+        assert verb in ("get", "list", "watch", "create", "update", "patch", "delete"), (which, verb)
 
 
 def aggregation(docs, which):
@@ -401,9 +453,13 @@ CASES = {
         deployment(d)["metadata"]["labels"]["app.kubernetes.io/name"] == "stacks"
         and deployment(d)["metadata"]["name"] == "deployctl-stacks")),
     "fullnameOverride": ("dc", {}, check_names("dc")),
-    "image.repository": ("registry.example/deployctl", {}, lambda d: ctl(d)["image"] == "registry.example/deployctl:0.1.0"),
-    "image.tag": ("v9", {}, lambda d: ctl(d)["image"] == "deployctl.dev/deployctl:v9"),
-    "image.digest": ("sha256:" + "a" * 64, {}, lambda d: ctl(d)["image"] == "deployctl.dev/deployctl:0.1.0@sha256:" + "a" * 64),
+    "image.repository": ("registry.example/deployctl", {}, lambda d: (
+        ctl(d)["image"] == env_of(d)["DEPLOYCTL_AGENT_IMAGE"] == "registry.example/deployctl:0.1.0")),
+    "image.tag": ("v9", {}, lambda d: (
+        ctl(d)["image"] == env_of(d)["DEPLOYCTL_AGENT_IMAGE"] == "deployctl.dev/deployctl:v9")),
+    "image.digest": ("sha256:" + "a" * 64, {}, lambda d: (
+        ctl(d)["image"] == env_of(d)["DEPLOYCTL_AGENT_IMAGE"]
+        == "deployctl.dev/deployctl:0.1.0@sha256:" + "a" * 64)),
     "image.pullPolicy": ("Always", {}, lambda d: ctl(d)["imagePullPolicy"] == "Always"),
     "imagePullSecrets": ([{"name": "regcred"}], {}, lambda d: pod_spec(d)["imagePullSecrets"] == [{"name": "regcred"}]),
     "replicaCount": (3, {}, lambda d: deployment(d)["spec"]["replicas"] == 3),
@@ -420,11 +476,6 @@ CASES = {
         "--metrics-addr=0.0.0.0:9090" in ctl(d)["args"]
         and ctl(d)["ports"][0]["containerPort"] == 9090
         and one(d, "Service")["spec"]["ports"][0]["port"] == 9090)),
-    "snapshots.encryptionKeySecret": ("snap-key", {}, lambda d: (
-        env_of(d)["DEPLOYCTL_SNAPSHOT_KEY_SECRET"] == "snap-key"
-        and one(d, "Role", "deployctl-snapshot-key")["rules"] == [
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["snap-key"], "verbs": ["get"]}]
-        and one(d, "RoleBinding", "deployctl-snapshot-key")["metadata"]["namespace"] == NAMESPACE)),
     "serviceAccount.create": (False, {"serviceAccount.name": "ctl"}, lambda d: (
         not of_kind(d, "ServiceAccount") and pod_spec(d)["serviceAccountName"] == "ctl")),
     "serviceAccount.name": ("ctl", {}, lambda d: (
@@ -571,8 +622,7 @@ def test_optional_monitoring_objects_are_off_by_default():
 
 
 def test_every_object_is_labelled_and_namespaced():
-    docs = render({"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
-                   "snapshots": {"encryptionKeySecret": "k"}})
+    docs = render({"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
     for d in docs:
         labels = d["metadata"].get("labels", {})
@@ -588,3 +638,6 @@ def test_notes_tell_how_to_check_and_bind():
     assert "--clusterrole=deployctl-operator" in text
     assert "deployctl-controller" in text
     assert "NOWHERE" in notes({"networkPolicy": {"gateTargets": {"enabled": False}}})
+    # Where the snapshot Secrets go, since the controller has none.
+    assert "the controller reads no Secret" in text
+    assert "spec.snapshots.encryption.keySecret" in text

@@ -56,7 +56,8 @@ def release(kubeconfig, kube, run_id):
 def test_helm_installs_the_chart_and_its_crds(kube, release):
     ns, name = release["namespace"], release["name"]
     assert release["installed"]["status"] == "deployed", release["installed"]
-    for crd in ("productionstacks.deployctl.dev", "stackoperations.deployctl.dev"):
+    for crd in ("productionstacks.deployctl.dev", "stackoperations.deployctl.dev",
+                "stacksnapshots.deployctl.dev"):
         obj = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
         established = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
         assert established.get("Established") == "True", obj["status"]
@@ -99,14 +100,26 @@ def sa(release) -> str:
     ("patch", "deployctl.dev", "productionstacks/status", "anywhere", True),
     ("update", "deployctl.dev", "productionstacks/finalizers", "anywhere", True),
     ("create", "deployctl.dev", "stackoperations", "anywhere", False),
+    ("watch", "deployctl.dev", "stacksnapshots", None, True),
+    ("create", "deployctl.dev", "stacksnapshots", "anywhere", True),
+    ("delete", "deployctl.dev", "stacksnapshots", "anywhere", True),
+    ("patch", "deployctl.dev", "stacksnapshots/status", "anywhere", True),
+    ("deletecollection", "deployctl.dev", "stacksnapshots", "anywhere", False),
     ("create", "apps", "deployments", "anywhere", True),
     ("delete", "apps", "controllerrevisions", "anywhere", True),
     ("create", "batch", "jobs", "anywhere", True),
+    ("watch", "batch", "jobs", None, True),
+    ("patch", "batch", "jobs", "anywhere", True),
+    ("update", "batch", "jobs", "anywhere", False),
     ("list", "", "endpoints", None, True),
     ("delete", "", "pods", "anywhere", False),
     ("create", "events.k8s.io", "events", "anywhere", True),
+    # No Secret at all, anywhere: snapshot Jobs mount the stacks' Secrets by reference.
     ("get", "", "secrets", "own", False),
+    ("get", "", "secrets", "anywhere", False),
     ("list", "", "secrets", None, False),
+    ("watch", "", "secrets", "anywhere", False),
+    ("create", "", "secrets", "own", False),
     ("get", "", "configmaps", "anywhere", False),
     ("create", "", "namespaces", None, False),
 ])
@@ -115,6 +128,14 @@ def test_the_controller_may_do_what_it_needs_and_no_more(kube, release, verb, gr
     ns = {None: None, "anywhere": "some-team", "own": release["namespace"]}[where]
     assert kube.can(sa(release), verb, group, resource, namespace=ns,
                     groups=["system:serviceaccounts"]) is allowed
+
+
+def test_the_controller_reads_no_secret_by_any_name(kube, release):
+    """Not even one named Secret in its own namespace (the old snapshot-key Role)."""
+    me, g = sa(release), ["system:serviceaccounts"]
+    for ns in (release["namespace"], "some-team", "kube-system"):
+        for name in ("deployctl-snapshot-key", "shop-s3", "shop-snapshot-key"):
+            assert not kube.can(me, "get", "", "secrets", namespace=ns, name=name, groups=g), (ns, name)
 
 
 def test_the_controller_may_touch_only_its_own_lease(kube, release):
@@ -141,11 +162,17 @@ def test_an_operator_requests_rollbacks_but_cannot_edit_stacks(kube, release, na
     bind(kube, namespace, "oncall", f"{release['name']}-operator", "oncall@example.com")
     def can(verb, resource, ns=namespace):
         return kube.can("oncall@example.com", verb, "deployctl.dev", resource, namespace=ns)
-    assert can("create", "stackoperations")
+    assert can("create", "stackoperations")  # Rollback, Restore, ...
+    assert can("create", "stacksnapshots")   # a snapshot now
     assert can("get", "productionstacks") and can("watch", "productionstacks")
+    assert can("list", "stacksnapshots")
     for verb in ("update", "patch", "delete", "create"):
         assert not can(verb, "productionstacks"), verb
-    assert not can("delete", "stackoperations")
+    for verb in ("update", "patch", "delete"):
+        assert not can(verb, "stackoperations"), verb
+        assert not can(verb, "stacksnapshots"), verb
+        assert not can(verb, "stacksnapshots/status"), verb
+    assert not kube.can("oncall@example.com", "get", "", "secrets", namespace=namespace)
     assert not can("create", "stackoperations", ns="another-team"), "bound in one namespace only"
 
 
@@ -160,6 +187,24 @@ def test_viewer_and_admin_aggregate_into_the_built_in_roles(kube, release, names
         "developer@example.com", "update", "deployctl.dev", "productionstacks", namespace=namespace))
     assert not kube.can("reader@example.com", "create", "deployctl.dev", "stackoperations",
                         namespace=namespace)
+    # Snapshots aggregate the same way: view reads them, edit (admin's rules) deletes them.
+    wait_for("view to include stacksnapshots", lambda: kube.can(
+        "reader@example.com", "watch", "deployctl.dev", "stacksnapshots", namespace=namespace))
+    assert not kube.can("reader@example.com", "create", "deployctl.dev", "stacksnapshots",
+                        namespace=namespace)
+    wait_for("edit to include deleting stacksnapshots", lambda: kube.can(
+        "developer@example.com", "delete", "deployctl.dev", "stacksnapshots", namespace=namespace))
+
+
+def test_an_admin_manages_snapshots_but_not_their_status(kube, release, namespace):
+    bind(kube, namespace, "owners", f"{release['name']}-admin", "owner@example.com")
+    def can(verb, resource):
+        return kube.can("owner@example.com", verb, "deployctl.dev", resource, namespace=namespace)
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert can(verb, "stacksnapshots"), verb
+    for verb in ("update", "patch"):
+        assert not can(verb, "stacksnapshots/status"), verb
+        assert not can(verb, "productionstacks/status"), verb
 
 
 # --- server-side dry run of everything we ship ------------------------------------------
@@ -167,7 +212,7 @@ def test_viewer_and_admin_aggregate_into_the_built_in_roles(kube, release, names
 VARIANTS = {
     "default": {},
     "watchNamespace": {"watchNamespace": "shop"},
-    "snapshot key, no NetworkPolicy": {"snapshots": {"encryptionKeySecret": "k"},
+    "pinned image, no NetworkPolicy": {"image": {"digest": "sha256:" + "a" * 64},
                                        "networkPolicy": {"enabled": False}},
     "one replica, narrowed NetworkPolicy": {
         "replicaCount": 1,

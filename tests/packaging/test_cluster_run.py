@@ -1,6 +1,8 @@
 """The chart running the real controller: Helm installs it (watching one namespace only), the
 two replicas elect a leader through the chart's Lease and RBAC, the example GitOps stack
-rolls out to Healthy, the metrics answer, and killing the leader hands over.
+rolls out to Healthy, the demo stack is rolled back by a StackOperation and then by itself
+when a bad upgrade fails its gates, the metrics answer, and killing the leader hands over.
+All of it with exactly the chart's permissions: the controller runs under its ServiceAccount.
 
 Needs DEPLOYCTL_TEST_KUBECONFIG (see conftest.py) and a cluster whose node runs the image
 deployctl.dev/deployctl: the simulated node of deployctl-sandbox with the workspace built
@@ -47,14 +49,17 @@ def running(kubeconfig, kube, node, run_id):
     try:
         yield ctx
     finally:
-        # The stack first, while its controller still runs its finalizer.
+        # The stacks first, while their controller still runs its finalizer.
         try:
-            kube.request("DELETE", f"{STACK_API}/namespaces/{stacks_ns}/productionstacks/shop")
-            wait_for("the stack to be cleaned up and deleted", lambda: not kube.exists(
-                f"{STACK_API}/namespaces/{stacks_ns}/productionstacks/shop"), timeout=60)
-        except ApiError as e:
-            if e.status != 404:
-                raise
+            stacks = f"{STACK_API}/namespaces/{stacks_ns}/productionstacks"
+            for s in kube.get(stacks)["items"]:
+                try:
+                    kube.request("DELETE", f"{stacks}/{s['metadata']['name']}")
+                except ApiError as e:
+                    if e.status != 404:
+                        raise
+            wait_for("the stacks to be cleaned up and deleted",
+                     lambda: not kube.get(stacks)["items"], timeout=90)
         finally:
             cfg.uninstall(name, timeout=120)
             for n in (stacks_ns, ns):
@@ -102,7 +107,7 @@ def test_the_example_stack_rolls_out_to_healthy(kube, running):
     # db (StatefulSet, claim, Service) and give it an http gate, which the controller
     # measures from its pod to the db pod's IP, as it would in a real cluster.
     db = next(c for c in stack["spec"]["components"] if c["name"] == "db")
-    db["gates"].append({"name": "http-ready", "http": {"target": {"path": "/readyz", "port": "http"}}})
+    db["gates"].append({"name": "http-ready", "http": {"path": "/readyz", "port": "http"}})
     stack["spec"]["components"] = [db]
     kube.apply(stack)
 
@@ -126,12 +131,132 @@ def test_the_example_stack_rolls_out_to_healthy(kube, running):
     assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
 
 
+# --- rollbacks, by request and by the controller itself ----------------------------------
+
+DEMO = "demo"
+
+
+def demo_stack(running, file: str) -> dict:
+    """examples/demo-stack/<file> in the test's namespace, named `demo`, with a short
+    analysis: db (StatefulSet with a claim) and api (2 replicas, http and error-rate gates
+    measured by the controller from its pod). The api tier needs no DNS."""
+    stack = yaml.safe_load((REPO / "examples/demo-stack" / file).read_text())
+    stack["metadata"] = {"name": DEMO, "namespace": running["stacks"]}
+    stack["spec"]["rollout"]["analysis"] = "3s"  # the example's 10s, shortened
+    return stack
+
+
+def demo_status(kube, running) -> dict:
+    return kube.get(f"{STACK_API}/namespaces/{running['stacks']}/productionstacks/{DEMO}").get("status", {})
+
+
+def wait_demo(kube, running, what: str, check, timeout: float = 180):
+    try:
+        return wait_for(what, lambda: check(demo_status(kube, running)), timeout=timeout)
+    except AssertionError:
+        status = demo_status(kube, running)
+        raise AssertionError(f"timed out waiting for {what}; status:\n"
+                             f"{yaml.safe_dump(status)[:5000]}") from None
+
+
+def api_release(kube, running) -> str:
+    """RELEASE of the api Deployment's pod template: which revision the workload runs."""
+    d = kube.get(f"/apis/apps/v1/namespaces/{running['stacks']}/deployments/{DEMO}-api")
+    env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "RELEASE")
+
+
+def healthy_at(revision: int):
+    return lambda s: (s.get("phase") == "Healthy" and s.get("stableRevision") == revision
+                      and s.get("readyComponents") == "2/2" and s)
+
+
+def test_the_demo_stack_rolls_out_and_upgrades(kube, running):
+    kube.apply(demo_stack(running, "stack.yaml"))
+    wait_demo(kube, running, "revision 1 Healthy", healthy_at(1))
+    kube.apply(demo_stack(running, "stack-good.yaml"))
+    status = wait_demo(kube, running, "revision 2 (a good upgrade) Healthy", healthy_at(2))
+    assert status["previousStableRevision"] == 1
+    assert api_release(kube, running) == "2"
+
+
+def test_a_rollback_operation_is_accepted_and_carried_out(kube, running):
+    """What `deployctl rollback` does: a StackOperation without `toRevision` (and without
+    a snapshot: this is not a Restore) takes a Healthy stack back to the revision before
+    its stable one, and holds it there."""
+    assert demo_status(kube, running).get("stableRevision") == 2, "needs the previous test"
+    op_name = "rollback-to-previous"
+    kube.apply({"apiVersion": "deployctl.dev/v1alpha1", "kind": "StackOperation",
+                "metadata": {"name": op_name, "namespace": running["stacks"]},
+                "spec": {"stack": DEMO, "action": "Rollback", "reason": "packaging test",
+                         "requestedBy": "tests/packaging"}})
+    op_path = f"{STACK_API}/namespaces/{running['stacks']}/stackoperations/{op_name}"
+    op = wait_for("the operation to be processed",
+                  lambda: (o := kube.get(op_path)).get("status", {}).get("phase") and o, timeout=60)
+    assert op["status"]["phase"] == "Succeeded", op["status"]
+    assert op["status"]["targetRevision"] == 1, op["status"]
+
+    status = wait_demo(kube, running, "the manual rollback to finish", lambda s: (
+        s.get("phase") == "RolledBack" and (s.get("lastRollback") or {}).get("operation") == op_name
+        and s))
+    last = status["lastRollback"]
+    assert (last["fromRevision"], last["toRevision"], last["trigger"]) == (2, 1, "Operation"), last
+    assert last["reason"] == "packaging test" and last["withinDeadline"] is True, last
+    assert status["hold"]["revision"] == 1 and status["hold"]["heldBack"] == 2, status["hold"]
+    assert op_name in status["processedOperations"]
+    assert api_release(kube, running) == "1"
+
+
+def with_data(file: str) -> set[str]:
+    stack = yaml.safe_load((REPO / "examples/demo-stack" / file).read_text())
+    return {c["name"] for c in stack["spec"]["components"] if c.get("data")}
+
+
+def test_a_bad_upgrade_is_rolled_back_by_the_controller(kube, running):
+    """examples/demo-stack/stack-bad.yaml: half of the new api's requests fail
+    (FAULT_ERROR_RATE=0.5). Its gates fail during analysis and the controller, with the
+    chart's permissions only, puts every rolled component back on the stable revision, and
+    the data of the components that declare `data` back from their pre-rollout snapshots:
+    StackSnapshots it creates, agent Jobs (the controller's image) that take and restore
+    them."""
+    before = demo_status(kube, running)
+    assert before.get("phase") == "RolledBack" and before.get("stableRevision") == 1, (
+        "needs the previous test")
+    kube.apply(demo_stack(running, "stack-bad.yaml"))  # a spec change releases the hold
+    wait_demo(kube, running, "the bad revision to be taken up", lambda s: (
+        s.get("currentRevision") == 3), timeout=60)
+    status = wait_demo(kube, running, "the controller to roll the bad revision back", lambda s: (
+        s.get("phase") == "RolledBack" and (s.get("lastRollback") or {}).get("fromRevision") == 3
+        and s))
+    last = status["lastRollback"]
+    assert last["trigger"] == "Gate" and last["toRevision"] == 1, last
+    assert "operation" not in last, "automatic: no StackOperation asked for it"
+    assert last["withinDeadline"] is True and last["durationSeconds"] < 300, last
+    assert status["hold"] == {**status["hold"], "revision": 1, "heldBack": 3}, status["hold"]
+    assert status["stableRevision"] == 1 and status["readyComponents"] == "2/2", status
+    assert api_release(kube, running) == "1"
+    assert "api" in last["reason"], f"the reason should name the failing component: {last}"
+    restored = {r["component"]: r for r in last.get("restores", [])}
+    assert set(restored) == with_data("stack-bad.yaml"), last
+    snapshots = kube.get(f"{STACK_API}/namespaces/{running['stacks']}/stacksnapshots")["items"]
+    by_name = {s["metadata"]["name"]: s for s in snapshots}
+    for component, r in restored.items():
+        assert r["phase"] == "Restored", r
+        snap = by_name[r["snapshot"]]
+        assert snap["spec"]["component"] == component and snap["status"]["phase"] == "Completed", snap
+        assert snap["status"]["revision"] == 1, snap["status"]
+
+
 def test_the_leader_serves_metrics(kube, running):
     lead = holder(kube, running)
     by_name = {p["metadata"]["name"]: p for p in ready_pods(kube, running)}
     text = metrics(by_name[lead])
     assert "deployctl_leader 1" in text
     assert 'deployctl_reconcile_total{result="ok"}' in text
+    # The two rollbacks of the demo stack: one asked for, one by a failed gate.
+    for trigger in ("manual", "gate"):
+        assert f'trigger="{trigger}"' in "\n".join(
+            l for l in text.splitlines() if l.startswith("deployctl_rollbacks_total")), trigger
     standby = next(p for n, p in by_name.items() if n != lead)
     assert "deployctl_leader 0" in metrics(standby)
 

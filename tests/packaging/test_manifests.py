@@ -33,3 +33,21 @@ def test_install_manifests_come_after_the_crds_in_the_instructions():
     head = INSTALL.read_text().split("---", 1)[0]
     assert "kubectl apply --server-side -f manifests/crds/" in head
     assert "kubectl apply --server-side -f manifests/install/deployctl.yaml" in head
+
+
+def test_install_manifests_grant_no_secret_access_and_run_agents_from_the_controller_image():
+    docs = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d]
+    for d in docs:
+        if d["kind"] in ("Role", "ClusterRole"):
+            for rule in d["rules"]:
+                assert "secrets" not in rule.get("resources", []), (d["metadata"]["name"], rule)
+    ctl = next(d for d in docs if d["kind"] == "ClusterRole"
+               and d["metadata"]["name"] == "deployctl-controller")
+    snapshots = [r for r in ctl["rules"] if "stacksnapshots" in r["resources"]]
+    assert snapshots and set(snapshots[0]["verbs"]) == {
+        "get", "list", "watch", "create", "patch", "update", "delete"}
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DEPLOYCTL_AGENT_IMAGE"] == c["image"] == "deployctl.dev/deployctl:0.1.0"
+    assert not any("SECRET" in name for name in env), env

@@ -76,7 +76,8 @@ app.kubernetes.io/component: controller
 {{/* What every person's role may read. */}}
 {{- define "deployctl.viewerRules" -}}
 - apiGroups: ["deployctl.dev"]
-  resources: ["productionstacks", "productionstacks/status", "stackoperations", "stackoperations/status"]
+  resources: ["productionstacks", "productionstacks/status", "stackoperations", "stackoperations/status",
+              "stacksnapshots", "stacksnapshots/status"]
   verbs: ["get", "list", "watch"]
 # Revision history (`deployctl history`, `deployctl diff`).
 - apiGroups: ["apps"]

@@ -27,6 +27,8 @@ pub struct Context {
     pub measurer: crate::gates::measure::Measurer,
     /// Image of the snapshot agent's Jobs: the controller's own build.
     pub agent_image: String,
+    /// Reflector stores of what reconciles read; None reads from the API server.
+    pub caches: Option<crate::cache::Caches>,
 }
 
 impl std::fmt::Debug for Context {
@@ -51,7 +53,14 @@ impl Context {
             metrics,
             resync,
             agent_image: DEFAULT_AGENT_IMAGE.to_string(),
+            caches: None,
         }
+    }
+
+    /// The same context reading through `caches`.
+    pub fn with_caches(mut self, caches: crate::cache::Caches) -> Self {
+        self.caches = Some(caches);
+        self
     }
 
     /// The same context with the agent Jobs running `image`.

@@ -5,6 +5,7 @@
 //! server, leader election and the kube-runtime `Controller`.
 
 pub mod args;
+pub mod cache;
 pub mod context;
 pub mod crdgen;
 pub mod data;
@@ -19,12 +20,12 @@ use anyhow::Context as _;
 use args::{LogFormat, RunArgs};
 use deployctl_api::{labels, ProductionStack, StackOperation, StackSnapshot};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -131,10 +132,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     };
 
-    let ctx = Arc::new(
-        context::Context::new(client.clone(), metrics.clone(), &identity, resync)
-            .with_agent_image(args.agent_image.clone()),
-    );
     let children = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
@@ -151,6 +148,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let revisions: Api<ControllerRevision> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Shared reflectors: each store is filled by the watch that also triggers reconciles,
+    // and hands an event on only once the store holds it.
+    let (dep_store, dep_writer) = reflector::store_shared(1024);
+    let (sts_store, sts_writer) = reflector::store_shared(1024);
+    let (op_store, op_writer) = reflector::store_shared(256);
+    let (rev_store, rev_writer) = reflector::store();
+    let dep_events = dep_writer.subscribe().expect("a shared store");
+    let sts_events = sts_writer.subscribe().expect("a shared store");
+    let op_events = op_writer.subscribe().expect("a shared store");
+    let feeds = vec![
+        tokio::spawn(
+            watcher(deployments, children.clone())
+                .default_backoff()
+                .reflect_shared(dep_writer)
+                .for_each(|_| std::future::ready(())),
+        ),
+        tokio::spawn(
+            watcher(statefulsets, children.clone())
+                .default_backoff()
+                .reflect_shared(sts_writer)
+                .for_each(|_| std::future::ready(())),
+        ),
+        tokio::spawn(
+            watcher(operations, watcher::Config::default())
+                .default_backoff()
+                .reflect_shared(op_writer)
+                .for_each(|_| std::future::ready(())),
+        ),
+        tokio::spawn(
+            watcher(
+                revisions,
+                watcher::Config::default().labels(labels::REVISION_HASH),
+            )
+            .default_backoff()
+            .reflect(rev_writer)
+            .for_each(|_| std::future::ready(())),
+        ),
+    ];
+    let caches = cache::Caches {
+        deployments: dep_store,
+        statefulsets: sts_store,
+        operations: op_store,
+        revisions: rev_store,
+    };
+    let ctx = Arc::new(
+        context::Context::new(client.clone(), metrics.clone(), &identity, resync)
+            .with_agent_image(args.agent_image.clone())
+            .with_caches(caches),
+    );
     let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -161,19 +211,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
     Controller::new(stacks, watcher::Config::default())
-        .owns(deployments, children.clone())
-        .owns(statefulsets, children.clone())
+        .owns_shared_stream(dep_events)
+        .owns_shared_stream(sts_events)
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
         // A new StackOperation wakes the stack it names.
-        .watches(
-            operations,
-            watcher::Config::default(),
-            |op: StackOperation| {
-                let ns = op.metadata.namespace.clone()?;
-                Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
-            },
-        )
+        .watches_shared_stream(op_events, |op: Arc<StackOperation>| {
+            let ns = op.metadata.namespace.clone()?;
+            Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
+        })
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
         .watches(snapshots, watcher::Config::default(), |s: StackSnapshot| {
             let ns = s.metadata.namespace.clone()?;
@@ -191,6 +237,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await;
 
+    for f in feeds {
+        f.abort();
+    }
     let lost_leadership = lost.await.unwrap_or(false);
     metrics.set_leader(false);
     if lost_leadership {

@@ -49,6 +49,11 @@ struct DataOpLabels {
     operation: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
 type DataHistograms = Family<DataOpLabels, Histogram, fn() -> Histogram>;
 
 fn data_histogram() -> Histogram {
@@ -76,6 +81,7 @@ pub struct Metrics {
     data_bytes: Family<DataOpLabels, Counter>,
     data_failures: Family<DataOpLabels, Counter>,
     verification_failures: Counter,
+    store_errors: Family<StoreLabels, Counter>,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -145,6 +151,15 @@ impl Default for Metrics {
         let data_bytes = Family::<DataOpLabels, Counter>::default();
         let data_failures = Family::<DataOpLabels, Counter>::default();
         let verification_failures = Counter::default();
+        let store_errors = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Snapshot agent Jobs that failed on the snapshot store (unreachable, refused), by store (fs, s3)",
+            store_errors.clone(),
+        );
+        for store in ["fs", "s3"] {
+            let _ = store_errors.get_or_create(&StoreLabels { store });
+        }
         registry.register(
             "snapshot_duration_seconds",
             "Time a snapshot agent Job took, by operation (snapshot, restore, verify)",
@@ -208,6 +223,7 @@ impl Default for Metrics {
             data_bytes,
             data_failures,
             verification_failures,
+            store_errors,
             phases: Mutex::new(HashMap::new()),
         }
     }
@@ -268,13 +284,24 @@ impl Metrics {
         }
     }
 
-    /// Records a failed snapshot agent Job; `corrupt` when it found damaged data.
-    pub fn snapshot_failed(&self, operation: &'static str, corrupt: bool) {
+    /// Records a failed snapshot agent Job; `corrupt` when it found damaged data, `store`
+    /// (`fs` or `s3`) when the snapshot store failed.
+    pub fn snapshot_failed(
+        &self,
+        operation: &'static str,
+        corrupt: bool,
+        store: Option<&'static str>,
+    ) {
         self.data_failures
             .get_or_create(&DataOpLabels { operation })
             .inc();
         if corrupt {
             self.verification_failures.inc();
+        }
+        if let Some(store) = store {
+            self.store_errors
+                .get_or_create(&StoreLabels { store })
+                .inc();
         }
     }
 

@@ -322,15 +322,15 @@ pub async fn sync(
                     }
                     set_status(client, snap, next).await?;
                 }
-                Finished::Failed(msg, corrupt) => {
-                    ctx.metrics.snapshot_failed("snapshot", corrupt);
+                Finished::Failed(msg, kind) => {
+                    record_failure(ctx, &store, "snapshot", kind);
                     set_status(client, snap, failed(st, msg)).await?;
                 }
             },
         }
     }
 
-    record_verifications(ctx, &ns, world).await?;
+    record_verifications(ctx, &ns, &store, world).await?;
     let next = keep_house(ctx, stack, desired, world).await?;
 
     let mut observed = DataObserved::default();
@@ -370,9 +370,9 @@ pub async fn sync(
                 }
                 JobOutcome::Succeeded
             }
-            Finished::Failed(m, corrupt) => {
+            Finished::Failed(m, kind) => {
                 if !j.annotations().contains_key(labels::RECORDED) {
-                    ctx.metrics.snapshot_failed("restore", corrupt);
+                    record_failure(ctx, &store, "restore", kind);
                     mark_recorded(client, &ns, j).await?;
                 }
                 JobOutcome::Failed(m)
@@ -397,7 +397,12 @@ async fn mark_recorded(client: &Client, ns: &str, job: &Job) -> Result<()> {
 
 /// Writes the results of finished verification Jobs into their snapshots' status, then
 /// deletes the Jobs (the status is the record).
-async fn record_verifications(ctx: &Context, ns: &str, world: &mut DataWorld) -> Result<()> {
+async fn record_verifications(
+    ctx: &Context,
+    ns: &str,
+    store: &StoreLocation,
+    world: &mut DataWorld,
+) -> Result<()> {
     let client = &ctx.client;
     let mut done = Vec::new();
     for j in &world.jobs {
@@ -409,12 +414,20 @@ async fn record_verifications(ctx: &Context, ns: &str, world: &mut DataWorld) ->
         };
         let (result, message) = match job_outcome(client, ns, j).await? {
             Finished::Running => continue,
-            Finished::Ok(_) => (VerificationResult::Verified, None),
-            Finished::Failed(m, true) => (VerificationResult::Corrupt, Some(m)),
-            Finished::Failed(m, false) => {
+            Finished::Ok(r) => {
+                if let Some(d) = r.duration_seconds {
+                    ctx.metrics.snapshot_operation("verify", d, r.size_bytes);
+                }
+                (VerificationResult::Verified, None)
+            }
+            Finished::Failed(m, Failure::Corrupt) => {
+                record_failure(ctx, store, "verify", Failure::Corrupt);
+                (VerificationResult::Corrupt, Some(m))
+            }
+            Finished::Failed(m, kind) => {
                 // The store was unreachable, or similar: not a finding about the snapshot.
                 tracing::warn!(job = %j.name_any(), "verification could not run: {m}");
-                ctx.metrics.snapshot_failed("verify", false);
+                record_failure(ctx, store, "verify", kind);
                 done.push(j.name_any());
                 continue;
             }
@@ -429,9 +442,6 @@ async fn record_verifications(ctx: &Context, ns: &str, world: &mut DataWorld) ->
             st.verification = Some(result);
             if result == VerificationResult::Corrupt {
                 st.message = message;
-                ctx.metrics.snapshot_failed("verify", true);
-            } else {
-                ctx.metrics.snapshot_operation("verify", 0.0, None);
             }
             set_status(client, snap, st).await?;
         }
@@ -624,6 +634,19 @@ async fn keep_house(
     Ok(plan.next)
 }
 
+/// Counts a failed agent Job in the metrics.
+fn record_failure(ctx: &Context, store: &StoreLocation, operation: &'static str, kind: Failure) {
+    let store_kind = match store {
+        StoreLocation::Filesystem { .. } => "fs",
+        StoreLocation::S3 { .. } => "s3",
+    };
+    ctx.metrics.snapshot_failed(
+        operation,
+        kind == Failure::Corrupt,
+        (kind == Failure::Store).then_some(store_kind),
+    );
+}
+
 fn failed(mut st: StackSnapshotStatus, msg: String) -> StackSnapshotStatus {
     st.phase = Some(SnapshotPhase::Failed);
     st.message = Some(msg);
@@ -712,12 +735,23 @@ async fn component_node(
         .find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())))
 }
 
+/// Why an agent Job failed, for metrics and for telling a finding from an outage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The data failed verification: the snapshot is unusable.
+    Corrupt,
+    /// The snapshot store could not be reached or refused.
+    Store,
+    /// Anything else (the Job could not run, a local I/O error, ...).
+    Other,
+}
+
 /// How an agent Job ended.
 enum Finished {
     Running,
     Ok(AgentResult),
-    /// The message, and whether the agent found damaged data (not an outage).
-    Failed(String, bool),
+    /// The message, and what kind of failure it was.
+    Failed(String, Failure),
 }
 
 /// Reads a Job's outcome and, once it ended, the agent's result from its pod's
@@ -748,11 +782,21 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
     Ok(match (done, result) {
         (true, Some(Ok(r))) if r.ok => Finished::Ok(r),
         (_, Some(Ok(r))) => {
-            let corrupt = r.is_corruption();
+            let kind = if r.is_corruption() {
+                Failure::Corrupt
+            } else if r
+                .category
+                .as_deref()
+                .is_some_and(|c| c.starts_with("store"))
+            {
+                Failure::Store
+            } else {
+                Failure::Other
+            };
             Finished::Failed(
                 r.message
                     .unwrap_or_else(|| format!("the agent reported {} failed", r.operation)),
-                corrupt,
+                kind,
             )
         }
         (true, _) => Finished::Failed(
@@ -760,7 +804,7 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
                 "Job {} succeeded but left no result in its termination message",
                 job.name_any()
             ),
-            false,
+            Failure::Other,
         ),
         (false, _) => Finished::Failed(
             match failed_condition {
@@ -771,7 +815,7 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
                 ),
                 None => format!("Job {} failed without a result", job.name_any()),
             },
-            false,
+            Failure::Other,
         ),
     })
 }

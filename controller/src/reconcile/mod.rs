@@ -30,6 +30,12 @@ use std::time::{Duration, Instant};
 /// a child it owns.
 pub async fn reconcile(stack: Arc<ProductionStack>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    // Before the caches hold their first lists, a missing workload would look deleted.
+    if let Some(c) = &ctx.caches {
+        if !c.ready().await {
+            return Err(Error::Finalizer("the controller's caches stopped".into()));
+        }
+    }
     let ns = stack
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
@@ -108,7 +114,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let (desired, generation) = match validation::validate(&name, &stack.spec) {
         Ok(_) => {
             // 2. The revision the spec maps to (created once, found again after a crash).
-            let revision = revisions::ensure_current(&ctx.client, stack).await?;
+            let revision = revisions::ensure_current(ctx, stack).await?;
             if revision.created {
                 ctx.event(
                     stack,
@@ -124,7 +130,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             (desired, stack.metadata.generation)
         }
         Err(invalid) if previous.rollback.is_some() => {
-            let all = revisions::load_all(&ctx.client, stack).await?;
+            let all = revisions::load_all(ctx, stack).await?;
             let Some(current) = previous.current_revision.and_then(|n| all.get(&n)).cloned() else {
                 return refused(invalid).await;
             };
@@ -144,7 +150,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     };
 
     // 3. Operations, and the history when a rollback, hold or operation may need it.
-    let (ops, recovered) = operations::pending(&ctx.client, stack).await?;
+    let (ops, recovered) = operations::pending(ctx, stack).await?;
     for op in &recovered {
         operations::record_recovered(&ctx.client, &ns, op).await?;
     }
@@ -174,10 +180,10 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         || !ops.is_empty()
         || stack.spec.rollout.rollback_after_promotion;
     let history = if needs_history {
-        revisions::load_all(&ctx.client, stack).await?
+        revisions::load_all(ctx, stack).await?
     } else if can_roll_back {
         // A rollout that may fail needs only the stable revision: one GET by name.
-        revisions::load_stable(&ctx.client, stack).await?
+        revisions::load_stable(ctx, stack).await?
     } else {
         BTreeMap::new()
     };
@@ -195,7 +201,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let observed = observe::workloads(&ctx.client, stack, &components).await?;
+    let observed = observe::workloads(ctx, stack, &components).await?;
     let (data_observed, data_wake) = if data::involved(stack) || !data_world.snapshots.is_empty() {
         data::sync(ctx, stack, &desired, &observed, &mut data_world).await?
     } else {

@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 /// Observes the workloads of these components, given as (name, kind) (absent from the
 /// map when the workload does not exist).
 pub async fn workloads(
-    client: &Client,
+    ctx: &crate::context::Context,
     stack: &ProductionStack,
     components: &[(String, WorkloadKind)],
 ) -> Result<BTreeMap<String, WorkloadState>> {
+    let client = &ctx.client;
     let ns = stack.namespace().unwrap_or_default();
     let stack_name = stack.name_any();
     let mut out = BTreeMap::new();
@@ -27,17 +28,27 @@ pub async fn workloads(
             continue;
         }
         let name = child_name(&stack_name, component);
-        let state = match kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &ns)
+        let state = match (kind, &ctx.caches) {
+            (WorkloadKind::Deployment, Some(c)) => c
+                .deployment(&ns, &name)
+                .filter(|d| owned_by(d.owner_references(), stack))
+                .map(|d| deployment_state(&d)),
+            (WorkloadKind::StatefulSet, Some(c)) => c
+                .statefulset(&ns, &name)
+                .filter(|s| owned_by(s.owner_references(), stack))
+                .map(|s| statefulset_state(&s)),
+            (WorkloadKind::Deployment, None) => Api::<Deployment>::namespaced(client.clone(), &ns)
                 .get_opt(&name)
                 .await?
                 .filter(|d| owned_by(d.owner_references(), stack))
                 .map(|d| deployment_state(&d)),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-                .filter(|s| owned_by(s.owner_references(), stack))
-                .map(|s| statefulset_state(&s)),
+            (WorkloadKind::StatefulSet, None) => {
+                Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                    .get_opt(&name)
+                    .await?
+                    .filter(|s| owned_by(s.owner_references(), stack))
+                    .map(|s| statefulset_state(&s))
+            }
         };
         if let Some(mut state) = state {
             // A stopped component is drained only once no pod of it is left at all:

@@ -11,20 +11,21 @@ use serde_json::json;
 /// Operations for `stack` with no result yet, oldest first; and those the stack already
 /// acted on but whose result was not written (the controller stopped in between).
 pub async fn pending(
-    client: &Client,
+    ctx: &crate::context::Context,
     stack: &ProductionStack,
 ) -> Result<(Vec<PendingOperation>, Vec<String>)> {
     let ns = stack.namespace().unwrap_or_default();
-    let api: Api<StackOperation> = Api::namespaced(client.clone(), &ns);
+    let api: Api<StackOperation> = Api::namespaced(ctx.client.clone(), &ns);
     let processed = stack
         .status
         .as_ref()
         .map(|s| s.processed_operations.clone())
         .unwrap_or_default();
-    let mut ops: Vec<StackOperation> = api
-        .list(&ListParams::default())
-        .await?
-        .items
+    let all = match &ctx.caches {
+        Some(c) => c.operations_for(stack),
+        None => api.list(&ListParams::default()).await?.items,
+    };
+    let mut ops: Vec<StackOperation> = all
         .into_iter()
         .filter(|o| o.spec.stack == stack.name_any())
         .filter(|o| o.status.as_ref().and_then(|s| s.phase).is_none())

@@ -3,13 +3,14 @@
 //! content, so a controller that crashes after creating one finds it again instead of
 //! creating a duplicate.
 
+use crate::context::Context;
 use crate::error::{Error, Result};
 use deployctl_api::{labels, Component, ProductionStack, ProductionStackStatus};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -59,7 +60,8 @@ pub struct CurrentRevision {
 
 /// Finds or creates the revision for the stack's current components, and prunes the
 /// history beyond the limit (the stable revision is always kept).
-pub async fn ensure_current(client: &Client, stack: &ProductionStack) -> Result<CurrentRevision> {
+pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<CurrentRevision> {
+    let client = &ctx.client;
     let hash = revision_hash(&stack.spec.components);
     let status = stack.status.clone().unwrap_or_default();
     // Fast path: the status already records this digest (written after the revision was
@@ -78,7 +80,7 @@ pub async fn ensure_current(client: &Client, stack: &ProductionStack) -> Result<
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = stack.name_any();
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
-    let existing = list_owned(&api, stack).await?;
+    let existing = owned(ctx, &api, stack).await?;
     if let Some(rev) = existing
         .iter()
         .find(|r| r.labels().get(labels::REVISION_HASH) == Some(&hash))
@@ -200,18 +202,30 @@ pub async fn list_owned(
     Ok(revs)
 }
 
+/// The stack's revisions: from the cache when the controller runs one, else listed.
+async fn owned(
+    ctx: &Context,
+    api: &Api<ControllerRevision>,
+    stack: &ProductionStack,
+) -> Result<Vec<ControllerRevision>> {
+    match &ctx.caches {
+        Some(c) => Ok(c.revisions_of(stack)),
+        None => list_owned(api, stack).await,
+    }
+}
+
 /// Every revision of the stack's history, decoded and ordered, by number. Revisions that
 /// cannot be read are left out with a warning (they cannot be rolled back to).
 pub async fn load_all(
-    client: &Client,
+    ctx: &Context,
     stack: &ProductionStack,
 ) -> Result<BTreeMap<i64, crate::reconcile::plan::RevisionRef>> {
     let ns = stack
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let mut out = BTreeMap::new();
-    for rev in list_owned(&api, stack).await? {
+    for rev in owned(ctx, &api, stack).await? {
         let decoded = decode(&rev).and_then(|d| {
             crate::reconcile::plan::RevisionRef::new(&stack.name_any(), rev.revision, d.components)
                 .map_err(|e| Error::BadRevision {
@@ -232,23 +246,31 @@ pub async fn load_all(
 /// The stable revision alone, fetched by name from `status.stableRevisionHash` (the whole
 /// history when the hash is not recorded, as for stacks from an older controller).
 pub async fn load_stable(
-    client: &Client,
+    ctx: &Context,
     stack: &ProductionStack,
 ) -> Result<BTreeMap<i64, crate::reconcile::plan::RevisionRef>> {
     let status = stack.status.clone().unwrap_or_default();
     let (Some(number), Some(hash)) = (status.stable_revision, status.stable_revision_hash) else {
-        return load_all(client, stack).await;
+        return load_all(ctx, stack).await;
     };
     let ns = stack
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let mut out = BTreeMap::new();
-    let Some(rev) = api
-        .get_opt(&revision_name(&stack.name_any(), &hash))
-        .await?
-    else {
-        return load_all(client, stack).await;
+    let name = revision_name(&stack.name_any(), &hash);
+    let cached = ctx
+        .caches
+        .as_ref()
+        .and_then(|c| c.revision(&ns, &name))
+        .map(|r| (*r).clone());
+    let found = match cached {
+        Some(r) => Some(r),
+        // Just created and not in the cache yet, or no cache: ask.
+        None => api.get_opt(&name).await?,
+    };
+    let Some(rev) = found else {
+        return load_all(ctx, stack).await;
     };
     let owned = rev
         .owner_references()
@@ -265,7 +287,7 @@ pub async fn load_stable(
         out.insert(number, r);
         Ok(out)
     } else {
-        load_all(client, stack).await
+        load_all(ctx, stack).await
     }
 }
 

@@ -1,9 +1,9 @@
 //! Short descriptions of a stack's state shared by the commands: its phase, whether its
 //! status is current, one line saying where it is (for spinners and timeout messages),
-//! and the compact form of the last rollback.
+//! and the compact forms of the last rollback and of the data it restored.
 
-use crate::output::time;
-use deployctl_api::{ProductionStack, RollbackRecord, RollbackTrigger};
+use crate::output::{time, Color};
+use deployctl_api::{DataRestore, ProductionStack, RestorePhase, RollbackRecord, RollbackTrigger};
 use k8s_openapi::jiff::Timestamp;
 
 /// The phase as text, `Unknown` before the controller has written one.
@@ -53,14 +53,24 @@ pub fn state(stack: &ProductionStack) -> String {
     line
 }
 
-/// `3→2 4m ago`.
+/// `3→2 4m ago`; `3 data 4m ago` for a restore that stayed on revision 3.
 pub fn rollback_short(r: &RollbackRecord, now: Timestamp) -> String {
-    format!(
-        "{}→{} {}",
-        r.from_revision,
-        r.to_revision,
-        time::ago(&r.completed_at, now)
-    )
+    let span = if r.from_revision == r.to_revision {
+        format!("{} data", r.to_revision)
+    } else {
+        format!("{}→{}", r.from_revision, r.to_revision)
+    };
+    format!("{span} {}", time::ago(&r.completed_at, now))
+}
+
+/// `4 → 3`; or `revision 3 (data only)` for a rollback that stays on its revision and
+/// only restores data (a `Restore` operation).
+pub fn rollback_span(from: i64, to: i64) -> String {
+    if from == to {
+        format!("revision {to} (data only)")
+    } else {
+        format!("{from} → {to}")
+    }
 }
 
 /// Who or what started a rollback: `operation shop-rollback-x7k2q`, `a failed gate`.
@@ -72,6 +82,31 @@ pub fn rollback_cause(operation: Option<&str>, trigger: RollbackTrigger) -> Stri
             "automatic: progress deadline missed".to_string()
         }
         (None, RollbackTrigger::Operation) => "by an operation".to_string(),
+    }
+}
+
+/// `snapshot X into db` with the phase when it is not Restored: the data part of a
+/// rollback, for `status` and `history`.
+pub fn restore_summary(r: &DataRestore) -> String {
+    let mut s = format!("snapshot {} into {}", r.snapshot, r.component);
+    if r.phase != RestorePhase::Restored {
+        s.push_str(&format!(": {:?}", r.phase));
+        if let Some(job) = &r.job {
+            s.push_str(&format!(" (Job {job})"));
+        }
+        if let Some(m) = r.message.as_deref().filter(|m| !m.is_empty()) {
+            s.push_str(&format!(": {}", crate::error::one_line(m)));
+        }
+    }
+    s
+}
+
+/// The colour of a restore's phase.
+pub fn restore_color(r: &DataRestore) -> Color {
+    match r.phase {
+        RestorePhase::Failed => Color::Red,
+        RestorePhase::Restored => Color::Green,
+        RestorePhase::Stopping | RestorePhase::Restoring => Color::Yellow,
     }
 }
 
@@ -221,6 +256,89 @@ status:
 }
 
 #[cfg(test)]
+pub(crate) mod data_fixtures {
+    //! A stack with data, for the renderings of snapshots and restores.
+
+    use super::fixtures::stack;
+    use deployctl_api::ProductionStack;
+
+    /// `shop`, rolling back from 5 to 4 (restoring db), after a rollback 4 → 3 that
+    /// restored db, with a corrupt snapshot flagged.
+    pub fn rolling_back_with_data() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 9, creationTimestamp: "2024-04-30T12:00:00Z"}
+spec:
+  rollout: {rollbackDeadline: 5m}
+  components:
+  - {name: db, kind: StatefulSet, data: {volume: data, method: Sqlite, database: app.db}, volumeClaims: [{name: data, size: 1Gi}], template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v5'}]}}}
+status:
+  observedGeneration: 9
+  phase: RollingBack
+  currentRevision: 5
+  stableRevision: 4
+  readyComponents: 0/1
+  message: "rolling back from revision 5 to 4 (component db): gate http failed"
+  conditions:
+  - {type: Ready, status: "False", reason: RollingBack, message: rolling back, lastTransitionTime: "2024-05-01T11:59:00Z"}
+  - {type: SnapshotsVerified, status: "False", reason: SnapshotCorrupt, message: "snapshot(s) shop-db-r2-1714550000 failed verification and will not be restored; take a new snapshot", lastTransitionTime: "2024-05-01T11:00:00Z"}
+  rollback:
+    fromRevision: 5
+    toRevision: 4
+    reason: gate http failed
+    startedAt: "2024-05-01T11:59:00Z"
+    component: db
+    trigger: Gate
+    restores:
+    - {component: db, snapshot: shop-db-r4-1714564000, phase: Restoring, job: shop-db-restore-5e6f7a8b}
+  lastRollback:
+    fromRevision: 4
+    toRevision: 3
+    reason: "gate http of db failed"
+    startedAt: "2024-05-01T10:00:00Z"
+    completedAt: "2024-05-01T10:00:40Z"
+    durationSeconds: 40.5
+    withinDeadline: true
+    trigger: Gate
+    restores:
+    - {component: db, snapshot: shop-db-r3-1714557000, phase: Restored}
+  components:
+  - {name: db, revision: 5, phase: Pending, replicas: 0, readyReplicas: 0, updatedReplicas: 0, message: "data: Restoring from snapshot shop-db-r4-1714564000"}
+"#,
+        )
+    }
+
+    /// `shop`, taking its pre-rollout snapshots before rolling out revision 5.
+    pub fn snapshotting() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 9, creationTimestamp: "2024-04-30T12:00:00Z"}
+spec:
+  components:
+  - {name: db, kind: StatefulSet, data: {volume: data}, volumeClaims: [{name: data, size: 1Gi}], template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v5'}]}}}
+status:
+  observedGeneration: 9
+  phase: Progressing
+  currentRevision: 5
+  stableRevision: 4
+  message: "rolling out revision 5 (Snapshotting)"
+  rollout:
+    revision: 5
+    fromRevision: 4
+    step: Snapshotting
+    startedAt: "2024-05-01T11:59:50Z"
+    snapshots:
+    - {component: db, snapshot: shop-db-r4-1714564790}
+"#,
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::fixtures::*;
     use super::*;
@@ -249,9 +367,18 @@ mod tests {
     }
 
     #[test]
+    fn a_data_only_rollback_says_so() {
+        assert_eq!(rollback_span(4, 3), "4 → 3");
+        assert_eq!(rollback_span(3, 3), "revision 3 (data only)");
+    }
+
+    #[test]
     fn last_rollback_is_compact() {
         let s = progressing();
         let r = s.status.unwrap().last_rollback.unwrap();
         assert_eq!(rollback_short(&r, now()), "3→2 118m ago");
+        let mut restore = r.clone();
+        restore.from_revision = 2;
+        assert_eq!(rollback_short(&restore, now()), "2 data 118m ago");
     }
 }

@@ -85,7 +85,7 @@ pub enum CliError {
     /// A named object does not exist.
     #[error("{kind} \"{name}\" not found in namespace \"{namespace}\"{}", did_you_mean(.suggestions))]
     NotFound {
-        /// `stack`, `operation`.
+        /// `stack`, `snapshot`.
         kind: &'static str,
         /// The name that was asked for.
         name: String,
@@ -136,6 +136,24 @@ pub enum CliError {
     #[error("{message}")]
     OperationFailed {
         /// `rollback of stack "shop" failed (operation shop-rollback-x7k2q): ...`.
+        message: String,
+    },
+
+    /// The request cannot be made as asked (a component without data, a snapshot that is
+    /// not complete, a restore without confirmation); nothing was changed.
+    #[error("{message}\n  {hint}")]
+    Refused {
+        /// What cannot be done, and why.
+        message: String,
+        /// What to do instead.
+        hint: String,
+    },
+
+    /// The controller could not do what was asked: a snapshot failed, a verification found
+    /// the snapshot corrupt, a restore failed.
+    #[error("{message}")]
+    Failed {
+        /// What failed, with the controller's message (and what to do, on a second line).
         message: String,
     },
 
@@ -342,6 +360,15 @@ mod tests {
         assert_eq!(CliError::RolledBack { message: msg() }.exit_code(), 4);
         assert_eq!(CliError::Hopeless { message: msg() }.exit_code(), 1);
         assert_eq!(CliError::OperationFailed { message: msg() }.exit_code(), 1);
+        assert_eq!(CliError::Failed { message: msg() }.exit_code(), 1);
+        assert_eq!(
+            CliError::Refused {
+                message: msg(),
+                hint: msg()
+            }
+            .exit_code(),
+            1
+        );
         assert_eq!(
             CliError::Unreachable {
                 server: msg(),

@@ -1,6 +1,7 @@
 //! deployctl, the command line that people on call and pipelines use to see and steer
 //! ProductionStacks: `get`/`list`, `status`, `history`, `diff`, the operations
-//! (`rollback`, `pause`, `resume`, `promote`, `retry`, `abort`), `wait` and `completion`.
+//! (`rollback`, `pause`, `resume`, `promote`, `retry`, `abort`), `wait`, the snapshots of
+//! a stack's data (`snapshot list|create|verify|restore`) and `completion`.
 //!
 //! [`main`] is the whole program; the `deployctl` and `kubectl-deployctl` binaries call it.
 
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod describe;
 pub mod error;
 pub mod output;
+pub mod stack_snapshots;
 pub mod stacks;
 pub mod watch;
 

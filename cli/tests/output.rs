@@ -62,6 +62,35 @@ fn help_of_every_command() {
     }
 }
 
+const SNAPSHOT_COMMANDS: &[&str] = &["list", "create", "verify", "restore"];
+
+#[test]
+fn help_of_the_snapshot_commands() {
+    let out = deployctl(&["snapshot", "--help"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("help_snapshot", out.stdout);
+    for command in SNAPSHOT_COMMANDS {
+        let out = deployctl(&["snapshot", command, "--help"]);
+        assert_eq!(out.code, 0, "snapshot {command} --help: {}", out.stderr);
+        insta::assert_snapshot!(format!("help_snapshot_{command}"), out.stdout);
+    }
+}
+
+#[test]
+fn snapshot_usage_errors_exit_2() {
+    let out = deployctl(&["snapshot"]);
+    assert_eq!(out.code, 2);
+    insta::assert_snapshot!("usage_snapshot_without_command", out.stderr);
+    let out = deployctl(&["snapshot", "restore"]);
+    assert_eq!(out.code, 2);
+    insta::assert_snapshot!("usage_snapshot_restore_without_snapshot", out.stderr);
+    let out = deployctl(&["snapshot", "list", "-o", "table"]);
+    assert_eq!(out.code, 2);
+    insta::assert_snapshot!("usage_snapshot_list_bad_format", out.stderr);
+    let out = deployctl(&["snapshot", "create", "shop", "--timeout", "soon"]);
+    assert_eq!(out.code, 2);
+}
+
 #[test]
 fn help_under_the_kubectl_plugin_name() {
     let out = run_binary(
@@ -150,6 +179,14 @@ fn connection_and_kubeconfig_errors() {
     let out = deployctl(&["history", "shop"]);
     assert_eq!(out.code, 1);
     insta::assert_snapshot!("error_no_default_kubeconfig", out.stderr);
+
+    // The snapshot commands fail the same way, before asking anything.
+    let out = deployctl(&["--kubeconfig", &kc, "snapshot", "restore", "shop-db-m1"]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        deployctl(&["--kubeconfig", &kc, "get", "shop"]).stderr
+    );
 }
 
 #[test]
@@ -158,6 +195,12 @@ fn completion_scripts_for_each_shell() {
         let out = deployctl(&["completion", shell]);
         assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
         assert!(out.stdout.contains("rollback"), "{shell}");
+        // Nested commands complete too.
+        assert!(out.stdout.contains("restore"), "{shell}");
+        assert!(
+            out.stdout.contains("--component") || out.stdout.contains("-l component"),
+            "{shell}"
+        );
     }
     let out = run_binary(
         env!("CARGO_BIN_EXE_kubectl-deployctl"),

@@ -206,10 +206,14 @@ pub fn table(
     t.render(style)
 }
 
-/// `4: api Analysing`, or `rollback 4→3: db`, or `-`.
+/// `4: api Analysing`, or `rollback 4→3: db`, or `restore 3: db`, or `-`.
 fn rollout_short(status: &deployctl_api::ProductionStackStatus) -> String {
     if let Some(rb) = &status.rollback {
-        let mut s = format!("rollback {}→{}", rb.from_revision, rb.to_revision);
+        let mut s = if rb.from_revision == rb.to_revision {
+            format!("restore {}", rb.to_revision)
+        } else {
+            format!("rollback {}→{}", rb.from_revision, rb.to_revision)
+        };
         if let Some(c) = &rb.component {
             s.push_str(&format!(": {c}"));
         }

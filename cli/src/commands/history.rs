@@ -1,17 +1,24 @@
 //! `deployctl history STACK`: the stack's revisions (its ControllerRevisions), what
 //! changed in each compared with the one before, when, which is current, stable or held
-//! back, and what became of them (the last rollback).
+//! back, and what became of them (the last rollback); and the snapshots of each revision's
+//! data taken before a rollout moved the stack on from it (what a rollback to it restores).
 
 use super::{print, Ctx};
 use crate::args::DataFormat;
 use crate::describe;
 use crate::error::{one_line, CliError};
+use crate::output::style::phase_color;
 use crate::output::table::Cell;
 use crate::output::time::{age, ago};
 use crate::output::{Color, Style, Table};
+use crate::stack_snapshots;
 use crate::stacks::{self, Revision};
-use deployctl_api::{Component, ProductionStack, ProductionStackStatus};
+use deployctl_api::{
+    Component, ProductionStack, ProductionStackStatus, SnapshotReason, StackSnapshot,
+    StackSnapshotStatus,
+};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -33,7 +40,18 @@ pub async fn run(args: HistoryArgs, ctx: &Ctx) -> Result<(), CliError> {
     let cluster = ctx.cluster().await?;
     let stack = stacks::get(&cluster, &args.stack).await?;
     let revisions = stacks::revisions(&cluster, &stack).await?;
-    let entries = entries(&stack, &revisions);
+    let snapshots = match stack_snapshots::of_stack(&cluster, &args.stack).await {
+        Ok(s) => s,
+        // An installation without snapshots: nothing to show.
+        Err(CliError::ApiNotInstalled { .. }) => Vec::new(),
+        // The history is still worth having without them.
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            eprintln!("note: snapshots are not shown: {first}");
+            Vec::new()
+        }
+    };
+    let entries = entries(&stack, &revisions, &snapshots);
     match args.output {
         Some(DataFormat::Json) => {
             let mut s = serde_json::to_string_pretty(&entries).expect("history serializes");
@@ -87,12 +105,133 @@ pub struct Entry {
     /// The revision it is compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared_with: Option<i64>,
+    /// The snapshots taken before a rollout (reason `BeforeRollout`) that hold this
+    /// revision's data, oldest first: what a rollback to it restores.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotEntry>,
     #[serde(skip)]
     created_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
-/// The history entries of a stack, oldest first.
-pub fn entries(stack: &ProductionStack, revisions: &[Revision]) -> Vec<Entry> {
+/// A pre-rollout snapshot in the history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotEntry {
+    /// Name of the StackSnapshot.
+    pub name: String,
+    /// Whose data.
+    pub component: String,
+    /// `Pending`, `Running`, `Completed` or `Failed`.
+    pub phase: String,
+    /// SHA-256 identity in the repository, once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes of data, once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// `Verified` or `Corrupt`, once verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+    /// When it was taken (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// What the stack did with it, as far as its status still tells: taken before the
+    /// rollout in progress, restored by the rollback in progress or the last one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    status: Option<StackSnapshotStatus>,
+    #[serde(skip)]
+    created_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// The pre-rollout snapshots holding revision `n`'s data, oldest first.
+fn snapshot_entries(
+    n: i64,
+    snapshots: &[StackSnapshot],
+    status: &ProductionStackStatus,
+) -> Vec<SnapshotEntry> {
+    let mut out: Vec<SnapshotEntry> = snapshots
+        .iter()
+        .filter(|s| s.spec.reason == SnapshotReason::BeforeRollout)
+        .filter(|s| stack_snapshots::data_revision(s) == Some(n))
+        .map(|s| {
+            let name = s.name_any();
+            let st = s.status.clone();
+            SnapshotEntry {
+                notes: snapshot_notes(&name, status),
+                name,
+                component: s.spec.component.clone(),
+                phase: stack_snapshots::phase(s).to_string(),
+                digest: st.as_ref().and_then(|st| st.digest.clone()),
+                size_bytes: st.as_ref().and_then(|st| st.size_bytes),
+                verification: st
+                    .as_ref()
+                    .and_then(|st| st.verification)
+                    .map(|v| format!("{v:?}")),
+                created: s
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string()),
+                status: st,
+                created_time: s.metadata.creation_timestamp.clone(),
+            }
+        })
+        .collect();
+    out.sort_by_key(|e| {
+        (
+            e.created_time.as_ref().map(|t| t.0.as_second()),
+            e.name.clone(),
+        )
+    });
+    out
+}
+
+/// What the stack's status says about the snapshot `name`.
+fn snapshot_notes(name: &str, status: &ProductionStackStatus) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(r) = &status.rollout {
+        if r.snapshots.iter().any(|s| s.snapshot == name) {
+            notes.push(format!(
+                "taken before the rollout of revision {} (in progress)",
+                r.revision
+            ));
+        }
+    }
+    if let Some(rb) = &status.rollback {
+        if rb.restores.iter().any(|s| s.snapshot == name) {
+            notes.push(format!(
+                "being restored (rollback {} → {})",
+                rb.from_revision, rb.to_revision
+            ));
+        }
+    }
+    if let Some(r) = &status.last_rollback {
+        if r.restores.iter().any(|s| s.snapshot == name) {
+            if r.from_revision != r.to_revision {
+                notes.push(format!(
+                    "taken before the rollout of revision {}; restored when it rolled back",
+                    r.from_revision
+                ));
+            } else {
+                notes.push(match &r.operation {
+                    Some(op) => format!("restored by operation {op}"),
+                    None => "restored".to_string(),
+                });
+            }
+        }
+    }
+    notes
+}
+
+/// The history entries of a stack, oldest first, with the pre-rollout snapshots of each
+/// revision's data.
+pub fn entries(
+    stack: &ProductionStack,
+    revisions: &[Revision],
+    snapshots: &[StackSnapshot],
+) -> Vec<Entry> {
     let status = stack.status.clone().unwrap_or_default();
     let mut out = Vec::new();
     let mut previous: Option<&Revision> = None;
@@ -114,6 +253,7 @@ pub fn entries(stack: &ProductionStack, revisions: &[Revision]) -> Vec<Entry> {
             marks: marks(rev.number, &status),
             changes,
             compared_with: previous.map(|p| p.number),
+            snapshots: snapshot_entries(rev.number, snapshots, &status),
             created_time: rev.created.clone(),
         });
         previous = Some(rev);
@@ -139,15 +279,26 @@ fn marks(n: i64, status: &ProductionStackStatus) -> Vec<String> {
         }
     }
     if let Some(rb) = &status.rollback {
-        if rb.from_revision == n {
-            m.push("rolling back".to_string());
-        }
-        if rb.to_revision == n {
-            m.push("rollback target".to_string());
+        if rb.from_revision == rb.to_revision {
+            // A Restore operation: the revision stays, its data comes back.
+            if rb.to_revision == n {
+                m.push("restoring data".to_string());
+            }
+        } else {
+            if rb.from_revision == n {
+                m.push("rolling back".to_string());
+            }
+            if rb.to_revision == n {
+                m.push("rollback target".to_string());
+            }
         }
     }
     if let Some(r) = &status.last_rollback {
-        if r.from_revision == n {
+        if r.from_revision == r.to_revision {
+            if r.to_revision == n && !r.restores.is_empty() {
+                m.push("data restored".to_string());
+            }
+        } else if r.from_revision == n {
             m.push(format!("rolled back to {}", r.to_revision));
         }
     }
@@ -354,21 +505,20 @@ pub fn render(stack: &ProductionStack, entries: &[Entry], now: Timestamp, style:
         ]);
     }
     let mut out = t.render(style);
+    out.push_str(&snapshots_table(entries, now, style));
     let status = stack.status.clone().unwrap_or_default();
     if let Some(rb) = &status.rollback {
         out.push_str(&format!(
-            "\nRolling back {} → {} since {}: {}\n",
-            rb.from_revision,
-            rb.to_revision,
+            "\nRolling back {} since {}: {}\n",
+            describe::rollback_span(rb.from_revision, rb.to_revision),
             ago(&rb.started_at, now),
             one_line(&rb.reason)
         ));
     }
     if let Some(r) = &status.last_rollback {
         out.push_str(&format!(
-            "\nLast rollback: {} → {}, {}, took {} ({}): {}\n",
-            r.from_revision,
-            r.to_revision,
+            "\nLast rollback: {}, {}, took {} ({}): {}\n",
+            describe::rollback_span(r.from_revision, r.to_revision),
             ago(&r.completed_at, now),
             deployctl_api::duration::human(std::time::Duration::from_secs_f64(
                 r.duration_seconds.max(0.0)
@@ -376,6 +526,10 @@ pub fn render(stack: &ProductionStack, entries: &[Entry], now: Timestamp, style:
             describe::rollback_cause(r.operation.as_deref(), r.trigger),
             one_line(&r.reason)
         ));
+        if !r.restores.is_empty() {
+            let restored: Vec<String> = r.restores.iter().map(describe::restore_summary).collect();
+            out.push_str(&format!("Data restored: {}\n", restored.join("; ")));
+        }
     }
     if let Some(h) = &status.hold {
         out.push_str(&format!(
@@ -386,6 +540,48 @@ pub fn render(stack: &ProductionStack, entries: &[Entry], now: Timestamp, style:
         ));
     }
     out
+}
+
+/// The pre-rollout snapshots of every revision, under the table.
+fn snapshots_table(entries: &[Entry], now: Timestamp, style: &Style) -> String {
+    if entries.iter().all(|e| e.snapshots.is_empty()) {
+        return String::new();
+    }
+    let mut t = Table::new([
+        "REVISION",
+        "SNAPSHOT",
+        "COMPONENT",
+        "PHASE",
+        "SIZE",
+        "DIGEST",
+        "VERIFIED",
+        "AGE",
+        "NOTE",
+    ])
+    .flex("NOTE")
+    .indent(2);
+    for e in entries {
+        for s in &e.snapshots {
+            let st = s.status.as_ref();
+            let verified = stack_snapshots::verification(st, now);
+            let verified_color = verified.split(' ').next().and_then(phase_color);
+            t.row([
+                Cell::from(e.revision.to_string()),
+                s.name.as_str().into(),
+                s.component.as_str().into(),
+                Cell::colored(s.phase.as_str(), phase_color(&s.phase)),
+                stack_snapshots::size(st).into(),
+                stack_snapshots::short_digest(st).into(),
+                Cell::colored(verified, verified_color),
+                age(s.created_time.as_ref(), now).into(),
+                s.notes.join("; ").into(),
+            ]);
+        }
+    }
+    format!(
+        "\nSnapshots taken before rollouts, under the revision whose data they hold:\n{}",
+        t.render(style)
+    )
 }
 
 #[cfg(test)]
@@ -482,10 +678,138 @@ mod tests {
             ),
             revision(4, &v4, "2024-05-01T11:45:00Z"),
         ];
-        let e = entries(&stack, &revs);
+        let e = entries(&stack, &revs, &[]);
         assert_eq!(e[0].changes[0], "components (older revisions pruned): db (deployctl.dev/demo-app:v1), api (deployctl.dev/demo-app:v1)");
         assert_eq!(e[1].marks, vec!["stable"]);
         assert_eq!(e[2].marks, vec!["current", "held back", "rolled back to 3"]);
+        let out = render(&stack, &e, now(), &Style::PLAIN);
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_restore_marks_its_revision_data_restored_not_rolled_back() {
+        let mut status = healthy().status.unwrap();
+        status.last_rollback = Some(deployctl_api::RollbackRecord {
+            from_revision: 2,
+            to_revision: 2,
+            reason: "restore of snapshot shop-db-m1 into component db requested".into(),
+            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2024-05-01T11:50:00Z".parse().unwrap(),
+            ),
+            completed_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2024-05-01T11:50:20Z".parse().unwrap(),
+            ),
+            duration_seconds: 20.0,
+            within_deadline: true,
+            operation: Some("shop-restore-abcde".into()),
+            trigger: deployctl_api::RollbackTrigger::Operation,
+            restores: vec![deployctl_api::DataRestore {
+                component: "db".into(),
+                snapshot: "shop-db-m1".into(),
+                phase: deployctl_api::RestorePhase::Restored,
+                job: None,
+                message: None,
+            }],
+        });
+        assert_eq!(marks(2, &status), ["current", "stable", "data restored"]);
+        let mut stack = healthy();
+        stack.status = Some(status);
+        let revs = vec![revision(2, V1, "2024-05-01T09:00:00Z")];
+        let out = render(&stack, &entries(&stack, &revs, &[]), now(), &Style::PLAIN);
+        assert!(
+            out.contains(
+                "\nLast rollback: revision 2 (data only), 9m40s ago, took 20.0s (operation \
+                 shop-restore-abcde): restore of snapshot shop-db-m1 into component db \
+                 requested\nData restored: snapshot shop-db-m1 into db\n"
+            ),
+            "{out}"
+        );
+    }
+
+    fn snapshot(name: &str, created: &str, status: &str, reason: &str) -> StackSnapshot {
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: deployctl.dev/v1alpha1
+kind: StackSnapshot
+metadata: {{name: {name}, namespace: prod, creationTimestamp: '{created}'}}
+spec: {{stack: shop, component: db, reason: {reason}}}
+status: {status}
+"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn pre_rollout_snapshots_are_listed_under_the_revision_whose_data_they_hold() {
+        let mut stack = rolled_back();
+        stack
+            .status
+            .as_mut()
+            .unwrap()
+            .last_rollback
+            .as_mut()
+            .unwrap()
+            .restores = vec![deployctl_api::DataRestore {
+            component: "db".into(),
+            snapshot: "shop-db-r3-1714564000".into(),
+            phase: deployctl_api::RestorePhase::Restored,
+            job: None,
+            message: None,
+        }];
+        let digest = "c".repeat(64);
+        let snaps = vec![
+            snapshot(
+                "shop-db-r3-1714564000",
+                "2024-05-01T11:46:40Z",
+                &format!("{{phase: Completed, revision: 3, digest: '{digest}', sizeBytes: 40960, lastVerifiedAt: '2024-05-01T11:55:00Z', verification: Verified}}"),
+                "BeforeRollout",
+            ),
+            // Failed before its Job recorded the revision: the name says 3.
+            snapshot(
+                "shop-db-r3-1714560000",
+                "2024-05-01T10:40:00Z",
+                "{phase: Failed, message: the store is full}",
+                "BeforeRollout",
+            ),
+            // Taken by hand: in `snapshot list`, not in the history.
+            snapshot(
+                "shop-db-m1714564100",
+                "2024-05-01T11:48:20Z",
+                "{phase: Completed, revision: 3}",
+                "Manual",
+            ),
+            // Of a revision pruned from the history: not shown.
+            snapshot(
+                "shop-db-r1-1714400000",
+                "2024-04-29T14:13:20Z",
+                "{phase: Completed, revision: 1}",
+                "BeforeRollout",
+            ),
+        ];
+        let revs = vec![
+            revision(2, V1, "2024-05-01T09:00:00Z"),
+            revision(
+                3,
+                V1.replace("- {name: db", "- {name: db, replicas: 2")
+                    .as_str(),
+                "2024-05-01T10:00:00Z",
+            ),
+        ];
+        let e = entries(&stack, &revs, &snaps);
+        assert!(e[0].snapshots.is_empty());
+        let names: Vec<&str> = e[1].snapshots.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["shop-db-r3-1714560000", "shop-db-r3-1714564000"]);
+        assert_eq!(
+            e[1].snapshots[1].notes,
+            ["taken before the rollout of revision 4; restored when it rolled back"]
+        );
+        let json = serde_json::to_value(&e[1]).unwrap();
+        assert_eq!(json["snapshots"][1]["digest"], digest);
+        assert_eq!(json["snapshots"][1]["sizeBytes"], 40960);
+        assert_eq!(json["snapshots"][1]["verification"], "Verified");
+        assert!(serde_json::to_value(&e[0])
+            .unwrap()
+            .get("snapshots")
+            .is_none());
         let out = render(&stack, &e, now(), &Style::PLAIN);
         insta::assert_snapshot!(out);
     }

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod get;
 pub mod history;
 pub mod operation;
+pub mod snapshot;
 pub mod status;
 pub mod wait;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Retry(operation::ActionArgs),
     /// Stop the rollout in progress and go back to the stable revision
     Abort(operation::ActionArgs),
+    /// List, take, verify and restore snapshots of a stack's data
+    Snapshot(snapshot::SnapshotArgs),
     /// Wait until a stack is healthy, rolled back, ready or in a phase (for pipelines)
     Wait(wait::WaitArgs),
     /// Print a shell completion script
@@ -82,6 +85,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<(), CliError> {
         Command::Promote(args) => operation::run_action(Action::Promote, args, ctx).await,
         Command::Retry(args) => operation::run_action(Action::Retry, args, ctx).await,
         Command::Abort(args) => operation::run_action(Action::Abort, args, ctx).await,
+        Command::Snapshot(args) => snapshot::run(args, ctx).await,
         Command::Wait(args) => wait::run(args, ctx).await,
         Command::Completion(args) => completion::run(args, ctx),
     }

@@ -1,7 +1,8 @@
 //! `rollback`, `pause`, `resume`, `promote`, `retry` and `abort`: each creates a
 //! `StackOperation` (who asked, why), waits until the controller has acted on it
 //! (`status.phase`), reports what it did, and with `--wait` follows the stack until it
-//! gets where the operation sends it.
+//! gets where the operation sends it. `snapshot restore` creates its `Restore` operation
+//! through the same path.
 
 use super::wait::{rolled_back_error, wait_stack};
 use super::{print, Ctx};
@@ -86,12 +87,14 @@ pub struct ActionArgs {
 
 /// A request, as the commands give it.
 #[derive(Debug)]
-struct Request<'a> {
-    action: Action,
-    stack: &'a str,
-    to_revision: Option<i64>,
-    reason: Option<String>,
-    timeout: &'a Timeout,
+pub(super) struct Request<'a> {
+    pub action: Action,
+    pub stack: &'a str,
+    pub to_revision: Option<i64>,
+    /// For `Restore`: the StackSnapshot.
+    pub snapshot: Option<String>,
+    pub reason: Option<String>,
+    pub timeout: &'a Timeout,
 }
 
 /// Runs `rollback`.
@@ -102,6 +105,7 @@ pub async fn run_rollback(args: RollbackArgs, ctx: &Ctx) -> Result<(), CliError>
         action: Action::Rollback,
         stack: &args.stack,
         to_revision: args.to_revision,
+        snapshot: None,
         reason: args.reason.clone(),
         timeout: &args.timeout,
     };
@@ -121,6 +125,7 @@ pub async fn run_pause(args: PauseArgs, ctx: &Ctx) -> Result<(), CliError> {
         action: Action::Pause,
         stack: &args.stack,
         to_revision: None,
+        snapshot: None,
         reason: args.reason.clone(),
         timeout: &args.timeout,
     };
@@ -136,6 +141,7 @@ pub async fn run_action(action: Action, args: ActionArgs, ctx: &Ctx) -> Result<(
         action,
         stack: &args.stack,
         to_revision: None,
+        snapshot: None,
         reason: args.reason.clone(),
         timeout: &args.timeout,
     };
@@ -197,7 +203,7 @@ pub fn build(
 
 /// Creates the operation and waits until the controller has acted on it; prints what it
 /// did. Returns the stack as it was before and the processed operation.
-async fn submit(
+pub(super) async fn submit(
     cluster: &Cluster,
     req: &Request<'_>,
     deadline: Instant,
@@ -217,7 +223,7 @@ async fn submit(
         }
     }
     let requested_by = cluster.identity().await;
-    let op = build(
+    let mut op = build(
         &cluster.namespace,
         req.stack,
         req.action,
@@ -225,6 +231,7 @@ async fn submit(
         req.reason.clone(),
         requested_by,
     );
+    op.spec.snapshot = req.snapshot.clone();
     let api: Api<StackOperation> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let verb = req.action.as_str().to_ascii_lowercase();
     let created = api.create(&PostParams::default(), &op).await.map_err(|e| {

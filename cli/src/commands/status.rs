@@ -1,6 +1,7 @@
 //! `deployctl status STACK`: one screen that tells the story of a stack: where it is and
 //! why, every component with its gates, the rollout step in progress and for how long,
-//! the rollback in progress and the last one. `--watch` keeps it live.
+//! the rollback in progress and the last one, with the data snapshots taken before the
+//! rollout and restored by the rollback. `--watch` keeps it live.
 
 use super::{print, Ctx};
 use crate::describe::{self, opt_num};
@@ -11,7 +12,7 @@ use crate::output::time::{ago, human, since};
 use crate::output::{Color, Style, Table};
 use crate::stacks;
 use crate::watch::{self, ObjectWatch, Seen};
-use deployctl_api::{GatePhase, GateStatus, MeasurementOutcome, ProductionStack};
+use deployctl_api::{DataRestore, GatePhase, GateStatus, MeasurementOutcome, ProductionStack};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 use std::io::IsTerminal;
@@ -166,13 +167,28 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             .conditions
             .iter()
             .map(|c| {
-                // Ready=True is good news; Reconciling/Stalled=True are the abnormal ones.
-                let good = (c.type_ == "Ready") == (c.status == "True");
+                // Ready and SnapshotsVerified are good news when True; Reconciling and
+                // Stalled are the abnormal ones.
+                let positive = matches!(
+                    c.type_.as_str(),
+                    "Ready" | deployctl_api::conditions::SNAPSHOTS_VERIFIED
+                );
+                let good = positive == (c.status == "True");
                 let text = format!("{}={} ({})", c.type_, c.status, c.reason);
                 style.paint(&text, if good { Color::Green } else { Color::Yellow })
             })
             .collect();
         kv(&mut out, "Conditions", &conds.join(", "));
+    }
+    if let Some(c) = status
+        .condition(deployctl_api::conditions::SNAPSHOTS_VERIFIED)
+        .filter(|c| c.status == "False")
+    {
+        kv(
+            &mut out,
+            "Verification",
+            &style.paint(&one_line(&c.message), Color::Red),
+        );
     }
     if let Some(r) = &status.rollout {
         let mut line = format!("revision {}", r.revision);
@@ -204,6 +220,18 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             line.push_str("; promoted: remaining analysis skipped");
         }
         kv(&mut out, "Rollout", &line);
+        if !r.snapshots.is_empty() {
+            let taken: Vec<String> = r
+                .snapshots
+                .iter()
+                .map(|s| format!("{} ({})", s.snapshot, s.component))
+                .collect();
+            kv(
+                &mut out,
+                "Snapshots",
+                &format!("taken before this rollout: {}", taken.join(", ")),
+            );
+        }
         if let Some(f) = &r.failure {
             kv(&mut out, "Failure", &style.paint(&one_line(f), Color::Red));
         }
@@ -221,9 +249,8 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
     }
     if let Some(rb) = &status.rollback {
         let mut line = format!(
-            "{} → {} in progress for {}",
-            rb.from_revision,
-            rb.to_revision,
+            "{} in progress for {}",
+            describe::rollback_span(rb.from_revision, rb.to_revision),
             human(since(&rb.started_at, now))
         );
         if let Some(c) = &rb.component {
@@ -235,6 +262,7 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
         ));
         line.push_str(&format!(": {}", one_line(&rb.reason)));
         kv(&mut out, "Rollback", &style.paint(&line, Color::Yellow));
+        restores(&mut out, "Data restore", &rb.restores, style);
     }
     if let Some(h) = &status.hold {
         kv(
@@ -260,9 +288,8 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             &mut out,
             "Last rollback",
             &format!(
-                "{} → {}, {}, took {} ({within}; {by}): {}",
-                r.from_revision,
-                r.to_revision,
+                "{}, {}, took {} ({within}; {by}): {}",
+                describe::rollback_span(r.from_revision, r.to_revision),
                 ago(&r.completed_at, now),
                 deployctl_api::duration::human(Duration::from_secs_f64(
                     r.duration_seconds.max(0.0)
@@ -270,6 +297,7 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
                 one_line(&r.reason)
             ),
         );
+        restores(&mut out, "Data restored", &r.restores, style);
     }
 
     if !status.components.is_empty() {
@@ -314,6 +342,18 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
         out.push_str(&gates_table(&status.gates, now, style));
     }
     out
+}
+
+/// Which snapshot is (being) restored into which component, each coloured by its phase.
+fn restores(out: &mut String, label: &str, restores: &[DataRestore], style: &Style) {
+    if restores.is_empty() {
+        return;
+    }
+    let text: Vec<String> = restores
+        .iter()
+        .map(|r| style.paint(&describe::restore_summary(r), describe::restore_color(r)))
+        .collect();
+    kv(out, label, &text.join("; "));
 }
 
 /// A table of gates: phase, counts, the last measurements as marks (oldest first) with
@@ -391,6 +431,33 @@ mod tests {
     fn a_rolled_back_stack_shows_the_hold_and_the_missed_deadline() {
         let out = render(&rolled_back(), now(), &Style::PLAIN);
         insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_rollback_names_the_snapshots_it_restores_and_the_last_one_restored() {
+        let out = render(
+            &crate::describe::data_fixtures::rolling_back_with_data(),
+            now(),
+            &Style::PLAIN,
+        );
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_rollout_names_its_pre_rollout_snapshots() {
+        let out = render(
+            &crate::describe::data_fixtures::snapshotting(),
+            now(),
+            &Style::PLAIN,
+        );
+        assert!(
+            out.contains("Rollout:       revision 5 from 4, running for 10s; Snapshotting\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Snapshots:     taken before this rollout: shop-db-r4-1714564790 (db)\n"),
+            "{out}"
+        );
     }
 
     #[test]

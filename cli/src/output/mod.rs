@@ -1,7 +1,8 @@
 //! Presentation shared by the commands: terminal detection and colours, tables that fit
-//! the terminal, human durations and ages, and the progress spinner of long waits.
+//! the terminal, human durations, ages and sizes, and the progress spinner of long waits.
 
 pub mod progress;
+pub mod size;
 pub mod style;
 pub mod table;
 pub mod time;

@@ -90,17 +90,19 @@ fn width_from_env() -> Option<usize> {
 /// The colour that goes with a stack, component or gate phase name.
 pub fn phase_color(phase: &str) -> Option<Color> {
     match phase {
-        "Healthy" | "Available" | "Passed" | "Succeeded" | "True" => Some(Color::Green),
+        "Healthy" | "Available" | "Passed" | "Succeeded" | "True" | "Completed" | "Verified"
+        | "Restored" => Some(Color::Green),
         "Progressing"
         | "Paused"
         | "RollingBack"
         | "Running"
         | "Pending"
         | "WaitingForDependencies"
-        | "Terminating" => Some(Color::Yellow),
-        "Degraded" | "Invalid" | "RolledBack" | "Unavailable" | "Failed" | "Inconclusive" => {
-            Some(Color::Red)
-        }
+        | "Terminating"
+        | "Stopping"
+        | "Restoring" => Some(Color::Yellow),
+        "Degraded" | "Invalid" | "RolledBack" | "Unavailable" | "Failed" | "Inconclusive"
+        | "Corrupt" => Some(Color::Red),
         _ => None,
     }
 }

@@ -263,12 +263,15 @@ fn finish(
         .revision(rb.to_revision)
         .map(|r| crate::reconcile::revisions::revision_hash(&r.components));
     // Hold back the revision that failed; a spec pushed during the rollback is a new
-    // revision and the hold-release check rolls it out next.
-    p.status.hold = (rb.to_revision != rb.from_revision).then_some(RevisionHold {
-        revision: rb.to_revision,
-        held_back: rb.from_revision,
-        reason: rb.reason,
-    });
+    // revision and the hold-release check rolls it out next. A data-only restore (from
+    // and to the same revision) keeps whatever hold there was.
+    if rb.to_revision != rb.from_revision {
+        p.status.hold = Some(RevisionHold {
+            revision: rb.to_revision,
+            held_back: rb.from_revision,
+            reason: rb.reason,
+        });
+    }
     for c in &mut p.status.components {
         c.gates.clear();
     }

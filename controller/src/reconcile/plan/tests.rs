@@ -1234,3 +1234,30 @@ fn a_component_deleted_while_the_rollout_is_paused_comes_back_as_it_was() {
     w.step(now + 4);
     assert_eq!(w.running("api"), Some(1));
 }
+
+#[test]
+fn a_restore_on_a_rolled_back_stack_keeps_the_failed_revision_held_back() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let now = w.settle(now, false);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    let snapshot = w.status.last_rollback.clone().unwrap().restores[0]
+        .snapshot
+        .clone();
+    w.ops.push(PendingOperation {
+        name: "restore-again".into(),
+        action: OperationAction::Restore,
+        to_revision: None,
+        reason: None,
+        requested_by: None,
+        snapshot: Some(snapshot),
+    });
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    let now = w.settle(now + 1, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack, "still holding revision 1");
+    assert_eq!(w.status.hold.as_ref().map(|h| h.held_back), Some(2));
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    let _ = now;
+}

@@ -475,3 +475,55 @@ async fn scheduled_snapshots_are_kept_by_retention_and_a_damaged_one_raises_a_co
     let msg = corrupt.status.unwrap().message.unwrap_or_default();
     assert!(msg.contains("chunk"), "the finding names the chunk: {msg}");
 }
+
+#[tokio::test]
+async fn files_data_is_quiesced_for_its_snapshot_and_restored_on_rollback() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("files").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    // The same database copied as files: the component must be stopped for the copy.
+    let files = |tag: &str, env: &str| {
+        let mut s = stack(tag, env);
+        s.spec.components[0].data =
+            Some(serde_json::from_value(serde_json::json!({"volume": "data"})).unwrap());
+        s
+    };
+    let apply = |s: ProductionStack| {
+        let stacks = stacks.clone();
+        async move {
+            stacks
+                .patch(
+                    "shop",
+                    &PatchParams::apply("tester").force(),
+                    &Patch::Apply(&s),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    apply(files("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+    apply(files("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")).await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert_eq!(checksum(&dir), before);
+    wait_event(&client, ns.name(), "ComponentQuiesced").await;
+    let snap: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let st = snap
+        .get(&last.restores[0].snapshot)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.method, Some(deployctl_api::DataMethod::Files));
+    assert!(st.files.unwrap_or(0) >= 1);
+}

@@ -3,10 +3,18 @@
 //! they are taken (`ProductionStackSpec.snapshots`), and the `StackSnapshot` kind that
 //! records each snapshot (and is how a person asks for one).
 
+use crate::gates::CelRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The rule on paths inside a volume or a bucket (`data.path`, `data.database`,
+/// `s3.prefix`).
+const RELATIVE_PATH: CelRule = CelRule {
+    rule: "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
+    message: "must be a relative path without '..' segments: remove the leading '/' and any '..'",
+};
 
 /// Where a component keeps its state, and how deployctl copies it consistently.
 ///
@@ -14,6 +22,20 @@ use serde::{Deserialize, Serialize};
 /// (verified) before the component starts again on the stable revision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.method != 'Sqlite' || has(self.database)",
+        "message": "database is required with method Sqlite: set it to the database file, relative to path"
+    },
+    {
+        "rule": "self.method == 'Sqlite' || !has(self.database)",
+        "message": "database is only used with method Sqlite: remove it, or set method: Sqlite"
+    },
+    {
+        "rule": "self.method == 'Files' || !has(self.consistency)",
+        "message": "consistency is only used with method Files (a Sqlite copy is always consistent and live): remove it"
+    }
+]))]
 pub struct ComponentData {
     /// Name of the entry of `volumeClaims` that holds the data. For a StatefulSet, the
     /// claim of its first replica (ordinal 0) is the one snapshotted and restored.
@@ -23,7 +45,10 @@ pub struct ComponentData {
     /// Directory inside the volume that holds the data, relative to the volume's root
     /// (no `..`). Defaults to the whole volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(
+        length(max = 1024),
+        extend("x-kubernetes-validations" = [RELATIVE_PATH])
+    )]
     pub path: Option<String>,
 
     /// How the copy is taken: `Files` (default: the directory tree) or `Sqlite` (a live,
@@ -33,7 +58,10 @@ pub struct ComponentData {
 
     /// For `Sqlite`: the database file, relative to `path`. Required with `Sqlite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        extend("x-kubernetes-validations" = [RELATIVE_PATH])
+    )]
     pub database: Option<String>,
 
     /// For `Files`: `Quiesce` (default) scales the component to zero while the snapshot
@@ -148,6 +176,10 @@ impl SnapshotPolicy {
 /// A snapshot repository: exactly one of `filesystem` or `s3`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.filesystem) != has(self.s3)",
+    "message": "set exactly one of filesystem or s3 (or remove store for the default filesystem repository)"
+}]))]
 pub struct SnapshotStore {
     /// A repository on a PersistentVolumeClaim (the default). With volumes that are
     /// ReadWriteOnce, every component with data must be on the node that holds it: use
@@ -198,7 +230,10 @@ pub struct S3Store {
 
     /// Key prefix of this stack's repository. Defaults to `<namespace>/<stack>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
+    #[schemars(
+        length(max = 512),
+        extend("x-kubernetes-validations" = [RELATIVE_PATH])
+    )]
     pub prefix: Option<String>,
 
     /// Secret (in the stack's namespace) with the keys `accessKeyId` and

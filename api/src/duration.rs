@@ -8,8 +8,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Pattern the CRD schema enforces; [`Duration::parse`] accepts exactly the same strings.
+/// Pattern the CRD schema enforces; [`Duration::parse`] accepts exactly the same strings
+/// (of at most [`MAX_DURATION_LEN`] characters).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Longest duration string the schema accepts; bounds the cost of CEL rules that read one.
+pub const MAX_DURATION_LEN: usize = 64;
 
 /// A duration such as `30s`, `5m` or `1h30m` (units `ms`, `s`, `m`, `h`).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -25,6 +29,7 @@ impl JsonSchema for Duration {
         schemars::json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": MAX_DURATION_LEN,
         })
     }
 }
@@ -77,6 +82,9 @@ pub fn parse(input: &str) -> Result<std::time::Duration, DurationError> {
     };
     if input.is_empty() {
         return Err(err("empty"));
+    }
+    if input.len() > MAX_DURATION_LEN {
+        return Err(err("too long"));
     }
     let bytes = input.as_bytes();
     let mut i = 0;
@@ -150,6 +158,8 @@ mod tests {
             assert!(!re_like(bad), "{bad:?} should be refused");
         }
         assert!(parse("5").unwrap_err().to_string().contains("missing unit"));
+        assert!(parse(&"1s".repeat(MAX_DURATION_LEN / 2)).is_ok());
+        assert!(parse(&"1s".repeat(MAX_DURATION_LEN / 2 + 1)).is_err());
     }
 
     #[test]

@@ -8,10 +8,31 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Most gates of one component, and of the stack.
+pub const MAX_GATES: usize = 32;
+
+/// A CEL rule as the CRD carries it under `x-kubernetes-validations`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CelRule {
+    pub(crate) rule: &'static str,
+    pub(crate) message: &'static str,
+}
+
+/// The rule on both lists of gates (a component's and the stack's): status keeps the
+/// analysis of each gate under its name.
+pub(crate) const UNIQUE_GATE_NAMES: CelRule = CelRule {
+    rule: "self.all(g, self.exists_one(h, h.name == g.name))",
+    message: "gate names must be unique: rename the repeated gates[].name",
+};
+
 /// A check that a new revision must pass before the rollout goes on. Exactly one of
 /// `readiness`, `http`, `errorRate`, `prometheus` or `job` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.readiness) ? 1 : 0) + (has(self.http) ? 1 : 0) + (has(self.errorRate) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.job) ? 1 : 0) == 1",
+    "message": "a gate checks exactly one thing: set one of readiness, http, errorRate, prometheus or job"
+}]))]
 pub struct Gate {
     /// Name of the gate, unique within its component (or the stack).
     #[schemars(

@@ -27,6 +27,20 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.action != 'Restore' || has(self.snapshot)",
+        "message": "snapshot is required with action Restore: name the StackSnapshot to restore"
+    },
+    {
+        "rule": "self.action == 'Restore' || !has(self.snapshot)",
+        "message": "snapshot is only used with action Restore: remove it"
+    },
+    {
+        "rule": "self.action == 'Rollback' || !has(self.toRevision)",
+        "message": "toRevision is only used with action Rollback: remove it"
+    }
+]))]
 pub struct StackOperationSpec {
     /// Name of the stack, in this namespace.
     #[schemars(length(min = 1, max = 253))]

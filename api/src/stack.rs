@@ -3,7 +3,7 @@
 
 use crate::data::{ComponentData, SnapshotPolicy};
 use crate::duration::Duration;
-use crate::gates::Gate;
+use crate::gates::{Gate, MAX_GATES, UNIQUE_GATE_NAMES};
 use crate::status::ProductionStackStatus;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,6 +23,22 @@ pub const DEFAULT_MONITOR_INTERVAL: &str = "30s";
 /// Default for `spec.revisionHistoryLimit`.
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 
+// Bounds on what the CEL rules below iterate over. The API server estimates each rule's
+// worst-case cost from them (times the lists it sits in) and refuses a CRD whose rules
+// could cost too much, so every list and string a rule reads is bounded; validation.rs
+// enforces the same numbers for clusters that ignore the rules.
+
+/// Most components in a stack.
+pub const MAX_COMPONENTS: usize = 64;
+/// Longest component name (and `dependsOn` entry).
+pub const MAX_COMPONENT_NAME: usize = 40;
+/// Most `dependsOn` entries of one component.
+pub const MAX_DEPENDENCIES: usize = 32;
+/// Most ports of a component's Service.
+pub const MAX_PORTS: usize = 50;
+/// Most volume claims of one component.
+pub const MAX_VOLUME_CLAIMS: usize = 16;
+
 /// A stack of components that deployctl creates and updates in dependency order, keeping
 /// a numbered history of revisions.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -36,6 +52,11 @@ pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
     category = "deployctl",
     namespaced,
     status = "ProductionStackStatus",
+    validation = Rule::new(
+        "self.spec.components.all(c, size(self.metadata.name) + size(c.name) <= 51)"
+    ).message(
+        "metadata.name plus a component name must stay within 51 characters (the objects are named <stack>-<component>, at most 52): shorten the stack or the component name"
+    ),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the stack is in its life cycle"}"#,
     printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.currentRevision","description":"Revision the spec asks for"}"#,
     printcolumn = r#"{"name":"Stable","type":"integer","jsonPath":".status.stableRevision","description":"Last revision that rolled out completely"}"#,
@@ -47,7 +68,19 @@ pub struct ProductionStackSpec {
     /// The components of the stack. Each becomes a Deployment or StatefulSet (named
     /// `<stack>-<component>`), with an optional Service and PersistentVolumeClaims.
     /// Components are created and updated in the order their `dependsOn` gives.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(
+        length(min = 1, max = MAX_COMPONENTS),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "self.all(c, self.exists_one(o, o.name == c.name))",
+                "message": "component names must be unique: rename or remove the repeated components[].name"
+            },
+            {
+                "rule": "self.all(c, !has(c.dependsOn) || c.dependsOn.all(d, self.exists(o, o.name == d)))",
+                "message": "every dependsOn entry must be the name of a component of this stack: fix the name or add that component"
+            }
+        ])
+    )]
     pub components: Vec<Component>,
 
     /// How new revisions are rolled out.
@@ -57,6 +90,10 @@ pub struct ProductionStackSpec {
     /// Gates over the whole stack, analysed after the last component has passed its own,
     /// before the revision is promoted to stable, and kept running after promotion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_GATES),
+        extend("x-kubernetes-validations" = [UNIQUE_GATE_NAMES])
+    )]
     pub gates: Vec<Gate>,
 
     /// How many old revisions (ControllerRevision objects) to keep for history and
@@ -80,11 +117,25 @@ pub struct ProductionStackSpec {
 /// One workload of the stack: an API, a database, a cache, a worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.dependsOn) || !(self.name in self.dependsOn)",
+        "message": "a component cannot depend on itself: remove its own name from dependsOn"
+    },
+    {
+        "rule": "self.kind != 'StatefulSet' || has(self.service)",
+        "message": "a StatefulSet needs a service (its pods get stable names through it): add service.ports, or use kind: Deployment"
+    },
+    {
+        "rule": "!has(self.data) || (has(self.volumeClaims) && self.volumeClaims.exists(v, v.name == self.data.volume))",
+        "message": "data.volume must be the name of one of this component's volumeClaims: add that claim or fix the name"
+    }
+]))]
 pub struct Component {
     /// Name of the component, unique in the stack; a DNS label (lower case letters,
     /// digits and `-`). Other components refer to it in `dependsOn`.
     #[schemars(
-        length(min = 1, max = 40),
+        length(min = 1, max = MAX_COMPONENT_NAME),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
@@ -102,6 +153,14 @@ pub struct Component {
     /// Names of components that must be Available before this one is created or
     /// updated. On rollback the order is reversed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_DEPENDENCIES),
+        inner(length(max = MAX_COMPONENT_NAME)),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(d, self.exists_one(e, e == d))",
+            "message": "dependsOn lists a component more than once: remove the repeat"
+        }])
+    )]
     pub depends_on: Vec<String>,
 
     /// The pod template, as in a Deployment. deployctl adds the labels
@@ -118,11 +177,22 @@ pub struct Component {
     /// For a Deployment one PersistentVolumeClaim `<stack>-<component>-<name>` is shared
     /// by its pods; for a StatefulSet they become `volumeClaimTemplates`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_VOLUME_CLAIMS),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(v, self.exists_one(w, w.name == v.name))",
+            "message": "volume claim names must be unique: rename or remove the repeated volumeClaims[].name"
+        }])
+    )]
     pub volume_claims: Vec<VolumeClaim>,
 
     /// Health gates analysed after this component is Available on a new revision; the
     /// rollout moves to the next component only when all pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_GATES),
+        extend("x-kubernetes-validations" = [UNIQUE_GATE_NAMES])
+    )]
     pub gates: Vec<Gate>,
 
     /// The component's state: which of its `volumeClaims` holds it and how a consistent
@@ -156,7 +226,23 @@ impl std::fmt::Display for WorkloadKind {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Ports the Service exposes.
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(
+        length(min = 1, max = MAX_PORTS),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "self.all(p, self.exists_one(q, q.port == p.port && (has(q.protocol) ? q.protocol : 'TCP') == (has(p.protocol) ? p.protocol : 'TCP')))",
+                "message": "each port and protocol may appear once in ports: change or remove the repeated port"
+            },
+            {
+                "rule": "self.all(p, !has(p.name) || self.exists_one(q, has(q.name) && q.name == p.name))",
+                "message": "port names must be unique: rename the repeated ports[].name"
+            },
+            {
+                "rule": "size(self) <= 1 || self.all(p, has(p.name))",
+                "message": "every port needs a name when there is more than one: set ports[].name"
+            }
+        ])
+    )]
     pub ports: Vec<ServicePort>,
 }
 
@@ -180,6 +266,9 @@ pub struct ServicePort {
 
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Bounded for the port rule's cost on API servers before 1.29, which do not derive a
+    // length from the enum.
+    #[schemars(extend("maxLength" = 4))]
     pub protocol: Option<Protocol>,
 }
 
@@ -271,6 +360,10 @@ pub struct RolloutPolicy {
     /// How long one component may take to become Available after it was applied before
     /// the rollout is reported as failed (`ProgressDeadlineExceeded`). Defaults to `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!self.matches('^(0+([.]0+)?(ms|s|m|h))+$')",
+        "message": "progressDeadline must be longer than 0s: set e.g. 10m"
+    }]))]
     pub progress_deadline: Option<Duration>,
 
     /// While true, no new revision is rolled out: components keep what they run and the

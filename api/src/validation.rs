@@ -1,11 +1,23 @@
 //! Checks of a `ProductionStack` spec that the OpenAPI schema cannot express (dependency
 //! cycles, references to unknown components, duplicate names, conflicting ports, name
-//! lengths, durations), run by the controller before it touches anything.
+//! lengths, durations), run by the controller before it touches anything, and of a
+//! `StackOperation` spec.
+//!
+//! API servers from 1.25 on refuse most of these earlier, at admission, through the CEL
+//! rules (`x-kubernetes-validations`) on the types; older ones ignore the rules, so every
+//! rule has its counterpart here, and `api/tests/cel_rules.rs` checks the two layers
+//! refuse the same specs. What CEL cannot express cheaply (cycles, cron schedules, the pod
+//! template's containers, volumes and port names) is checked here only.
 //!
 //! Pure: a function of the spec alone, so the CLI can run it too.
 
 use crate::data::{DataMethod, SnapshotPolicy};
-use crate::stack::{child_name, Component, ProductionStackSpec, WorkloadKind};
+use crate::gates::{Gate, MAX_GATES};
+use crate::operation::{OperationAction, StackOperationSpec};
+use crate::stack::{
+    child_name, Component, ProductionStackSpec, WorkloadKind, MAX_COMPONENTS, MAX_COMPONENT_NAME,
+    MAX_DEPENDENCIES, MAX_PORTS, MAX_VOLUME_CLAIMS,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -57,6 +69,13 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
             "at least one component is required".into(),
         );
     }
+    at_most(
+        "spec.components",
+        spec.components.len(),
+        MAX_COMPONENTS,
+        &mut err,
+    );
+    validate_gates("spec.gates", &spec.gates, &mut err);
 
     let mut index_by_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, c) in spec.components.iter().enumerate() {
@@ -70,6 +89,12 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
                 ),
             );
             index_by_name.insert(&c.name, first);
+        }
+        if c.name.len() > MAX_COMPONENT_NAME {
+            err(
+                format!("{path}.name"),
+                format!("must be at most {MAX_COMPONENT_NAME} characters"),
+            );
         }
         if !is_dns_label(&c.name) {
             err(
@@ -97,6 +122,12 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
     }
 
     for (i, c) in spec.components.iter().enumerate() {
+        at_most(
+            &format!("spec.components[{i}].dependsOn"),
+            c.depends_on.len(),
+            MAX_DEPENDENCIES,
+            &mut err,
+        );
         let mut seen = BTreeSet::new();
         for (j, dep) in c.depends_on.iter().enumerate() {
             let path = format!("spec.components[{i}].dependsOn[{j}]");
@@ -178,7 +209,20 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
         .filter_map(|p| p.name.as_deref())
         .collect();
 
+    validate_gates(&format!("{path}.gates"), &c.gates, err);
+    at_most(
+        &format!("{path}.volumeClaims"),
+        c.volume_claims.len(),
+        MAX_VOLUME_CLAIMS,
+        err,
+    );
     if let Some(svc) = &c.service {
+        at_most(
+            &format!("{path}.service.ports"),
+            svc.ports.len(),
+            MAX_PORTS,
+            err,
+        );
         let mut by_port: BTreeMap<(i32, &str), usize> = BTreeMap::new();
         let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
         for (k, p) in svc.ports.iter().enumerate() {
@@ -325,6 +369,76 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             format!("{path}.service"),
             "a StatefulSet component needs a service (its pods get stable names through it)".into(),
         );
+    }
+}
+
+/// A list of gates (a component's or the stack's): bounded, names unique, one check each.
+fn validate_gates(path: &str, gates: &[Gate], err: &mut impl FnMut(String, String)) {
+    at_most(path, gates.len(), MAX_GATES, err);
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, g) in gates.iter().enumerate() {
+        let gpath = format!("{path}[{k}]");
+        if let Some(first) = by_name.insert(&g.name, k) {
+            err(
+                format!("{gpath}.name"),
+                format!("duplicate gate name {:?} (also {path}[{first}])", g.name),
+            );
+            by_name.insert(&g.name, first);
+        }
+        let checks = [
+            g.readiness.is_some(),
+            g.http.is_some(),
+            g.error_rate.is_some(),
+            g.prometheus.is_some(),
+            g.job.is_some(),
+        ];
+        if checks.iter().filter(|&&set| set).count() != 1 {
+            err(
+                gpath,
+                "set exactly one of readiness, http, errorRate, prometheus or job".into(),
+            );
+        }
+    }
+}
+
+/// The schema's `maxItems`, checked here too for the CLI's offline check and for stacks
+/// stored before a bound was added or lowered.
+fn at_most(path: &str, len: usize, max: usize, err: &mut impl FnMut(String, String)) {
+    if len > max {
+        err(
+            path.to_string(),
+            format!("has {len} entries; at most {max} are allowed"),
+        );
+    }
+}
+
+/// Validates a `StackOperation` spec: the fields that go with one action only.
+pub fn validate_operation(spec: &StackOperationSpec) -> Result<(), InvalidSpec> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: &str| {
+        errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        })
+    };
+    match (spec.action, &spec.snapshot) {
+        (OperationAction::Restore, None) => err(
+            "spec.snapshot",
+            "required with action Restore: the StackSnapshot to restore",
+        ),
+        (OperationAction::Restore, Some(_)) | (_, None) => {}
+        (_, Some(_)) => err("spec.snapshot", "only used with action Restore; remove it"),
+    }
+    if spec.to_revision.is_some() && spec.action != OperationAction::Rollback {
+        err(
+            "spec.toRevision",
+            "only used with action Rollback; remove it",
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec(errors))
     }
 }
 
@@ -576,6 +690,63 @@ mod tests {
             vec!["spec.components[0].volumeClaims[1].name"]
         );
         assert!(e.to_string().contains("no container mounts \"logs\""));
+    }
+
+    #[test]
+    fn refuses_more_than_the_schema_allows() {
+        let many: Vec<String> = (0..=MAX_COMPONENTS)
+            .map(|i| format!("{{name: c{i}, template: {CONTAINER}}}"))
+            .collect();
+        let s = spec(&format!("components: [{}]", many.join(", ")));
+        assert_eq!(
+            paths(validate("shop", &s).unwrap_err()),
+            vec!["spec.components"]
+        );
+        let long = "c".repeat(MAX_COMPONENT_NAME + 1);
+        let s = spec(&format!(
+            "components: [{{name: {long}, template: {CONTAINER}}}]"
+        ));
+        assert_eq!(
+            paths(validate("s", &s).unwrap_err()),
+            vec!["spec.components[0].name"]
+        );
+    }
+
+    #[test]
+    fn gates_check_one_thing_under_their_own_name() {
+        let s = spec(&format!(
+            "components:
+- name: api
+  template: {CONTAINER}
+  gates: [{{name: a, readiness: {{}}}}, {{name: a, readiness: {{}}, http: {{}}}}, {{name: b}}]
+gates: [{{name: a, readiness: {{}}}}]"
+        ));
+        assert_eq!(
+            paths(validate("shop", &s).unwrap_err()),
+            vec![
+                "spec.components[0].gates[1].name",
+                "spec.components[0].gates[1]",
+                "spec.components[0].gates[2]",
+            ]
+        );
+    }
+
+    #[test]
+    fn operation_fields_go_with_their_action() {
+        let op = |yaml: &str| -> StackOperationSpec {
+            serde_yaml_ng::from_str(yaml).expect("test fixture parses")
+        };
+        let refused = |yaml: &str| paths(validate_operation(&op(yaml)).unwrap_err());
+        assert!(validate_operation(&op("{stack: s, action: Rollback, toRevision: 2}")).is_ok());
+        assert!(validate_operation(&op("{stack: s, action: Restore, snapshot: x}")).is_ok());
+        assert_eq!(
+            refused("{stack: s, action: Restore}"),
+            vec!["spec.snapshot"]
+        );
+        assert_eq!(
+            refused("{stack: s, action: Abort, snapshot: x, toRevision: 1}"),
+            vec!["spec.snapshot", "spec.toRevision"]
+        );
     }
 
     #[test]

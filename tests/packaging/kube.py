@@ -120,8 +120,20 @@ class Kube:
 
     # --- writes ----------------------------------------------------------------------
 
+    def keeps_cel_rules(self) -> bool:
+        """Whether the server knows CRD `x-kubernetes-validations` (CEL, 1.25+)."""
+        if not hasattr(self, "_keeps_cel"):
+            v = self.get("/version")
+            minor = int("".join(ch for ch in v.get("minor", "0") if ch.isdigit()) or 0)
+            self._keeps_cel = v.get("major") != "1" or minor >= 25
+        return self._keeps_cel
+
     def apply(self, obj: dict, *, namespace: str | None = None, dry_run: bool = False):
-        """Server-side apply (creates or updates)."""
+        """Server-side apply (creates or updates). A server older than 1.25 refuses CEL
+        rules in a server-side applied CRD (it would drop them from one it creates), so
+        they are left out there: the CRD that server would store."""
+        if obj.get("kind") == "CustomResourceDefinition" and not self.keeps_cel_rules():
+            obj = strip_cel_rules(obj)
         params = {"fieldManager": self.FIELD_MANAGER, "force": "true"}
         if dry_run:
             params["dryRun"] = "All"
@@ -153,6 +165,15 @@ class Kube:
                            "resourceAttributes": attrs}}
         out = self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
         return bool(out["status"].get("allowed"))
+
+
+def strip_cel_rules(value):
+    """A copy of `value` without any `x-kubernetes-validations`."""
+    if isinstance(value, dict):
+        return {k: strip_cel_rules(v) for k, v in value.items() if k != "x-kubernetes-validations"}
+    if isinstance(value, list):
+        return [strip_cel_rules(v) for v in value]
+    return value
 
 
 def wait_for(what: str, check, timeout: float = 30.0):

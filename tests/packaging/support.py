@@ -17,6 +17,27 @@ RELEASE = "deployctl"
 NAMESPACE = "deployctl-system"
 
 
+def chart_for(kube) -> helm_python.Chart:
+    """The chart as this cluster can take it. Helm 4 installs CRDs by server-side apply, and
+    an API server older than 1.25 refuses the CEL rules (`x-kubernetes-validations`) in
+    such an apply (it drops them from a CRD it creates). For those servers: a copy of the
+    chart whose CRDs leave the rules out, which is the CRD such a server would store. See
+    docs/operations.md on installing on clusters older than 1.25."""
+    if kube.keeps_cel_rules():
+        return helm_python.Chart.load(str(CHART_DIR))
+    import shutil
+    import tempfile
+
+    from kube import strip_cel_rules
+
+    copy_dir = Path(tempfile.mkdtemp(prefix="deployctl-chart-")) / "deployctl"
+    shutil.copytree(CHART_DIR, copy_dir)
+    for crd in (copy_dir / "crds").glob("*.yaml"):
+        docs = [strip_cel_rules(d) for d in yaml.safe_load_all(crd.read_text()) if d]
+        crd.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return helm_python.Chart.load(str(copy_dir))
+
+
 @functools.lru_cache(maxsize=None)
 def _chart() -> helm_python.Chart:
     return helm_python.Chart.load(str(CHART_DIR))

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kube import ApiError, Kube, wait_for
-from support import CHART_DIR, REPO, of_kind
+from support import CHART_DIR, REPO, chart_for, of_kind
 
 # An image no node has, so the installed controller never starts.
 NEVER_RUNS = {"image": {"repository": "deployctl.dev/packaging-test-never-runs"}}
@@ -42,7 +42,7 @@ def release(kubeconfig, kube, run_id):
     real controller, confined to its own namespace."""
     name, ns = f"deployctl-pkg-{run_id}", f"pkg-{run_id}"
     cfg = helm_python.Config(namespace=ns, kubeconfig_path=kubeconfig)
-    installed = cfg.install(helm_python.Chart.load(str(CHART_DIR)), name, NEVER_RUNS,
+    installed = cfg.install(chart_for(kube), name, NEVER_RUNS,
                             namespace=ns, create_namespace=True, timeout=120)
     yield {"name": name, "namespace": ns, "config": cfg, "installed": installed}
     try:
@@ -75,7 +75,7 @@ def test_helm_installs_the_chart_and_its_crds(kube, release):
 
 def test_helm_upgrades_and_keeps_history(kube, release):
     cfg, name, ns = release["config"], release["name"], release["namespace"]
-    upgraded = cfg.upgrade(helm_python.Chart.load(str(CHART_DIR)), name,
+    upgraded = cfg.upgrade(chart_for(kube), name,
                            {**NEVER_RUNS, "replicaCount": 1, "leaderElection": {"leaseDuration": "20s"}},
                            namespace=ns, timeout=120)
     assert upgraded["revision"] == 2 and upgraded["status"] == "deployed"
@@ -243,7 +243,7 @@ def test_every_rendered_object_passes_a_server_side_dry_run(kubeconfig, kube, na
     # Rendered by Helm's own server dry run, so with the API versions this server serves;
     # then every object goes to the API server as a dry-run apply (admission, schema).
     cfg = helm_python.Config(namespace=namespace, kubeconfig_path=kubeconfig)
-    release = cfg.install(helm_python.Chart.load(str(CHART_DIR)), "deployctl-dry", values,
+    release = cfg.install(chart_for(kube), "deployctl-dry", values,
                           namespace=namespace, dry_run="server")
     docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
     assert of_kind(docs, "Deployment")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from kube import ApiError, Kube, wait_for
-from support import CHART_DIR, REPO
+from support import CHART_DIR, REPO, chart_for
 
 STACK_API = "/apis/deployctl.dev/v1alpha1"
 
@@ -42,7 +42,7 @@ def running(kubeconfig, kube, node, run_id):
     name, ns, stacks_ns = f"deployctl-run-{run_id}", f"pkg-run-{run_id}", f"pkg-run-{run_id}-stacks"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": stacks_ns}})
     cfg = helm_python.Config(namespace=ns, kubeconfig_path=kubeconfig)
-    cfg.install(helm_python.Chart.load(str(CHART_DIR)), name,
+    cfg.install(chart_for(kube), name,
                 {"watchNamespace": stacks_ns, "leaderElection": {"leaseDuration": "6s"}},
                 namespace=ns, create_namespace=True, timeout=120)
     ctx = {"name": name, "namespace": ns, "stacks": stacks_ns, "lease": f"{name}-controller"}

@@ -78,10 +78,14 @@ async fn main() -> anyhow::Result<()> {
 async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let client = cluster.client().await;
-    let crds = std::fs::read_to_string("manifests/crds/productionstacks.yaml")?
-        + "---\n"
-        + &std::fs::read_to_string("manifests/crds/stackoperations.yaml")?;
-    deployctl_harness::apply_yaml(&client, &crds, "crds", "bench", "default").await?;
+    deployctl_harness::apply_yaml(
+        &client,
+        deployctl_harness::crds::CRDS_YAML,
+        "crds",
+        "bench",
+        "default",
+    )
+    .await?;
     let ns = "bench";
     Api::<Namespace>::all(client.clone())
         .create(

@@ -72,6 +72,7 @@ pub async fn apply_yaml(
 ) -> Result<Vec<String>> {
     let objects = parse_documents(yaml, source_name)?;
     let mut discovery = run_discovery(client).await?;
+    let cel_dropped = !server_keeps_cel_rules(client).await?;
     let mut applied = Vec::with_capacity(objects.len());
     for mut object in objects {
         let gvk = object
@@ -103,6 +104,9 @@ pub async fn apply_yaml(
                 Api::all_with(client.clone(), &resource)
             }
         };
+        if cel_dropped && gvk.kind == "CustomResourceDefinition" {
+            strip_cel_rules(&mut object.data);
+        }
         // Server-side apply must not carry these; they come from `kubectl get -o yaml`.
         object.metadata.managed_fields = None;
         object.metadata.resource_version = None;
@@ -117,6 +121,33 @@ pub async fn apply_yaml(
         });
     }
     Ok(applied)
+}
+
+/// Whether the API server knows `x-kubernetes-validations` (CEL rules, 1.25+). An older
+/// one drops the field from a CRD it creates, but refuses it in a server-side apply (the
+/// field is not in its schema), so for those servers the harness leaves the rules out:
+/// the same CRD the server would have stored.
+async fn server_keeps_cel_rules(client: &kube::Client) -> Result<bool> {
+    let v = client
+        .apiserver_version()
+        .await
+        .map_err(|e| HarnessError::kube("reading the server version", e))?;
+    let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(u32::MAX);
+    Ok(v.major != "1" || minor >= 25)
+}
+
+/// Removes every `x-kubernetes-validations` from a CRD's schemas.
+fn strip_cel_rules(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            for child in map.values_mut() {
+                strip_cel_rules(child);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_cel_rules),
+        _ => {}
+    }
 }
 
 async fn run_discovery(client: &kube::Client) -> Result<Discovery> {

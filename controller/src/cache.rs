@@ -1,15 +1,19 @@
-//! In-memory copies (reflector stores) of what every reconcile reads: the components'
-//! Deployments and StatefulSets, the StackOperations and the stacks' ControllerRevisions.
+//! In-memory copies (reflector stores) of what reconciles would otherwise list: the
+//! stacks' ControllerRevisions.
 //!
-//! Without them a reconcile GETs each workload and lists the namespace's operations and
-//! revisions; with a thousand stacks in a namespace those lists alone are megabytes per
-//! reconcile, and latency grows with the number of stacks. The stores are fed by the same
-//! watches that trigger reconciles (shared reflectors): an event reaches the controller
-//! only after the store holds it, so a reconcile never decides on an older copy than the
-//! event that woke it.
+//! Creating a revision, and loading the history for a rollback, needs the stack's
+//! revisions; a list call reads every ControllerRevision of the namespace (label selectors
+//! are applied after the read), megabytes per reconcile with a thousand stacks in a
+//! namespace. A store that lags a moment behind is safe here: revision numbers also come
+//! from the stack's status, a create that finds the revision already there re-reads it, and
+//! the stable revision is fetched by name when the store does not have it yet.
+//!
+//! Workloads are still read with a GET (one object, cheap) rather than from a store: a
+//! store fed by a separate watch could lag behind the event that woke the reconcile, and
+//! a decision taken on an older copy could wait for the next resync.
 
-use deployctl_api::{labels, ProductionStack, StackOperation};
-use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use deployctl_api::{labels, ProductionStack};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use std::sync::Arc;
@@ -17,12 +21,6 @@ use std::sync::Arc;
 /// The stores; cheap to clone.
 #[derive(Clone)]
 pub struct Caches {
-    /// Deployments deployctl manages.
-    pub deployments: Store<Deployment>,
-    /// StatefulSets deployctl manages.
-    pub statefulsets: Store<StatefulSet>,
-    /// Every StackOperation.
-    pub operations: Store<StackOperation>,
     /// ControllerRevisions of stacks (labelled with a revision hash).
     pub revisions: Store<ControllerRevision>,
 }
@@ -30,47 +28,16 @@ pub struct Caches {
 impl std::fmt::Debug for Caches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Caches")
-            .field("deployments", &self.deployments.len())
-            .field("statefulsets", &self.statefulsets.len())
-            .field("operations", &self.operations.len())
             .field("revisions", &self.revisions.len())
             .finish()
     }
 }
 
 impl Caches {
-    /// Waits until every store holds its initial list: before that, a missing object
-    /// would look deleted.
+    /// Waits until the store holds its initial list: before that, a missing revision
+    /// would look never created.
     pub async fn ready(&self) -> bool {
-        let (a, b, c, d) = futures::join!(
-            self.deployments.wait_until_ready(),
-            self.statefulsets.wait_until_ready(),
-            self.operations.wait_until_ready(),
-            self.revisions.wait_until_ready(),
-        );
-        a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok()
-    }
-
-    /// The Deployment `name` in `ns`.
-    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
-        self.deployments.get(&ObjectRef::new(name).within(ns))
-    }
-
-    /// The StatefulSet `name` in `ns`.
-    pub fn statefulset(&self, ns: &str, name: &str) -> Option<Arc<StatefulSet>> {
-        self.statefulsets.get(&ObjectRef::new(name).within(ns))
-    }
-
-    /// The StackOperations naming `stack` in its namespace.
-    pub fn operations_for(&self, stack: &ProductionStack) -> Vec<StackOperation> {
-        let ns = stack.namespace();
-        let name = stack.name_any();
-        self.operations
-            .state()
-            .iter()
-            .filter(|o| o.namespace() == ns && o.spec.stack == name)
-            .map(|o| (**o).clone())
-            .collect()
+        self.revisions.wait_until_ready().await.is_ok()
     }
 
     /// The stack's ControllerRevisions (by label and owner), by revision number.

@@ -152,48 +152,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // Shared reflectors: each store is filled by the watch that also triggers reconciles,
-    // and hands an event on only once the store holds it.
-    let (dep_store, dep_writer) = reflector::store_shared(1024);
-    let (sts_store, sts_writer) = reflector::store_shared(1024);
-    let (op_store, op_writer) = reflector::store_shared(256);
+    // The stacks' revisions, cached: every new revision would otherwise list all the
+    // ControllerRevisions of the namespace (label selectors are applied after the read).
     let (rev_store, rev_writer) = reflector::store();
-    let dep_events = dep_writer.subscribe().expect("a shared store");
-    let sts_events = sts_writer.subscribe().expect("a shared store");
-    let op_events = op_writer.subscribe().expect("a shared store");
-    let feeds = vec![
-        tokio::spawn(
-            watcher(deployments, children.clone())
-                .default_backoff()
-                .reflect_shared(dep_writer)
-                .for_each(|_| std::future::ready(())),
-        ),
-        tokio::spawn(
-            watcher(statefulsets, children.clone())
-                .default_backoff()
-                .reflect_shared(sts_writer)
-                .for_each(|_| std::future::ready(())),
-        ),
-        tokio::spawn(
-            watcher(operations, watcher::Config::default())
-                .default_backoff()
-                .reflect_shared(op_writer)
-                .for_each(|_| std::future::ready(())),
-        ),
-        tokio::spawn(
-            watcher(
-                revisions,
-                watcher::Config::default().labels(labels::REVISION_HASH),
-            )
-            .default_backoff()
-            .reflect(rev_writer)
-            .for_each(|_| std::future::ready(())),
-        ),
-    ];
+    let feeds = vec![tokio::spawn(
+        watcher(
+            revisions,
+            watcher::Config::default().labels(labels::REVISION_HASH),
+        )
+        .default_backoff()
+        .reflect(rev_writer)
+        .for_each(|_| std::future::ready(())),
+    )];
     let caches = cache::Caches {
-        deployments: dep_store,
-        statefulsets: sts_store,
-        operations: op_store,
         revisions: rev_store,
     };
     let ctx = Arc::new(
@@ -211,15 +182,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
     Controller::new(stacks, watcher::Config::default())
-        .owns_shared_stream(dep_events)
-        .owns_shared_stream(sts_events)
+        .owns(deployments, children.clone())
+        .owns(statefulsets, children.clone())
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
         // A new StackOperation wakes the stack it names.
-        .watches_shared_stream(op_events, |op: Arc<StackOperation>| {
-            let ns = op.metadata.namespace.clone()?;
-            Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
-        })
+        .watches(
+            operations,
+            watcher::Config::default(),
+            |op: StackOperation| {
+                let ns = op.metadata.namespace.clone()?;
+                Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
+            },
+        )
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
         .watches(snapshots, watcher::Config::default(), |s: StackSnapshot| {
             let ns = s.metadata.namespace.clone()?;

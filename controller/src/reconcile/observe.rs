@@ -28,27 +28,17 @@ pub async fn workloads(
             continue;
         }
         let name = child_name(&stack_name, component);
-        let state = match (kind, &ctx.caches) {
-            (WorkloadKind::Deployment, Some(c)) => c
-                .deployment(&ns, &name)
-                .filter(|d| owned_by(d.owner_references(), stack))
-                .map(|d| deployment_state(&d)),
-            (WorkloadKind::StatefulSet, Some(c)) => c
-                .statefulset(&ns, &name)
-                .filter(|s| owned_by(s.owner_references(), stack))
-                .map(|s| statefulset_state(&s)),
-            (WorkloadKind::Deployment, None) => Api::<Deployment>::namespaced(client.clone(), &ns)
+        let state = match kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &ns)
                 .get_opt(&name)
                 .await?
                 .filter(|d| owned_by(d.owner_references(), stack))
                 .map(|d| deployment_state(&d)),
-            (WorkloadKind::StatefulSet, None) => {
-                Api::<StatefulSet>::namespaced(client.clone(), &ns)
-                    .get_opt(&name)
-                    .await?
-                    .filter(|s| owned_by(s.owner_references(), stack))
-                    .map(|s| statefulset_state(&s))
-            }
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+                .filter(|s| owned_by(s.owner_references(), stack))
+                .map(|s| statefulset_state(&s)),
         };
         if let Some(mut state) = state {
             // A stopped component is drained only once no pod of it is left at all:

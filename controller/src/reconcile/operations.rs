@@ -21,10 +21,7 @@ pub async fn pending(
         .as_ref()
         .map(|s| s.processed_operations.clone())
         .unwrap_or_default();
-    let all = match &ctx.caches {
-        Some(c) => c.operations_for(stack),
-        None => api.list(&ListParams::default()).await?.items,
-    };
+    let all = api.list(&ListParams::default()).await?.items;
     let mut ops: Vec<StackOperation> = all
         .into_iter()
         .filter(|o| o.spec.stack == stack.name_any())

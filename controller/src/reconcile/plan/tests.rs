@@ -1256,7 +1256,11 @@ fn a_restore_on_a_rolled_back_stack_keeps_the_failed_revision_held_back() {
     let p = w.step(now);
     assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
     let now = w.settle(now + 1, true);
-    assert_eq!(w.phase(), StackPhase::RolledBack, "still holding revision 1");
+    assert_eq!(
+        w.phase(),
+        StackPhase::RolledBack,
+        "still holding revision 1"
+    );
     assert_eq!(w.status.hold.as_ref().map(|h| h.held_back), Some(2));
     assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
     let _ = now;

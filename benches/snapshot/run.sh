@@ -5,6 +5,12 @@
 # Prints times and ours/restic ratios. Needs: cargo, python3, restic (apt-get install restic).
 # Usage: benches/snapshot/run.sh            (BENCH_DIR=/path to choose the scratch directory;
 #                                             it must be on a disk, not tmpfs, to be fair)
+# BASELINE_BIN=/path/to/an/older/snapctl also times that build (plain repository) in the
+# same run, for before/after figures that share the run's load.
+# Needs about 5.5 GiB free there (6.6 GiB with BASELINE_BIN). Leave 6 minutes between runs on ext4 without a journal:
+# for that long after the previous run's cleanup deleted ~30,000 files, every file creation
+# in the same block groups scans past the deleted inodes (ext4's recently_deleted check),
+# which slows the restores down by seconds, unevenly.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +20,12 @@ BIN="$ROOT/target/release/examples/snapctl"
 
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/snapbench.XXXXXX)}
 trap 'rm -rf "$WORK"' EXIT
+avail_kib=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
+need_mib=$((${BASELINE_BIN:+1100} + 5632))
+if [ "$avail_kib" -lt $((need_mib * 1024)) ]; then
+  echo "only $((avail_kib / 1024)) MiB free in $WORK; the benchmark needs about $need_mib MiB" >&2
+  exit 1
+fi
 DATA="$WORK/data"
 export RESTIC_REPOSITORY="$WORK/restic-repo" RESTIC_PASSWORD=bench-password RESTIC_CACHE_DIR="$WORK/restic-cache"
 
@@ -93,6 +105,7 @@ restic init >/dev/null
 
 echo "== full snapshot"
 timed ours_full "$BIN" snapshot "$WORK/ours" "$DATA"
+[ -z "${BASELINE_BIN:-}" ] || timed base_full "$BASELINE_BIN" snapshot "$WORK/base" "$DATA"
 ID1=$(cut -d' ' -f1 "$WORK/out.ours_full" | head -1)
 timed ours_enc_full "$BIN" snapshot "$WORK/ours-enc" "$DATA" "$WORK/key.hex"
 timed restic_full restic backup --host bench "$DATA"
@@ -101,19 +114,30 @@ echo "== snapshot after a 1% change"
 change_one_percent
 timed ours_incr "$BIN" snapshot "$WORK/ours" "$DATA"
 ID2=$(head -1 "$WORK/out.ours_incr" | cut -d' ' -f1)
+[ -z "${BASELINE_BIN:-}" ] || timed base_incr "$BASELINE_BIN" snapshot "$WORK/base" "$DATA"
 timed ours_enc_incr "$BIN" snapshot "$WORK/ours-enc" "$DATA" "$WORK/key.hex"
 ID2E=$(head -1 "$WORK/out.ours_enc_incr" | cut -d' ' -f1)
 timed restic_incr restic backup --host bench "$DATA"
 grep -h "new_bytes" "$WORK/out.ours_incr" | sed 's/^/  ours: /'
 grep -h "Added to the" "$WORK/out.restic_incr" | sed 's/^/  restic: /'
 
-# Restored trees are kept until the end: deleting 1 GiB right before the next timed step
-# (on a volume mounted with discard) slows that step down and would bias the comparison.
+# Restored small files are kept until the end: deleting 10,000 files right before the next
+# timed step would slow its file creations down (see the top). Only the restored large file
+# goes after its check, to save space: one inode, and its discards are done when rm returns;
+# the sync and pause before the next step let the disk settle.
+drop_large() { rm -f "$1/large.bin"; sync; sleep 5; }
 echo "== restore with verification"
 timed ours_restore "$BIN" restore "$WORK/ours" "$ID2" "$WORK/restore-ours"
 same_tree "$DATA" "$WORK/restore-ours"
+drop_large "$WORK/restore-ours"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  timed base_restore "$BASELINE_BIN" restore "$WORK/base" "$(head -1 "$WORK/out.base_incr" | cut -d' ' -f1)" "$WORK/restore-base"
+  same_tree "$DATA" "$WORK/restore-base"
+  drop_large "$WORK/restore-base"
+fi
 timed ours_enc_restore "$BIN" restore "$WORK/ours-enc" "$ID2E" "$WORK/restore-ours-enc" "$WORK/key.hex"
 same_tree "$DATA" "$WORK/restore-ours-enc"
+drop_large "$WORK/restore-ours-enc"
 timed restic_restore restic restore latest --host bench --target "$WORK/restore-restic" --verify
 same_tree "$DATA" "$WORK/restore-restic$DATA"
 : "$ID1"
@@ -126,3 +150,11 @@ echo "|---|---|---|---|---|---|"
 echo "| full snapshot, 1 GiB | ${T_ours_full} s | ${T_ours_enc_full} s | ${T_restic_full} s | $(ratio "$T_ours_full" "$T_restic_full") | $(ratio "$T_ours_enc_full" "$T_restic_full") |"
 echo "| snapshot after 1% change | ${T_ours_incr} s | ${T_ours_enc_incr} s | ${T_restic_incr} s | $(ratio "$T_ours_incr" "$T_restic_incr") | $(ratio "$T_ours_enc_incr" "$T_restic_incr") |"
 echo "| restore with verification | ${T_ours_restore} s | ${T_ours_enc_restore} s | ${T_restic_restore} s | $(ratio "$T_ours_restore" "$T_restic_restore") | $(ratio "$T_ours_enc_restore" "$T_restic_restore") |"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  echo
+  echo "| step | baseline (plain) | ours (plain) | ours/baseline | baseline/restic |"
+  echo "|---|---|---|---|---|"
+  echo "| full snapshot, 1 GiB | ${T_base_full} s | ${T_ours_full} s | $(ratio "$T_ours_full" "$T_base_full") | $(ratio "$T_base_full" "$T_restic_full") |"
+  echo "| snapshot after 1% change | ${T_base_incr} s | ${T_ours_incr} s | $(ratio "$T_ours_incr" "$T_base_incr") | $(ratio "$T_base_incr" "$T_restic_incr") |"
+  echo "| restore with verification | ${T_base_restore} s | ${T_ours_restore} s | $(ratio "$T_ours_restore" "$T_base_restore") | $(ratio "$T_base_restore" "$T_restic_restore") |"
+fi

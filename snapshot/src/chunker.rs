@@ -1,11 +1,20 @@
 //! Content-defined chunking (FastCDC 2020) over any `Read`, in bounded memory.
 //!
 //! The cut-point search is `fastcdc::v2020::cut`; the buffering is ours because the crate's
-//! `StreamCDC` shifts its whole buffer after every chunk, which costs a memmove of up to
-//! `max` bytes per chunk. Here the buffer is twice `max` and is compacted only when less
-//! than `max` bytes remain, so each byte is moved at most about once.
+//! `StreamCDC` shifts its whole buffer after every chunk (a memmove of up to `max` bytes
+//! per chunk) and copies every chunk out. Here input is read into blocks of twice `max`,
+//! and a chunk of at least [`SHARE_MIN`] bytes is handed out as a shared view of its block,
+//! not a copy: only the undecided tail of a block (the bytes after its last cut point, on
+//! average well under one chunk) is copied into the next block. Blocks come back for reuse
+//! once the pipeline has dropped every chunk of them.
+//!
+//! Cut points are exactly those of `cut` over the whole stream: a cut found before the end
+//! of the bytes at hand is final (the scan up to it does not depend on later bytes); only
+//! "no cut point yet" needs more input, or `max` bytes, or the end of the stream.
 
 use std::io::{self, Read};
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use fastcdc::v2020::{cut, select_masks, Normalization};
 use serde::{Deserialize, Serialize};
@@ -58,13 +67,58 @@ impl ChunkerParams {
     }
 }
 
+/// Chunks at least this long share their block instead of being copied out of it.
+pub const SHARE_MIN: usize = 64 * 1024;
+
+/// Retired blocks kept for reuse per chunker.
+const KEEP_RETIRED: usize = 2;
+
+/// The bytes of one chunk: a view of a shared block, or a copy for small chunks.
+#[derive(Debug, Clone)]
+pub struct Chunk(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Shared(Arc<Vec<u8>>, Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Shared(block, range) => &block[range.clone()],
+            Repr::Owned(bytes) => bytes,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+enum Block {
+    #[default]
+    None,
+    /// Ours alone: can be refilled in place.
+    Owned(Vec<u8>),
+    /// Chunks handed out still point into it.
+    Shared(Arc<Vec<u8>>),
+}
+
+/// Blocks carried from one input to the next: a reader going through 10,000 small files
+/// should not allocate and zero a block for each.
+#[derive(Debug, Default)]
+pub struct ChunkBuffers {
+    block: Block,
+    retired: Vec<Arc<Vec<u8>>>,
+}
+
 /// Splits a stream into content-defined chunks.
 #[derive(Debug)]
 pub struct Chunker<R> {
     source: R,
     params: ChunkerParams,
     masks: (u64, u64),
-    buf: Vec<u8>,
+    block: Block,
+    retired: Vec<Arc<Vec<u8>>>,
     start: usize,
     end: usize,
     eof: bool,
@@ -73,72 +127,150 @@ pub struct Chunker<R> {
 impl<R: Read> Chunker<R> {
     /// Chunks `source` with `params` (assumed validated).
     pub fn new(source: R, params: ChunkerParams) -> Self {
-        Self::with_buffer(source, params, Vec::new())
+        Self::with_buffers(source, params, ChunkBuffers::default())
     }
 
-    /// Like [`Chunker::new`] but reuses a buffer from [`Chunker::into_buffer`]: a reader
-    /// going through 10,000 small files should not allocate and zero 8 MiB for each.
-    pub fn with_buffer(source: R, params: ChunkerParams, mut buf: Vec<u8>) -> Self {
+    /// Like [`Chunker::new`] but reuses blocks from [`Chunker::into_buffers`].
+    pub fn with_buffers(source: R, params: ChunkerParams, buffers: ChunkBuffers) -> Self {
         let masks = select_masks(params.avg as usize, Normalization::Level1);
-        buf.resize(2 * params.max as usize, 0);
         Chunker {
             source,
             params,
             masks,
-            buf,
+            block: buffers.block,
+            retired: buffers.retired,
             start: 0,
             end: 0,
             eof: false,
         }
     }
 
-    /// Gives the buffer back for reuse.
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
+    /// Gives the blocks back for reuse.
+    pub fn into_buffers(mut self) -> ChunkBuffers {
+        let block = match std::mem::take(&mut self.block) {
+            Block::Shared(b) => {
+                self.retire(b);
+                Block::None
+            }
+            other => other,
+        };
+        ChunkBuffers {
+            block,
+            retired: self.retired,
+        }
     }
 
-    fn fill(&mut self) -> io::Result<()> {
-        if self.eof || self.end - self.start >= self.params.max as usize {
-            return Ok(());
+    fn block_len(&self) -> usize {
+        2 * self.params.max as usize
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.block {
+            Block::None => &[],
+            Block::Owned(v) => v,
+            Block::Shared(b) => b,
         }
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
+    }
+
+    fn retire(&mut self, block: Arc<Vec<u8>>) {
+        if self.retired.len() < KEEP_RETIRED {
+            self.retired.push(block);
+        }
+    }
+
+    /// A block nobody else holds: a retired one whose chunks are all dropped, or a new one.
+    fn free_block(&mut self) -> Vec<u8> {
+        let len = self.block_len();
+        while let Some(i) = self.retired.iter().position(|b| Arc::strong_count(b) == 1) {
+            if let Ok(v) = Arc::try_unwrap(self.retired.swap_remove(i)) {
+                if v.len() == len {
+                    return v;
+                }
+            }
+        }
+        vec![0; len]
+    }
+
+    /// Moves the undecided bytes to the front of a block we own and reads until it is full
+    /// or the stream ends.
+    fn fill(&mut self) -> io::Result<()> {
+        let (start, end) = (self.start, self.end);
+        let mut block = match std::mem::take(&mut self.block) {
+            Block::Owned(mut v) if v.len() == self.block_len() => {
+                v.copy_within(start..end, 0);
+                v
+            }
+            Block::Shared(shared) => {
+                let mut v = self.free_block();
+                v[..end - start].copy_from_slice(&shared[start..end]);
+                self.retire(shared);
+                v
+            }
+            Block::Owned(_) | Block::None => {
+                debug_assert_eq!(start, end);
+                self.free_block()
+            }
+        };
         self.start = 0;
-        while self.end < self.buf.len() {
-            match self.source.read(&mut self.buf[self.end..]) {
+        self.end = end - start;
+        let result = loop {
+            if self.end == block.len() {
+                break Ok(());
+            }
+            match self.source.read(&mut block[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
-                    break;
+                    break Ok(());
                 }
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
-        Ok(())
+        };
+        self.block = Block::Owned(block);
+        result
     }
 
     /// The next chunk, `None` at end of stream.
-    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        self.fill()?;
-        if self.start == self.end {
-            return Ok(None);
+    pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        loop {
+            let avail = self.end - self.start;
+            if avail > 0 {
+                let p = &self.params;
+                let (mask_s, mask_l) = self.masks;
+                let (_, len) = cut(
+                    &self.bytes()[self.start..self.end],
+                    p.min as usize,
+                    p.avg as usize,
+                    p.max as usize,
+                    mask_s,
+                    mask_l,
+                    mask_s << 1,
+                    mask_l << 1,
+                );
+                if len < avail || avail >= p.max as usize || self.eof {
+                    return Ok(Some(self.take(len)));
+                }
+            } else if self.eof {
+                return Ok(None);
+            }
+            self.fill()?;
         }
-        let p = &self.params;
-        let (mask_s, mask_l) = self.masks;
-        let (_, len) = cut(
-            &self.buf[self.start..self.end],
-            p.min as usize,
-            p.avg as usize,
-            p.max as usize,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
-        );
-        let chunk = self.buf[self.start..self.start + len].to_vec();
+    }
+
+    fn take(&mut self, len: usize) -> Chunk {
+        let range = self.start..self.start + len;
         self.start += len;
-        Ok(Some(chunk))
+        if len < SHARE_MIN {
+            return Chunk(Repr::Owned(self.bytes()[range].to_vec()));
+        }
+        let shared = match std::mem::take(&mut self.block) {
+            Block::Owned(v) => Arc::new(v),
+            Block::Shared(b) => b,
+            Block::None => unreachable!("a chunk comes from a block"),
+        };
+        self.block = Block::Shared(shared.clone());
+        Chunk(Repr::Shared(shared, range))
     }
 }
 
@@ -162,9 +294,92 @@ mod tests {
         let mut c = Chunker::new(data, params);
         let mut out = vec![];
         while let Some(ch) = c.next_chunk().unwrap() {
-            out.push(ch);
+            out.push(ch.to_vec());
         }
         out
+    }
+
+    /// Cut points of `cut` with the whole stream in memory: what the chunker must match.
+    fn reference(data: &[u8], p: ChunkerParams) -> Vec<usize> {
+        let (mask_s, mask_l) = select_masks(p.avg as usize, Normalization::Level1);
+        let mut out = vec![];
+        let mut pos = 0;
+        while pos < data.len() {
+            let (_, len) = cut(
+                &data[pos..],
+                p.min as usize,
+                p.avg as usize,
+                p.max as usize,
+                mask_s,
+                mask_l,
+                mask_s << 1,
+                mask_l << 1,
+            );
+            out.push(len);
+            pos += len;
+        }
+        out
+    }
+
+    /// A reader that returns short reads of varying sizes, as pipes do.
+    struct Dribble<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.step = (self.step * 7 + 3) % 50_000 + 1;
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cut_points_match_cutting_the_whole_stream_at_once() {
+        let p = ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
+        let mut data = pseudo_random(3_000_000, 11);
+        // A run of zeroes forces max-size chunks.
+        data[1_000_000..1_400_000].fill(0);
+        let expected = reference(&data, p);
+        for step in [0, 1, 4999] {
+            let mut c = Chunker::new(Dribble { data: &data, step }, p);
+            let mut got = vec![];
+            let mut joined = Vec::with_capacity(data.len());
+            while let Some(ch) = c.next_chunk().unwrap() {
+                got.push(ch.len());
+                joined.extend_from_slice(&ch);
+            }
+            assert_eq!(got, expected, "step {step}");
+            assert_eq!(joined, data);
+        }
+        // Blocks carried over between inputs, with chunks of the first still held.
+        let mut held = vec![];
+        let mut buffers = ChunkBuffers::default();
+        for seed in 1..4 {
+            let input = pseudo_random(300_000 * seed as usize, seed);
+            let mut c = Chunker::with_buffers(&input[..], p, buffers);
+            let mut got = vec![];
+            while let Some(ch) = c.next_chunk().unwrap() {
+                got.push(ch.len());
+                held.push((
+                    ch.clone(),
+                    input.clone(),
+                    got.iter().sum::<usize>() - ch.len(),
+                ));
+            }
+            buffers = c.into_buffers();
+            assert_eq!(got, reference(&input, p));
+        }
+        for (ch, input, at) in &held {
+            assert_eq!(&ch[..], &input[*at..*at + ch.len()]);
+        }
     }
 
     #[test]

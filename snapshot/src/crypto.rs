@@ -14,6 +14,8 @@
 //! The config object carries a key check (a fixed plaintext sealed with the encryption
 //! key) so a wrong key is refused at open, before anything is read or written.
 
+use std::ops::Range;
+
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac};
@@ -117,29 +119,59 @@ impl Crypto {
         }
     }
 
-    /// Seals `data` in place for storage under `aad` (kind and name); a no-op when plain.
+    /// Seals `data` for storage under `aad` (kind and name); a no-op when plain.
     pub(crate) fn seal(&self, aad: &[u8], data: Vec<u8>) -> Vec<u8> {
-        let Crypto::Sealed { cipher, .. } = self else {
+        if !self.is_sealed() {
             return data;
+        }
+        let mut out = Vec::with_capacity(data.len() + OVERHEAD);
+        self.seal_into(aad, &data, &mut out);
+        out
+    }
+
+    /// Appends `data` sealed under `aad` to `out` (or `data` itself when plain): lets the
+    /// snapshot pipeline reuse one buffer per worker instead of allocating per chunk.
+    pub(crate) fn seal_into(&self, aad: &[u8], data: &[u8], out: &mut Vec<u8>) {
+        let Crypto::Sealed { cipher, .. } = self else {
+            out.extend_from_slice(data);
+            return;
         };
         let mut nonce = [0u8; NONCE_LEN];
         // A failing system RNG cannot be worked around; reusing a nonce would be worse.
         getrandom::fill(&mut nonce).expect("system random number generator failed");
-        let mut out = Vec::with_capacity(data.len() + OVERHEAD);
+        let start = out.len();
+        out.reserve(data.len() + OVERHEAD);
         out.push(FORMAT_ENCRYPTED);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&data);
+        out.extend_from_slice(data);
         let tag = cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[1 + NONCE_LEN..]).into())
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                aad,
+                (&mut out[start + 1 + NONCE_LEN..]).into(),
+            )
             .expect("AES-GCM accepts objects up to 64 GiB");
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens an object sealed under `aad`; returns the plaintext.
     pub(crate) fn open(&self, aad: &[u8], mut data: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        let plain = self.open_in_place(aad, &mut data)?;
+        data.truncate(plain.end);
+        data.drain(..plain.start);
+        Ok(data)
+    }
+
+    /// Opens an object sealed under `aad` where it lies (in a buffer the caller reuses);
+    /// returns where the plaintext is in `data`. Nothing is decrypted unless the tag
+    /// authenticates the whole object.
+    pub(crate) fn open_in_place(
+        &self,
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> Result<Range<usize>, OpenError> {
         let Crypto::Sealed { cipher, .. } = self else {
-            return Ok(data);
+            return Ok(0..data.len());
         };
         if data.len() < OVERHEAD || data[0] != FORMAT_ENCRYPTED {
             return Err(OpenError);
@@ -150,9 +182,7 @@ impl Crypto {
         cipher
             .decrypt_inout_detached(&nonce, aad, (&mut data[1 + NONCE_LEN..tag_at]).into(), &tag)
             .map_err(|_| OpenError)?;
-        data.truncate(tag_at);
-        data.drain(..1 + NONCE_LEN);
-        Ok(data)
+        Ok(1 + NONCE_LEN..tag_at)
     }
 }
 

@@ -2,6 +2,7 @@
 //! objects; the operations (snapshot, restore, verify, retention) build on it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,15 @@ struct RepoConfig {
     /// Hex of a fixed plaintext sealed with the encryption key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_check: Option<String>,
+}
+
+/// Where a chunk's stored bytes are: an object of its own (`whole`) or a range of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredAt {
+    pub object: ChunkId,
+    pub offset: u64,
+    pub len: u64,
+    pub whole: bool,
 }
 
 /// An open repository. Cheap to clone; safe to share between threads.
@@ -169,11 +179,11 @@ impl Repository {
         format!("{}/{}", kind.label(), name).into_bytes()
     }
 
-    /// A chunk as stored: sealed under its own id when encrypted (also inside a pack, so
-    /// each packed chunk can be read and authenticated alone).
-    pub(crate) fn seal_chunk(&self, id: ChunkId, data: Vec<u8>) -> Vec<u8> {
+    /// Appends a chunk as stored to `out`: sealed under its own id when encrypted (also
+    /// inside a pack, so each packed chunk can be read and authenticated alone).
+    pub(crate) fn seal_chunk_into(&self, id: ChunkId, data: &[u8], out: &mut Vec<u8>) {
         self.crypto
-            .seal(&Self::aad(ObjectKind::Chunk, &id.to_hex()), data)
+            .seal_into(&Self::aad(ObjectKind::Chunk, &id.to_hex()), data, out)
     }
 
     /// Stored size of a chunk of plaintext length `len`.
@@ -186,23 +196,81 @@ impl Repository {
             }
     }
 
-    /// Seals and stores a chunk as its own object; returns the stored size.
-    pub(crate) fn put_chunk(&self, id: ChunkId, data: Vec<u8>) -> Result<u64> {
-        let sealed = self.seal_chunk(id, data);
-        self.store.put(ObjectKind::Chunk, &id.to_hex(), &sealed)?;
-        Ok(sealed.len() as u64)
+    /// Seals and stores a chunk as its own object (`scratch` is a reusable buffer for the
+    /// sealed bytes); returns the stored size.
+    pub(crate) fn put_chunk(&self, id: ChunkId, data: &[u8], scratch: &mut Vec<u8>) -> Result<u64> {
+        let stored = if self.crypto.is_sealed() {
+            scratch.clear();
+            self.seal_chunk_into(id, data, scratch);
+            &scratch[..]
+        } else {
+            data
+        };
+        self.store.put(ObjectKind::Chunk, &id.to_hex(), stored)?;
+        Ok(stored.len() as u64)
     }
 
-    /// Fetches a chunk and checks it against its reference; errors name snapshot, file and
-    /// chunk.
-    pub(crate) fn read_chunk(
+    /// Where a chunk's stored bytes are.
+    pub(crate) fn stored_at(&self, c: &ChunkRef) -> StoredAt {
+        match c.pack {
+            None => StoredAt {
+                object: c.id,
+                offset: 0,
+                len: self.stored_len(c.len),
+                whole: true,
+            },
+            Some(p) => StoredAt {
+                object: p.object,
+                offset: p.offset,
+                len: self.stored_len(c.len),
+                whole: false,
+            },
+        }
+    }
+
+    /// The error for a chunk whose object is not in the store.
+    pub(crate) fn chunk_missing(
+        snapshot: SnapshotId,
+        file: &str,
+        offset: u64,
+        c: &ChunkRef,
+    ) -> Error {
+        Error::ChunkMissing {
+            snapshot,
+            file: file.to_string(),
+            chunk: c.id,
+            offset,
+        }
+    }
+
+    /// Appends the stored bytes at `at` to `out`: the whole object for a chunk stored alone
+    /// (so an object longer than the chunk is noticed), the range for a packed one.
+    pub(crate) fn fetch_stored(
+        &self,
+        at: &StoredAt,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), crate::store::StoreError> {
+        let name = at.object.to_hex();
+        if at.whole {
+            self.store.get_into(ObjectKind::Chunk, &name, out)
+        } else {
+            self.store
+                .get_range_into(ObjectKind::Chunk, &name, at.offset, len, out)
+        }
+    }
+
+    /// Checks a chunk's stored bytes `raw` against its reference, decrypting in place when
+    /// encrypted; returns where the verified plaintext is in `raw`. Errors name snapshot,
+    /// file and chunk.
+    pub(crate) fn check_chunk(
         &self,
         snapshot: SnapshotId,
         file: &str,
         offset: u64,
         c: &ChunkRef,
-    ) -> Result<Vec<u8>> {
-        let name = c.id.to_hex();
+        raw: &mut [u8],
+    ) -> Result<Range<usize>> {
         let corrupt = |fault| Error::ChunkCorrupt {
             snapshot,
             file: file.to_string(),
@@ -210,38 +278,42 @@ impl Repository {
             offset,
             fault,
         };
-        let fetched = match c.pack {
-            None => self.store.get(ObjectKind::Chunk, &name),
-            Some(p) => self.store.get_range(
-                ObjectKind::Chunk,
-                &p.object.to_hex(),
-                p.offset,
-                self.stored_len(c.len),
-            ),
+        let plain = if self.crypto.is_sealed() {
+            self.crypto
+                .open_in_place(&Self::aad(ObjectKind::Chunk, &c.id.to_hex()), raw)
+                .map_err(|_| corrupt(ChunkFault::Undecryptable))?
+        } else {
+            0..raw.len()
         };
-        let raw = match fetched {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::ChunkMissing {
-                    snapshot,
-                    file: file.to_string(),
-                    chunk: c.id,
-                    offset,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let data = self
-            .crypto
-            .open(&Self::aad(ObjectKind::Chunk, &name), raw)
-            .map_err(|_| corrupt(ChunkFault::Undecryptable))?;
-        if data.len() != c.len as usize {
+        if plain.len() != c.len as usize {
             return Err(corrupt(ChunkFault::LengthMismatch));
         }
-        if self.crypto.digest(&data) != c.id.0 {
+        if self.crypto.digest(&raw[plain.clone()]) != c.id.0 {
             return Err(corrupt(ChunkFault::HashMismatch));
         }
-        Ok(data)
+        Ok(plain)
+    }
+
+    /// Fetches a chunk into `buf` (cleared first; reused across calls) and checks it
+    /// against its reference; returns where the verified plaintext is in `buf`.
+    pub(crate) fn read_chunk_into(
+        &self,
+        snapshot: SnapshotId,
+        file: &str,
+        offset: u64,
+        c: &ChunkRef,
+        buf: &mut Vec<u8>,
+    ) -> Result<Range<usize>> {
+        buf.clear();
+        let at = self.stored_at(c);
+        match self.fetch_stored(&at, at.len, buf) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {
+                return Err(Self::chunk_missing(snapshot, file, offset, c))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.check_chunk(snapshot, file, offset, c, buf)
     }
 
     /// Writes a manifest (the last write of a snapshot) and returns its id.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use crossbeam_channel::{bounded, unbounded};
 
-use crate::chunker::{Chunker, ChunkerParams};
+use crate::chunker::{Chunk, ChunkBuffers, Chunker, ChunkerParams};
 use crate::error::{io_err, Error, Result};
 use crate::id::ChunkId;
 use crate::lock::{self, LockGuard, LockKind, DEFAULT_STALE_AFTER};
@@ -108,14 +108,14 @@ enum Msg {
 fn read_input(
     input: Input,
     params: ChunkerParams,
-    buf: &mut Vec<u8>,
-    mut emit: impl FnMut(usize, Vec<u8>) -> bool,
+    buffers: &mut ChunkBuffers,
+    mut emit: impl FnMut(usize, Chunk) -> bool,
 ) -> std::io::Result<usize> {
     let source: Box<dyn Read + Send> = match input {
         Input::Path(p) => Box::new(std::fs::File::open(p)?),
         Input::Stream(s) => s,
     };
-    let mut chunker = Chunker::with_buffer(source, params, std::mem::take(buf));
+    let mut chunker = Chunker::with_buffers(source, params, std::mem::take(buffers));
     let mut seq = 0;
     let result = loop {
         match chunker.next_chunk() {
@@ -129,7 +129,7 @@ fn read_input(
             Err(e) => break Err(e),
         }
     };
-    *buf = chunker.into_buffer();
+    *buffers = chunker.into_buffers();
     result
 }
 
@@ -176,20 +176,27 @@ fn store_piece(
     repo: &Repository,
     seen: &Mutex<HashMap<ChunkId, Option<PackLoc>>>,
     pack: &mut PackBuffer,
-    data: Vec<u8>,
+    data: &[u8],
     small_below: u32,
+    scratch: &mut Vec<u8>,
 ) -> Result<(ChunkRef, Option<u64>)> {
-    let id = repo.chunk_id(&data);
+    let id = repo.chunk_id(data);
     let len = data.len() as u32;
     if len < small_below {
-        let stored = repo.seal_chunk(id, data);
+        let stored = if repo.is_encrypted() {
+            scratch.clear();
+            repo.seal_chunk_into(id, data, scratch);
+            &scratch[..]
+        } else {
+            data
+        };
         let (loc, fresh) = {
             let mut seen = seen.lock().expect("poisoned");
             match seen.get(&id) {
                 Some(loc) => (*loc, false),
                 None => {
                     // Appended under the lock so a duplicate on another worker finds it.
-                    let loc = Some(pack.append(&stored));
+                    let loc = Some(pack.append(stored));
                     seen.insert(id, loc);
                     (loc, true)
                 }
@@ -216,7 +223,7 @@ fn store_piece(
     match existing {
         Some(loc) => Ok((ChunkRef { id, len, pack: loc }, None)),
         None => {
-            let size = repo.put_chunk(id, data)?;
+            let size = repo.put_chunk(id, data, scratch)?;
             Ok((
                 ChunkRef {
                     id,
@@ -247,7 +254,7 @@ fn ingest(
         in_tx.send((i, label, input)).expect("receiver alive");
     }
     drop(in_tx);
-    let (piece_tx, piece_rx) = bounded::<(usize, usize, Vec<u8>)>(workers * 2);
+    let (piece_tx, piece_rx) = bounded::<(usize, usize, Chunk)>(workers * 2);
     let (msg_tx, msg_rx) = unbounded::<Msg>();
     let cancel = AtomicBool::new(false);
     let seen = Mutex::new(known);
@@ -258,12 +265,12 @@ fn ingest(
             let (in_rx, piece_tx, msg_tx, cancel) =
                 (in_rx.clone(), piece_tx.clone(), msg_tx.clone(), &cancel);
             s.spawn(move || {
-                let mut buf = Vec::new();
+                let mut buffers = ChunkBuffers::default();
                 while let Ok((i, label, input)) = in_rx.recv() {
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let sent = read_input(input, params, &mut buf, |seq, data| {
+                    let sent = read_input(input, params, &mut buffers, |seq, data| {
                         !cancel.load(Ordering::Relaxed) && piece_tx.send((i, seq, data)).is_ok()
                     });
                     let msg = match sent {
@@ -280,12 +287,13 @@ fn ingest(
                 (piece_rx.clone(), msg_tx.clone(), &cancel, &seen);
             s.spawn(move || {
                 let mut pack = PackBuffer::default();
+                let mut scratch = Vec::new();
                 while let Ok((input, seq, data)) = piece_rx.recv() {
                     // Keep draining after a failure so readers never block on a full channel.
                     if cancel.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match store_piece(repo, seen, &mut pack, data, small_below) {
+                    match store_piece(repo, seen, &mut pack, &data, small_below, &mut scratch) {
                         Ok((cref, stored)) => {
                             let _ = msg_tx.send(Msg::Chunk {
                                 input,

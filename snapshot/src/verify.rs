@@ -62,13 +62,14 @@ impl Repository {
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
+                    let mut buf = Vec::new();
                     while !failed.load(Ordering::Relaxed) {
                         let Some((file, offset, c)) =
                             jobs.get(next.fetch_add(1, Ordering::Relaxed))
                         else {
                             return;
                         };
-                        if let Err(e) = self.read_chunk(id, file, *offset, c) {
+                        if let Err(e) = self.read_chunk_into(id, file, *offset, c, &mut buf) {
                             failed.store(true, Ordering::Relaxed);
                             first_err.lock().expect("poisoned").get_or_insert(e);
                             return;

@@ -94,6 +94,50 @@ fn files_round_trip_mem_store_encrypted() {
     round_trip(Arc::new(MemStore::new()), Some(MasterKey::new([3; 32])));
 }
 
+/// Default chunk sizes on a disk: files of several chunks, chunks stored alone and packs
+/// of many small files, plain and encrypted.
+#[test]
+fn default_chunk_sizes_round_trip_on_disk() {
+    for key in [None, Some(MasterKey::new([3; 32]))] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, live) = (dir.path().join("data"), dir.path().join("live"));
+        let mut rng = Rng(0xD1);
+        fs::create_dir_all(data.join("d")).unwrap();
+        fs::write(data.join("big"), rng.bytes(3 * 1024 * 1024 + 777)).unwrap();
+        fs::write(data.join("aligned"), rng.bytes(2 * 1024 * 1024)).unwrap();
+        fs::write(data.join("d/one-chunk"), rng.bytes(300 * 1024 + 5)).unwrap();
+        for i in 0..50 {
+            fs::write(data.join(format!("d/s{i}")), rng.bytes(i * 997)).unwrap();
+        }
+        let store = Arc::new(FsStore::new(dir.path().join("repo")).unwrap());
+        let repo = Repository::init(store, key.as_ref(), ChunkerParams::default()).unwrap();
+        let report = repo
+            .snapshot(
+                &src(),
+                &files(&data),
+                &SnapshotOptions::default(),
+                &NoProgress,
+            )
+            .unwrap();
+        repo.verify(report.info.id, &NoProgress).unwrap();
+        fs::create_dir_all(&live).unwrap();
+        fs::write(live.join("big"), b"old").unwrap();
+        repo.restore(
+            report.info.id,
+            &files(&live),
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            fingerprint(&data),
+            fingerprint(&live),
+            "encrypted: {}",
+            key.is_some()
+        );
+    }
+}
+
 #[test]
 fn owners_are_restored_as_root() {
     if !nix::unistd::geteuid().is_root() {

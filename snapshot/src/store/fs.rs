@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -163,6 +163,15 @@ impl Store for FsStore {
         fs::read(self.root.join(&key)).map_err(io(key))
     }
 
+    fn get_into(&self, kind: ObjectKind, name: &str, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let key = object_key(kind, name)?;
+        // read_to_end fills the spare capacity without zeroing it first.
+        File::open(self.root.join(&key))
+            .and_then(|mut f| f.read_to_end(out))
+            .map(drop)
+            .map_err(io(key))
+    }
+
     fn get_range(
         &self,
         kind: ObjectKind,
@@ -170,6 +179,19 @@ impl Store for FsStore {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         use std::os::unix::fs::FileExt;
         let key = object_key(kind, name)?;
         let cached = self.handles.lock().expect("poisoned").get(&key).cloned();
@@ -185,18 +207,22 @@ impl Store for FsStore {
                 f
             }
         };
-        let mut buf = vec![0u8; len as usize];
+        let start = out.len();
+        out.resize(start + len as usize, 0);
         let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
+        let result = loop {
+            if got == len as usize {
+                break Ok(());
+            }
+            match f.read_at(&mut out[start + got..], offset + got as u64) {
+                Ok(0) => break Ok(()),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(key)(e)),
+                Err(e) => break Err(io(key)(e)),
             }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        };
+        out.truncate(start + got);
+        result
     }
 
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -284,6 +310,36 @@ impl Store for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_of_many_sizes_read_back_whole_and_in_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::new(dir.path().join("repo")).unwrap();
+        let mut x = 7u32;
+        for (i, len) in [0, 4095, 65535, 65536, 65537, 20 * 4096, 300_001]
+            .into_iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            let name = format!("{i:02x}").repeat(32);
+            s.put(ObjectKind::Chunk, &name, &data).unwrap();
+            assert_eq!(
+                s.get(ObjectKind::Chunk, &name).unwrap(),
+                data,
+                "{len} bytes"
+            );
+            assert_eq!(
+                s.get_range(ObjectKind::Chunk, &name, 1000, 70_000).unwrap(),
+                data[len.min(1000)..len.min(71_000)],
+                "{len} bytes"
+            );
+        }
+    }
 
     #[test]
     fn put_get_list_delete() {

@@ -164,6 +164,27 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(all[start..end].to_vec())
     }
 
+    /// Appends a whole object to `out`: the engine's hot loops reuse one buffer per thread
+    /// rather than allocating per object. The default goes through [`Store::get`].
+    fn get_into(&self, kind: ObjectKind, name: &str, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        out.extend_from_slice(&self.get(kind, name)?);
+        Ok(())
+    }
+
+    /// Appends up to `len` bytes of an object from `offset` to `out` (fewer if the object is
+    /// shorter). The default goes through [`Store::get_range`].
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        out.extend_from_slice(&self.get_range(kind, name, offset, len)?);
+        Ok(())
+    }
+
     /// Lists the objects of a kind, in no particular order; unfinished writes are not listed.
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError>;
 

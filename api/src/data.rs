@@ -33,14 +33,34 @@ const RELATIVE_PATH: CelRule = CelRule {
     },
     {
         "rule": "self.method == 'Files' || !has(self.consistency)",
-        "message": "consistency is only used with method Files (a Sqlite copy is always consistent and live): remove it"
+        "message": "consistency is only used with method Files (Sqlite and Exec copies are taken live): remove it"
+    },
+    {
+        "rule": "self.method == 'Exec' || has(self.volume)",
+        "message": "volume is required with methods Files and Sqlite: set it to the volumeClaims entry that holds the data"
+    },
+    {
+        "rule": "self.method != 'Exec' || has(self.exec)",
+        "message": "exec is required with method Exec: set exec.dump and exec.restore"
+    },
+    {
+        "rule": "self.method == 'Exec' || !has(self.exec)",
+        "message": "exec is only used with method Exec: remove it, or set method: Exec"
+    },
+    {
+        "rule": "self.method != 'Exec' || !has(self.path)",
+        "message": "path is not used with method Exec (the commands run with the container's own mounts): remove it"
     }
 ]))]
 pub struct ComponentData {
     /// Name of the entry of `volumeClaims` that holds the data. For a StatefulSet, the
     /// claim of its first replica (ordinal 0) is the one snapshotted and restored.
+    /// Required with `Files` and `Sqlite`. With `Exec` it is optional: the claim the
+    /// commands need, mounted where `exec.container` mounts it (other claims are not
+    /// mounted); leave it out for a database reached over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    pub volume: String,
+    pub volume: Option<String>,
 
     /// Directory inside the volume that holds the data, relative to the volume's root
     /// (no `..`). Defaults to the whole volume.
@@ -51,8 +71,9 @@ pub struct ComponentData {
     )]
     pub path: Option<String>,
 
-    /// How the copy is taken: `Files` (default: the directory tree) or `Sqlite` (a live,
-    /// consistent copy of one SQLite database with SQLite's online backup API).
+    /// How the copy is taken: `Files` (default: the directory tree), `Sqlite` (a live,
+    /// consistent copy of one SQLite database with SQLite's online backup API) or `Exec`
+    /// (the output of a dump command, such as `pg_dump`, given back to a restore command).
     #[serde(default)]
     pub method: DataMethod,
 
@@ -69,9 +90,56 @@ pub struct ComponentData {
     /// (only for data that is safe to copy live, such as append-only files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+
+    /// For `Exec`: the commands that dump and restore the data. Required with `Exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecData>,
+}
+
+/// The commands of the `Exec` method. Each runs in its own pod, in the image of one of the
+/// component's containers with that container's env, envFrom, volumeMounts and
+/// securityContext, while the component keeps running (a dump must be consistent on its
+/// own, as `pg_dump` is). Each is an argv run by `/bin/sh` (`exec "$@"`), so the image
+/// needs `/bin/sh`; no shell parses the arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "size(self.dump) > 0",
+        "message": "dump must not be empty: give the program and its arguments, e.g. [pg_dump, --format=custom, app]"
+    },
+    {
+        "rule": "size(self.restore) > 0",
+        "message": "restore must not be empty: give the program and its arguments, e.g. [pg_restore, --clean, --dbname=app]"
+    }
+]))]
+pub struct ExecData {
+    /// Program and arguments that write the data to stdout and exit 0; a non-zero exit
+    /// fails the snapshot with the end of its output. The first entry is looked up in the
+    /// container's `PATH`.
+    #[schemars(length(max = 64), inner(length(min = 1, max = 4096)))]
+    pub dump: Vec<String>,
+
+    /// Program and arguments that read a dump on stdin and put the data back, exiting 0.
+    /// It runs only once every chunk of the snapshot has been verified, while the
+    /// component runs (it is not stopped for an `Exec` restore).
+    #[schemars(length(max = 64), inner(length(min = 1, max = 4096)))]
+    pub restore: Vec<String>,
+
+    /// Name of the component's container whose image, env, envFrom, volumeMounts and
+    /// securityContext the commands run with. Defaults to the first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
 }
 
 impl ComponentData {
+    /// Whether a restore stops the component first. An `Exec` restore command talks to
+    /// the running component (`pg_restore` needs the database up), so it is not stopped.
+    pub fn restore_stops(&self) -> bool {
+        self.method != DataMethod::Exec
+    }
+
     /// Whether taking a snapshot stops the component.
     pub fn quiesces(&self) -> bool {
         self.method == DataMethod::Files
@@ -105,6 +173,9 @@ pub enum DataMethod {
     Files,
     /// One SQLite database, copied live with the online backup API (no downtime).
     Sqlite,
+    /// The output of a dump command, restored by a restore command reading it on stdin
+    /// (no downtime: neither stops the component).
+    Exec,
 }
 
 impl DataMethod {
@@ -113,6 +184,7 @@ impl DataMethod {
         match self {
             DataMethod::Files => "Files",
             DataMethod::Sqlite => "Sqlite",
+            DataMethod::Exec => "Exec",
         }
     }
 }
@@ -337,7 +409,7 @@ pub struct StackSnapshotStatus {
     /// Revision of the stack the data belongs to (the stable revision when taken).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
-    /// `Files` or `Sqlite`.
+    /// `Files`, `Sqlite` or `Exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<DataMethod>,
     /// The snapshot's identity in the repository: SHA-256 of its manifest, which lists

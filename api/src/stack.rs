@@ -127,7 +127,7 @@ pub struct ProductionStackSpec {
         "message": "a StatefulSet needs a service (its pods get stable names through it): add service.ports, or use kind: Deployment"
     },
     {
-        "rule": "!has(self.data) || (has(self.volumeClaims) && self.volumeClaims.exists(v, v.name == self.data.volume))",
+        "rule": "!has(self.data) || !has(self.data.volume) || (has(self.volumeClaims) && self.volumeClaims.exists(v, v.name == self.data.volume))",
         "message": "data.volume must be the name of one of this component's volumeClaims: add that claim or fix the name"
     }
 ]))]

@@ -11,7 +11,7 @@
 //!
 //! Pure: a function of the spec alone, so the CLI can run it too.
 
-use crate::data::{DataMethod, SnapshotPolicy};
+use crate::data::{ComponentData, DataMethod, ExecData, SnapshotPolicy};
 use crate::gates::{Gate, MAX_GATES};
 use crate::operation::{OperationAction, StackOperationSpec};
 use crate::stack::{
@@ -52,6 +52,8 @@ impl fmt::Display for InvalidSpec {
 /// label (63), and a StatefulSet's pods get a `controller-revision-hash` label made of
 /// the name plus 11 characters, which must stay within 63.
 const MAX_CHILD_NAME: usize = 52;
+/// The schema's `maxItems` of `data.exec.dump` and `data.exec.restore`.
+const MAX_EXEC_ARGS: usize = 64;
 
 /// A validated spec: components in rollout (dependency) order.
 #[derive(Clone, Debug, PartialEq)]
@@ -325,43 +327,7 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
         }
     }
     if let Some(data) = &c.data {
-        let dpath = format!("{path}.data");
-        if !claim_names.contains(data.volume.as_str()) {
-            err(
-                format!("{dpath}.volume"),
-                format!(
-                    "{:?} is not one of this component's volumeClaims; the data must be on a volume claim deployctl manages",
-                    data.volume
-                ),
-            );
-        }
-        if let Some(p) = &data.path {
-            if let Err(m) = relative_path(p) {
-                err(format!("{dpath}.path"), m);
-            }
-        }
-        match (data.method, &data.database) {
-            (DataMethod::Sqlite, None) => err(
-                format!("{dpath}.database"),
-                "required with method Sqlite: the database file, relative to path".into(),
-            ),
-            (DataMethod::Sqlite, Some(db)) => {
-                if let Err(m) = relative_path(db) {
-                    err(format!("{dpath}.database"), m);
-                }
-            }
-            (DataMethod::Files, Some(_)) => err(
-                format!("{dpath}.database"),
-                "only used with method Sqlite; remove it or set method: Sqlite".into(),
-            ),
-            (DataMethod::Files, None) => {}
-        }
-        if data.method == DataMethod::Sqlite && data.consistency.is_some() {
-            err(
-                format!("{dpath}.consistency"),
-                "only used with method Files (a Sqlite copy is always consistent and live)".into(),
-            );
-        }
+        validate_data(path, c, data, &claim_names, err);
     }
     if c.kind == WorkloadKind::StatefulSet && c.service.is_none() {
         // A StatefulSet needs a governing Service name; we give it the component's Service.
@@ -369,6 +335,147 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             format!("{path}.service"),
             "a StatefulSet component needs a service (its pods get stable names through it)".into(),
         );
+    }
+}
+
+/// A component's `data`: the claim it names, the fields each method uses, and for `Exec`
+/// the commands and the container they run as.
+fn validate_data(
+    path: &str,
+    c: &Component,
+    data: &ComponentData,
+    claim_names: &BTreeSet<&str>,
+    err: &mut impl FnMut(String, String),
+) {
+    let dpath = format!("{path}.data");
+    match &data.volume {
+        Some(volume) if !claim_names.contains(volume.as_str()) => err(
+            format!("{dpath}.volume"),
+            format!(
+                "{volume:?} is not one of this component's volumeClaims; the data must be on a volume claim deployctl manages"
+            ),
+        ),
+        Some(_) => {}
+        None if data.method != DataMethod::Exec => err(
+            format!("{dpath}.volume"),
+            format!(
+                "required with method {}: the volumeClaims entry that holds the data",
+                data.method.as_str()
+            ),
+        ),
+        None => {}
+    }
+    if let Some(p) = &data.path {
+        if data.method == DataMethod::Exec {
+            err(
+                format!("{dpath}.path"),
+                "not used with method Exec (the commands run with the container's own mounts); remove it".into(),
+            );
+        } else if let Err(m) = relative_path(p) {
+            err(format!("{dpath}.path"), m);
+        }
+    }
+    match (data.method, &data.database) {
+        (DataMethod::Sqlite, None) => err(
+            format!("{dpath}.database"),
+            "required with method Sqlite: the database file, relative to path".into(),
+        ),
+        (DataMethod::Sqlite, Some(db)) => {
+            if let Err(m) = relative_path(db) {
+                err(format!("{dpath}.database"), m);
+            }
+        }
+        (DataMethod::Files | DataMethod::Exec, Some(_)) => err(
+            format!("{dpath}.database"),
+            "only used with method Sqlite; remove it or set method: Sqlite".into(),
+        ),
+        (DataMethod::Files | DataMethod::Exec, None) => {}
+    }
+    if data.method != DataMethod::Files && data.consistency.is_some() {
+        err(
+            format!("{dpath}.consistency"),
+            format!(
+                "only used with method Files (a {} copy is always taken live)",
+                data.method.as_str()
+            ),
+        );
+    }
+    match (&data.exec, data.method) {
+        (None, DataMethod::Exec) => err(
+            format!("{dpath}.exec"),
+            "required with method Exec: set exec.dump and exec.restore".into(),
+        ),
+        (Some(_), DataMethod::Files | DataMethod::Sqlite) => err(
+            format!("{dpath}.exec"),
+            "only used with method Exec; remove it or set method: Exec".into(),
+        ),
+        (Some(exec), DataMethod::Exec) => validate_exec(&dpath, c, data, exec, err),
+        (None, _) => {}
+    }
+}
+
+/// `data.exec`: both commands given, and the container they run as exists and mounts the
+/// data's claim.
+fn validate_exec(
+    dpath: &str,
+    c: &Component,
+    data: &ComponentData,
+    exec: &ExecData,
+    err: &mut impl FnMut(String, String),
+) {
+    let epath = format!("{dpath}.exec");
+    for (field, argv) in [("dump", &exec.dump), ("restore", &exec.restore)] {
+        if argv.is_empty() {
+            err(
+                format!("{epath}.{field}"),
+                "must not be empty: the program and its arguments".into(),
+            );
+        }
+        at_most(&format!("{epath}.{field}"), argv.len(), MAX_EXEC_ARGS, err);
+        if argv.first().is_some_and(|p| p.trim().is_empty()) {
+            err(
+                format!("{epath}.{field}[0]"),
+                "the program must not be blank".into(),
+            );
+        }
+    }
+    let containers = c
+        .template
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let container = match &exec.container {
+        Some(name) => {
+            let found = containers.iter().find(|k| &k.name == name);
+            if found.is_none() {
+                err(
+                    format!("{epath}.container"),
+                    format!(
+                        "{name:?} is not a container of this component's template; name one of: {}",
+                        containers
+                            .iter()
+                            .map(|k| k.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            found
+        }
+        None => containers.first(),
+    };
+    if let (Some(k), Some(volume)) = (container, &data.volume) {
+        let mounts = k.volume_mounts.iter().flatten().any(|m| &m.name == volume);
+        if !mounts {
+            err(
+                format!("{dpath}.volume"),
+                format!(
+                    "container {:?} does not mount {volume:?}, so the commands could not see it; add a volumeMounts entry or remove volume",
+                    k.name
+                ),
+            );
+        }
     }
 }
 
@@ -645,6 +752,45 @@ mod tests {
             p.contains(&"spec.components[0].service.ports[2].name".into()),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn exec_commands_run_as_an_existing_container_that_mounts_the_data() {
+        let exec = |fields: &str| {
+            spec(&format!(
+                "components:
+- name: db
+  template: {{spec: {{containers: [{{name: app, image: x, volumeMounts: [{{name: data, mountPath: /data}}]}}, {{name: side, image: y}}]}}}}
+  volumeClaims: [{{name: data, size: 1Gi}}]
+  data: {{method: Exec, exec: {{dump: [demo-app, dump], restore: [demo-app, load]{fields}}}}}"
+            ))
+        };
+        assert!(validate("shop", &exec("")).is_ok());
+        assert!(validate("shop", &exec(", container: app")).is_ok());
+        let e = validate("shop", &exec(", container: nope")).unwrap_err();
+        assert_eq!(
+            paths(e.clone()),
+            vec!["spec.components[0].data.exec.container"]
+        );
+        assert!(e.to_string().contains("app, side"), "{e}");
+
+        let mut s = exec(", container: side");
+        s.components[0].data.as_mut().unwrap().volume = Some("data".into());
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["spec.components[0].data.volume"]);
+        assert!(e.to_string().contains("does not mount"), "{e}");
+
+        let mut s = exec("");
+        s.components[0]
+            .data
+            .as_mut()
+            .unwrap()
+            .exec
+            .as_mut()
+            .unwrap()
+            .dump = vec![" ".into()];
+        let e = validate("shop", &s).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].data.exec.dump[0]"]);
     }
 
     #[test]

@@ -345,6 +345,100 @@ fn corrupt_chunk_fails_restore_and_verify_and_leaves_live_data_alone() {
     assert!(v.is_corruption(), "{v:?}");
 }
 
+const EXEC: &[&str] = &["--method", "exec", "--stack", "shop", "--component", "db"];
+
+/// The restore half of an Exec Job's pod as the kubelet runs it: the agent (an init
+/// container) puts the verified stream in `stream`; only if it succeeds does the restore
+/// command (the main container) run, reading it on stdin. Returns the agent's run and
+/// whether the command ran.
+fn exec_restore_pod(env: &Env, stream: &Path, digest: &str, restored: &Path) -> (Run, bool) {
+    let stream_arg = stream.to_str().unwrap();
+    let mut args = vec!["--stream", stream_arg, "--snapshot", digest];
+    args.extend_from_slice(EXEC);
+    let run = env.agent("restore", &args);
+    if run.code != 0 {
+        return (run, false);
+    }
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("exec \"$@\" < {stream_arg}"),
+            "sh",
+            "cp",
+            "/dev/stdin",
+        ])
+        .arg(restored)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (run, true)
+}
+
+#[test]
+fn exec_stream_round_trip_and_a_corrupt_one_never_reaches_the_restore_command() {
+    let env = Env::new();
+    // What the dump container left in the pod's shared emptyDir.
+    let dump = env.path("dump-side/dump");
+    std::fs::create_dir_all(dump.parent().unwrap()).unwrap();
+    let payload = noise(3 << 20, 11);
+    std::fs::write(&dump, &payload).unwrap();
+    let mut args = vec!["--stream", dump.to_str().unwrap(), "--revision", "4"];
+    args.extend_from_slice(EXEC);
+    let snap = env.ok("snapshot", &args);
+    assert_eq!(snap.size_bytes, Some(payload.len() as u64));
+    assert_eq!(snap.files, Some(1));
+    let digest = snap.digest.unwrap();
+    env.ok("verify", &["--snapshot", &digest]);
+
+    let stream = env.path("restore-side/dump");
+    let restored = env.path("restored");
+    let (run, ran) = exec_restore_pod(&env, &stream, &digest, &restored);
+    assert!(ran && run.result.ok, "{:?}\n{}", run.result, run.stderr);
+    assert_eq!(std::fs::read(&restored).unwrap(), payload);
+    let names: Vec<_> = std::fs::read_dir(stream.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["dump"], "only the verified stream, no staging left");
+
+    // One flipped bit in a chunk: the agent refuses, no stream file appears, and the
+    // restore command does not run.
+    let chunks = standalone_chunks(&env.path("store"));
+    assert!(!chunks.is_empty());
+    let chunk_id = chunks[0].file_name().unwrap().to_str().unwrap().to_string();
+    flip_byte(&chunks[0], 1000);
+    let stream = env.path("restore-again/dump");
+    let restored = env.path("restored-again");
+    let (run, ran) = exec_restore_pod(&env, &stream, &digest, &restored);
+    assert_eq!(run.code, 1, "{:?}\n{}", run.result, run.stderr);
+    assert!(!ran, "the restore command ran on a corrupt snapshot");
+    assert!(run.result.is_corruption(), "{:?}", run.result);
+    let msg = run.result.message.clone().unwrap();
+    for needle in [
+        digest.as_str(),
+        chunk_id.as_str(),
+        "restore command was not run",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+    }
+    assert!(!stream.exists() && !restored.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(stream.parent().unwrap())
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // A Files snapshot is not restored as a stream, and --stream is required.
+    let data = files_data(&env);
+    let files = snapshot_files(&env, &data, "1").digest.unwrap();
+    let mut args = vec!["--stream", stream.to_str().unwrap(), "--snapshot", &files];
+    args.extend_from_slice(EXEC);
+    let r = env.fails("restore", &args);
+    assert_eq!(r.category.as_deref(), Some("method_mismatch"), "{r:?}");
+    let r = env.fails("snapshot", EXEC);
+    assert_eq!(r.category.as_deref(), Some("usage"));
+    assert!(r.message.unwrap().contains("--stream"));
+}
+
 #[test]
 fn encrypted_repository_refuses_a_wrong_or_missing_key() {
     let env = Env::new();

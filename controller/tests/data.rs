@@ -527,3 +527,255 @@ async fn files_data_is_quiesced_for_its_snapshot_and_restored_on_rollback() {
     assert_eq!(st.method, Some(deployctl_api::DataMethod::Files));
     assert!(st.files.unwrap_or(0) >= 1);
 }
+
+/// The demo database as an `Exec` component: `demo-app dump` is its dump command and
+/// `demo-app load` its restore command, like `pg_dump` and `psql` for PostgreSQL.
+fn exec_stack(tag: &str, env: &str, dump: &[&str]) -> ProductionStack {
+    let mut s = stack(tag, env);
+    s.spec.components[0].data = Some(
+        serde_json::from_value(serde_json::json!({
+            "volume": "data",
+            "method": "Exec",
+            "exec": {
+                "container": "app",
+                "dump": dump,
+                "restore": ["demo-app", "load", "--data-dir", "/data"],
+            },
+        }))
+        .unwrap(),
+    );
+    s
+}
+
+const DEMO_DUMP: &[&str] = &["demo-app", "dump", "--data-dir", "/data"];
+
+/// Creates StackSnapshot `name` of db and waits until it is final.
+async fn take_snapshot(
+    snaps: &Api<StackSnapshot>,
+    name: &str,
+) -> deployctl_api::StackSnapshotStatus {
+    snaps
+        .create(
+            &PostParams::default(),
+            &StackSnapshot {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                spec: StackSnapshotSpec {
+                    stack: "shop".into(),
+                    component: "db".into(),
+                    reason: Default::default(),
+                },
+                status: None,
+            },
+        )
+        .await
+        .unwrap();
+    wait_until(&format!("snapshot {name} to be final"), T, || async {
+        let st = snaps.get(name).await.ok()?.status?;
+        st.phase?.is_final().then_some(st)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn exec_data_is_dumped_live_and_restored_by_its_restore_command() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("exec").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(exec_stack("v1", "", DEMO_DUMP)),
+        )
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+
+    let st = take_snapshot(&snaps, "before-import").await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Completed), "{:?}", st.message);
+    assert_eq!(st.method, Some(deployctl_api::DataMethod::Exec));
+    assert_eq!(st.files, Some(1), "one stream");
+    assert!(st.size_bytes.unwrap_or(0) > 0);
+    // The dump ran in the component's image, as an init container before the agent,
+    // while the component kept serving.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns.name());
+    let job = jobs.get(st.job.as_deref().unwrap()).await.unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.unwrap();
+    assert_eq!(init[0].name, "dump");
+    assert_eq!(init[0].image.as_deref(), Some("deployctl.dev/demo-app:v1"));
+    assert_eq!(pod.containers[0].name, "agent");
+    assert!(is_ready(&stacks.get("shop").await.unwrap()));
+
+    // A bad import behind the stack's back.
+    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+    db.execute("DELETE FROM items WHERE id % 2 = 0", [])
+        .unwrap();
+    drop(db);
+    assert_ne!(checksum(&dir), before);
+
+    ops.create(
+        &PostParams::default(),
+        &StackOperation {
+            metadata: ObjectMeta {
+                name: Some("undo-import".into()),
+                ..Default::default()
+            },
+            spec: StackOperationSpec {
+                stack: "shop".into(),
+                action: OperationAction::Restore,
+                to_revision: None,
+                snapshot: Some("before-import".into()),
+                reason: Some("bad import".into()),
+                requested_by: Some("tester".into()),
+            },
+            status: None,
+        },
+    )
+    .await
+    .unwrap();
+    let acted = wait_until("the restore operation to be acted on", T, || async {
+        ops.get("undo-import").await.ok()?.status?.phase
+    })
+    .await;
+    assert_eq!(acted, OperationPhase::Succeeded);
+    let s = wait_stack(&stacks, "shop", "Healthy after the restore", T, |s| {
+        is_ready(s)
+            && s.status
+                .as_ref()
+                .and_then(|st| st.last_rollback.as_ref())
+                .is_some_and(|r| r.restores.iter().any(|r| r.snapshot == "before-import"))
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert_eq!(checksum(&dir), before, "the deleted items are back");
+    wait_event(&client, ns.name(), "DataRestored").await;
+
+    // The restore ran as the component's container after the agent verified the snapshot.
+    let restore = jobs
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|j| {
+            j.metadata.labels.as_ref().is_some_and(|l| {
+                l.get(deployctl_api::labels::DATA_OPERATION)
+                    .map(String::as_str)
+                    == Some("restore")
+            })
+        })
+        .expect("a restore Job");
+    let pod = restore.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.init_containers.unwrap()[0].name, "agent");
+    assert_eq!(pod.containers[0].name, "restore");
+}
+
+#[tokio::test]
+async fn a_failing_dump_command_fails_its_snapshot_with_the_commands_error() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("exec-fail").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(exec_stack(
+                "v1",
+                "",
+                &[
+                    "sh",
+                    "-c",
+                    "echo partial output; echo 'dump: cannot reach the database' >&2; exit 3",
+                ],
+            )),
+        )
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let st = take_snapshot(&snaps, "doomed").await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Failed));
+    let msg = st.message.unwrap_or_default();
+    for needle in [
+        "dump command",
+        "exited with code 3",
+        "cannot reach the database",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+    }
+    assert!(st.digest.is_none());
+}
+
+#[tokio::test]
+async fn a_failed_migration_is_undone_by_the_exec_restore_command_on_rollback() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("exec-rb").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let apply = |s: ProductionStack| {
+        let stacks = stacks.clone();
+        async move {
+            stacks
+                .patch(
+                    "shop",
+                    &PatchParams::apply("tester").force(),
+                    &Patch::Apply(&s),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    apply(exec_stack("v1", "", DEMO_DUMP)).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
+    })
+    .await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+
+    // Release 2 migrates the data to schema 2, then fails every request.
+    apply(exec_stack(
+        "v2",
+        ", {name: FAULT_ERROR_RATE, value: '1.0'}",
+        DEMO_DUMP,
+    ))
+    .await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores.len(), 1, "{last:?}");
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    // The pre-rollout dump, loaded back: version 1 serves the data it had.
+    assert_eq!(checksum(&dir), before, "the migration was undone");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns.name());
+    let quiesced = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("ComponentQuiesced"));
+    assert!(
+        !quiesced,
+        "an Exec component is never stopped for its snapshot"
+    );
+}

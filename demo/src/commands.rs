@@ -1,10 +1,11 @@
-//! The subcommands: `serve` (default), `checksum` and `migrate`, each ending in an exit code.
+//! The subcommands: `serve` (default), `checksum`, `migrate`, `dump` and `load`, each
+//! ending in an exit code.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use crate::checksum::{checksum_data_dir, dump, open_read_only, ChecksumError};
-use crate::config::{ChecksumArgs, Cli, Command, MigrateArgs, ServeArgs};
+use crate::config::{ChecksumArgs, Cli, Command, DataDirArgs, MigrateArgs, ServeArgs};
 use crate::db::Store;
 use crate::server::{self, RunError, ServeConfig, EXIT_FAILURE, EXIT_USAGE};
 
@@ -14,6 +15,29 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Checksum(args) => checksum(&args),
         Command::Migrate(args) => migrate(args).await,
+        Command::Dump(args) => dump_or_load(&args, true),
+        Command::Load(args) => dump_or_load(&args, false),
+    }
+}
+
+fn dump_or_load(args: &DataDirArgs, dump: bool) -> ExitCode {
+    let result = if dump {
+        crate::dump::dump_data_dir(&args.data_dir, &mut std::io::stdout().lock())
+    } else {
+        crate::dump::load_data_dir(&args.data_dir, &mut std::io::stdin().lock())
+    };
+    match result {
+        Ok(()) => {
+            if !dump {
+                tracing::info!(data_dir = %args.data_dir.display(), "loaded");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let what = if dump { "dump" } else { "load" };
+            tracing::error!(error = %e, "{what} failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -40,6 +40,10 @@ pub enum Command {
     Checksum(ChecksumArgs),
     /// Open the database, run the migrations for this version, then exit.
     Migrate(MigrateArgs),
+    /// Write the database to stdout as SQL text, consistent while the server runs.
+    Dump(DataDirArgs),
+    /// Replace the database's content with a dump read from stdin, in one transaction.
+    Load(DataDirArgs),
 }
 
 /// How the application version is chosen: explicit flag or env, else the image tag.
@@ -151,6 +155,14 @@ pub struct ChecksumArgs {
     /// Print the canonical dump the checksum is computed over instead of the checksum.
     #[arg(long)]
     pub dump: bool,
+}
+
+/// Options of `dump` and `load`.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Directory holding `app.db` (`load` creates it if missing).
+    #[arg(long, env = "DATA_DIR", default_value = "/data")]
+    pub data_dir: PathBuf,
 }
 
 /// Options of `migrate`.

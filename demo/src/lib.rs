@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod dump;
 pub mod faults;
 pub mod http;
 pub mod logging;

@@ -572,6 +572,31 @@ impl Repository {
                 let _ = fs::remove_dir_all(&staging);
                 result?;
             }
+            Method::ExecFile { file } => {
+                single_entry(&m, id, exec::ENTRY)?;
+                // Staged beside the file, so the verified stream is renamed into place:
+                // whoever waits for the file never sees a partial or unverified one.
+                let dir = file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+                let staging = dir.join(&staging_name);
+                stage(self, id, &m, &staging, options, progress)?;
+                let staged = staging.join(exec::ENTRY);
+                // Readable by the restore command, which may run as another user than
+                // the agent (the stream's entry is recorded as root's, mode 0600).
+                let renamed = fs::set_permissions(&staged, fs::Permissions::from_mode(0o644))
+                    .map_err(io_err("chmod", &staged))
+                    .and_then(|()| fs::rename(&staged, file).map_err(io_err("rename", file)))
+                    .and_then(|()| {
+                        File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(io_err("sync", dir))
+                    });
+                let _ = fs::remove_dir_all(&staging);
+                renamed?;
+            }
         }
         Ok(RestoreReport {
             snapshot: id,

@@ -436,6 +436,71 @@ fn exec_round_trip_with_sh() {
 }
 
 #[test]
+fn exec_file_reads_and_writes_the_exec_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let payload = Rng(12).bytes(2 << 20);
+    fs::write(&dump, &payload).unwrap();
+    let repo = repo(Arc::new(MemStore::new()), None);
+    let from_file = Method::ExecFile { file: dump.clone() };
+    let s = repo
+        .snapshot(&src(), &from_file, &SnapshotOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(s.info.meta.method, MethodKind::Exec);
+    assert_eq!(s.info.meta.total_size, payload.len() as u64);
+
+    // The same snapshot as the engine's own exec method takes of the same bytes.
+    let by_command = Method::Exec {
+        dump: CommandSpec::shell(format!("cat '{}'", dump.display())),
+        restore: CommandSpec::shell("cat >/dev/null"),
+    };
+    let again = repo
+        .snapshot(
+            &src(),
+            &by_command,
+            &SnapshotOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(again.new_bytes, 0, "{again:?}");
+
+    // Restore writes the verified stream to the file, leaving nothing else behind.
+    let out_dir = dir.path().join("out");
+    let out = out_dir.join("dump");
+    repo.restore(
+        s.info.id,
+        &Method::ExecFile { file: out.clone() },
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(fs::read(&out).unwrap(), payload);
+    let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o644,
+        "readable by a restore command running as another user"
+    );
+    let names: Vec<_> = fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["dump"], "staging removed");
+
+    // A missing dump file is an error, not an empty snapshot.
+    let err = repo
+        .snapshot(
+            &src(),
+            &Method::ExecFile {
+                file: dir.path().join("none"),
+            },
+            &SnapshotOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("none"), "{err}");
+}
+
+#[test]
 fn restoring_with_another_method_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -42,9 +42,15 @@ pub struct AgentArgs {
     #[arg(long)]
     pub key_file: Option<PathBuf>,
 
-    /// The live data directory (snapshot, restore).
+    /// The live data directory (snapshot, restore with `files` and `sqlite`).
     #[arg(long)]
     pub data: Option<PathBuf>,
+
+    /// For `--method exec`: the dump's output, written by the dump command in another
+    /// container (snapshot), or where the verified stream is put for the restore command
+    /// (restore; it appears only once every chunk has been verified).
+    #[arg(long)]
+    pub stream: Option<PathBuf>,
 
     /// How the data is copied (snapshot, restore).
     #[arg(long, value_enum, default_value_t = DataMethodArg::Files)]
@@ -103,6 +109,9 @@ pub enum DataMethodArg {
     Files,
     /// One SQLite database, copied live with the online backup API.
     Sqlite,
+    /// A dump command's output, given to a restore command on stdin; both run in other
+    /// containers of the pod, exchanging the stream through `--stream`.
+    Exec,
 }
 
 fn parse_store(s: &str) -> Result<StoreSpec, String> {
@@ -330,8 +339,12 @@ fn required<'a, T: ?Sized>(
     value.ok_or_else(|| Failure::usage(format!("agent {op} needs --{flag}")))
 }
 
-/// The engine's method for `--data`, `--method` and `--database`.
+/// The engine's method for `--data`, `--method`, `--database` and `--stream`.
 fn method(args: &AgentArgs) -> Result<Method, Failure> {
+    if args.method == DataMethodArg::Exec {
+        let file = required(args.stream.as_deref(), args.op, "stream")?;
+        return Ok(Method::ExecFile { file: file.into() });
+    }
     let data = required(args.data.as_deref(), args.op, "data")?;
     Ok(match args.method {
         DataMethodArg::Files => Method::Files { root: data.into() },
@@ -349,30 +362,31 @@ fn method(args: &AgentArgs) -> Result<Method, Failure> {
                 path: data.join(db),
             }
         }
+        DataMethodArg::Exec => unreachable!("handled above"),
     })
 }
 
-/// The directory a restore swaps names in, and the one left over by an interrupted one.
-fn swap_dir(method: &Method) -> PathBuf {
+/// The directory a restore swaps names in, and the one left over by an interrupted one;
+/// none for an exec stream (the restore command, not the agent, changes the live data).
+fn swap_dir(method: &Method) -> Option<PathBuf> {
     match method {
-        Method::Files { root } => root.clone(),
-        Method::Sqlite { path } => path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf(),
-        // The agent never builds an exec method.
-        Method::Exec { .. } => PathBuf::from("."),
+        Method::Files { root } => Some(root.clone()),
+        Method::Sqlite { path } => Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        ),
+        Method::Exec { .. } | Method::ExecFile { .. } => None,
     }
 }
 
 /// Rolls back a restore that was killed mid-swap, so the data is whole before it is
 /// read or replaced.
 fn recover(method: &Method) -> Result<(), Failure> {
-    let dir = swap_dir(method);
-    if !dir.is_dir() {
+    let Some(dir) = swap_dir(method).filter(|d| d.is_dir()) else {
         return Ok(());
-    }
+    };
     match recover_interrupted_restore(&dir) {
         Ok(true) => {
             eprintln!(
@@ -449,7 +463,9 @@ fn snapshot(args: &AgentArgs) -> Result<Outcome, Failure> {
 /// leaves it untouched; a swap that failed half-way is rolled back here from its journal,
 /// so the component never starts on a mix of two snapshots.
 fn live_data_after_failure(method: &Method, e: &EngineError) -> String {
-    let dir = swap_dir(method);
+    let Some(dir) = swap_dir(method) else {
+        return untouched_note(method);
+    };
     let shown = dir.display();
     match (dir.is_dir(), recover_interrupted_restore(&dir)) {
         (false, _) => format!("the live data in {shown} was left as it was (it did not exist)"),
@@ -470,13 +486,18 @@ fn live_data_after_failure(method: &Method, e: &EngineError) -> String {
     }
 }
 
+/// What a refused restore left alone.
+fn untouched_note(method: &Method) -> String {
+    match swap_dir(method) {
+        Some(dir) => format!("the live data in {} was left as it was", dir.display()),
+        None => "the restore command was not run: the live data was left as it was".into(),
+    }
+}
+
 fn restore(args: &AgentArgs) -> Result<Outcome, Failure> {
     let method = method(args)?;
     let id = snapshot_id(args)?;
-    let untouched = format!(
-        "the live data in {} was left as it was",
-        swap_dir(&method).display()
-    );
+    let untouched = untouched_note(&method);
     let with_data_note = |mut f: Failure| {
         f.message = format!("{}; {untouched}", f.message);
         f

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use deployctl_api::{ComponentData, DataMethod, SecretKeyRef};
+use deployctl_api::{Component, ComponentData, DataMethod, SecretKeyRef};
 use deployctl_snapshot::store::{ACCESS_KEY_ENV, SECRET_KEY_ENV};
 use deployctl_snapshot::StoreSpec;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -27,6 +27,19 @@ pub const KEY_DIR: &str = "/var/run/deployctl/key";
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Name of the agent's container.
 pub const CONTAINER: &str = "agent";
+/// Name of the container running an `Exec` dump command (an init container, before the
+/// agent).
+pub const DUMP_CONTAINER: &str = "dump";
+/// Name of the container running an `Exec` restore command (after the agent, an init
+/// container, has verified the snapshot).
+pub const RESTORE_CONTAINER: &str = "restore";
+/// Where an `Exec` Job's containers exchange the stream (an emptyDir).
+pub const STREAM_DIR: &str = "/deployctl-stream";
+/// The stream file in [`STREAM_DIR`].
+pub const STREAM_FILE: &str = "/deployctl-stream/dump";
+/// Name of the stream's emptyDir volume; the component's volumes are renamed `app-<n>`,
+/// so none can collide with it or with the agent's own volumes.
+const STREAM_VOLUME: &str = "deployctl-stream";
 /// Finished Jobs are deleted a day later: long enough to read their logs after a failure.
 pub const TTL_AFTER_FINISHED_SECONDS: i32 = 86_400;
 
@@ -150,6 +163,9 @@ pub struct JobRequest<'a> {
     pub revision: Option<i64>,
     /// The component's data declaration.
     pub data: &'a ComponentData,
+    /// The component itself, for `Exec` snapshots and restores: the commands run in one of
+    /// its containers' image, env and mounts. `None` for the other methods.
+    pub workload: Option<&'a Component>,
     /// The component's PersistentVolumeClaim; required for Snapshot and Restore, `None`
     /// for Verify and Prune.
     pub data_claim: Option<String>,
@@ -205,11 +221,15 @@ pub fn agent_args(req: &JobRequest) -> Vec<String> {
     // a snapshot (or prune no snapshot) of another component.
     flag("stack", req.stack.clone());
     flag("component", req.component.clone());
-    if req.op.uses_data() {
+    if req.op.uses_data() && req.data.method == DataMethod::Exec {
+        flag("method", "exec".into());
+        flag("stream", STREAM_FILE.into());
+    } else if req.op.uses_data() {
         flag("data", data_dir(req.data));
         let method = match req.data.method {
             DataMethod::Files => "files",
             DataMethod::Sqlite => "sqlite",
+            DataMethod::Exec => unreachable!("handled above"),
         };
         flag("method", method.into());
         if req.data.method == DataMethod::Sqlite {
@@ -340,6 +360,90 @@ fn resources() -> ResourceRequirements {
     }
 }
 
+/// `/bin/sh -c 'exec "$@" <redirection>' sh <argv...>`: the argv is run as given (no
+/// shell parses it), with only the stream redirected.
+fn shell_wrapped(redirection: &str, argv: &[String]) -> Vec<String> {
+    let mut command = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!("exec \"$@\" {redirection}"),
+        "sh".to_string(),
+    ];
+    command.extend(argv.iter().cloned());
+    command
+}
+
+/// The container running an `Exec` command as the component's container `source` runs:
+/// same image, env, envFrom, working directory, securityContext and resources, and the
+/// mounts of `mounts` (already renamed), plus the stream.
+fn command_container(
+    name: &str,
+    source: &Container,
+    command: Vec<String>,
+    mut mounts: Vec<VolumeMount>,
+) -> Container {
+    mounts.push(mount(STREAM_VOLUME, STREAM_DIR, false));
+    Container {
+        name: name.into(),
+        image: source.image.clone(),
+        image_pull_policy: source.image_pull_policy.clone(),
+        command: Some(command),
+        env: source.env.clone(),
+        env_from: source.env_from.clone(),
+        working_dir: source.working_dir.clone(),
+        volume_mounts: Some(mounts),
+        security_context: source.security_context.clone(),
+        resources: source.resources.clone(),
+        // A failing command's last output lines become its termination message, which
+        // is how its error reaches the StackSnapshot or the rollback's status.
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The component's container the `Exec` commands run as, with the volumes its mounts
+/// need, renamed `app-<n>`: the pod template's own volumes as written, and of the
+/// claims only the data's (`data.volume`), as `claim`. Mounts of other claims are left
+/// out: they may be ReadWriteOnce volumes held elsewhere.
+fn exec_source(
+    component: &Component,
+    data: &ComponentData,
+    claim: Option<&str>,
+) -> Option<(Container, Vec<VolumeMount>, Vec<Volume>)> {
+    let pod = component.template.spec.as_ref()?;
+    let exec = data.exec.as_ref()?;
+    let source = match &exec.container {
+        Some(name) => pod.containers.iter().find(|c| &c.name == name)?,
+        None => pod.containers.first()?,
+    };
+    let template_volumes = pod.volumes.as_deref().unwrap_or_default();
+    let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for m in source.volume_mounts.iter().flatten() {
+        let volume = if let Some(v) = template_volumes.iter().find(|v| v.name == m.name) {
+            Some(v.clone())
+        } else if data.volume.as_deref() == Some(m.name.as_str()) {
+            claim.map(|claim| claim_volume(&m.name, claim))
+        } else {
+            None
+        };
+        let Some(mut volume) = volume else { continue };
+        let next = format!("app-{}", renamed.len());
+        let name = renamed.entry(m.name.clone()).or_insert_with(|| {
+            volume.name = next.clone();
+            volumes.push(volume);
+            next
+        });
+        mounts.push(VolumeMount {
+            name: name.clone(),
+            ..m.clone()
+        });
+    }
+    Some((source.clone(), mounts, volumes))
+}
+
 /// The agent's Job for `req`.
 pub fn build(req: &JobRequest) -> Job {
     let mut volumes = vec![Volume {
@@ -349,7 +453,21 @@ pub fn build(req: &JobRequest) -> Job {
     }];
     let mut mounts = vec![mount("tmp", "/tmp", false)];
     let mut env = Vec::new();
-    if let (true, Some(claim)) = (req.op.uses_data(), &req.data_claim) {
+    let exec = (req.op.uses_data() && req.data.method == DataMethod::Exec)
+        .then(|| {
+            req.workload
+                .and_then(|w| exec_source(w, req.data, req.data_claim.as_deref()))
+        })
+        .flatten();
+    if let Some((_, _, app_volumes)) = &exec {
+        volumes.push(Volume {
+            name: STREAM_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(mount(STREAM_VOLUME, STREAM_DIR, false));
+        volumes.extend(app_volumes.iter().cloned());
+    } else if let (true, Some(claim)) = (req.op.uses_data(), &req.data_claim) {
         // Read-write even for a snapshot: the sqlite method writes its consistent copy
         // beside the database, and an interrupted restore is rolled back first.
         volumes.push(claim_volume("data", claim));
@@ -408,6 +526,39 @@ pub fn build(req: &JobRequest) -> Job {
         termination_message_policy: Some("File".into()),
         ..Default::default()
     };
+    // Exec: the dump runs before the agent reads its output; the agent verifies the
+    // snapshot before the restore command may read it. Each step is a container that must
+    // succeed before the next starts, so a failed dump or a corrupt snapshot ends the pod
+    // there.
+    let mut pod_security_context = None;
+    let mut image_pull_secrets = None;
+    let (init_containers, containers) = match exec {
+        None => (None, vec![container]),
+        Some((source, app_mounts, _)) => {
+            let argv = req.data.exec.as_ref().expect("exec_source found exec");
+            if let Some(pod) = req.workload.and_then(|w| w.template.spec.as_ref()) {
+                pod_security_context = pod.security_context.clone();
+                image_pull_secrets = pod.image_pull_secrets.clone();
+            }
+            if req.op == AgentOp::Snapshot {
+                let dump = command_container(
+                    DUMP_CONTAINER,
+                    &source,
+                    shell_wrapped(&format!("> {STREAM_FILE}"), &argv.dump),
+                    app_mounts,
+                );
+                (Some(vec![dump]), vec![container])
+            } else {
+                let restore = command_container(
+                    RESTORE_CONTAINER,
+                    &source,
+                    shell_wrapped(&format!("< {STREAM_FILE}"), &argv.restore),
+                    app_mounts,
+                );
+                (Some(vec![container]), vec![restore])
+            }
+        }
+    };
     let labels = (!req.labels.is_empty()).then(|| req.labels.clone());
     Job {
         metadata: ObjectMeta {
@@ -435,7 +586,10 @@ pub fn build(req: &JobRequest) -> Job {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     affinity: req.node_name.as_deref().map(node_affinity),
-                    containers: vec![container],
+                    init_containers,
+                    containers,
+                    security_context: pod_security_context,
+                    image_pull_secrets,
                     volumes: Some(volumes),
                     ..Default::default()
                 }),
@@ -481,6 +635,7 @@ mod tests {
             component: "db".into(),
             revision: Some(7),
             data,
+            workload: None,
             data_claim: op.uses_data().then(|| "data-shop-db-0".into()),
             store: StoreLocation::Filesystem {
                 claim: "shop-snapshots".into(),
@@ -733,6 +888,182 @@ mod tests {
         });
         let args = agent_args(&req);
         assert_eq!(flag(&args, "key-file"), Some("/var/run/deployctl/key/key"));
+    }
+
+    fn exec_component() -> Component {
+        serde_yaml_ng::from_str(
+            "name: db
+kind: StatefulSet
+template:
+  spec:
+    securityContext: {fsGroup: 1000}
+    imagePullSecrets: [{name: regcred}]
+    volumes: [{name: config, configMap: {name: db-config}}, {name: tmp, emptyDir: {}}]
+    containers:
+    - {name: sidecar, image: 'example/proxy:1'}
+    - name: app
+      image: 'example/db:3'
+      env: [{name: DATA_DIR, value: /var/lib/db}]
+      envFrom: [{secretRef: {name: db-creds}}]
+      securityContext: {runAsUser: 999}
+      volumeMounts:
+      - {name: data, mountPath: /var/lib/db}
+      - {name: config, mountPath: /etc/db, readOnly: true}
+      - {name: tmp, mountPath: /tmp}
+      - {name: other, mountPath: /other}
+volumeClaims: [{name: data, size: 1Gi}, {name: other, size: 1Gi}]
+data: {volume: data, method: Exec, exec: {container: app, dump: [db, dump, --all], restore: [db, load]}}
+",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn exec_snapshot_dumps_in_the_component_image_before_the_agent() {
+        let component = exec_component();
+        let data = component.data.clone().unwrap();
+        let mut req = request(AgentOp::Snapshot, &data);
+        req.workload = Some(&component);
+        let job = build(&req);
+        let p = pod(&job);
+        let init = p.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let dump = &init[0];
+        assert_eq!(dump.name, "dump");
+        assert_eq!(dump.image.as_deref(), Some("example/db:3"));
+        assert_eq!(
+            dump.command.clone().unwrap(),
+            [
+                "/bin/sh",
+                "-c",
+                "exec \"$@\" > /deployctl-stream/dump",
+                "sh",
+                "db",
+                "dump",
+                "--all"
+            ]
+        );
+        assert!(dump.args.is_none());
+        assert_eq!(
+            dump.env,
+            component.template.spec.as_ref().unwrap().containers[1].env
+        );
+        assert_eq!(dump.env_from.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            dump.security_context.as_ref().unwrap().run_as_user,
+            Some(999)
+        );
+        assert_eq!(
+            dump.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        // The component's volumes, renamed; the data claim as the first replica's claim;
+        // the other claim left out.
+        let dmounts: Vec<_> = dump
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            dmounts,
+            [
+                ("app-0", "/var/lib/db", None),
+                ("app-1", "/etc/db", Some(true)),
+                ("app-2", "/tmp", None),
+                ("deployctl-stream", "/deployctl-stream", None),
+            ]
+        );
+        let claim = volume(&job, "app-0")
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap();
+        assert_eq!(claim.claim_name, "data-shop-db-0");
+        assert_eq!(
+            volume(&job, "app-1").config_map.as_ref().unwrap().name,
+            "db-config"
+        );
+        assert!(volume(&job, "deployctl-stream").empty_dir.is_some());
+        assert!(!pod(&job)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "data" || v.name == "other"));
+        assert_eq!(p.security_context.as_ref().unwrap().fs_group, Some(1000));
+        assert_eq!(p.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+
+        // The agent snapshots the stream file; it does not mount the data.
+        let agent = container(&job);
+        assert_eq!(agent.name, "agent");
+        let args = agent.args.clone().unwrap();
+        assert_eq!(flag(&args, "method"), Some("exec"));
+        assert_eq!(flag(&args, "stream"), Some("/deployctl-stream/dump"));
+        assert_eq!(flag(&args, "data"), None);
+        assert_eq!(
+            mounts(&job),
+            vec![
+                ("tmp".into(), "/tmp".into(), false),
+                ("deployctl-stream".into(), "/deployctl-stream".into(), false),
+                ("store".into(), "/store".into(), false),
+            ]
+        );
+        assert_eq!(
+            agent.security_context.as_ref().unwrap().run_as_user,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn exec_restore_runs_the_command_only_after_the_agent_verified() {
+        let component = exec_component();
+        let data = component.data.clone().unwrap();
+        let mut req = request(AgentOp::Restore, &data);
+        req.workload = Some(&component);
+        let job = build(&req);
+        let p = pod(&job);
+        let init = p.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].name, "agent");
+        let args = init[0].args.clone().unwrap();
+        assert_eq!(&args[..2], ["agent", "restore"]);
+        assert_eq!(flag(&args, "stream"), Some("/deployctl-stream/dump"));
+        assert_eq!(p.containers.len(), 1);
+        let restore = &p.containers[0];
+        assert_eq!(restore.name, "restore");
+        assert_eq!(
+            restore.command.clone().unwrap(),
+            [
+                "/bin/sh",
+                "-c",
+                "exec \"$@\" < /deployctl-stream/dump",
+                "sh",
+                "db",
+                "load"
+            ]
+        );
+
+        // Without a volume, no claim is mounted; the first container is the default.
+        let mut component = exec_component();
+        let d = component.data.as_mut().unwrap();
+        d.volume = None;
+        d.exec.as_mut().unwrap().container = None;
+        let data = component.data.clone().unwrap();
+        let mut req = request(AgentOp::Restore, &data);
+        req.data_claim = None;
+        req.workload = Some(&component);
+        let job = build(&req);
+        let restore = &pod(&job).containers[0];
+        assert_eq!(restore.image.as_deref(), Some("example/proxy:1"));
+        assert!(!pod(&job).volumes.iter().flatten().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name.starts_with("data"))));
+
+        // Verify and prune of an Exec component are plain agent Jobs.
+        let data = exec_component().data.unwrap();
+        let job = build(&request(AgentOp::Verify, &data));
+        assert!(pod(&job).init_containers.is_none());
+        assert_eq!(flag(&container(&job).args.clone().unwrap(), "method"), None);
     }
 
     #[test]

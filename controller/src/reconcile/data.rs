@@ -15,11 +15,12 @@ use crate::reconcile::plan::{
     DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
 };
 use deployctl_api::{
-    child_name, labels, Component, ComponentData, ProductionStack, SnapshotPhase, SnapshotReason,
-    StackSnapshot, StackSnapshotSpec, StackSnapshotStatus, VerificationResult, WorkloadKind,
+    child_name, labels, Component, ComponentData, DataMethod, ProductionStack, SnapshotPhase,
+    SnapshotReason, StackSnapshot, StackSnapshotSpec, StackSnapshotStatus, VerificationResult,
+    WorkloadKind,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -157,14 +158,15 @@ pub async fn ensure_store(client: &Client, stack: &ProductionStack) -> Result<()
 }
 
 /// The claim holding a component's data: the Deployment's shared claim, or the first
-/// replica's claim of a StatefulSet.
-pub fn data_claim(stack: &str, component: &Component, data: &ComponentData) -> String {
-    match component.kind {
-        WorkloadKind::Deployment => build::claim_name(stack, &component.name, &data.volume),
+/// replica's claim of a StatefulSet. None for an `Exec` method without a volume.
+pub fn data_claim(stack: &str, component: &Component, data: &ComponentData) -> Option<String> {
+    let volume = data.volume.as_deref()?;
+    Some(match component.kind {
+        WorkloadKind::Deployment => build::claim_name(stack, &component.name, volume),
         WorkloadKind::StatefulSet => {
-            format!("{}-{}-0", data.volume, child_name(stack, &component.name))
+            format!("{volume}-{}-0", child_name(stack, &component.name))
         }
-    }
+    })
 }
 
 /// Name of the Job that takes snapshot `snapshot` of `component`.
@@ -202,10 +204,12 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         component: j.component.name.clone(),
         revision: j.revision,
         data: j.data,
+        workload: (j.data.method == DataMethod::Exec).then_some(j.component),
         data_claim: j
             .op
             .uses_data()
-            .then(|| data_claim(&name, j.component, j.data)),
+            .then(|| data_claim(&name, j.component, j.data))
+            .flatten(),
         store: store_location(stack),
         encryption: encryption(stack),
         snapshot: j.digest,
@@ -747,6 +751,7 @@ enum Failure {
 }
 
 /// How an agent Job ended.
+#[derive(Debug)]
 enum Finished {
     Running,
     Ok(AgentResult),
@@ -770,16 +775,65 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await?;
-    let message = pods.items.iter().find_map(|p| {
-        p.status
-            .as_ref()?
-            .container_statuses
+    let statuses: Vec<&PodStatus> = pods
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .collect();
+    Ok(outcome(
+        &job.name_any(),
+        done,
+        failed_condition.map(|c| c.message.clone().or(c.reason.clone()).unwrap_or_default()),
+        &statuses,
+    ))
+}
+
+/// How a finished Job ended, from its pods' container statuses: a failed `Exec` command
+/// (its exit code and the end of its output, the termination message), else the agent's
+/// result (its termination message, whether it ran as a container or an init container).
+fn outcome(
+    job: &str,
+    done: bool,
+    failed_condition: Option<String>,
+    pods: &[&PodStatus],
+) -> Finished {
+    let all = |p: &&PodStatus| {
+        p.init_container_statuses
             .iter()
             .flatten()
-            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .chain(p.container_statuses.iter().flatten())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let statuses: Vec<_> = pods.iter().flat_map(all).collect();
+    let command_failure = statuses.iter().find_map(|c| {
+        if ![job::DUMP_CONTAINER, job::RESTORE_CONTAINER].contains(&c.name.as_str()) {
+            return None;
+        }
+        let t = c.state.as_ref()?.terminated.as_ref()?;
+        (t.exit_code != 0).then(|| {
+            let output = t
+                .message
+                .as_deref()
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_else(|| " with no output".into());
+            format!(
+                "the {} command (container {} of Job {job}) exited with code {}{output}",
+                c.name, c.name, t.exit_code
+            )
+        })
     });
+    if let Some(msg) = command_failure {
+        return Finished::Failed(msg, Failure::Other);
+    }
+    let message = statuses
+        .iter()
+        .filter(|c| c.name == job::CONTAINER)
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
     let result = message.as_deref().map(parse_termination_message);
-    Ok(match (done, result) {
+    match (done, result) {
         (true, Some(Ok(r))) if r.ok => Finished::Ok(r),
         (_, Some(Ok(r))) => {
             let kind = if r.is_corruption() {
@@ -800,24 +854,17 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
             )
         }
         (true, _) => Finished::Failed(
-            format!(
-                "Job {} succeeded but left no result in its termination message",
-                job.name_any()
-            ),
+            format!("Job {job} succeeded but left no result in its termination message"),
             Failure::Other,
         ),
         (false, _) => Finished::Failed(
             match failed_condition {
-                Some(c) => format!(
-                    "Job {} failed: {}",
-                    job.name_any(),
-                    c.message.clone().or(c.reason.clone()).unwrap_or_default()
-                ),
-                None => format!("Job {} failed without a result", job.name_any()),
+                Some(c) => format!("Job {job} failed: {c}"),
+                None => format!("Job {job} failed without a result"),
             },
             Failure::Other,
         ),
-    })
+    }
 }
 
 /// Creates a StackSnapshot (its Job follows in the next reconcile).
@@ -930,6 +977,15 @@ pub async fn restore(
     else {
         return Ok(());
     };
+    let data = spec.data.as_ref().expect("filtered on data");
+    // An Exec restore runs while the component does: a ReadWriteOnce claim it needs must
+    // be mounted where the component's pod is.
+    let node = if data.method == DataMethod::Exec && data.volume.is_some() {
+        let ns = stack.namespace().unwrap_or_default();
+        component_node(&ctx.client, &ns, &stack.name_any(), component).await?
+    } else {
+        None
+    };
     start_agent(
         ctx,
         stack,
@@ -937,14 +993,109 @@ pub async fn restore(
             op: AgentOp::Restore,
             name: job.to_string(),
             component: spec,
-            data: spec.data.as_ref().expect("filtered on data"),
+            data,
             snapshot_object: snapshot,
             digest: Some(digest),
             revision: snap.status.as_ref().and_then(|s| s.revision),
-            node: None,
+            node,
             keep: vec![],
             forget_before: None,
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(init: serde_json::Value, main: serde_json::Value) -> PodStatus {
+        serde_json::from_value(json!({
+            "initContainerStatuses": init,
+            "containerStatuses": main,
+        }))
+        .unwrap()
+    }
+
+    fn status(name: &str, exit: i32, message: Option<&str>) -> serde_json::Value {
+        json!({
+            "name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit, "message": message}},
+        })
+    }
+
+    fn agent_line(ok: bool, message: Option<&str>, category: Option<&str>) -> String {
+        let mut r = AgentResult::new(AgentOp::Snapshot, ok, 1.0);
+        r.digest = ok.then(|| "ab".repeat(32));
+        r.message = message.map(str::to_string);
+        r.category = category.map(str::to_string);
+        r.to_json_line()
+    }
+
+    #[test]
+    fn a_failed_dump_command_fails_the_job_with_its_output() {
+        let p = pod(
+            json!([status("dump", 3, Some("pg_dump: connection refused"))]),
+            json!([{"name": "agent", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]),
+        );
+        match outcome("j", false, Some("BackoffLimitExceeded".into()), &[&p]) {
+            Finished::Failed(m, Failure::Other) => {
+                assert_eq!(
+                    m,
+                    "the dump command (container dump of Job j) exited with code 3: pg_dump: connection refused"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_exec_restore_reads_the_agent_in_its_init_container() {
+        let ok = agent_line(true, None, None);
+        let p = pod(
+            json!([status("agent", 0, Some(&ok))]),
+            json!([status("restore", 0, None)]),
+        );
+        assert!(matches!(outcome("j", true, None, &[&p]), Finished::Ok(r) if r.digest.is_some()));
+
+        // The restore command failed after the agent verified the snapshot.
+        let p = pod(
+            json!([status("agent", 0, Some(&ok))]),
+            json!([status("restore", 1, None)]),
+        );
+        match outcome("j", false, None, &[&p]) {
+            Finished::Failed(m, Failure::Other) => {
+                assert!(m.starts_with("the restore command"), "{m}");
+                assert!(m.ends_with("exited with code 1 with no output"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A corrupt snapshot: the agent refused, the restore command never ran.
+        let corrupt = agent_line(
+            false,
+            Some("restore refused: chunk corrupt"),
+            Some("chunk_corrupt"),
+        );
+        let p = pod(json!([status("agent", 1, Some(&corrupt))]), json!([]));
+        match outcome("j", false, None, &[&p]) {
+            Finished::Failed(m, Failure::Corrupt) => assert!(m.contains("chunk corrupt"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_agent_jobs_read_as_before() {
+        let line = agent_line(false, Some("store down"), Some("store_unreachable"));
+        let p = pod(json!([]), json!([status("agent", 1, Some(&line))]));
+        assert!(matches!(
+            outcome("j", false, None, &[&p]),
+            Finished::Failed(_, Failure::Store)
+        ));
+        assert!(matches!(
+            outcome("j", false, Some("DeadlineExceeded".into()), &[]),
+            Finished::Failed(m, Failure::Other) if m == "Job j failed: DeadlineExceeded"
+        ));
+    }
 }

@@ -5,10 +5,11 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 
-use crate::error::{Error, Result};
+use crate::error::{io_err, Error, Result};
 use crate::manifest::{Entry, EntryKind};
 use crate::methods::{CommandSpec, Finisher};
 use crate::snapshot::{Input, Prepared};
@@ -69,16 +70,8 @@ fn wait(spec: &CommandSpec, mut child: Child, tail: Option<JoinHandle<String>>) 
     }
 }
 
-/// Starts the dump; the finisher waits for it (killing it if the stream was not consumed).
-pub(crate) fn spawn_dump(spec: &CommandSpec) -> Result<(Prepared, Finisher)> {
-    let mut child = command(spec)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| cmd_err(spec, format!("cannot start: {e}")))?;
-    let stdout = child.stdout.take().expect("piped");
-    let tail = stderr_tail(&mut child);
+/// The single entry of an exec snapshot, read from `stream`.
+fn stream_prepared(stream: Box<dyn Read + Send>, total: u64) -> Prepared {
     let entry = Entry {
         path: ENTRY.into(),
         kind: EntryKind::File,
@@ -90,11 +83,24 @@ pub(crate) fn spawn_dump(spec: &CommandSpec) -> Result<(Prepared, Finisher)> {
         chunks: vec![],
         target: None,
     };
-    let prepared = Prepared {
+    Prepared {
         entries: vec![entry],
-        inputs: vec![(0, Input::Stream(Box::new(stdout)))],
-        total: 0,
-    };
+        inputs: vec![(0, Input::Stream(stream))],
+        total,
+    }
+}
+
+/// Starts the dump; the finisher waits for it (killing it if the stream was not consumed).
+pub(crate) fn spawn_dump(spec: &CommandSpec) -> Result<(Prepared, Finisher)> {
+    let mut child = command(spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| cmd_err(spec, format!("cannot start: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let tail = stderr_tail(&mut child);
+    let prepared = stream_prepared(Box::new(stdout), 0);
     let spec = spec.clone();
     Ok((
         prepared,
@@ -110,6 +116,14 @@ pub(crate) fn spawn_dump(spec: &CommandSpec) -> Result<(Prepared, Finisher)> {
             }
         }),
     ))
+}
+
+/// A dump already written to `file` (by a command run elsewhere), read as the stream. The
+/// manifest is the one [`spawn_dump`] gives: a stream entry, whatever the file's metadata.
+pub(crate) fn read_file(file: &Path) -> Result<Prepared> {
+    let f = File::open(file).map_err(io_err("open", file))?;
+    let size = f.metadata().map_err(io_err("stat", file))?.len();
+    Ok(stream_prepared(Box::new(f), size))
 }
 
 /// Runs the restore command with `stream` on stdin.

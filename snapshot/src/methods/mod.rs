@@ -63,6 +63,15 @@ pub enum Method {
         /// Reads the data from stdin; must exit 0.
         restore: CommandSpec,
     },
+    /// The `exec` method with the commands run by someone else (in Kubernetes, another
+    /// container of the agent's pod): a snapshot reads a dump's output from `file`, and a
+    /// restore writes the verified stream to `file` for the restore command to read.
+    /// Recorded as `Exec`, with the same single entry, so either side can read the other's
+    /// snapshots. The file appears only once every chunk has been verified.
+    ExecFile {
+        /// The dump's output (snapshot), or where the verified stream goes (restore).
+        file: PathBuf,
+    },
 }
 
 impl Method {
@@ -71,7 +80,7 @@ impl Method {
         match self {
             Method::Files { .. } => MethodKind::Files,
             Method::Sqlite { .. } => MethodKind::Sqlite,
-            Method::Exec { .. } => MethodKind::Exec,
+            Method::Exec { .. } | Method::ExecFile { .. } => MethodKind::Exec,
         }
     }
 }
@@ -127,6 +136,7 @@ pub(crate) fn capture(method: &Method) -> Result<Capture> {
             let (prepared, f) = exec::spawn_dump(dump)?;
             (prepared, Some(f))
         }
+        Method::ExecFile { file } => (exec::read_file(file)?, None),
     };
     Ok(Capture {
         prepared: Some(prepared),

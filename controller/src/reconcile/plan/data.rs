@@ -196,8 +196,11 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
     };
     let mut r = rb.restores[i].clone();
     let w = p.observed(component);
+    // An Exec restore command talks to the running component (pg_restore needs the
+    // database up): it is restored in place, never stopped.
+    let stops = restore_stops(p, target, component);
     if r.phase == RestorePhase::Stopping {
-        if w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
+        if !stops || w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
             r.phase = RestorePhase::Restoring;
             let key = format!("{}@{}", r.snapshot, rb.started_at.0.as_second());
             r.job = Some(job_name(
@@ -259,8 +262,13 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
         }
     }
     if r.phase == RestorePhase::Failed {
+        let state = if stops {
+            "the component stays stopped with its data as it was"
+        } else {
+            "the component was not stopped; what the restore command changed before it failed stays"
+        };
         p.rollback_failure = Some(format!(
-            "restoring the data of component {component} from snapshot {} failed: {}; the component stays stopped with its data as it was. Restore another snapshot (deployctl snapshot restore) or roll back again",
+            "restoring the data of component {component} from snapshot {} failed: {}; {state}. Restore another snapshot (deployctl snapshot restore) or roll back again",
             r.snapshot,
             r.message.clone().unwrap_or_default()
         ));
@@ -273,6 +281,21 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
         p.requeue_in(std::time::Duration::from_secs(1));
     }
     done
+}
+
+/// Whether restoring `component` stops it first: not for the `Exec` method. The data
+/// declaration is the target revision's, else the desired one's (as the restore Job's).
+fn restore_stops(p: &Planner<'_>, target: &RevisionRef, component: &str) -> bool {
+    target
+        .component(component)
+        .and_then(|c| c.data.as_ref())
+        .or_else(|| {
+            p.input
+                .desired
+                .component(component)
+                .and_then(|c| c.data.as_ref())
+        })
+        .is_none_or(|d| d.restore_stops())
 }
 
 /// A `Restore` operation: on a stack with no rollout or rollback in progress, restore the
@@ -367,14 +390,24 @@ pub(super) fn request_restore(
             message: None,
         }],
     );
-    (
-        OperationPhase::Succeeded,
+    let exec = p
+        .input
+        .desired
+        .component(&snap.component)
+        .and_then(|c| c.data.as_ref())
+        .is_some_and(|d| !d.restore_stops());
+    let message = if exec {
+        format!(
+            "the data of component {} is restored from {name} by its restore command (verified first), while it runs on revision {stable}",
+            snap.component
+        )
+    } else {
         format!(
             "component {} is stopped, its data restored from {name} (verified first) and started again on revision {stable}",
             snap.component
-        ),
-        Some(stable),
-    )
+        )
+    };
+    (OperationPhase::Succeeded, message, Some(stable))
 }
 
 /// The `SnapshotsVerified` condition, from the latest complete snapshot of each

@@ -925,6 +925,8 @@ rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s}}",
 
 const SQLITE: &str = "{volume: data, method: Sqlite, database: app.db}";
 const FILES: &str = "{volume: data}";
+const EXEC: &str =
+    "{volume: data, method: Exec, exec: {dump: [demo-app, dump], restore: [demo-app, load]}}";
 
 fn applied(p: &Plan) -> Vec<(String, i64)> {
     p.actions
@@ -1102,6 +1104,118 @@ fn a_failed_restore_leaves_the_component_stopped_and_says_why() {
     );
     let rb = w.status.rollback.clone().unwrap();
     assert_eq!(rb.restores[0].phase, RestorePhase::Failed);
+}
+
+#[test]
+fn an_exec_component_is_snapshotted_live() {
+    let mut w = World::new(data_spec("db:1", "api:1", EXEC));
+    let now = w.settle(0, true);
+    w.snapshot_result = None;
+    w.change(data_spec("db:1", "api:2", EXEC), 2);
+    let p = w.step(now);
+    assert!(matches!(p.actions[..], [Action::Snapshot { .. }]));
+    let name = w.status.rollout.clone().unwrap().snapshots[0]
+        .snapshot
+        .clone();
+    assert_eq!(w.data.snapshots[&name].phase, Some(SnapshotPhase::Running));
+    for t in 1..4 {
+        let p = w.step(now + t);
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::Stop { .. })),
+            "an Exec dump runs against the running component: {:?}",
+            p.actions
+        );
+    }
+    assert!(!w.observed["db"].stopped);
+    w.data.snapshots.get_mut(&name).unwrap().phase = Some(SnapshotPhase::Completed);
+    w.settle(now + 5, true);
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(2)));
+}
+
+#[test]
+fn an_exec_restore_keeps_the_component_running() {
+    let mut w = World::new(data_spec("db:1", "api:1", EXEC));
+    let mut now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:2", EXEC), 2);
+    let mut log: Vec<String> = vec![];
+    for _ in 0..40 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, now);
+        }
+        let p = w.step(now);
+        now += 11;
+        if w.status.rollback.is_some() || w.status.last_rollback.is_some() {
+            for a in &p.actions {
+                log.push(match a {
+                    Action::Apply {
+                        component,
+                        revision,
+                    } => format!("apply {component}@{revision}"),
+                    Action::Stop { component, .. } => format!("stop {component}"),
+                    Action::Restore { component, .. } => format!("restore {component}"),
+                    other => format!("{other:?}"),
+                });
+            }
+        }
+        if w.status.last_rollback.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        log,
+        vec!["apply api@1", "restore db", "apply db@1"],
+        "api (the dependent) first, then db restored in place (never stopped), then rolled back"
+    );
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert!(!w.observed["db"].stopped);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+
+    // A restore operation on the stable stack: no Stop either, and it says so.
+    w.data.snapshots.insert(
+        "nightly".into(),
+        SnapshotObserved {
+            component: "db".into(),
+            phase: Some(SnapshotPhase::Completed),
+            message: None,
+            digest: Some("d".into()),
+            corrupt: false,
+            verified: false,
+        },
+    );
+    w.restore_result = JobOutcome::Failed("the restore command exited with code 1".into());
+    w.op("restore-1", OperationAction::Restore, None);
+    w.ops[0].snapshot = Some("nightly".into());
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert!(
+        p.operations[0].message.contains("while it runs"),
+        "{}",
+        p.operations[0].message
+    );
+    assert!(
+        matches!(p.actions[..], [Action::Restore { .. }]),
+        "{:?}",
+        p.actions
+    );
+    for t in 1..4 {
+        w.step(now + t);
+    }
+    assert!(!w.observed["db"].stopped);
+    assert_eq!(cond(&w.status, STALLED), ("True", "RestoreFailed"));
+    assert!(
+        w.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("was not stopped"),
+        "{:?}",
+        w.status.message
+    );
 }
 
 #[test]

@@ -116,13 +116,13 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             // 2. The revision the spec maps to (created once, found again after a crash).
             let revision = revisions::ensure_current(ctx, stack).await?;
             if revision.created {
-                ctx.event(
-                    stack,
-                    false,
-                    "RevisionCreated",
-                    format!("Created revision {} ({})", revision.number, revision.hash),
-                )
-                .await;
+                // Recorded on the side: an Event is a request, and this one need not delay
+                // the rollout it announces.
+                let (ctx, stack) = (ctx.clone(), stack.clone());
+                let note = format!("Created revision {} ({})", revision.number, revision.hash);
+                tokio::spawn(async move {
+                    ctx.event(&stack, false, "RevisionCreated", note).await;
+                });
             }
             let desired =
                 plan::RevisionRef::new(&name, revision.number, stack.spec.components.clone())

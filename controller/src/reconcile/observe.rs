@@ -19,46 +19,68 @@ pub async fn workloads(
     stack: &ProductionStack,
     components: &[(String, WorkloadKind)],
 ) -> Result<BTreeMap<String, WorkloadState>> {
-    let client = &ctx.client;
     let ns = stack.namespace().unwrap_or_default();
-    let stack_name = stack.name_any();
-    let mut out = BTreeMap::new();
-    for (component, kind) in components {
-        if out.contains_key(component) {
-            continue;
-        }
-        let name = child_name(&stack_name, component);
-        let state = match kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-                .filter(|d| owned_by(d.owner_references(), stack))
-                .map(|d| deployment_state(&d)),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-                .filter(|s| owned_by(s.owner_references(), stack))
-                .map(|s| statefulset_state(&s)),
-        };
-        if let Some(mut state) = state {
-            // A stopped component is drained only once no pod of it is left at all:
-            // terminating pods still write.
-            if state.stopped {
-                state.drained = state.replicas == 0
-                    && pod_count(client, &ns, &stack_name, component).await? == 0;
-            }
-            // Pods explain an unavailable workload only once its controller has seen the
-            // spec and pods are wanted; listing them costs a read of the namespace's pods.
-            if !state.available && state.replicas > 0 && state.seen {
-                let pods = pod_problems(client, &ns, &stack_name, component).await?;
-                if pods.is_some() {
-                    state.message = pods;
-                }
-            }
-            out.insert(component.clone(), state);
+    let mut unique: Vec<&(String, WorkloadKind)> = Vec::with_capacity(components.len());
+    for c in components {
+        if !unique.iter().any(|u| u.0 == c.0) {
+            unique.push(c);
         }
     }
-    Ok(out)
+    // One request per component, all at once: on a busy API server each waits its turn,
+    // and a reconcile should wait for the slowest, not the sum.
+    let states = futures::future::try_join_all(
+        unique
+            .iter()
+            .map(|(component, kind)| workload(&ctx.client, &ns, stack, component, *kind)),
+    )
+    .await?;
+    Ok(unique
+        .into_iter()
+        .zip(states)
+        .filter_map(|((component, _), state)| Some((component.clone(), state?)))
+        .collect())
+}
+
+/// Observes one component's workload; None when it does not exist (or is not the stack's).
+async fn workload(
+    client: &Client,
+    ns: &str,
+    stack: &ProductionStack,
+    component: &str,
+    kind: WorkloadKind,
+) -> Result<Option<WorkloadState>> {
+    let stack_name = stack.name_any();
+    let name = child_name(&stack_name, component);
+    let state = match kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            .filter(|d| owned_by(d.owner_references(), stack))
+            .map(|d| deployment_state(&d)),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            .filter(|s| owned_by(s.owner_references(), stack))
+            .map(|s| statefulset_state(&s)),
+    };
+    let Some(mut state) = state else {
+        return Ok(None);
+    };
+    // A stopped component is drained only once no pod of it is left at all:
+    // terminating pods still write.
+    if state.stopped {
+        state.drained =
+            state.replicas == 0 && pod_count(client, ns, &stack_name, component).await? == 0;
+    }
+    // Pods explain an unavailable workload only once its controller has seen the
+    // spec and pods are wanted; listing them costs a read of the namespace's pods.
+    if !state.available && state.replicas > 0 && state.seen {
+        let pods = pod_problems(client, ns, &stack_name, component).await?;
+        if pods.is_some() {
+            state.message = pods;
+        }
+    }
+    Ok(Some(state))
 }
 
 fn owned_by(

@@ -197,69 +197,19 @@ async fn a_snapshot_taken_on_request_can_be_restored_by_an_operation() {
     let before = checksum(&dir);
 
     // A person takes a snapshot now.
-    snaps
-        .create(
-            &PostParams::default(),
-            &StackSnapshot {
-                metadata: ObjectMeta {
-                    name: Some("before-import".into()),
-                    ..Default::default()
-                },
-                spec: StackSnapshotSpec {
-                    stack: "shop".into(),
-                    component: "db".into(),
-                    reason: Default::default(),
-                },
-                status: None,
-            },
-        )
-        .await
-        .unwrap();
-    let done = wait_until("the snapshot to complete", T, || async {
-        let s = snaps.get("before-import").await.ok()?;
-        let st = s.status?;
-        match st.phase? {
-            SnapshotPhase::Completed => Some(st),
-            SnapshotPhase::Failed => panic!("snapshot failed: {:?}", st.message),
-            _ => None,
-        }
-    })
-    .await;
+    let done = take_snapshot(&snaps, "before-import").await;
+    assert_eq!(
+        done.phase,
+        Some(SnapshotPhase::Completed),
+        "{:?}",
+        done.message
+    );
     assert!(done.files.unwrap_or(0) >= 1);
 
-    // The data changes behind the stack's back (a bad import).
-    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
-    db.execute("DELETE FROM items WHERE id % 2 = 0", [])
-        .unwrap();
-    drop(db);
+    bad_import(&dir);
     assert_ne!(checksum(&dir), before);
 
-    let op = ops
-        .create(
-            &PostParams::default(),
-            &StackOperation {
-                metadata: ObjectMeta {
-                    name: Some("undo-import".into()),
-                    ..Default::default()
-                },
-                spec: StackOperationSpec {
-                    stack: "shop".into(),
-                    action: OperationAction::Restore,
-                    to_revision: None,
-                    snapshot: Some("before-import".into()),
-                    reason: Some("bad import".into()),
-                    requested_by: Some("tester".into()),
-                },
-                status: None,
-            },
-        )
-        .await
-        .unwrap();
-    let _ = op;
-    let acted = wait_until("the restore operation to be acted on", T, || async {
-        ops.get("undo-import").await.ok()?.status?.phase
-    })
-    .await;
+    let acted = request_restore(&ops, "undo-import", "before-import").await;
     assert_eq!(acted, OperationPhase::Succeeded);
     let s = wait_stack(&stacks, "shop", "Healthy after the restore", T, |s| {
         is_ready(s)
@@ -579,6 +529,42 @@ async fn take_snapshot(
     .await
 }
 
+/// A bad import behind the stack's back: half the items deleted straight in the file.
+fn bad_import(dir: &std::path::Path) {
+    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+    db.execute("DELETE FROM items WHERE id % 2 = 0", [])
+        .unwrap();
+}
+
+/// Asks (as a person would) for the stack's data to be restored from `snapshot` by
+/// operation `name`, and waits until the operation has a result.
+async fn request_restore(ops: &Api<StackOperation>, name: &str, snapshot: &str) -> OperationPhase {
+    ops.create(
+        &PostParams::default(),
+        &StackOperation {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: StackOperationSpec {
+                stack: "shop".into(),
+                action: OperationAction::Restore,
+                to_revision: None,
+                snapshot: Some(snapshot.into()),
+                reason: Some("bad import".into()),
+                requested_by: Some("tester".into()),
+            },
+            status: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the restore operation to be acted on", T, || async {
+        ops.get(name).await.ok()?.status?.phase
+    })
+    .await
+}
+
 #[tokio::test]
 async fn exec_data_is_dumped_live_and_restored_by_its_restore_command() {
     let env = shared();
@@ -617,37 +603,10 @@ async fn exec_data_is_dumped_live_and_restored_by_its_restore_command() {
     assert_eq!(pod.containers[0].name, "agent");
     assert!(is_ready(&stacks.get("shop").await.unwrap()));
 
-    // A bad import behind the stack's back.
-    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
-    db.execute("DELETE FROM items WHERE id % 2 = 0", [])
-        .unwrap();
-    drop(db);
+    bad_import(&dir);
     assert_ne!(checksum(&dir), before);
 
-    ops.create(
-        &PostParams::default(),
-        &StackOperation {
-            metadata: ObjectMeta {
-                name: Some("undo-import".into()),
-                ..Default::default()
-            },
-            spec: StackOperationSpec {
-                stack: "shop".into(),
-                action: OperationAction::Restore,
-                to_revision: None,
-                snapshot: Some("before-import".into()),
-                reason: Some("bad import".into()),
-                requested_by: Some("tester".into()),
-            },
-            status: None,
-        },
-    )
-    .await
-    .unwrap();
-    let acted = wait_until("the restore operation to be acted on", T, || async {
-        ops.get("undo-import").await.ok()?.status?.phase
-    })
-    .await;
+    let acted = request_restore(&ops, "undo-import", "before-import").await;
     assert_eq!(acted, OperationPhase::Succeeded);
     let s = wait_stack(&stacks, "shop", "Healthy after the restore", T, |s| {
         is_ready(s)

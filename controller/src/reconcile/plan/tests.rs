@@ -1036,11 +1036,12 @@ fn a_failed_gate_rolls_back_the_workloads_and_restores_the_data() {
     let _ = now;
 }
 
-#[test]
-fn the_restore_runs_after_dependents_go_back_and_before_the_component_starts() {
-    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+/// Settles `w`, changes it to `next`, fails every gate of the rollout, and returns the
+/// actions the rollback took, in order, as "apply c@n", "stop c", "restore c"; and the
+/// time the world is at.
+fn fail_and_log_rollback(w: &mut World, next: ProductionStackSpec) -> (Vec<String>, i64) {
     let mut now = w.settle(0, true);
-    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    w.change(next, 2);
     let mut log: Vec<String> = vec![];
     for _ in 0..40 {
         if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
@@ -1069,6 +1070,13 @@ fn the_restore_runs_after_dependents_go_back_and_before_the_component_starts() {
             break;
         }
     }
+    (log, now)
+}
+
+#[test]
+fn the_restore_runs_after_dependents_go_back_and_before_the_component_starts() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let (log, _) = fail_and_log_rollback(&mut w, data_spec("db:2", "api:2", SQLITE));
     assert_eq!(
         log,
         vec!["apply api@1", "stop db", "restore db", "apply db@1"],
@@ -1135,36 +1143,7 @@ fn an_exec_component_is_snapshotted_live() {
 #[test]
 fn an_exec_restore_keeps_the_component_running() {
     let mut w = World::new(data_spec("db:1", "api:1", EXEC));
-    let mut now = w.settle(0, true);
-    w.change(data_spec("db:2", "api:2", EXEC), 2);
-    let mut log: Vec<String> = vec![];
-    for _ in 0..40 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, now);
-        }
-        let p = w.step(now);
-        now += 11;
-        if w.status.rollback.is_some() || w.status.last_rollback.is_some() {
-            for a in &p.actions {
-                log.push(match a {
-                    Action::Apply {
-                        component,
-                        revision,
-                    } => format!("apply {component}@{revision}"),
-                    Action::Stop { component, .. } => format!("stop {component}"),
-                    Action::Restore { component, .. } => format!("restore {component}"),
-                    other => format!("{other:?}"),
-                });
-            }
-        }
-        if w.status.last_rollback.is_some() {
-            break;
-        }
-    }
+    let (log, now) = fail_and_log_rollback(&mut w, data_spec("db:2", "api:2", EXEC));
     assert_eq!(
         log,
         vec!["apply api@1", "restore db", "apply db@1"],

@@ -1,21 +1,35 @@
-//! In-memory copies (reflector stores) of what reconciles would otherwise list: the
-//! stacks' ControllerRevisions.
+//! In-memory copies (reflector stores) of what reconciles read: the stacks'
+//! ControllerRevisions, their workloads, and StackOperations.
 //!
-//! Creating a revision, and loading the history for a rollback, needs the stack's
-//! revisions; a list call reads every ControllerRevision of the namespace (label selectors
-//! are applied after the read), megabytes per reconcile with a thousand stacks in a
-//! namespace. A store that lags a moment behind is safe here: revision numbers also come
-//! from the stack's status, a create that finds the revision already there re-reads it, and
-//! the stable revision is fetched by name when the store does not have it yet.
+//! Without them every reconcile costs reads: a GET per component and a list of the
+//! namespace's operations, even when nothing changed (a resync, or the echo of the
+//! controller's own status write). With a thousand stacks those reads alone kept the API
+//! server busy; with the stores a reconcile of a steady stack sends no request at all.
 //!
-//! Workloads are still read with a GET (one object, cheap) rather than from a store: a
-//! store fed by a separate watch could lag behind the event that woke the reconcile, and
-//! a decision taken on an older copy could wait for the next resync.
+//! Each store is fed by its own watch, in its own task ([`feed`]). That same task is what
+//! wakes the stacks ([`Triggers`]): an object is put in the store first and its stack is
+//! woken after, so the reconcile an event starts always sees at least that event. (A
+//! store fed by a second watch next to the controller's own trigger watch could lag
+//! behind the event that woke the reconcile, and a decision taken on the older copy would
+//! wait for the next resync.) The feeds run apart from the controller's scheduler, and
+//! the controller starts reconciling only once they hold their first lists
+//! ([`Caches::ready`]).
+//!
+//! A store that lags a moment behind a write of the controller's own is safe: the
+//! planner reads workloads by their spec-hash annotations and re-applies (a no-op
+//! server-side apply) what looks out of date; revision numbers also come from the
+//! stack's status, and a create that finds the revision already there re-reads it; an
+//! operation that looks unanswered is read again before anything is written to it.
 
-use deployctl_api::{labels, ProductionStack};
-use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::ResourceExt;
+use deployctl_api::{labels, ProductionStack, StackOperation};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::sync::Arc;
 
 /// The stores; cheap to clone.
@@ -23,21 +37,49 @@ use std::sync::Arc;
 pub struct Caches {
     /// ControllerRevisions of stacks (labelled with a revision hash).
     pub revisions: Store<ControllerRevision>,
+    /// The stacks' Deployments (labelled managed-by deployctl), without pod templates.
+    pub deployments: Store<Deployment>,
+    /// The stacks' StatefulSets (labelled managed-by deployctl), without pod templates.
+    pub statefulsets: Store<StatefulSet>,
+    /// Every StackOperation.
+    pub operations: Store<StackOperation>,
 }
 
 impl std::fmt::Debug for Caches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Caches")
             .field("revisions", &self.revisions.len())
+            .field("deployments", &self.deployments.len())
+            .field("statefulsets", &self.statefulsets.len())
+            .field("operations", &self.operations.len())
             .finish()
     }
 }
 
+/// Stacks to reconcile because something of theirs changed; the receiving end goes to
+/// the controller (`Controller::reconcile_on`).
+pub type Triggers = UnboundedSender<ObjectRef<ProductionStack>>;
+
+/// A channel for [`Triggers`]. Unbounded: a feed never waits for the controller (its
+/// scheduler merges repeated wake-ups of one stack), so the stores stay current even
+/// while every reconcile is busy.
+pub fn triggers() -> (Triggers, UnboundedReceiver<ObjectRef<ProductionStack>>) {
+    futures::channel::mpsc::unbounded()
+}
+
 impl Caches {
-    /// Waits until the store holds its initial list: before that, a missing revision
-    /// would look never created.
+    /// Waits until every store holds its initial list: before that, a missing workload
+    /// would look deleted and a missing revision never created. The controller waits
+    /// once, before its first reconcile.
+    ///
+    /// Only one task may wait at a time: a store's readiness wakes a single waiter
+    /// (kube-runtime 5.0's `DelayedInit` polls a oneshot receiver, which keeps only the
+    /// last waker), so reconciles that each waited for it hung for good, all but the last.
     pub async fn ready(&self) -> bool {
         self.revisions.wait_until_ready().await.is_ok()
+            && self.deployments.wait_until_ready().await.is_ok()
+            && self.statefulsets.wait_until_ready().await.is_ok()
+            && self.operations.wait_until_ready().await.is_ok()
     }
 
     /// The stack's ControllerRevisions (by label and owner), by revision number.
@@ -62,4 +104,93 @@ impl Caches {
     pub fn revision(&self, ns: &str, name: &str) -> Option<Arc<ControllerRevision>> {
         self.revisions.get(&ObjectRef::new(name).within(ns))
     }
+
+    /// The StackOperations in `ns` that name `stack`.
+    pub fn operations_for(&self, ns: &str, stack: &str) -> Vec<StackOperation> {
+        self.operations
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(ns) && o.spec.stack == stack)
+            .map(|o| (**o).clone())
+            .collect()
+    }
 }
+
+/// Keeps `writer`'s store current from a watch of `api`, and after each change sends the
+/// stack `wakes` names (if any) to `triggers`. `trim` drops what no reconcile reads, to
+/// keep the store small. Runs until the task is aborted; watch errors are retried with
+/// kube's default back-off.
+pub fn feed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+    wakes: fn(&K) -> Option<ObjectRef<ProductionStack>>,
+    triggers: Option<Triggers>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    tokio::spawn(
+        watcher(api, config)
+            .default_backoff()
+            .modify(move |o| {
+                o.managed_fields_mut().clear();
+                trim(o);
+            })
+            .reflect(writer)
+            .touched_objects()
+            .for_each(move |o| {
+                match (o, &triggers) {
+                    (Ok(o), Some(t)) => {
+                        if let Some(stack) = wakes(&o) {
+                            // Fails only when the controller is gone (shutting down).
+                            let _ = t.unbounded_send(stack);
+                        }
+                    }
+                    (Err(e), _) => tracing::debug!(error = %e, "watch error (retried)"),
+                    _ => {}
+                }
+                std::future::ready(())
+            }),
+    )
+}
+
+/// The stack that owns `o` (by its controller owner reference).
+pub fn owning_stack<K: Resource>(o: &K) -> Option<ObjectRef<ProductionStack>> {
+    let ns = o.meta().namespace.clone()?;
+    let owner = o
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| {
+            r.kind == ProductionStack::kind(&()) && r.api_version == ProductionStack::api_version(&())
+        })?;
+    Some(ObjectRef::new(&owner.name).within(&ns))
+}
+
+/// The stack a StackOperation names.
+pub fn operation_stack(o: &StackOperation) -> Option<ObjectRef<ProductionStack>> {
+    let ns = o.metadata.namespace.clone()?;
+    Some(ObjectRef::new(&o.spec.stack).within(&ns))
+}
+
+/// A Deployment as observed: the pod template is not read (the spec hash annotation
+/// says which revision it is), and it is most of the object.
+pub fn trim_deployment(d: &mut Deployment) {
+    if let Some(s) = d.spec.as_mut() {
+        s.template = Default::default();
+    }
+}
+
+/// A StatefulSet as observed: without its pod and claim templates.
+pub fn trim_statefulset(s: &mut StatefulSet) {
+    if let Some(s) = s.spec.as_mut() {
+        s.template = Default::default();
+        s.volume_claim_templates = None;
+    }
+}
+
+/// Nothing to drop.
+pub fn keep<K>(_: &mut K) {}

@@ -25,7 +25,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -152,21 +152,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // The stacks' revisions, cached: every new revision would otherwise list all the
-    // ControllerRevisions of the namespace (label selectors are applied after the read).
+    // What reconciles read, cached (see `cache`): the revisions, and the workloads and
+    // operations, whose feeds also wake the stacks they belong to.
+    let (triggers, woken) = cache::triggers();
     let (rev_store, rev_writer) = reflector::store();
-    let feeds = vec![tokio::spawn(
-        watcher(
+    let (deploy_store, deploy_writer) = reflector::store();
+    let (sts_store, sts_writer) = reflector::store();
+    let (ops_store, ops_writer) = reflector::store();
+    let feeds = vec![
+        cache::feed(
             revisions,
             watcher::Config::default().labels(labels::REVISION_HASH),
-        )
-        .default_backoff()
-        .reflect(rev_writer)
-        .for_each(|_| std::future::ready(())),
-    )];
+            rev_writer,
+            cache::keep,
+            cache::owning_stack,
+            None,
+        ),
+        cache::feed(
+            deployments,
+            children.clone(),
+            deploy_writer,
+            cache::trim_deployment,
+            cache::owning_stack,
+            Some(triggers.clone()),
+        ),
+        cache::feed(
+            statefulsets,
+            children.clone(),
+            sts_writer,
+            cache::trim_statefulset,
+            cache::owning_stack,
+            Some(triggers.clone()),
+        ),
+        cache::feed(
+            operations,
+            watcher::Config::default(),
+            ops_writer,
+            cache::keep,
+            cache::operation_stack,
+            Some(triggers),
+        ),
+    ];
     let caches = cache::Caches {
         revisions: rev_store,
+        deployments: deploy_store,
+        statefulsets: sts_store,
+        operations: ops_store,
     };
+    // Before the stores hold their first lists, a missing workload would look deleted.
+    {
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            ready = caches.ready() => anyhow::ensure!(ready, "the controller's caches stopped before their first list"),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
     let ctx = Arc::new(
         context::Context::new(client.clone(), metrics.clone(), &identity, resync)
             .with_agent_image(args.agent_image.clone())
@@ -182,19 +222,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
     Controller::new(stacks, watcher::Config::default())
-        .owns(deployments, children.clone())
-        .owns(statefulsets, children.clone())
+        // Workloads and StackOperations: from the cache feeds, after the stores have them.
+        .reconcile_on(woken)
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
-        // A new StackOperation wakes the stack it names.
-        .watches(
-            operations,
-            watcher::Config::default(),
-            |op: StackOperation| {
-                let ns = op.metadata.namespace.clone()?;
-                Some(ObjectRef::<ProductionStack>::new(&op.spec.stack).within(&ns))
-            },
-        )
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
         .watches(snapshots, watcher::Config::default(), |s: StackSnapshot| {
             let ns = s.metadata.namespace.clone()?;

@@ -32,6 +32,10 @@ struct Args {
     /// Spec changes per second.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// The controller's `--resync` (how often a Healthy stack is re-checked); the
+    /// default is the controller's own.
+    #[arg(long, default_value = "5m")]
+    resync: String,
     /// The controller binary (a release build measures what users run).
     #[arg(long, default_value = "target/release/deployctl-controller")]
     controller: PathBuf,
@@ -105,7 +109,7 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
         cluster.kubeconfig_path(),
         ns,
         "bench",
-        &["--log-format", "json"],
+        &["--log-format", "json", "--resync", &args.resync],
     );
     let started = Instant::now();
     futures::stream::iter(0..n)

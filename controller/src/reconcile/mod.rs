@@ -30,12 +30,6 @@ use std::time::{Duration, Instant};
 /// a child it owns.
 pub async fn reconcile(stack: Arc<ProductionStack>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    // Before the caches hold their first lists, a missing workload would look deleted.
-    if let Some(c) = &ctx.caches {
-        if !c.ready().await {
-            return Err(Error::Finalizer("the controller's caches stopped".into()));
-        }
-    }
     let ns = stack
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;

@@ -9,6 +9,7 @@ use deployctl_api::{child_name, labels, ProductionStack, WorkloadKind};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -31,7 +32,7 @@ pub async fn workloads(
     let states = futures::future::try_join_all(
         unique
             .iter()
-            .map(|(component, kind)| workload(&ctx.client, &ns, stack, component, *kind)),
+            .map(|(component, kind)| workload(ctx, &ns, stack, component, *kind)),
     )
     .await?;
     Ok(unique
@@ -42,22 +43,34 @@ pub async fn workloads(
 }
 
 /// Observes one component's workload; None when it does not exist (or is not the stack's).
+/// Read from the controller's cache when it has one (no request), else with a GET.
 async fn workload(
-    client: &Client,
+    ctx: &crate::context::Context,
     ns: &str,
     stack: &ProductionStack,
     component: &str,
     kind: WorkloadKind,
 ) -> Result<Option<WorkloadState>> {
+    let client = &ctx.client;
     let stack_name = stack.name_any();
     let name = child_name(&stack_name, component);
-    let state = match kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
+    let state = match (kind, &ctx.caches) {
+        (WorkloadKind::Deployment, Some(c)) => c
+            .deployments
+            .get(&ObjectRef::new(&name).within(ns))
+            .filter(|d| owned_by(d.owner_references(), stack))
+            .map(|d| deployment_state(&d)),
+        (WorkloadKind::StatefulSet, Some(c)) => c
+            .statefulsets
+            .get(&ObjectRef::new(&name).within(ns))
+            .filter(|s| owned_by(s.owner_references(), stack))
+            .map(|s| statefulset_state(&s)),
+        (WorkloadKind::Deployment, None) => Api::<Deployment>::namespaced(client.clone(), ns)
             .get_opt(&name)
             .await?
             .filter(|d| owned_by(d.owner_references(), stack))
             .map(|d| deployment_state(&d)),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+        (WorkloadKind::StatefulSet, None) => Api::<StatefulSet>::namespaced(client.clone(), ns)
             .get_opt(&name)
             .await?
             .filter(|s| owned_by(s.owner_references(), stack))

@@ -21,7 +21,10 @@ pub async fn pending(
         .as_ref()
         .map(|s| s.processed_operations.clone())
         .unwrap_or_default();
-    let all = api.list(&ListParams::default()).await?.items;
+    let all = match &ctx.caches {
+        Some(c) => c.operations_for(&ns, &stack.name_any()),
+        None => api.list(&ListParams::default()).await?.items,
+    };
     let mut ops: Vec<StackOperation> = all
         .into_iter()
         .filter(|o| o.spec.stack == stack.name_any())
@@ -41,6 +44,19 @@ pub async fn pending(
     let (done, todo): (Vec<StackOperation>, Vec<StackOperation>) = ops
         .into_iter()
         .partition(|o| processed.contains(&o.name_any()));
+    // One the stack acted on but that looks unanswered may be a cached copy from before
+    // its result was written: read it again, or the recovery note would replace the
+    // result.
+    let mut recovered = Vec::new();
+    for o in done {
+        if ctx.caches.is_none() {
+            recovered.push(o);
+        } else if let Some(fresh) = api.get_opt(&o.name_any()).await? {
+            if fresh.status.as_ref().and_then(|s| s.phase).is_none() {
+                recovered.push(fresh);
+            }
+        }
+    }
     Ok((
         todo.into_iter()
             .map(|o| PendingOperation {
@@ -52,7 +68,7 @@ pub async fn pending(
                 snapshot: o.spec.snapshot.clone(),
             })
             .collect(),
-        done.into_iter().map(|o| o.name_any()).collect(),
+        recovered.into_iter().map(|o| o.name_any()).collect(),
     ))
 }
 

@@ -33,7 +33,8 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     /// Starts the controller for namespace `ns` with a short Lease (3 s) so hand-over
-    /// tests are quick; `identity` names the replica; `extra` are more arguments.
+    /// tests are quick, and a 30 s resync unless `extra` sets one; `identity` names the
+    /// replica; `extra` are more arguments.
     pub fn start(env: &SharedEnv, ns: &str, identity: &str, extra: &[&str]) -> Self {
         Self::start_binary(
             &controller_binary(),
@@ -77,9 +78,12 @@ impl ControllerProcess {
                 "3s",
                 "--identity",
                 identity,
-                "--resync",
-                "30s",
             ])
+            .args(if extra.contains(&"--resync") {
+                &[][..]
+            } else {
+                &["--resync", "30s"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info,deployctl_controller=debug")
             .stdout(Stdio::from(out.try_clone().expect("log fd")))

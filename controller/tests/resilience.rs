@@ -255,3 +255,50 @@ async fn serves_metrics_health_and_json_logs() {
         );
     }
 }
+
+/// A controller that starts with many stacks already waiting (a restart, a new leader)
+/// reconciles every one of them: none may wait on the caches forever, and each moves
+/// through its dependency order on its workloads' events, not on the resync (set longer
+/// than the test's deadline).
+#[tokio::test]
+async fn a_controller_started_with_many_stacks_waiting_brings_up_every_one() {
+    let env = shared();
+    let client = install_crd(env).await;
+    let ns = env.namespace("many").await;
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let component = |name: &str, deps: &str| {
+        format!("  - {{name: {name}, replicas: 0, dependsOn: [{deps}], template: {{spec: {{containers: [{{name: app, image: 'deployctl.dev/demo-app:v1'}}]}}}}}}\n")
+    };
+    let body = format!(
+        "  components:\n{}{}{}",
+        component("db", ""),
+        component("cache", "db"),
+        component("api", "cache")
+    );
+    const N: usize = 24;
+    for i in 0..N {
+        stacks
+            .create(&PostParams::default(), &stack_yaml(&format!("s{i}"), &body))
+            .await
+            .unwrap();
+    }
+    let _c = ControllerProcess::start(env, ns.name(), "many", &["--resync", "1h"]);
+    let ready = wait_until(
+        &format!("all {N} stacks Ready"),
+        Duration::from_secs(120),
+        || async {
+            let list = stacks.list(&ListParams::default()).await.ok()?;
+            let ready: Vec<String> = list
+                .items
+                .iter()
+                .filter(|s| is_ready(s))
+                .map(|s| s.name_any())
+                .collect();
+            (ready.len() == N).then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(ready.len(), N);
+    let deployments = names(&Api::<Deployment>::namespaced(client.clone(), ns.name())).await;
+    assert_eq!(deployments.len(), 3 * N, "{deployments:?}");
+}

@@ -36,6 +36,10 @@ struct Args {
     /// default is the controller's own.
     #[arg(long, default_value = "5m")]
     resync: String,
+    /// Also print the API server's mean request latencies by verb and resource, and
+    /// etcd's by operation, over the whole run (where the time went).
+    #[arg(long)]
+    server_metrics: bool,
     /// The controller binary (a release build measures what users run).
     #[arg(long, default_value = "target/release/deployctl-controller")]
     controller: PathBuf,
@@ -204,7 +208,69 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
         percentile(&latencies, 99.0).as_millis(),
         latencies.last().map(|d| d.as_millis()).unwrap_or(0),
     );
+    if args.server_metrics {
+        print_server_latencies(&client).await?;
+    }
     drop(controller);
     drop(cluster);
+    Ok(())
+}
+
+/// Mean latencies from the API server's /metrics: requests by verb and resource (the
+/// busiest 15), and etcd operations, to stderr.
+async fn print_server_latencies(client: &kube::Client) -> anyhow::Result<()> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    // (sum, count) per series of the two histograms.
+    let mut series: HashMap<String, (f64, f64)> = HashMap::new();
+    for line in text.lines() {
+        for (metric, keys) in [
+            ("apiserver_request_duration_seconds", &["verb", "resource"][..]),
+            ("etcd_request_duration_seconds", &["operation", "type"][..]),
+        ] {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            let (is_sum, rest) = if let Some(r) = rest.strip_prefix("_sum{") {
+                (true, r)
+            } else if let Some(r) = rest.strip_prefix("_count{") {
+                (false, r)
+            } else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let key = format!(
+                "{metric} {}",
+                keys.iter().map(|k| label(k)).collect::<Vec<_>>().join(" ")
+            );
+            let e = series.entry(key).or_default();
+            let v: f64 = value.trim().parse().unwrap_or(0.0);
+            if is_sum {
+                e.0 += v;
+            } else {
+                e.1 += v;
+            }
+        }
+    }
+    let mut rows: Vec<(String, f64, f64)> = series
+        .into_iter()
+        .filter(|(k, (_, n))| *n > 0.0 && !k.contains(" WATCH") && !k.contains(" CONNECT"))
+        .map(|(k, (sum, n))| (k, n, sum / n))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("server-side mean latencies over the run (requests, mean):");
+    for (k, n, mean) in rows.iter().take(25) {
+        eprintln!("  {k:<70} {n:>8.0} {:>8.1} ms", mean * 1000.0);
+    }
     Ok(())
 }

@@ -52,36 +52,54 @@ pub async fn delete_component(
 }
 
 /// Components that have workloads but are not in `keep` (removed from the spec).
+/// Read from the controller's cache when it has one: a list would read every workload
+/// of the namespace (label selectors are applied after the read), thousands of objects
+/// on every promotion of a busy namespace.
 pub async fn orphans(
-    client: &Client,
+    ctx: &crate::context::Context,
     stack: &deployctl_api::ProductionStack,
     keep: &[String],
 ) -> Result<Vec<String>> {
     let ns = stack.namespace().unwrap_or_default();
-    let lp = kube::api::ListParams::default().labels(&format!(
-        "{}={}",
-        deployctl_api::labels::STACK,
-        stack.name_any()
-    ));
-    let mut found = std::collections::BTreeSet::new();
+    let name = stack.name_any();
     let uid = stack.metadata.uid.clone();
-    let ours = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
-        refs.iter().any(|o| Some(&o.uid) == uid.as_ref())
+    // The component of a workload of this stack's, if `m` is one.
+    let component = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k));
+        let ours = m.namespace.as_deref() == Some(ns.as_str())
+            && label(deployctl_api::labels::STACK) == Some(&name)
+            && m.owner_references
+                .iter()
+                .flatten()
+                .any(|r| Some(&r.uid) == uid.as_ref());
+        ours.then(|| label(deployctl_api::labels::COMPONENT).cloned())
+            .flatten()
     };
-    for d in Api::<Deployment>::namespaced(client.clone(), &ns)
-        .list(&lp)
-        .await?
-    {
-        if ours(d.owner_references()) {
-            found.extend(d.labels().get(deployctl_api::labels::COMPONENT).cloned());
+    let mut found = std::collections::BTreeSet::new();
+    match &ctx.caches {
+        Some(c) => {
+            for d in c.deployments.state() {
+                found.extend(component(&d.metadata));
+            }
+            for s in c.statefulsets.state() {
+                found.extend(component(&s.metadata));
+            }
         }
-    }
-    for s in Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .list(&lp)
-        .await?
-    {
-        if ours(s.owner_references()) {
-            found.extend(s.labels().get(deployctl_api::labels::COMPONENT).cloned());
+        None => {
+            let lp = kube::api::ListParams::default()
+                .labels(&format!("{}={name}", deployctl_api::labels::STACK));
+            for d in Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+                .list(&lp)
+                .await?
+            {
+                found.extend(component(&d.metadata));
+            }
+            for s in Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+                .list(&lp)
+                .await?
+            {
+                found.extend(component(&s.metadata));
+            }
         }
     }
     Ok(found.into_iter().filter(|c| !keep.contains(c)).collect())

@@ -329,7 +329,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         }
     }
     if decision.promoted {
-        for orphan in apply::orphans(&ctx.client, stack, &desired.order).await? {
+        for orphan in apply::orphans(ctx, stack, &desired.order).await? {
             apply::delete_component(&ctx.client, stack, &orphan).await?;
             ctx.event(
                 stack,

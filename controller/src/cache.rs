@@ -159,14 +159,9 @@ where
 /// The stack that owns `o` (by its controller owner reference).
 pub fn owning_stack<K: Resource>(o: &K) -> Option<ObjectRef<ProductionStack>> {
     let ns = o.meta().namespace.clone()?;
-    let owner = o
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| {
-            r.kind == ProductionStack::kind(&()) && r.api_version == ProductionStack::api_version(&())
-        })?;
+    let owner = o.meta().owner_references.iter().flatten().find(|r| {
+        r.kind == ProductionStack::kind(&()) && r.api_version == ProductionStack::api_version(&())
+    })?;
     Some(ObjectRef::new(&owner.name).within(&ns))
 }
 
@@ -194,3 +189,57 @@ pub fn trim_statefulset(s: &mut StatefulSet) {
 
 /// Nothing to drop.
 pub fn keep<K>(_: &mut K) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_wakes_the_stack_that_owns_it_and_nothing_else() {
+        let d: Deployment = serde_yaml_ng::from_str(
+            "metadata:
+  name: shop-api
+  namespace: prod
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: ReplicaSet, name: other, uid: u0}
+  - {apiVersion: deployctl.dev/v1alpha1, kind: ProductionStack, name: shop, uid: u1, controller: true}",
+        )
+        .unwrap();
+        assert_eq!(
+            owning_stack(&d),
+            Some(ObjectRef::new("shop").within("prod"))
+        );
+        let mut foreign = d.clone();
+        foreign.metadata.owner_references.as_mut().unwrap().pop();
+        assert_eq!(owning_stack(&foreign), None, "not a stack's workload");
+    }
+
+    #[test]
+    fn an_operation_wakes_the_stack_it_names() {
+        let o: StackOperation = serde_yaml_ng::from_str(
+            "apiVersion: deployctl.dev/v1alpha1
+kind: StackOperation
+metadata: {name: undo-1, namespace: prod}
+spec: {stack: shop, action: Rollback}",
+        )
+        .unwrap();
+        assert_eq!(
+            operation_stack(&o),
+            Some(ObjectRef::new("shop").within("prod"))
+        );
+    }
+
+    #[test]
+    fn trimmed_workloads_keep_what_observing_reads() {
+        let mut d: Deployment = serde_yaml_ng::from_str(
+            "metadata: {name: x, generation: 2, annotations: {deployctl.dev/spec-hash: h, deployctl.dev/revision: '3'}}
+spec: {replicas: 2, selector: {}, template: {spec: {containers: [{name: app, image: big}]}}}
+status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplicas: 2, readyReplicas: 2}",
+        )
+        .unwrap();
+        let before = crate::reconcile::observe::deployment_state(&d);
+        trim_deployment(&mut d);
+        assert!(d.spec.as_ref().unwrap().template.spec.is_none());
+        assert_eq!(crate::reconcile::observe::deployment_state(&d), before);
+    }
+}

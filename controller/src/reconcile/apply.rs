@@ -16,20 +16,42 @@ use std::fmt::Debug;
 
 /// Applies the claims, then the Service, then the workload (so pods never start without
 /// their volumes), and removes a workload of the other kind left from an earlier spec.
-pub async fn component(client: &Client, ns: &str, objects: &ComponentObjects) -> Result<()> {
+pub async fn component(
+    ctx: &crate::context::Context,
+    ns: &str,
+    objects: &ComponentObjects,
+) -> Result<()> {
+    let client = &ctx.client;
     for claim in &objects.claims {
         ensure_claim(client, ns, claim).await?;
     }
     if let Some(svc) = &objects.service {
         apply(client, ns, "Service", svc).await?;
     }
+    // Whether a workload of the other kind may exist: the cache knows (a kind change is
+    // rare, and its old workload has long been in the cache); without one, ask.
+    use kube::runtime::reflector::ObjectRef;
     match &objects.workload {
         Workload::Deployment(d) => {
-            remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
+            let other = ctx.caches.as_ref().map(|c| {
+                c.statefulsets
+                    .get(&ObjectRef::new(&d.name_any()).within(ns))
+                    .is_some()
+            });
+            if other != Some(false) {
+                remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
+            }
             apply(client, ns, "Deployment", d.as_ref()).await
         }
         Workload::StatefulSet(s) => {
-            remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
+            let other = ctx.caches.as_ref().map(|c| {
+                c.deployments
+                    .get(&ObjectRef::new(&s.name_any()).within(ns))
+                    .is_some()
+            });
+            if other != Some(false) {
+                remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
+            }
             apply(client, ns, "StatefulSet", s.as_ref()).await
         }
     }

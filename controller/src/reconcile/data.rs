@@ -923,7 +923,7 @@ pub async fn create_snapshot(
 
 /// Scales a component to zero on revision `source`'s spec, marked stopped.
 pub async fn stop(
-    client: &Client,
+    ctx: &crate::context::Context,
     stack: &ProductionStack,
     source: &RevisionRef,
     component: &str,
@@ -952,8 +952,7 @@ pub async fn stop(
             }
         }
     }
-    crate::reconcile::apply::component(client, &stack.namespace().unwrap_or_default(), &objects)
-        .await
+    crate::reconcile::apply::component(ctx, &stack.namespace().unwrap_or_default(), &objects).await
 }
 
 /// Starts the Job restoring StackSnapshot `snapshot` into `component`'s volume (Job

@@ -271,7 +271,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                     .expect("planned components come from their revision");
                 let objects =
                     build::component_objects(stack, spec, &source.hashes[component], *rev);
-                apply::component(&ctx.client, &ns, &objects).await?;
+                apply::component(ctx, &ns, &objects).await?;
                 tracing::info!(stack = %key, component, revision = rev, "applied component");
             }
             plan::Action::Delete { component } => {
@@ -302,7 +302,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                         .get(rev)
                         .expect("planned revisions come from the history")
                 };
-                data::stop(&ctx.client, stack, source, component).await?;
+                data::stop(ctx, stack, source, component).await?;
                 tracing::info!(stack = %key, component, revision = rev, "stopped component for its data");
             }
             plan::Action::Restore {

@@ -36,6 +36,11 @@ struct Args {
     /// default is the controller's own.
     #[arg(long, default_value = "5m")]
     resync: String,
+    /// kube-controller-manager's `--kube-api-qps`, burst twice that. Its default (20,
+    /// burst 30) makes the Deployment controller, not deployctl, the bound on how fast
+    /// thousands of stacks come up.
+    #[arg(long)]
+    kcm_qps: Option<u32>,
     /// Also print the API server's mean request latencies by verb and resource, and
     /// etcd's by operation, over the whole run (where the time went).
     #[arg(long)]
@@ -84,7 +89,19 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        controller_manager_args: args
+            .kcm_qps
+            .map(|q| {
+                vec![
+                    format!("--kube-api-qps={q}"),
+                    format!("--kube-api-burst={}", q * 2),
+                ]
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    })
+    .await?;
     let client = cluster.client().await;
     deployctl_harness::apply_yaml(
         &client,

@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     pub advertise_address: Ipv4Addr,
     /// Deadline for the whole start.
     pub start_timeout: Duration,
+    /// More kube-controller-manager flags (for example a higher `--kube-api-qps` for a
+    /// benchmark with thousands of Deployments).
+    pub controller_manager_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -56,6 +59,7 @@ impl Default for ClusterOptions {
             log_dir: None,
             advertise_address: Ipv4Addr::new(192, 0, 2, 1),
             start_timeout: Duration::from_secs(90),
+            controller_manager_args: Vec::new(),
         }
     }
 }
@@ -232,7 +236,12 @@ impl Cluster {
         cluster.wait_ready(&client, deadline).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "kube-apiserver ready");
 
-        cluster.start_controller_manager(&bins.controller_manager, &pki, &files)?;
+        cluster.start_controller_manager(
+            &bins.controller_manager,
+            &pki,
+            &files,
+            &opts.controller_manager_args,
+        )?;
         cluster.start_scheduler(&bins.scheduler, &pki)?;
         // The node needs only the API server, so it registers while the controllers start.
         if opts.node_count > 0 {
@@ -355,6 +364,7 @@ impl Cluster {
         program: &Path,
         pki: &Pki,
         files: &certs::PkiFiles,
+        extra: &[String],
     ) -> Result<()> {
         let name = "kube-controller-manager";
         let kc = self
@@ -378,7 +388,10 @@ impl Cluster {
                 "--secure-port=0".into(),
                 "--port=0".into(),
                 format!("--controllers={CONTROLLERS}"),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
         )
     }
 

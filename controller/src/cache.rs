@@ -19,7 +19,7 @@
 //! planner reads workloads by their spec-hash annotations and re-applies (a no-op
 //! server-side apply) what looks out of date; revision numbers also come from the
 //! stack's status, and a create that finds the revision already there re-reads it; an
-//! operation that looks unanswered is read again before anything is written to it.
+//! operation that looks unanswered is read again before it is acted on.
 
 use deployctl_api::{labels, ProductionStack, StackOperation};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};

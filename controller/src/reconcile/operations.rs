@@ -21,16 +21,32 @@ pub async fn pending(
         .as_ref()
         .map(|s| s.processed_operations.clone())
         .unwrap_or_default();
-    let all = match &ctx.caches {
-        Some(c) => c.operations_for(&ns, &stack.name_any()),
-        None => api.list(&ListParams::default()).await?.items,
+    let unanswered = |o: &StackOperation| {
+        o.spec.stack == stack.name_any()
+            && o.status.as_ref().and_then(|s| s.phase).is_none()
+            && o.metadata.deletion_timestamp.is_none()
     };
-    let mut ops: Vec<StackOperation> = all
-        .into_iter()
-        .filter(|o| o.spec.stack == stack.name_any())
-        .filter(|o| o.status.as_ref().and_then(|s| s.phase).is_none())
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .collect();
+    let mut ops: Vec<StackOperation> = match &ctx.caches {
+        // The cache may hold a copy from before a result was written: an operation acted
+        // on twice, or a recovery note written over its result. Operations are few, so
+        // each that looks unanswered is read again.
+        Some(c) => {
+            let mut fresh = Vec::new();
+            for o in c.operations_for(&ns, &stack.name_any()) {
+                if unanswered(&o) {
+                    fresh.extend(api.get_opt(&o.name_any()).await?.filter(unanswered));
+                }
+            }
+            fresh
+        }
+        None => api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(unanswered)
+            .collect(),
+    };
     ops.sort_by(|a, b| {
         (
             a.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -44,19 +60,6 @@ pub async fn pending(
     let (done, todo): (Vec<StackOperation>, Vec<StackOperation>) = ops
         .into_iter()
         .partition(|o| processed.contains(&o.name_any()));
-    // One the stack acted on but that looks unanswered may be a cached copy from before
-    // its result was written: read it again, or the recovery note would replace the
-    // result.
-    let mut recovered = Vec::new();
-    for o in done {
-        if ctx.caches.is_none() {
-            recovered.push(o);
-        } else if let Some(fresh) = api.get_opt(&o.name_any()).await? {
-            if fresh.status.as_ref().and_then(|s| s.phase).is_none() {
-                recovered.push(fresh);
-            }
-        }
-    }
     Ok((
         todo.into_iter()
             .map(|o| PendingOperation {
@@ -68,7 +71,7 @@ pub async fn pending(
                 snapshot: o.spec.snapshot.clone(),
             })
             .collect(),
-        recovered.into_iter().map(|o| o.name_any()).collect(),
+        done.into_iter().map(|o| o.name_any()).collect(),
     ))
 }
 

@@ -105,6 +105,20 @@ impl Caches {
         self.revisions.get(&ObjectRef::new(name).within(ns))
     }
 
+    /// Whether the store of `kind` holds the workload `name` in `ns`.
+    pub fn has_workload(&self, kind: deployctl_api::WorkloadKind, ns: &str, name: &str) -> bool {
+        match kind {
+            deployctl_api::WorkloadKind::Deployment => self
+                .deployments
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some(),
+            deployctl_api::WorkloadKind::StatefulSet => self
+                .statefulsets
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some(),
+        }
+    }
+
     /// The StackOperations in `ns` that name `stack`.
     pub fn operations_for(&self, ns: &str, stack: &str) -> Vec<StackOperation> {
         self.operations

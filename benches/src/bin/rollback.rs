@@ -547,26 +547,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         cluster.data_dir().display()
     );
     let client = cluster.client().await;
-    deployctl_harness::apply_yaml(
-        &client,
-        deployctl_harness::crds::CRDS_YAML,
-        "crds",
-        "deployctl-bench",
-        NS,
-    )
-    .await?;
+    deployctl_harness::crds::apply_crds(&client, "deployctl-bench")
+        .await
+        .map_err(anyhow::Error::msg)?;
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), NS);
     let snapshots: Api<StackSnapshot> = Api::namespaced(client.clone(), NS);
-    let t = Instant::now();
-    while stacks.list(&ListParams::default().limit(1)).await.is_err()
-        || snapshots
-            .list(&ListParams::default().limit(1))
-            .await
-            .is_err()
-    {
-        ensure!(t.elapsed() < Duration::from_secs(30), "CRDs not served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // The db's claim is made first and its volume filled before the stack exists: a pod
     // that only creates the schema-1 database gets the volume provisioned, then the bench

@@ -14,7 +14,7 @@ use deployctl_harness::{Cluster, ClusterOptions, ControllerProcess};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use std::collections::HashMap;
@@ -103,14 +103,9 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
     })
     .await?;
     let client = cluster.client().await;
-    deployctl_harness::apply_yaml(
-        &client,
-        deployctl_harness::crds::CRDS_YAML,
-        "crds",
-        "bench",
-        "default",
-    )
-    .await?;
+    deployctl_harness::crds::apply_crds(&client, "bench")
+        .await
+        .map_err(anyhow::Error::msg)?;
     let ns = "bench";
     Api::<Namespace>::all(client.clone())
         .create(
@@ -119,12 +114,6 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
         )
         .await?;
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns);
-    // The CRD is served once a list works.
-    let t = Instant::now();
-    while stacks.list(&ListParams::default().limit(1)).await.is_err() {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "CRD not served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let controller = ControllerProcess::start_binary(
         &args.controller,
         cluster.kubeconfig_path(),

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::reconcile::build::{ComponentObjects, Workload};
 use deployctl_api::labels::FIELD_MANAGER;
+use deployctl_api::WorkloadKind;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::NamespaceResourceScope;
@@ -30,26 +31,20 @@ pub async fn component(
     }
     // Whether a workload of the other kind may exist: the cache knows (a kind change is
     // rare, and its old workload has long been in the cache); without one, ask.
-    use kube::runtime::reflector::ObjectRef;
+    let other_may_exist = |kind, name: &str| {
+        ctx.caches
+            .as_ref()
+            .is_none_or(|c| c.has_workload(kind, ns, name))
+    };
     match &objects.workload {
         Workload::Deployment(d) => {
-            let other = ctx.caches.as_ref().map(|c| {
-                c.statefulsets
-                    .get(&ObjectRef::new(&d.name_any()).within(ns))
-                    .is_some()
-            });
-            if other != Some(false) {
+            if other_may_exist(WorkloadKind::StatefulSet, &d.name_any()) {
                 remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
             }
             apply(client, ns, "Deployment", d.as_ref()).await
         }
         Workload::StatefulSet(s) => {
-            let other = ctx.caches.as_ref().map(|c| {
-                c.deployments
-                    .get(&ObjectRef::new(&s.name_any()).within(ns))
-                    .is_some()
-            });
-            if other != Some(false) {
+            if other_may_exist(WorkloadKind::Deployment, &s.name_any()) {
                 remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
             }
             apply(client, ns, "StatefulSet", s.as_ref()).await

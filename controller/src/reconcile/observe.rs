@@ -9,9 +9,10 @@ use deployctl_api::{child_name, labels, ProductionStack, WorkloadKind};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Observes the workloads of these components, given as (name, kind) (absent from the
 /// map when the workload does not exist).
@@ -54,24 +55,13 @@ async fn workload(
     let client = &ctx.client;
     let stack_name = stack.name_any();
     let name = child_name(&stack_name, component);
-    let state = match (kind, &ctx.caches) {
-        (WorkloadKind::Deployment, Some(c)) => c
-            .deployments
-            .get(&ObjectRef::new(&name).within(ns))
-            .filter(|d| owned_by(d.owner_references(), stack))
-            .map(|d| deployment_state(&d)),
-        (WorkloadKind::StatefulSet, Some(c)) => c
-            .statefulsets
-            .get(&ObjectRef::new(&name).within(ns))
-            .filter(|s| owned_by(s.owner_references(), stack))
-            .map(|s| statefulset_state(&s)),
-        (WorkloadKind::Deployment, None) => Api::<Deployment>::namespaced(client.clone(), ns)
-            .get_opt(&name)
+    let caches = ctx.caches.as_ref();
+    let state = match kind {
+        WorkloadKind::Deployment => read(caches.map(|c| &c.deployments), client, ns, &name)
             .await?
             .filter(|d| owned_by(d.owner_references(), stack))
             .map(|d| deployment_state(&d)),
-        (WorkloadKind::StatefulSet, None) => Api::<StatefulSet>::namespaced(client.clone(), ns)
-            .get_opt(&name)
+        WorkloadKind::StatefulSet => read(caches.map(|c| &c.statefulsets), client, ns, &name)
             .await?
             .filter(|s| owned_by(s.owner_references(), stack))
             .map(|s| statefulset_state(&s)),
@@ -94,6 +84,28 @@ async fn workload(
         }
     }
     Ok(Some(state))
+}
+
+/// Object `name` in `ns`: from `store` when there is one, else with a GET.
+async fn read<K>(
+    store: Option<&Store<K>>,
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<K>>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(match store {
+        Some(s) => s.get(&ObjectRef::new(name).within(ns)),
+        None => Api::<K>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(Arc::new),
+    })
 }
 
 fn owned_by(

@@ -14,21 +14,30 @@ pub const CRDS_YAML: &str = concat!(
     include_str!("../../../manifests/crds/stacksnapshots.yaml")
 );
 
-/// Server-side applies the CRDs and waits until both kinds can be listed.
+/// Server-side applies the CRDs and waits until every kind can be listed.
 ///
 /// # Panics
 /// When they cannot be applied or are not served within 30 s, saying which.
 pub async fn install_crds(env: &SharedEnv) -> kube::Client {
     let client = env.client().await;
+    if let Err(e) = apply_crds(&client, "deployctl-tests").await {
+        panic!("{e}");
+    }
+    client
+}
+
+/// Server-side applies the CRDs as `field_manager` and waits (up to 30 s) until every
+/// kind can be listed; the error says which step failed.
+pub async fn apply_crds(client: &kube::Client, field_manager: &str) -> Result<(), String> {
     crate::apply_yaml(
-        &client,
+        client,
         CRDS_YAML,
         "manifests/crds",
-        "deployctl-tests",
+        field_manager,
         "default",
     )
     .await
-    .expect("the CRDs apply");
+    .map_err(|e| format!("the CRDs do not apply: {e}"))?;
     for (kind, plural) in [
         ("ProductionStack", "productionstacks"),
         ("StackOperation", "stackoperations"),
@@ -39,12 +48,13 @@ pub async fn install_crds(env: &SharedEnv) -> kube::Client {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
         let deadline = Instant::now() + Duration::from_secs(30);
         while api.list(&ListParams::default().limit(1)).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{plural}.deployctl.dev is not served 30 s after the CRD was applied"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{plural}.deployctl.dev is not served 30 s after the CRD was applied"
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    client
+    Ok(())
 }

@@ -31,8 +31,12 @@ where
     }
 }
 
-/// Waits until the stack's status satisfies `pred`, returning the stack; on timeout
-/// panics with the last status seen.
+/// Waits until the stack satisfies `pred`, returning the stack; on timeout panics with
+/// the last status seen.
+///
+/// It watches the stack rather than polling it: a watch delivers every write, so a step
+/// that lasts only a moment (an analysis that a faulty release fails within a second) is
+/// still seen, however slow the machine is.
 pub async fn wait_stack(
     api: &Api<ProductionStack>,
     name: &str,
@@ -40,24 +44,32 @@ pub async fn wait_stack(
     timeout: Duration,
     pred: impl Fn(&ProductionStack) -> bool,
 ) -> ProductionStack {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        if let Ok(s) = api.get(name).await {
-            if pred(&s) {
-                return s;
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api.clone(), config).default_backoff().boxed();
+    let mut last: Option<ProductionStack> = None;
+    let found = tokio::time::timeout(timeout, async {
+        while let Some(event) = events.next().await {
+            // Errors are retried by the watcher itself (it lists again); keep waiting.
+            if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event {
+                if pred(&s) {
+                    return Some(s);
+                }
+                last = Some(s);
             }
-            last = Some(s);
         }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for stack {name} to be {what}; last status:\n{}",
-                last.and_then(|s| s.status)
-                    .map(|s| serde_json::to_string_pretty(&s).unwrap())
-                    .unwrap_or_else(|| "<none>".into())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(s)) => s,
+        _ => panic!(
+            "timed out after {timeout:?} waiting for stack {name} to be {what}; last status:\n{}",
+            last.and_then(|s| s.status)
+                .map(|s| serde_json::to_string_pretty(&s).unwrap())
+                .unwrap_or_else(|| "<none>".into())
+        ),
     }
 }
 

@@ -1,9 +1,9 @@
 //! What every reconcile shares: the API client, metrics, the Event recorder and settings.
 
+use crate::events::Recorder;
 use crate::metrics::Metrics;
 use deployctl_api::ProductionStack;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,12 +42,8 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `client`, recording Events as `identity`.
     pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str, resync: Duration) -> Self {
-        let reporter = Reporter {
-            controller: "deployctl-controller".into(),
-            instance: Some(identity.to_string()),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "deployctl-controller", identity),
             measurer: crate::gates::measure::Measurer::new(client.clone()),
             client,
             metrics,
@@ -71,18 +67,9 @@ impl Context {
 
     /// Records an Event on the stack; a failure to record is logged, never fatal.
     pub async fn event(&self, stack: &ProductionStack, warning: bool, reason: &str, note: String) {
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(truncate(note, 1000)),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &stack.object_ref(&())).await {
+        let note = truncate(note, 1000);
+        let object = stack.object_ref(&());
+        if let Err(e) = self.recorder.publish(&object, warning, reason, &note).await {
             tracing::warn!(error = %e, reason, "could not record an Event");
         }
     }

@@ -144,22 +144,38 @@ impl LeaderElector {
     /// leadership is lost and the caller must stop writing).
     pub async fn keep(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let renew_deadline = self.duration * 2 / 3;
+        // When the last renewal that succeeded was sent: the Lease is ours until that
+        // moment plus its duration, whatever the reply's delay.
         let mut last_ok = Instant::now();
+        let mut wait = self.duration / 3;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.duration / 3) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
                 return true;
             }
-            match self.renew().await {
-                Ok(true) => last_ok = Instant::now(),
+            let sent = Instant::now();
+            // A request that hangs must not outlive the Lease it is renewing.
+            let renewed = tokio::time::timeout(renew_deadline, self.renew())
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("renewal timed out".into())));
+            match renewed {
+                Ok(true) => {
+                    last_ok = sent;
+                    wait = self.duration / 3;
+                }
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica holds the Lease");
                     return false;
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the Lease"),
+                Err(e) => {
+                    // One failed or slow request must not cost the Lease: try again soon,
+                    // several times, before the renew deadline (client-go's retryPeriod).
+                    tracing::warn!(error = %e, "renewing the Lease");
+                    wait = self.retry_period();
+                }
             }
             if last_ok.elapsed() > renew_deadline {
                 tracing::error!(lease = %self.name, "could not renew the Lease in time");
@@ -181,7 +197,8 @@ impl LeaderElector {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(true), // raced ourselves; retry next tick
+            // A conflict means someone wrote the Lease since it was read, perhaps a
+            // replica taking it over: not renewed; the next try reads it again.
             Err(e) => Err(e),
         }
     }

@@ -10,6 +10,7 @@ pub mod context;
 pub mod crdgen;
 pub mod data;
 pub mod error;
+pub mod events;
 pub mod gates;
 pub mod leader;
 pub mod metrics;

@@ -204,7 +204,9 @@ async fn a_prometheus_gate_reads_the_demo_apps_own_metrics() {
             "2",
             ", {name: FAULT_ERROR_RATE, value: '1.0'}",
             &gates,
-            "20s",
+            // Room for the new pods' targets to be followed and scraped twice on a busy
+            // machine; the rollback ends the test as soon as the gate fails.
+            "60s",
         ),
     )
     .await;

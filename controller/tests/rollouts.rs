@@ -21,9 +21,16 @@ const T: Duration = Duration::from_secs(120);
 /// A two-component stack: db, and api (2 replicas) that depends on it and has `gates`.
 /// `api_env` is YAML list items appended to api's env; `policy` goes into spec.rollout.
 fn stack(api_env: &str, gates: &str, policy: &str) -> ProductionStack {
+    stack_draining(api_env, gates, policy, 1500)
+}
+
+/// [`stack`], with pods that keep serving for `drain_ms` after SIGTERM while they are
+/// taken out of the Endpoints.
+fn stack_draining(api_env: &str, gates: &str, policy: &str, drain_ms: u64) -> ProductionStack {
+    let grace = drain_ms / 1000 + 5;
     let tpl = |env: &str| {
         format!(
-            "{{spec: {{terminationGracePeriodSeconds: 5, containers: [{{name: app, image: 'deployctl.dev/demo-app:v1', env: [{{name: DATA_DIR, value: /data}}, {{name: SHUTDOWN_DELAY_MS, value: '1500'}}{env}], ports: [{{name: http, containerPort: 8080}}], readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}, volumeMounts: [{{name: data, mountPath: /data}}]}}], volumes: [{{name: data, emptyDir: {{}}}}]}}}}"
+            "{{spec: {{terminationGracePeriodSeconds: {grace}, containers: [{{name: app, image: 'deployctl.dev/demo-app:v1', env: [{{name: DATA_DIR, value: /data}}, {{name: SHUTDOWN_DELAY_MS, value: '{drain_ms}'}}{env}], ports: [{{name: http, containerPort: 8080}}], readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}, volumeMounts: [{{name: data, mountPath: /data}}]}}], volumes: [{{name: data, emptyDir: {{}}}}]}}}}"
         )
     };
     stack_yaml(
@@ -244,7 +251,9 @@ async fn a_missed_progress_deadline_rolls_back() {
     e.apply(&stack("", "[]", "")).await;
     e.healthy_on(1).await;
     let mut broken = stack("", "[]", "");
-    broken.spec.rollout.progress_deadline = Some("5s".into());
+    // Long enough for the new pods to be scheduled and report their pull error on a
+    // loaded machine, so the rollback's reason can name it.
+    broken.spec.rollout.progress_deadline = Some("15s".into());
     broken.spec.components[1]
         .template
         .spec
@@ -369,8 +378,11 @@ async fn an_unreachable_gate_is_inconclusive_and_pauses_then_a_late_target_passe
     let e = setup("inconclusive").await;
     e.apply(&stack("", "[]", "")).await;
     e.healthy_on(1).await;
-    // A URL gate whose target does not listen yet.
-    let port = deployctl_harness::controller::free_port();
+    // A URL gate whose target does not listen yet. Its port is bound now, without
+    // listening, so connections are refused and no other process can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let gate = format!(
         "[{{name: smoke, interval: 300ms, errorLimit: 3, http: {{url: 'http://127.0.0.1:{port}/ok'}}}}]"
     );
@@ -397,9 +409,7 @@ async fn an_unreachable_gate_is_inconclusive_and_pauses_then_a_late_target_passe
     );
 
     // The target comes up; a person resumes; the gate is measured again and passes.
-    let server = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let server = reserved.listen(64).unwrap();
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
@@ -474,15 +484,25 @@ async fn no_request_fails_during_a_good_rollout_or_an_automatic_rollback() {
     require_sim_node!(shared());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let e = setup("zero-downtime").await;
-    e.apply(&stack("", "[]", "")).await;
+    // A stopping pod serves on until kube-controller-manager has taken it out of the
+    // Endpoints, which on a busy machine can take seconds: what a production app's
+    // preStop delay is for.
+    let drain_ms = 5000;
+    e.apply(&stack_draining("", "[]", "", drain_ms)).await;
     e.healthy_on(1).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let client = tokio::spawn(steady_client(e.client.clone(), e.ns.name().to_string(), rx));
-    e.apply(&stack(", {name: RELEASE, value: '2'}", "[]", ""))
-        .await;
+    e.apply(&stack_draining(
+        ", {name: RELEASE, value: '2'}",
+        "[]",
+        "",
+        drain_ms,
+    ))
+    .await;
     e.healthy_on(2).await;
     // A bad revision whose /healthz still answers but whose gate fails on /.
-    e.apply(&stack(FAULTY, HTTP_GATE, "")).await;
+    e.apply(&stack_draining(FAULTY, HTTP_GATE, "", drain_ms))
+        .await;
     e.wait("RolledBack", |s| phase(s) == Some(StackPhase::RolledBack))
         .await;
     tx.send(true).unwrap();

@@ -38,8 +38,9 @@ async fn three_components_come_up_in_dependency_order_and_reach_ready() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
 
-    // Watch workloads from before the stack exists, and record, for each workload the
-    // moment it first appears, which workloads were already fully available.
+    // Watch workloads from before the stack exists. The harness runs one etcd, so the
+    // resourceVersions of all objects are one sequence: the order of writes. That order,
+    // not the order two separate watches happen to be read in, is what is checked.
     let avail_dep = |d: &Deployment| {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         d.status
@@ -56,6 +57,12 @@ async fn three_components_come_up_in_dependency_order_and_reach_ready() {
             .unwrap_or(0)
             >= want
     };
+    let rv = |m: &kube::api::ObjectMeta| -> u64 {
+        m.resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("etcd resourceVersions are numbers")
+    };
     let mut dep_events = watcher(deployments.clone(), watcher::Config::default()).boxed();
     let mut sts_events = watcher(statefulsets.clone(), watcher::Config::default()).boxed();
 
@@ -64,38 +71,39 @@ async fn three_components_come_up_in_dependency_order_and_reach_ready() {
         .await
         .expect("stack is created");
 
-    let mut available: BTreeMap<String, bool> = BTreeMap::new();
-    let mut seen_when_created: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // For each workload: the write that created it, and the first that made it available.
+    let mut created: BTreeMap<String, u64> = BTreeMap::new();
+    let mut available: BTreeMap<String, u64> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    while available.values().filter(|a| **a).count() < 3 {
-        let (name, is_avail) = tokio::select! {
+    while available.len() < 3 {
+        let (name, version, is_avail) = tokio::select! {
             Some(Ok(ev)) = dep_events.next() => match ev {
-                watcher::Event::Apply(d) | watcher::Event::InitApply(d) => (d.name_any(), avail_dep(&d)),
+                watcher::Event::Apply(d) | watcher::Event::InitApply(d) => (d.name_any(), rv(&d.metadata), avail_dep(&d)),
                 _ => continue,
             },
             Some(Ok(ev)) = sts_events.next() => match ev {
-                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s.name_any(), avail_sts(&s)),
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s.name_any(), rv(&s.metadata), avail_sts(&s)),
                 _ => continue,
             },
             _ = tokio::time::sleep_until(deadline) => panic!(
-                "workloads did not all become available; seen: {available:?}; stack: {:?}",
+                "workloads did not all become available; available: {available:?}; stack: {:?}",
                 stacks.get("shop").await.ok().and_then(|s| s.status)
             ),
         };
-        seen_when_created.entry(name.clone()).or_insert_with(|| {
-            available
-                .iter()
-                .filter(|(_, a)| **a)
-                .map(|(n, _)| n.clone())
-                .collect()
-        });
-        available.insert(name, is_avail);
+        created.entry(name.clone()).or_insert(version);
+        if is_avail {
+            available.entry(name).or_insert(version);
+        }
     }
-    let api_saw = &seen_when_created["shop-api"];
-    assert!(
-        api_saw.contains(&"shop-db".to_string()) && api_saw.contains(&"shop-cache".to_string()),
-        "shop-api was created before its dependencies were available; available then: {api_saw:?}"
-    );
+    for dependency in ["shop-db", "shop-cache"] {
+        assert!(
+            created["shop-api"] > available[dependency],
+            "shop-api was created (resourceVersion {}) before {dependency} was available \
+             ({}); created: {created:?}, available: {available:?}",
+            created["shop-api"],
+            available[dependency]
+        );
+    }
 
     let s = wait_stack(&stacks, "shop", "Ready", READY_TIMEOUT, is_ready).await;
     let st = s.status.unwrap();
@@ -204,6 +212,40 @@ async fn a_spec_change_makes_a_new_revision_and_updates_only_what_changed() {
     .await;
     let st = s.status.unwrap();
     assert_eq!(st.current_revision, Some(2));
+
+    // Each step is its own Event with its own note, as `kubectl describe pstack` shows
+    // them: the second rollout's Events are not folded into the first one's.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), ns.name());
+    let wanted = [
+        ("RevisionCreated", "Created revision 2 ("),
+        ("ComponentApplied", "Applying component api at revision 2"),
+        ("RolloutComplete", "Revision 2 is Healthy and stable"),
+        ("RolloutComplete", "Revision 1 is Healthy and stable"),
+    ];
+    wait_until(
+        "an Event for each step of both rollouts",
+        READY_TIMEOUT,
+        || async {
+            let notes: Vec<(String, String)> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+                .collect();
+            wanted
+                .iter()
+                .all(|(reason, note)| {
+                    notes
+                        .iter()
+                        .any(|(r, n)| r == reason && n.starts_with(note))
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns.name());
     let mut numbers: Vec<i64> = revisions

@@ -367,7 +367,8 @@ async fn after_sigterm_it_drains_unready_but_serving_for_the_shutdown_delay() {
     let run = Running::spawn(
         demo_app()
             .env("DATA_DIR", dir.path())
-            .env("SHUTDOWN_DELAY_MS", "3000"),
+            // Long enough that both requests below land inside it on a busy machine.
+            .env("SHUTDOWN_DELAY_MS", "8000"),
     )
     .await;
     wait_ready(&http, &run.base).await;

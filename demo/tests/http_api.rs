@@ -385,7 +385,8 @@ async fn graceful_stop_finishes_in_flight_requests_and_closes_the_db() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServeConfig::local(dir.path(), 2);
     cfg.seed = 2;
-    cfg.faults.latency_ms = 500;
+    // Long enough that the poll below cannot miss the request while it is in flight.
+    cfg.faults.latency_ms = 3000;
     let (server, base) = start(cfg).await;
     wait_ready(&http, &base).await;
 

@@ -162,6 +162,8 @@ def test_an_operator_requests_rollbacks_but_cannot_edit_stacks(kube, release, na
     bind(kube, namespace, "oncall", f"{release['name']}-operator", "oncall@example.com")
     def can(verb, resource, ns=namespace):
         return kube.can("oncall@example.com", verb, "deployctl.dev", resource, namespace=ns)
+    # The authorizer reads RoleBindings from a cache: wait until it has this one.
+    wait_for("the oncall RoleBinding to take effect", lambda: can("create", "stackoperations"))
     assert can("create", "stackoperations")  # Rollback, Restore, ...
     assert can("create", "stacksnapshots")   # a snapshot now
     assert can("get", "productionstacks") and can("watch", "productionstacks")
@@ -200,6 +202,7 @@ def test_an_admin_manages_snapshots_but_not_their_status(kube, release, namespac
     bind(kube, namespace, "owners", f"{release['name']}-admin", "owner@example.com")
     def can(verb, resource):
         return kube.can("owner@example.com", verb, "deployctl.dev", resource, namespace=namespace)
+    wait_for("the owners RoleBinding to take effect", lambda: can("get", "stacksnapshots"))
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
         assert can(verb, "stacksnapshots"), verb
     for verb in ("update", "patch"):

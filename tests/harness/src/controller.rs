@@ -74,8 +74,10 @@ impl ControllerProcess {
                 ns,
                 "--metrics-addr",
                 &metrics_addr,
+                // Short, so a test that kills the leader sees the next one take over within
+                // seconds; long enough that one slow renewal on a busy machine is retried.
                 "--lease-duration",
-                "3s",
+                "5s",
                 "--identity",
                 identity,
             ])

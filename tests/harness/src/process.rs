@@ -405,10 +405,14 @@ mod tests {
         let dir = create_state_dir(parent.path()).expect("state dir");
         std::fs::write(dir.join("f"), "x").expect("write");
         let mut reaper = Reaper::start(&dir).expect("reaper");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         // The trap is only installed once sh has parsed the script; until its sleep child
         // exists a TERM could kill sh without cleanup.
-        while Instant::now() < deadline && !has_child(reaper.process.as_ref().map(|p| p.pid())) {
+        while !has_child(reaper.process.as_ref().map(|p| p.pid())) {
+            assert!(
+                Instant::now() < deadline,
+                "the reaper's shell never started"
+            );
             std::thread::sleep(POLL_INTERVAL);
         }
         reaper.stop();

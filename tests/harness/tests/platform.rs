@@ -582,7 +582,9 @@ spec:
         let pod = ctx.pod("nope").await?;
         if let Some(reason) = waiting_reason(&pod) {
             seen.borrow_mut().insert(reason.clone());
-            if reason == "ImagePullBackOff" {
+            // ErrImagePull shows for a moment before each back-off, and comes back at
+            // every retry: wait for both rather than race the first one.
+            if reason == "ImagePullBackOff" && seen.borrow().contains("ErrImagePull") {
                 return Ok(pod);
             }
         }

@@ -73,6 +73,20 @@ fn record(p: &Planner<'_>, op: &PendingOperation) -> OperationRecord {
 
 fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, Option<i64>) {
     use OperationPhase::{Failed, Succeeded};
+    // The CRD's CEL rules refuse these where the API server enforces them (1.25+); on
+    // older clusters they get here, and a field that does not belong to the action is
+    // refused by name rather than quietly ignored.
+    let spec = deployctl_api::StackOperationSpec {
+        stack: p.input.stack.to_string(),
+        action: op.action,
+        to_revision: op.to_revision,
+        snapshot: op.snapshot.clone(),
+        reason: None,
+        requested_by: None,
+    };
+    if let Err(invalid) = deployctl_api::validation::validate_operation(&spec) {
+        return (Failed, format!("invalid operation: {invalid}"), None);
+    }
     let desired = p.input.desired.number;
     match op.action {
         OperationAction::Pause => {

@@ -1358,3 +1358,28 @@ fn a_restore_on_a_rolled_back_stack_keeps_the_failed_revision_held_back() {
     assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
     let _ = now;
 }
+
+#[test]
+fn an_operation_with_a_field_its_action_does_not_use_is_refused_naming_the_field() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.ops.push(PendingOperation {
+        name: "pause-1".into(),
+        action: OperationAction::Pause,
+        to_revision: Some(1),
+        reason: None,
+        requested_by: None,
+        snapshot: None,
+    });
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Failed);
+    assert!(
+        p.operations[0]
+            .message
+            .contains("spec.toRevision: only used with action Rollback"),
+        "{}",
+        p.operations[0].message
+    );
+    assert!(w.status.manual_pause.is_none(), "nothing was acted on");
+    assert_eq!(w.phase(), StackPhase::Healthy);
+}

@@ -592,3 +592,51 @@ async fn deleting_a_stack_cleans_up_and_keeps_claims_only_when_asked() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_repeated_event_is_counted_on_the_event_written_and_a_new_note_is_its_own() {
+    use kube::Resource;
+    let env = shared();
+    let client = env.client().await;
+    let ns = env.namespace("events").await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), ns.name());
+    let object = maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "subject"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let reference = object.object_ref(&());
+    let recorder =
+        deployctl_controller::events::Recorder::new(client.clone(), "deployctl-controller", "t");
+    for note in [
+        "Created revision 2 (a)",
+        "Created revision 2 (a)",
+        "Created revision 3 (b)",
+    ] {
+        recorder
+            .publish(&reference, false, "RevisionCreated", note)
+            .await
+            .expect("the API server takes the Event");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), ns.name());
+    let mut seen: Vec<(String, i32)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("Created revision 2 (a)".to_string(), 2),
+            ("Created revision 3 (b)".to_string(), 1)
+        ]
+    );
+}

@@ -45,6 +45,10 @@ struct Args {
     /// etcd's by operation, over the whole run (where the time went).
     #[arg(long)]
     server_metrics: bool,
+    /// Also record every LIST the API server serves in an audit log, and print how many
+    /// each client (user agent) sent, by resource: who sends the requests.
+    #[arg(long)]
+    audit_lists: bool,
     /// The controller binary (a release build measures what users run).
     #[arg(long, default_value = "target/release/deployctl-controller")]
     controller: PathBuf,
@@ -89,7 +93,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
+    let audit = tempfile::tempdir()?;
+    let audit_log = audit.path().join("audit.log");
     let cluster = Cluster::start(ClusterOptions {
+        apiserver_args: if args.audit_lists {
+            audit_args(audit.path(), &audit_log)?
+        } else {
+            vec![]
+        },
         controller_manager_args: args
             .kcm_qps
             .map(|q| {
@@ -219,8 +230,70 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
     if args.server_metrics {
         print_server_latencies(&client).await?;
     }
+    if args.audit_lists {
+        print_lists_by_client(&audit_log)?;
+    }
     drop(controller);
     drop(cluster);
+    Ok(())
+}
+
+/// kube-apiserver flags that log every LIST (metadata only) to `log`, in JSON.
+fn audit_args(dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [list]
+- level: None
+",
+    )?;
+    Ok(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", log.display()),
+        "--audit-log-format=json".into(),
+        // Written as they happen: the log is read while the cluster still runs.
+        "--audit-log-mode=blocking".into(),
+    ])
+}
+
+/// Counts the audit log's LISTs by client and resource, to stderr (the busiest 15).
+fn print_lists_by_client(log: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("{}", log.display()))?;
+    let mut counts: HashMap<(String, String, String), usize> = HashMap::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let field = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        // "kube-controller-manager/v1.20.2 (linux/amd64) kubernetes/.../garbage-collector":
+        // the program and, for kube-controller-manager, which of its controllers.
+        let agent = field(&e["userAgent"]);
+        let program = agent.split('/').next().unwrap_or("-").to_string();
+        let part = agent.rsplit('/').next().unwrap_or("-").to_string();
+        let client = if part == program {
+            program
+        } else {
+            format!("{program} ({part})")
+        };
+        *counts
+            .entry((
+                client,
+                field(&e["user"]["username"]),
+                field(&e["objectRef"]["resource"]),
+            ))
+            .or_default() += 1;
+    }
+    let mut rows: Vec<_> = counts.into_iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    eprintln!("LIST requests over the run, by client (user agent), user and resource:");
+    for ((client, user, resource), n) in rows.iter().take(15) {
+        eprintln!("  {n:>7}  {resource:<24} {client}  [{user}]");
+    }
     Ok(())
 }
 

@@ -46,6 +46,9 @@ pub struct ClusterOptions {
     /// More kube-controller-manager flags (for example a higher `--kube-api-qps` for a
     /// benchmark with thousands of Deployments).
     pub controller_manager_args: Vec<String>,
+    /// More kube-apiserver flags (for example an audit log for a benchmark that wants to
+    /// know which client sends which requests).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -60,6 +63,7 @@ impl Default for ClusterOptions {
             advertise_address: Ipv4Addr::new(192, 0, 2, 1),
             start_timeout: Duration::from_secs(90),
             controller_manager_args: Vec::new(),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -231,6 +235,7 @@ impl Cluster {
             etcd_client,
             apiserver_port,
             opts.advertise_address,
+            &opts.apiserver_args,
         )?;
         let client = cluster.try_client().await?;
         cluster.wait_ready(&client, deadline).await?;
@@ -310,39 +315,38 @@ impl Cluster {
         etcd_port: u16,
         port: u16,
         advertise: Ipv4Addr,
+        extra: &[String],
     ) -> Result<()> {
         let dir = self.data_dir.join("kube-apiserver");
         let path = |p: &Path| p.display().to_string();
-        self.spawn(
-            "kube-apiserver",
-            program,
-            vec![
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                format!("--secure-port={port}"),
-                "--bind-address=127.0.0.1".into(),
-                // 1.20 still opens an unauthenticated port 8080 unless told not to; two
-                // clusters would also collide on it.
-                "--insecure-port=0".into(),
-                format!("--advertise-address={advertise}"),
-                // With a loopback bind address the reconciler would publish an endpoint
-                // that pods cannot reach.
-                "--endpoint-reconciler-type=none".into(),
-                format!("--cert-dir={}", dir.join("certs").display()),
-                format!("--tls-cert-file={}", path(&files.serving_cert)),
-                format!("--tls-private-key-file={}", path(&files.serving_key)),
-                format!("--client-ca-file={}", path(&files.ca_cert)),
-                format!("--service-account-key-file={}", path(&files.sa_public_key)),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    path(&files.sa_private_key)
-                ),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-            ],
-        )
+        let mut args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            // 1.20 still opens an unauthenticated port 8080 unless told not to; two
+            // clusters would also collide on it.
+            "--insecure-port=0".into(),
+            format!("--advertise-address={advertise}"),
+            // With a loopback bind address the reconciler would publish an endpoint
+            // that pods cannot reach.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--tls-cert-file={}", path(&files.serving_cert)),
+            format!("--tls-private-key-file={}", path(&files.serving_key)),
+            format!("--client-ca-file={}", path(&files.ca_cert)),
+            format!("--service-account-key-file={}", path(&files.sa_public_key)),
+            format!(
+                "--service-account-signing-key-file={}",
+                path(&files.sa_private_key)
+            ),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        self.spawn("kube-apiserver", program, args)
     }
 
     /// Writes a kubeconfig for a component's own identity into its dir.

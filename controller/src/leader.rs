@@ -156,9 +156,15 @@ impl LeaderElector {
             if *shutdown.borrow() {
                 return true;
             }
+            // A request that hangs must not outlive the Lease it is renewing: each try
+            // gets only what is left before the renew deadline.
+            let left = renew_deadline.saturating_sub(last_ok.elapsed());
+            if left.is_zero() {
+                tracing::error!(lease = %self.name, "could not renew the Lease in time");
+                return false;
+            }
             let sent = Instant::now();
-            // A request that hangs must not outlive the Lease it is renewing.
-            let renewed = tokio::time::timeout(renew_deadline, self.renew())
+            let renewed = tokio::time::timeout(left, self.renew())
                 .await
                 .unwrap_or_else(|_| Err(kube::Error::Service("renewal timed out".into())));
             match renewed {

@@ -213,24 +213,16 @@ mod tests {
         let k = key("RollbackStarted", "rolling back to revision 3");
         assert_eq!(l.plan(&k, t0), Write::Create);
         l.record(k.clone(), "shop.1".into(), 1, t0);
+        let repeat = |count| Write::Repeat {
+            name: "shop.1".into(),
+            count,
+        };
         let t1 = t0 + SignedDuration::from_secs(30);
-        assert_eq!(
-            l.plan(&k, t1),
-            Write::Repeat {
-                name: "shop.1".into(),
-                count: 2
-            }
-        );
+        assert_eq!(l.plan(&k, t1), repeat(2));
         l.record(k.clone(), "shop.1".into(), 2, t1);
         // The window runs from the last occurrence.
         let t2 = t1 + SignedDuration::from_mins(5);
-        assert_eq!(
-            l.plan(&k, t2),
-            Write::Repeat {
-                name: "shop.1".into(),
-                count: 3
-            }
-        );
+        assert_eq!(l.plan(&k, t2), repeat(3));
     }
 
     #[test]

@@ -95,13 +95,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
-    let audit = tempfile::tempdir()?;
-    let audit_log = audit.path().join("audit.log");
+    // The audit log's dir, only when asked for; removed when the run ends.
+    let audit = args.audit_reads.then(tempfile::tempdir).transpose()?;
+    let audit_log = audit.as_ref().map(|d| d.path().join("audit.log"));
     let cluster = Cluster::start(ClusterOptions {
-        apiserver_args: if args.audit_reads {
-            audit_args(audit.path(), &audit_log)?
-        } else {
-            vec![]
+        apiserver_args: match (&audit, &audit_log) {
+            (Some(dir), Some(log)) => audit_args(dir.path(), log)?,
+            _ => vec![],
         },
         controller_manager_args: args
             .kcm_qps
@@ -232,8 +232,8 @@ async fn run(n: usize, args: &Args) -> anyhow::Result<()> {
     if args.server_metrics {
         print_server_latencies(&client).await?;
     }
-    if args.audit_reads {
-        print_reads_by_client(&audit_log)?;
+    if let Some(log) = &audit_log {
+        print_reads_by_client(log)?;
     }
     drop(controller);
     drop(cluster);

@@ -14,13 +14,23 @@ pub const CRDS_YAML: &str = concat!(
     include_str!("../../../manifests/crds/stacksnapshots.yaml")
 );
 
-/// Server-side applies the CRDs and waits until every kind can be listed.
+/// Server-side applies the CRDs and waits until every kind can be listed, once per test
+/// process: the first test to ask applies them, the others wait for it.
+///
+/// CRDs are cluster-wide, so one apply serves every test. Each test applying the same
+/// large CRD at once only loaded the API server, and once etcd answered one of those
+/// concurrent applies with an internal error.
 ///
 /// # Panics
 /// When they cannot be applied or are not served within 30 s, saying which.
 pub async fn install_crds(env: &SharedEnv) -> kube::Client {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let client = env.client().await;
-    if let Err(e) = apply_crds(&client, "deployctl-tests").await {
+    // A failed install is not remembered: the next test tries again.
+    if let Err(e) = INSTALLED
+        .get_or_try_init(|| apply_crds(&client, "deployctl-tests"))
+        .await
+    {
         panic!("{e}");
     }
     client

@@ -34,23 +34,45 @@ pub async fn reconcile(stack: Arc<ProductionStack>, ctx: Arc<Context>) -> Result
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ProductionStack> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, labels::FINALIZER, stack, |event| async {
-        match event {
-            FinalizerEvent::Apply(stack) => apply_stack(&stack, &ctx).await,
-            FinalizerEvent::Cleanup(stack) => cleanup::cleanup(&stack, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = match current_if_deleting(&api, stack).await {
+        Ok(Some(stack)) => finalizer(&api, labels::FINALIZER, stack, |event| async {
+            match event {
+                FinalizerEvent::Apply(stack) => apply_stack(&stack, &ctx).await,
+                FinalizerEvent::Cleanup(stack) => cleanup::cleanup(&stack, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        }),
+        // Gone: its cleanup is done.
+        Ok(None) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    };
     ctx.metrics.reconciled(
         started.elapsed().as_secs_f64(),
         result.as_ref().err().map(Error::category),
     );
     result
+}
+
+/// The stack to reconcile: the cached copy, or for a stack being deleted, the API
+/// server's (None when it is gone).
+///
+/// Cleanup must run once. Its status write wakes the stack again, and the next reconcile
+/// can start from a cached copy older than the finalizer's removal; read again, the stack
+/// is gone or has no finalizer left, and nothing is done twice. Deletions are rare, so
+/// the GET costs nothing at scale.
+async fn current_if_deleting(
+    api: &Api<ProductionStack>,
+    stack: Arc<ProductionStack>,
+) -> Result<Option<Arc<ProductionStack>>> {
+    if stack.metadata.deletion_timestamp.is_none() {
+        return Ok(Some(stack));
+    }
+    Ok(api.get_opt(&stack.name_any()).await?.map(Arc::new))
 }
 
 /// What the controller does after a failed reconcile: log it, tell the person through

@@ -36,8 +36,8 @@ pub async fn install_crds(env: &SharedEnv) -> kube::Client {
     client
 }
 
-/// Server-side applies the CRDs as `field_manager` and waits (up to 30 s) until every
-/// kind can be listed; the error says which step failed.
+/// Server-side applies the CRDs as `field_manager` and waits (up to 30 s each) until
+/// every kind can be listed and discovery lists them; the error says which step failed.
 pub async fn apply_crds(client: &kube::Client, field_manager: &str) -> Result<(), String> {
     crate::apply_yaml(
         client,
@@ -66,5 +66,28 @@ pub async fn apply_crds(client: &kube::Client, field_manager: &str) -> Result<()
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok(())
+    // Served is not yet discovered: the API server publishes the group in its discovery
+    // documents a moment later, and clients that resolve kinds (apply_yaml, kubectl) fail
+    // with a 404 until it does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Vec<String> = client
+            .list_api_group_resources("deployctl.dev/v1alpha1")
+            .await
+            .map(|l| l.resources.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default();
+        if ["productionstacks", "stackoperations", "stacksnapshots"]
+            .iter()
+            .all(|p| listed.iter().any(|n| n == p))
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "deployctl.dev/v1alpha1 is not in the API server's discovery 30 s after the \
+                 CRDs were applied; it lists {listed:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

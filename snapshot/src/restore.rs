@@ -18,7 +18,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ use crate::id::SnapshotId;
 use crate::lock::{self, LockKind, DEFAULT_STALE_AFTER};
 use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, RESERVED_PREFIX};
 use crate::methods::{exec, random_tag, sqlite, Method};
-use crate::progress::{Phase, Progress, ProgressUpdate, REPORT_EVERY};
+use crate::progress::{Phase, Progress, SharedProgress};
 use crate::repo::{Repository, StoredAt};
 use crate::swap;
 
@@ -233,8 +233,7 @@ fn materialize(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
-    let done = AtomicU64::new(0);
-    let reported = Mutex::new(0u64);
+    let shared = SharedProgress::new(progress, Phase::Restore, total);
     let run = |job: &Job, scratch: &mut Scratch| -> Result<()> {
         let bytes = match job {
             Job::Piece {
@@ -253,18 +252,8 @@ fn materialize(
                 0
             }
         };
-        let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         crate::testing::pause_point("restore-staging");
-        if let Ok(mut last) = reported.try_lock() {
-            if now - *last >= REPORT_EVERY {
-                *last = now;
-                progress.update(ProgressUpdate {
-                    phase: Phase::Restore,
-                    done_bytes: now,
-                    total_bytes: total,
-                });
-            }
-        }
+        shared.add(bytes);
         Ok(())
     };
     std::thread::scope(|s| {
@@ -289,11 +278,7 @@ fn materialize(
     if let Some(e) = first_err.into_inner().expect("poisoned") {
         return Err(e);
     }
-    progress.update(ProgressUpdate {
-        phase: Phase::Restore,
-        done_bytes: done.load(Ordering::Relaxed),
-        total_bytes: total,
-    });
+    shared.finish(shared.done());
 
     for e in m
         .entries

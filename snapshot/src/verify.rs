@@ -1,7 +1,7 @@
 //! A restore drill without the restore: re-reads and re-hashes every chunk of a snapshot.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::lock::{self, LockKind, DEFAULT_STALE_AFTER};
 use crate::manifest::ChunkRef;
-use crate::progress::{Phase, Progress, ProgressUpdate, REPORT_EVERY};
+use crate::progress::{Phase, Progress, SharedProgress};
 use crate::repo::Repository;
 
 /// What a verify checked.
@@ -57,8 +57,7 @@ impl Repository {
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        let done = AtomicU64::new(0);
-        let reported = Mutex::new(0u64);
+        let shared = SharedProgress::new(progress, Phase::Verify, total);
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
@@ -74,18 +73,7 @@ impl Repository {
                             first_err.lock().expect("poisoned").get_or_insert(e);
                             return;
                         }
-                        let now =
-                            done.fetch_add(u64::from(c.len), Ordering::Relaxed) + u64::from(c.len);
-                        if let Ok(mut last) = reported.try_lock() {
-                            if now - *last >= REPORT_EVERY {
-                                *last = now;
-                                progress.update(ProgressUpdate {
-                                    phase: Phase::Verify,
-                                    done_bytes: now,
-                                    total_bytes: total,
-                                });
-                            }
-                        }
+                        shared.add(u64::from(c.len));
                     }
                 });
             }
@@ -93,11 +81,7 @@ impl Repository {
         if let Some(e) = first_err.into_inner().expect("poisoned") {
             return Err(e);
         }
-        progress.update(ProgressUpdate {
-            phase: Phase::Verify,
-            done_bytes: total,
-            total_bytes: total,
-        });
+        shared.finish(total);
         Ok(VerifyReport {
             snapshot: id,
             files: m.meta.file_count,

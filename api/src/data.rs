@@ -94,6 +94,26 @@ pub struct ComponentData {
     /// For `Exec`: the commands that dump and restore the data. Required with `Exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecData>,
+
+    /// Whether a rollback brings this data back from the failed rollout's pre-rollout
+    /// snapshot. `Always` (default): yes, whether or not this component's own spec
+    /// changed, since another component's new version may have migrated it through its
+    /// API; the component and every component that depends on it are stopped first and
+    /// started again, in dependency order, once the data is back and verified. `Never`:
+    /// the data stays as the failed revision left it (forward-only data: a schema the
+    /// stable revision can read, or writes that must never be undone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_on_rollback: Option<RestoreOnRollback>,
+}
+
+/// Whether a rollback restores a component's data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RestoreOnRollback {
+    /// Restore it from the failed rollout's pre-rollout snapshot.
+    #[default]
+    Always,
+    /// Leave it as the failed revision left it.
+    Never,
 }
 
 /// The commands of the `Exec` method. Each runs in its own pod, in the image of one of the
@@ -138,6 +158,11 @@ impl ComponentData {
     /// the running component (`pg_restore` needs the database up), so it is not stopped.
     pub fn restore_stops(&self) -> bool {
         self.method != DataMethod::Exec
+    }
+
+    /// Whether a rollback restores this data from its pre-rollout snapshot.
+    pub fn restores_on_rollback(&self) -> bool {
+        self.restore_on_rollback.unwrap_or_default() == RestoreOnRollback::Always
     }
 
     /// Whether taking a snapshot stops the component.

@@ -159,9 +159,11 @@ pub(super) fn snapshotting(p: &mut Planner<'_>) -> bool {
     true
 }
 
-/// The restores a rollback of the rollout in progress needs: components with a complete
-/// pre-rollout snapshot that ran the failed revision.
-pub(super) fn restores_for(p: &Planner<'_>, failed: i64) -> Vec<DataRestore> {
+/// The restores a rollback of the rollout in progress needs: every component with a
+/// complete pre-rollout snapshot, whether or not its own spec changed (another
+/// component's new version may have migrated its data through its API), unless its data
+/// says `restoreOnRollback: Never`.
+pub(super) fn restores_for(p: &Planner<'_>) -> Vec<DataRestore> {
     let Some(r) = &p.status.rollout else {
         return vec![];
     };
@@ -174,7 +176,14 @@ pub(super) fn restores_for(p: &Planner<'_>, failed: i64) -> Vec<DataRestore> {
                 .get(&s.snapshot)
                 .is_some_and(|o| o.phase == Some(SnapshotPhase::Completed))
         })
-        .filter(|s| p.observed(&s.component).and_then(|w| w.revision) == Some(failed))
+        .filter(|s| p.observed(&s.component).is_some())
+        .filter(|s| {
+            p.input
+                .desired
+                .component(&s.component)
+                .and_then(|c| c.data.as_ref())
+                .is_none_or(|d| d.restores_on_rollback())
+        })
         .map(|s| DataRestore {
             component: s.component.clone(),
             snapshot: s.snapshot.clone(),
@@ -281,6 +290,18 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
         p.requeue_in(std::time::Duration::from_secs(1));
     }
     done
+}
+
+/// Whether `component` is stopped while a rollback restores data: a component restored
+/// by an `Exec` command keeps running (its restore command talks to it); every other
+/// restored component, and every component that depends on restored data, is stopped.
+pub(super) fn stops_for_restore(p: &Planner<'_>, target: &RevisionRef, component: &str) -> bool {
+    let restored = p
+        .status
+        .rollback
+        .as_ref()
+        .is_some_and(|rb| rb.restores.iter().any(|r| r.component == component));
+    !restored || restore_stops(p, target, component)
 }
 
 /// Whether restoring `component` stops it first: not for the `Exec` method. The data
@@ -398,12 +419,12 @@ pub(super) fn request_restore(
         .is_some_and(|d| !d.restore_stops());
     let message = if exec {
         format!(
-            "the data of component {} is restored from {name} by its restore command (verified first), while it runs on revision {stable}",
+            "the data of component {} is restored from {name} by its restore command (verified first), while it runs on revision {stable}; the components that depend on it are stopped meanwhile",
             snap.component
         )
     } else {
         format!(
-            "component {} is stopped, its data restored from {name} (verified first) and started again on revision {stable}",
+            "component {} and the components that depend on it are stopped, its data restored from {name} (verified first), and they start again on revision {stable}",
             snap.component
         )
     };

@@ -3,7 +3,7 @@
 //! removed. The rollback is done when the target revision is Available everywhere; the
 //! stack then holds it (status.hold) until the spec changes or a person asks for a retry.
 
-use super::{Action, Outcome, Planner};
+use super::{Action, Outcome, Planner, RevisionRef};
 use crate::gates::analysis::elapsed;
 use deployctl_api::conditions::reason;
 use deployctl_api::duration::human;
@@ -11,6 +11,7 @@ use deployctl_api::{
     ComponentPhase, ComponentStatus, DataRestore, RevisionHold, RollbackRecord, RollbackState,
     RollbackTrigger,
 };
+use std::collections::BTreeSet;
 
 /// Starts a rollback to revision `to` and takes its first step in the same reconcile.
 /// The data of components that ran the failed revision comes back from the rollout's
@@ -22,13 +23,7 @@ pub(super) fn start(
     operation: Option<String>,
     trigger: RollbackTrigger,
 ) {
-    let failed = p
-        .status
-        .rollout
-        .as_ref()
-        .map(|r| r.revision)
-        .unwrap_or(p.input.desired.number);
-    let restores = super::data::restores_for(p, failed);
+    let restores = super::data::restores_for(p);
     start_with(p, to, reason_text, operation, trigger, restores);
 }
 
@@ -88,6 +83,15 @@ pub(super) fn start_with(
 }
 
 /// One reconcile of the rollback in progress.
+///
+/// With data to restore, the order is: stop every component whose data comes back and
+/// every component that depends on one of them (dependents before what they depend on),
+/// restore the data (all restores at once, each verified before it replaces anything),
+/// then start the components again on the target revision in dependency order. So the
+/// target revision's code never runs on the data the failed revision migrated, and no
+/// component has to become Available against data it cannot read before that data is
+/// restored. Components that touch no restored data roll back first, in reverse
+/// dependency order, as a rollback without data does.
 pub(super) fn run(p: &mut Planner<'_>) {
     p.rollback_ran = true;
     let rb = p.status.rollback.clone().expect("rollback in progress");
@@ -97,15 +101,39 @@ pub(super) fn run(p: &mut Planner<'_>) {
     };
     let from = p.revision(rb.from_revision).unwrap_or(p.input.desired);
 
-    // Dependents first: the reverse of the failed revision's order, then what only the
-    // target has (a component the failed revision removed).
-    let mut sequence: Vec<String> = from.order.iter().rev().cloned().collect();
-    for c in &target.order {
-        if !sequence.contains(c) {
-            sequence.push(c.clone());
-        }
-    }
+    // The components that must not run while data is restored: those restored and,
+    // transitively, whatever depends on them in either revision.
+    let restored: Vec<&str> = rb.restores.iter().map(|r| r.component.as_str()).collect();
+    let held = dependents_of(&restored, &[from, target]);
+    let data_pending = rb
+        .restores
+        .iter()
+        .any(|r| r.phase != deployctl_api::RestorePhase::Restored);
+
     let mut focus: Option<String> = None;
+    if data_pending {
+        focus = restore_data(p, target, from, &held);
+    }
+
+    // Then the components: first those that use no restored data, dependents first (the
+    // reverse of the failed revision's order, then what only the target has); then the
+    // held ones, in the target's dependency order, each Available before the next starts.
+    let mut sequence: Vec<String> = from
+        .order
+        .iter()
+        .rev()
+        .chain(target.order.iter())
+        .filter(|c| !held.contains(c.as_str()))
+        .cloned()
+        .collect();
+    dedup_in_order(&mut sequence);
+    sequence.extend(
+        target
+            .order
+            .iter()
+            .filter(|c| held.contains(c.as_str()))
+            .cloned(),
+    );
     for c in &sequence {
         if target.component(c).is_none() {
             if p.observed(c).is_some() {
@@ -116,10 +144,6 @@ pub(super) fn run(p: &mut Planner<'_>) {
             continue;
         }
         if focus.is_some() {
-            continue;
-        }
-        if !super::data::restore_step(p, target, c) {
-            focus = Some(c.clone());
             continue;
         }
         if !p.up_to_date(target, c) {
@@ -213,6 +237,93 @@ pub(super) fn run(p: &mut Planner<'_>) {
         p.requeue_in(deadline - took);
     }
     p.requeue_in(std::time::Duration::from_secs(2));
+}
+
+/// The data step of a rollback: stops the `held` components, dependents first, then runs
+/// every restore once all of them are stopped. Returns the component it waits for, or
+/// None once every restore is done.
+fn restore_data(
+    p: &mut Planner<'_>,
+    target: &RevisionRef,
+    from: &RevisionRef,
+    held: &BTreeSet<String>,
+) -> Option<String> {
+    // Dependents first: a component is stopped once everything held that depends on it
+    // has stopped (and drained its connections).
+    let mut order: Vec<String> = from.order.iter().rev().cloned().collect();
+    order.extend(target.order.iter().rev().cloned());
+    dedup_in_order(&mut order);
+    let mut waiting: Option<String> = None;
+    for c in order.iter().filter(|c| held.contains(c.as_str())) {
+        let Some(w) = p.observed(c) else { continue };
+        if !super::data::stops_for_restore(p, target, c) || w.stopped && w.drained {
+            continue;
+        }
+        waiting.get_or_insert_with(|| c.clone());
+        let dependents_stopped = held.iter().filter(|d| *d != c).all(|d| {
+            !depends_on(d, c, &[from, target])
+                || p.observed(d).is_none_or(|w| w.stopped && w.drained)
+                || !super::data::stops_for_restore(p, target, d)
+        });
+        if dependents_stopped && !w.stopped {
+            p.actions.push(Action::Stop {
+                component: c.clone(),
+                revision: target.number,
+            });
+            p.event(
+                false,
+                "ComponentStopped",
+                format!("Stopping component {c} while the data it uses is restored"),
+            );
+        }
+    }
+    if waiting.is_some() {
+        return waiting;
+    }
+    // Everything is stopped: every restore runs, at once.
+    let components: Vec<String> = p
+        .status
+        .rollback
+        .as_ref()
+        .map(|rb| rb.restores.iter().map(|r| r.component.clone()).collect())
+        .unwrap_or_default();
+    let mut waiting = None;
+    for c in components {
+        if !super::data::restore_step(p, target, &c) {
+            waiting.get_or_insert(c);
+        }
+    }
+    waiting
+}
+
+/// `roots` and every component that depends on one of them, directly or not, in any of
+/// `revisions`.
+fn dependents_of(roots: &[&str], revisions: &[&RevisionRef]) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = roots.iter().map(|r| r.to_string()).collect();
+    loop {
+        let before = out.len();
+        for rev in revisions {
+            for c in &rev.components {
+                if c.depends_on.iter().any(|d| out.contains(d)) {
+                    out.insert(c.name.clone());
+                }
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Whether `a` depends on `b`, directly or not, in any of `revisions`.
+fn depends_on(a: &str, b: &str, revisions: &[&RevisionRef]) -> bool {
+    a != b && dependents_of(&[b], revisions).contains(a)
+}
+
+/// Removes repeated names, keeping the first of each.
+fn dedup_in_order(names: &mut Vec<String>) {
+    let mut seen = BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
 }
 
 fn finish(

@@ -1074,14 +1074,140 @@ fn fail_and_log_rollback(w: &mut World, next: ProductionStackSpec) -> (Vec<Strin
 }
 
 #[test]
-fn the_restore_runs_after_dependents_go_back_and_before_the_component_starts() {
+fn dependents_stop_before_the_restore_and_start_after_it_in_dependency_order() {
     let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
     let (log, _) = fail_and_log_rollback(&mut w, data_spec("db:2", "api:2", SQLITE));
     assert_eq!(
         log,
-        vec!["apply api@1", "stop db", "restore db", "apply db@1"],
-        "api (the dependent) first, then db stopped, restored, started"
+        vec!["stop api", "stop db", "restore db", "apply db@1", "apply api@1"],
+        "api (the dependent) stops first, db stops, its data comes back, then db starts and api after it"
     );
+}
+
+#[test]
+fn a_release_that_changes_only_a_dependent_still_restores_the_data_it_may_have_migrated() {
+    // api@2 migrates db's schema through db's API at start-up; db's own spec is unchanged.
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let (log, _) = fail_and_log_rollback(&mut w, data_spec("db:1", "api:2", SQLITE));
+    assert_eq!(
+        log,
+        vec![
+            "stop api",
+            "stop db",
+            "restore db",
+            "apply db@1",
+            "apply api@1"
+        ],
+        "db's data comes back although db never ran revision 2"
+    );
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(
+        (last.restores[0].component.as_str(), last.restores[0].phase),
+        ("db", RestorePhase::Restored)
+    );
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    assert!(!w.observed["db"].stopped && !w.observed["api"].stopped);
+}
+
+#[test]
+fn data_that_opts_out_of_restore_on_rollback_stays_and_nothing_is_stopped() {
+    const FORWARD_ONLY: &str =
+        "{volume: data, method: Sqlite, database: app.db, restoreOnRollback: Never}";
+    let mut w = World::new(data_spec("db:1", "api:1", FORWARD_ONLY));
+    let (log, _) = fail_and_log_rollback(&mut w, data_spec("db:2", "api:2", FORWARD_ONLY));
+    assert_eq!(
+        log,
+        vec!["apply api@1", "apply db@1"],
+        "a rollback of the workloads only"
+    );
+    assert!(w.status.last_rollback.unwrap().restores.is_empty());
+    assert!(w.data.restore_jobs.is_empty());
+    assert_eq!(
+        w.data.snapshots.len(),
+        1,
+        "the snapshot is still taken before the rollout"
+    );
+}
+
+/// db (data), cache (no data), api on both; web on api; batch on nothing.
+fn four_tier(release: &str) -> ProductionStackSpec {
+    let c = |image: &str| format!("{{spec: {{containers: [{{name: a, image: '{image}'}}]}}}}");
+    let db = "{spec: {containers: [{name: a, image: 'db:1', volumeMounts: [{name: data, mountPath: /data}]}]}}";
+    serde_yaml_ng::from_str(&format!(
+        "components:
+- {{name: db, template: {db}, volumeClaims: [{{name: data, size: 1Gi}}], data: {SQLITE}}}
+- {{name: cache, template: {cache}}}
+- {{name: batch, template: {batch}}}
+- {{name: api, dependsOn: [db, cache], template: {api}}}
+- {{name: web, dependsOn: [api], template: {web}, gates: {GATE}}}
+rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s}}",
+        cache = c(&format!("cache:{release}")),
+        batch = c(&format!("batch:{release}")),
+        api = c(&format!("api:{release}")),
+        web = c(&format!("web:{release}")),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn only_what_depends_on_restored_data_waits_for_it_and_nothing_runs_on_it_meanwhile() {
+    let mut w = World::new(four_tier("1"));
+    let (log, _) = fail_and_log_rollback(&mut w, four_tier("2"));
+    let pos = |a: &str| {
+        log.iter()
+            .position(|l| l == a)
+            .unwrap_or_else(|| panic!("{a} not in {log:?}"))
+    };
+    // Stopped dependents first, down to db; then the restore; then up in dependency order.
+    assert!(pos("stop web") < pos("stop api") && pos("stop api") < pos("stop db"));
+    assert!(pos("stop db") < pos("restore db"));
+    assert!(pos("restore db") < pos("apply db@1"));
+    assert!(pos("apply db@1") < pos("apply api@1") && pos("apply api@1") < pos("apply web@1"));
+    // cache and batch use no restored data: rolled back as without data, never stopped.
+    assert!(
+        !log.iter().any(|l| l == "stop cache" || l == "stop batch"),
+        "{log:?}"
+    );
+    assert!(
+        pos("apply cache@1") < pos("apply api@1"),
+        "api starts against cache@1: {log:?}"
+    );
+    for c in ["db", "cache", "batch", "api", "web"] {
+        assert_eq!(w.running(c), Some(1), "{c}");
+        assert!(!w.observed[c].stopped, "{c} runs again");
+    }
+}
+
+#[test]
+fn a_controller_restarted_during_the_data_step_resumes_it_from_status() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let mut now = w.settle(0, true);
+    w.restore_result = JobOutcome::Running; // the restore Job keeps running
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    for _ in 0..40 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, now);
+        }
+        w.step(now);
+        now += 11;
+        if !w.data.restore_jobs.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(w.data.restore_jobs.len(), 1, "the restore runs");
+    assert!(w.observed["api"].stopped && w.observed["db"].stopped);
+    // A restart keeps only what status holds: the next reconciles start nothing twice
+    // and start nothing while the data is not back.
+    let p = w.step(now);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    w.restore_result = JobOutcome::Succeeded;
+    w.settle(now + 11, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
 }
 
 #[test]
@@ -1146,8 +1272,8 @@ fn an_exec_restore_keeps_the_component_running() {
     let (log, now) = fail_and_log_rollback(&mut w, data_spec("db:2", "api:2", EXEC));
     assert_eq!(
         log,
-        vec!["apply api@1", "restore db", "apply db@1"],
-        "api (the dependent) first, then db restored in place (never stopped), then rolled back"
+        vec!["stop api", "restore db", "apply db@1", "apply api@1"],
+        "api (the dependent) stopped, then db restored in place (never stopped) and rolled back, then api"
     );
     assert_eq!(w.phase(), StackPhase::RolledBack);
     assert!(!w.observed["db"].stopped);
@@ -1176,6 +1302,15 @@ fn an_exec_restore_keeps_the_component_running() {
         "{}",
         p.operations[0].message
     );
+    assert_eq!(
+        p.actions,
+        vec![Action::Stop {
+            component: "api".into(),
+            revision: 1
+        }],
+        "only what depends on db stops"
+    );
+    let p = w.step(now);
     assert!(
         matches!(p.actions[..], [Action::Restore { .. }]),
         "{:?}",
@@ -1250,6 +1385,15 @@ fn a_restore_operation_restores_a_snapshot_on_a_stable_stack() {
     });
     let p = w.step(now);
     assert_eq!(p.operations[0].phase, OperationPhase::Succeeded);
+    assert_eq!(
+        p.actions,
+        vec![Action::Stop {
+            component: "api".into(),
+            revision: 1
+        }],
+        "what depends on db stops first"
+    );
+    let p = w.step(now);
     assert_eq!(
         p.actions,
         vec![Action::Stop {

@@ -1,68 +1,80 @@
 #!/usr/bin/env bash
-# Installs everything deployctl's tests and sandbox need on a fresh Debian 12 machine:
-# Debian packages (etcd, Go, iproute2, ...) and kube-apiserver, kube-controller-manager and
-# kube-scheduler 1.20.2 built from Debian's `kubernetes` source package.
+# Installs what the sandbox (and so every test) needs on a fresh Debian 12 machine: a few
+# Debian packages (etcd, iproute2, Debian's Go 1.19 for the build, ...) and
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl 1.20.2 built from
+# Debian's `kubernetes` source package. What only the tests need (Garage, cargo-deny,
+# promtool, shellcheck, ...) is scripts/install-test-tools.sh.
 #
-# Also builds Garage (an S3 server for the snapshot tests) and cargo-deny from crates.io.
-#
-# Idempotent: the three binaries are cached under $DEPLOYCTL_CACHE (default
-# ~/.cache/deployctl/k8s-1.20.2/bin), Garage and cargo-deny under $DEPLOYCTL_CACHE/garage
-# and $DEPLOYCTL_CACHE/cargo-deny; a second run only checks and takes seconds.
+# Idempotent: the binaries are cached in $DEPLOYCTL_CACHE/k8s-1.20.2/bin (default cache
+# ~/.cache/deployctl); a second run only checks and takes about a second.
 # Why build from source: no container engine and no download outside the package
 # registries is possible here, so kind/k3d/envtest's downloader cannot be used.
+#
+# Settings (environment): DEPLOYCTL_CACHE (the cache), DEPLOYCTL_APT_DIR (default
+# /etc/apt, where the deb-src entry goes), DEPLOYCTL_GO_ROOT (default /usr/lib/go, Debian's
+# Go) and DEPLOYCTL_REFLECT2_DIR (Debian's reflect2 1.0.2 sources). The last three exist so
+# that tests/packaging/test_install_scripts.py can run this script with stubs.
 set -euo pipefail
 
-CACHE="${DEPLOYCTL_CACHE:-$HOME/.cache/deployctl}"
-K8S_VERSION=1.20.2
-BIN_DIR="$CACHE/k8s-$K8S_VERSION/bin"
+# shellcheck source=scripts/paths.sh
+. "$(dirname "$0")/paths.sh"
+BIN_DIR="$K8S_BIN_DIR"
+APT_DIR="${DEPLOYCTL_APT_DIR:-/etc/apt}"
+# Debian's Go 1.19, not whatever `go` comes first on PATH: Kubernetes 1.20's vendored code
+# does not build with Go 1.23+ (its go:linkname uses are refused).
+GO_ROOT="${DEPLOYCTL_GO_ROOT:-/usr/lib/go}"
+REFLECT2_DIR="${DEPLOYCTL_REFLECT2_DIR:-/usr/share/gocode/src/github.com/modern-go/reflect2}"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 START=$(date +%s)
+mkdir -p "$CACHE"
 
 say() { printf '[install-platform +%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
-APT_PACKAGES=(etcd-server iproute2 util-linux procps jq rsync golang-go golang-github-modern-go-reflect2-dev
-              ca-certificates sqlite3 prometheus restic lua5.4)
+# Runs a long command with its output in LOG, printing the lines that match PATTERN (its
+# phases) as they come and a heartbeat every minute that counts the log's lines as UNIT;
+# on failure, the log's tail.
+run_logged() {
+  local log=$1 pattern=$2 unit=$3; shift 3
+  local began=$SECONDS
+  # The sleep does not hold our output open: a caller reading it sees the end at once.
+  ( while sleep 60 >/dev/null 2>&1; do
+      printf '    ... still running: %s min, %s %s\n' "$(( (SECONDS - began) / 60 ))" "$(wc -l <"$log")" "$unit"
+    done ) &
+  local beat=$!
+  local rc=0
+  "$@" >"$log" 2>&1 &
+  local pid=$!
+  # The filter reads the log as it grows and stops when the command ends.
+  tail -n +1 --pid="$pid" -f "$log" 2>/dev/null | grep --line-buffered -E "$pattern" | sed -u 's/^/    /' || true
+  wait "$pid" || rc=$?
+  kill "$beat" 2>/dev/null; wait "$beat" 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "failed (exit $rc): $*; full log in $log" >&2
+    return "$rc"
+  fi
+}
+
+# Debian packages: the control plane's etcd, the node's network and mount tools, and what
+# the Kubernetes build needs (Go 1.19, make, rsync, a C toolchain for cgo-free linking).
+APT_PACKAGES=(etcd-server iproute2 util-linux procps jq rsync make gcc libc6-dev golang-go
+              golang-github-modern-go-reflect2-dev ca-certificates)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
+  say "installing Debian packages (about 1 minute): ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   say "Debian packages already installed"
 fi
-# Debian's prometheus package starts a service on install; the tests start their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
-
-# Garage: a real S3-compatible server for the snapshot store's tests (AGPL; run as a
-# separate program, never linked). About 13 minutes to build on 2 cores, once.
-GARAGE="$CACHE/garage/bin/garage"
-if [ -x "$GARAGE" ]; then
-  say "garage already cached in $GARAGE"
-else
-  say "building garage (S3 server for the snapshot tests; about 13 minutes on 2 cores, once)"
-  cargo install garage --locked --quiet --root "$CACHE/garage" >"$CACHE/garage-build.log" 2>&1 || {
-    tail -n 30 "$CACHE/garage-build.log"; echo "garage build failed; log in $CACHE/garage-build.log" >&2; exit 1; }
-  say "garage installed in $GARAGE"
-fi
-
-# cargo-deny: licence, ban and source checks of the dependency tree (deny.toml), run by
-# scripts/test.sh. Built from crates.io once, about 5 minutes on 2 cores.
-CARGO_DENY="$CACHE/cargo-deny/bin/cargo-deny"
-if [ -x "$CARGO_DENY" ]; then
-  say "cargo-deny already cached in $CARGO_DENY"
-else
-  say "building cargo-deny (dependency licence/ban/source checks; about 5 minutes on 2 cores, once)"
-  cargo install cargo-deny --locked --quiet --root "$CACHE/cargo-deny" >"$CACHE/cargo-deny-build.log" 2>&1 || {
-    tail -n 30 "$CACHE/cargo-deny-build.log"; echo "cargo-deny build failed; log in $CACHE/cargo-deny-build.log" >&2; exit 1; }
-  say "cargo-deny installed in $CARGO_DENY"
-fi
 
 have_all=1
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+for b in "${BINARIES[@]}"; do
   [ -x "$BIN_DIR/$b" ] || have_all=0
 done
 if [ "$have_all" = 1 ]; then
@@ -70,11 +82,11 @@ if [ "$have_all" = 1 ]; then
   exit 0
 fi
 
-say "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION from Debian source (about 6 minutes on 2 cores)"
-SRC_LIST=/etc/apt/sources.list.d/deployctl-deb-src.sources
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+say "building ${BINARIES[*]} $K8S_VERSION from Debian's source package (once; about 8-12 minutes on 2 cores)"
+if ! grep -rqs '^Types:.*deb-src' "$APT_DIR/sources.list.d/" && ! grep -qs '^deb-src' "$APT_DIR/sources.list"; then
   # Same mirror and keyring as the machine's own bookworm entry.
-  cat > "$SRC_LIST" <<SRC
+  mkdir -p "$APT_DIR/sources.list.d"
+  cat >"$APT_DIR/sources.list.d/deployctl-deb-src.sources" <<SRC
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm
@@ -88,27 +100,33 @@ WORK="$CACHE/build"
 rm -rf "$WORK"
 mkdir -p "$WORK"
 cd "$WORK"
-say "downloading the kubernetes source package"
-apt-get source --download-only kubernetes >/dev/null 2>&1
-ORIG=$(ls kubernetes_*really${K8S_VERSION}.orig.tar.gz | head -n1)
+say "downloading the kubernetes source package (34 MB)"
+apt-get source --download-only kubernetes >"$WORK/source.log" 2>&1 || {
+  cat "$WORK/source.log" >&2; echo "apt-get source kubernetes failed" >&2; exit 1; }
+origs=(kubernetes_*really"${K8S_VERSION}".orig.tar.gz)
+ORIG=${origs[0]}
 say "unpacking $ORIG"
 mkdir src
 tar -xzf "$ORIG" -C src --strip-components=1
 cd src
 # reflect2 1.0.1 (vendored) crashes under Go 1.18+ (SIGSEGV in mapiterinit); use Debian's 1.0.2.
+[ -d "$REFLECT2_DIR" ] || { echo "reflect2 sources not found in $REFLECT2_DIR (package golang-github-modern-go-reflect2-dev)" >&2; exit 1; }
 rm -rf vendor/github.com/modern-go/reflect2
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
-export GOPATH="$PWD/.go" GOCACHE="$CACHE/gocache" CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=off
+cp -r "$REFLECT2_DIR" vendor/github.com/modern-go/reflect2
+export PATH="$GO_ROOT/bin:$PATH" GOPATH="$PWD/.go" GOCACHE="$WORK/gocache" CGO_ENABLED=0 \
+  GOFLAGS=-mod=vendor GO111MODULE=off GOTOOLCHAIN=local
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
 cd .go/src/k8s.io/kubernetes
-say "compiling (go $(go version | awk '{print $3}'))"
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >"$WORK/build.log" 2>&1 || {
-  tail -n 40 "$WORK/build.log"; echo "build failed; full log in $WORK/build.log" >&2; exit 1; }
+say "compiling with $(go version | awk '{print $3}'): code generation, then the four binaries (log: $WORK/build.log)"
+# Kubernetes' build prints each phase on a line starting with "+++", then what it builds;
+# with -v, Go adds a line per package compiled (about 2,000 in all), which the heartbeat counts.
+run_logged "$WORK/build.log" '^\+\+\+|^    (\.\/)?(vendor|cmd)/' "lines of build log (one per Go package)" \
+  make WHAT="${BINARIES[*]/#/cmd/}" GOFLAGS="-mod=vendor -v"
 mkdir -p "$BIN_DIR"
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+for b in "${BINARIES[@]}"; do
   install -m 0755 "_output/local/bin/linux/amd64/$b" "$BIN_DIR/$b"
 done
 cd /
 rm -rf "$WORK"
-say "done: binaries in $BIN_DIR"
+say "done: ${BINARIES[*]} in $BIN_DIR"

@@ -11,18 +11,23 @@ cd "$(dirname "$0")/.."
 KEEP=1
 [ "${1:-}" = "--exit" ] && KEEP=0
 ROOT=$PWD
+# shellcheck source=scripts/paths.sh
+. scripts/paths.sh
 STATE="$ROOT/.sandbox"
 export KUBECONFIG="$STATE/kubeconfig"
-BIN="$ROOT/target/debug"
-export PATH="$BIN:$PATH"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+# The control plane's own kubectl (1.20, built with it), then this workspace's binaries.
+export PATH="$K8S_BIN_DIR:$BIN:$PATH"
 START=$(date +%s)
 say() { printf '\n\033[1m==> %s\033[0m (+%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
 
-say "Installing the platform (first run: Debian packages and a 6-minute Kubernetes build; cached after)"
+say "Installing the platform (first run: Debian packages and an 8-12 minute Kubernetes build; cached after)"
 bash scripts/install-platform.sh
 
-say "Building deployctl, the demo app and the sandbox"
-cargo build --workspace --bins --locked
+# Only what the sandbox runs: the node and control plane (deployctl-sandbox), the
+# controller, the CLI and the demo app. Cargo prints a line per crate it compiles.
+say "Building deployctl, the demo app and the sandbox (first run: about 8 minutes on 2 cores; seconds after)"
+cargo build --locked --bins -p deployctl-harness -p deployctl-controller -p deployctl -p demo-app
 
 rm -rf "$STATE" && mkdir -p "$STATE"
 PIDS=()
@@ -50,7 +55,21 @@ done
 kubectl get nodes
 
 say "Starting the deployctl controller (log: .sandbox/controller.log, metrics: http://127.0.0.1:9090/metrics)"
-deployctl-controller --metrics-addr 127.0.0.1:9090 >"$STATE/controller.log" 2>&1 &
+# Restarted when it exits, with back-off, as the kubelet restarts the controller's pod (it
+# exits on purpose when it loses its Lease, e.g. when a slow disk delays a renewal). The
+# controller dies with its supervisor (pdeathsig), so Ctrl-C stops both.
+(
+  delay=1
+  while true; do
+    began=$SECONDS
+    rc=0
+    setpriv --pdeathsig TERM -- deployctl-controller --metrics-addr 127.0.0.1:9090 >>"$STATE/controller.log" 2>&1 || rc=$?
+    [ $(( SECONDS - began )) -ge 60 ] && delay=1
+    echo "sandbox: the controller exited (status $rc); restarting it in ${delay}s, as the kubelet would" | tee -a "$STATE/controller.log" >&2
+    sleep "$delay"
+    delay=$(( delay * 2 > 16 ? 16 : delay * 2 ))
+  done
+) &
 PIDS+=($!)
 
 # Every step the controller takes is an Event on the stack: print them as they happen. The
@@ -131,7 +150,7 @@ The stack holds release 2 (its stable revision) with the data from before releas
 spec still names release 3, which is not retried until the spec changes or someone runs
 \`deployctl retry shop\`.
 
-Try:  export KUBECONFIG=$KUBECONFIG PATH=$BIN:\$PATH
+Try:  export KUBECONFIG=$KUBECONFIG PATH=$K8S_BIN_DIR:$BIN:\$PATH
       deployctl status shop --watch
       deployctl rollback shop --to-revision 1 --reason "trying it" --wait
       kubectl get stacksnapshots

@@ -22,4 +22,5 @@ fi
 mkdir -p "$dst"
 rm -f "$dst"/*.yaml
 cp "$src"/*.yaml "$dst"/
-echo "copied $(ls "$src"/*.yaml | wc -l) CRD file(s) to $dst"
+crds=("$src"/*.yaml)
+echo "copied ${#crds[@]} CRD file(s) to $dst"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2154  # the T_* timings are set by printf -v in timed()
 # Benchmark (not a test): deployctl-snapshot against restic on 1 GiB of data, one large file
 # plus 10,000 small files, in one run on this machine:
 #   full snapshot, snapshot after 1% of the data changed, restore with verification.
@@ -14,9 +15,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The peer, from Debian (not installed by the test scripts: benchmarks are not tests).
 command -v restic >/dev/null || { echo "restic is not installed: apt-get install restic" >&2; exit 1; }
 (cd "$ROOT" && cargo build --release -p deployctl-snapshot --example snapctl)
-BIN="$ROOT/target/release/examples/snapctl"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/snapctl"
 
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/snapbench.XXXXXX)}
 trap 'rm -rf "$WORK"' EXIT
@@ -87,6 +89,7 @@ timed() {
   s=$(now)
   "$@" >"$WORK/out.$label" 2>&1 || { cat "$WORK/out.$label"; exit 1; }
   e=$(now)
+  # The T_<label> variables read below are set here.
   printf -v "T_$label" '%s' "$(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.2f", b - a }')"
   local v="T_$label"
   printf '%-28s %6ss\n' "$label" "${!v}"

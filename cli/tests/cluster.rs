@@ -666,7 +666,7 @@ async fn runs_as_a_kubectl_plugin() {
         std::env::var("PATH").unwrap_or_default()
     );
     let kubectl = |args: &[&str]| {
-        std::process::Command::new("/usr/bin/kubectl")
+        std::process::Command::new(deployctl_harness::kubectl_binary())
             .args(args)
             .env("PATH", &path)
             .env("KUBECONFIG", env.kubeconfig_path())

@@ -4,7 +4,7 @@
 mod support;
 
 use deployctl_api::{labels, ProductionStack};
-use deployctl_harness::{require_sim_node, shared};
+use deployctl_harness::{require_sim_node, shared, FAILOVER_LEASE};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -48,7 +48,8 @@ async fn killed_mid_rollout_and_restarted_converges_without_duplicates() {
     // Kill the controller (SIGKILL) right after each new child appears, three times, so
     // it dies between applying a component and recording it.
     for (round, expect_children) in [(1usize, 1usize), (2, 2), (3, 3)] {
-        let mut c = ControllerProcess::start(env, ns.name(), &format!("crash{round}"), &[]);
+        let mut c =
+            ControllerProcess::start(env, ns.name(), &format!("crash{round}"), &FAILOVER_LEASE);
         wait_until(
             &format!("{expect_children} workloads after restart {round}"),
             READY_TIMEOUT,
@@ -60,7 +61,7 @@ async fn killed_mid_rollout_and_restarted_converges_without_duplicates() {
         .await;
         c.kill();
     }
-    let _c = ControllerProcess::start(env, ns.name(), "final", &[]);
+    let _c = ControllerProcess::start(env, ns.name(), "final", &FAILOVER_LEASE);
     let s = wait_stack(&stacks, "shop", "Ready", READY_TIMEOUT, is_ready).await;
     assert_eq!(s.status.as_ref().unwrap().stable_revision, Some(1));
 
@@ -92,7 +93,7 @@ async fn the_leader_killed_hands_over_and_the_stack_keeps_converging() {
     let ns = env.namespace("leader").await;
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns.name());
-    let mut a = ControllerProcess::start(env, ns.name(), "replica-a", &[]);
+    let mut a = ControllerProcess::start(env, ns.name(), "replica-a", &FAILOVER_LEASE);
     let holder = || async {
         leases
             .get_opt("deployctl-controller")
@@ -105,7 +106,7 @@ async fn the_leader_killed_hands_over_and_the_stack_keeps_converging() {
         (holder().await.as_deref() == Some("replica-a")).then_some(())
     })
     .await;
-    let mut b = ControllerProcess::start(env, ns.name(), "replica-b", &[]);
+    let mut b = ControllerProcess::start(env, ns.name(), "replica-b", &FAILOVER_LEASE);
     stacks
         .create(&PostParams::default(), &three_tier("shop", "v1", "Delete"))
         .await
@@ -162,7 +163,7 @@ async fn a_stack_deleted_while_the_controller_is_down_is_cleaned_up_once_it_retu
     let client = install_crd(env).await;
     let ns = env.namespace("delete-down").await;
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    let mut c = ControllerProcess::start(env, ns.name(), "first", &[]);
+    let mut c = ControllerProcess::start(env, ns.name(), "first", &FAILOVER_LEASE);
     stacks
         .create(&PostParams::default(), &three_tier("shop", "v1", "Delete"))
         .await
@@ -181,7 +182,7 @@ async fn a_stack_deleted_while_the_controller_is_down_is_cleaned_up_once_it_retu
         .expect("the finalizer holds the stack while the controller is down");
     assert!(held.metadata.deletion_timestamp.is_some());
 
-    let _c = ControllerProcess::start(env, ns.name(), "second", &[]);
+    let _c = ControllerProcess::start(env, ns.name(), "second", &FAILOVER_LEASE);
     wait_until("the stack to be gone", Duration::from_secs(60), || async {
         stacks
             .get_opt("shop")

@@ -8,7 +8,7 @@ use deployctl_api::{
     GatePhase, OperationAction, OperationPhase, ProductionStack, RollbackTrigger, StackOperation,
     StackOperationSpec, StackPhase,
 };
-use deployctl_harness::{require_sim_node, shared, SharedEnv, TestNamespace};
+use deployctl_harness::{require_sim_node, shared, SharedEnv, TestNamespace, FAILOVER_LEASE};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -71,10 +71,15 @@ struct Env {
 }
 
 async fn setup(prefix: &str) -> Env {
+    setup_with(prefix, &[]).await
+}
+
+/// Like [`setup`], with more arguments for the controller.
+async fn setup_with(prefix: &str, controller_args: &[&str]) -> Env {
     let env = shared();
     let client = install_crd(env).await;
     let ns = env.namespace(prefix).await;
-    let controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let controller = ControllerProcess::start(env, ns.name(), "c1", controller_args);
     Env {
         env,
         stacks: Api::namespaced(client.clone(), ns.name()),
@@ -545,7 +550,8 @@ fn at_step(s: &ProductionStack, k: KillAt) -> bool {
 #[tokio::test]
 async fn the_controller_killed_at_each_step_of_a_rollout_and_a_rollback_still_converges() {
     require_sim_node!(shared());
-    let mut e = setup("crash-matrix").await;
+    // About failover: a killed controller keeps its Lease until it expires.
+    let mut e = setup_with("crash-matrix", &FAILOVER_LEASE).await;
     e.apply(&stack("", HTTP_GATE, "")).await;
     e.healthy_on(1).await;
     let cases = [
@@ -568,8 +574,12 @@ async fn the_controller_killed_at_each_step_of_a_rollout_and_a_rollback_still_co
         })
         .await;
         e.controller.kill();
-        e.controller =
-            ControllerProcess::start(e.env, e.ns.name(), &format!("after-kill-{i}"), &[]);
+        e.controller = ControllerProcess::start(
+            e.env,
+            e.ns.name(),
+            &format!("after-kill-{i}"),
+            &FAILOVER_LEASE,
+        );
         let s = e
             .wait(&format!("{end:?} after the kill at {kill_at:?}"), |s| {
                 let st = s.status.as_ref();

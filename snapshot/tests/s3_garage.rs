@@ -1,8 +1,8 @@
 //! The S3 store against a real S3 server: Garage, started on 127.0.0.1 random ports.
 //!
-//! Needs the `garage` binary: `$DEPLOYCTL_GARAGE_BIN`, else
-//! `~/.cache/deployctl/garage/bin/garage`, else `garage` on `PATH`. Without it these tests
-//! FAIL (never pass silently) and say how to install it.
+//! Needs the `garage` binary: `$DEPLOYCTL_GARAGE_BIN` (scripts/test.sh sets it), else
+//! `garage` on `PATH`. Without it these tests FAIL (never pass silently) and say how to
+//! install it.
 
 mod common;
 
@@ -15,23 +15,17 @@ use std::time::{Duration, Instant};
 use common::{fingerprint, make_tree, Rng, TEST_CHUNKS};
 use deployctl_snapshot::*;
 
-const INSTALL: &str = "cargo install garage --locked --root ~/.cache/deployctl/garage";
+const INSTALL: &str = "scripts/install-test-tools.sh (it prints where it put garage)";
 
 fn garage_binary() -> PathBuf {
     if let Ok(p) = std::env::var("DEPLOYCTL_GARAGE_BIN") {
         let p = PathBuf::from(p);
         assert!(
             p.is_file(),
-            "DEPLOYCTL_GARAGE_BIN={} is not a file; install garage with `{INSTALL}`",
+            "DEPLOYCTL_GARAGE_BIN={} is not a file; install garage with {INSTALL}",
             p.display()
         );
         return p;
-    }
-    if let Ok(home) = std::env::var("HOME") {
-        let cached = Path::new(&home).join(".cache/deployctl/garage/bin/garage");
-        if cached.is_file() {
-            return cached;
-        }
     }
     let on_path = std::env::var("PATH")
         .unwrap_or_default()
@@ -41,9 +35,8 @@ fn garage_binary() -> PathBuf {
     on_path.unwrap_or_else(|| {
         panic!(
             "the S3 store tests need a real S3 server and the `garage` binary was not found \
-             (looked at $DEPLOYCTL_GARAGE_BIN, ~/.cache/deployctl/garage/bin/garage, PATH). \
-             Install it once with `{INSTALL}` (about 13 minutes on 2 cores) and keep \
-             ~/.cache/deployctl/garage cached"
+             (looked at $DEPLOYCTL_GARAGE_BIN and PATH). Install it once with {INSTALL}, \
+             then set DEPLOYCTL_GARAGE_BIN to it (scripts/test.sh does both)"
         )
     })
 }

@@ -4,7 +4,8 @@
 # deployctl.dev/deployctl and deployctl.dev/demo-app), then stops it. Extra arguments go
 # to pytest.
 #   tests/packaging/with-sandbox.sh -q
-# Needs: scripts/install-platform.sh (control-plane binaries), lua5.4, promtool and
+# Needs: scripts/install-platform.sh (control-plane binaries) and scripts/install-test-tools.sh
+#   (lua5.4, promtool, the Python packages); or by hand: lua5.4, promtool and
 #   pip install -r tests/packaging/requirements.txt
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +14,7 @@ cargo build -q --workspace --bins
 dir=$(mktemp -d "${TMPDIR:-/tmp}/deployctl-pkg-XXXXXX")
 kubeconfig="$dir/kubeconfig"
 log="$dir/sandbox.log"
-./target/debug/deployctl-sandbox --nodes 1 --kubeconfig-out "$kubeconfig" >"$log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/debug/deployctl-sandbox" --nodes 1 --kubeconfig-out "$kubeconfig" >"$log" 2>&1 &
 pid=$!
 cleanup() {
   kill -TERM "$pid" 2>/dev/null || true

@@ -81,6 +81,18 @@ pub fn control_plane_bin_dir() -> PathBuf {
     cache.join(format!("k8s-{KUBERNETES_VERSION}")).join("bin")
 }
 
+/// The `kubectl` to run in tests: the one built with the control plane
+/// (`scripts/install-platform.sh`), else whichever `kubectl` is on `PATH` (e.g. with
+/// `DEPLOYCTL_TEST_KUBECONFIG` pointing at another cluster).
+pub fn kubectl_binary() -> PathBuf {
+    let built = control_plane_bin_dir().join("kubectl");
+    if built.is_file() {
+        built
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
 #[derive(Debug)]
 struct Binaries {
     etcd: PathBuf,

@@ -28,8 +28,8 @@ pub mod process;
 pub mod shared;
 
 pub use apply::apply_yaml;
-pub use cluster::{control_plane_bin_dir, Cluster, ClusterOptions};
-pub use controller::ControllerProcess;
+pub use cluster::{control_plane_bin_dir, kubectl_binary, Cluster, ClusterOptions};
+pub use controller::{ControllerProcess, FAILOVER_LEASE};
 pub use crds::install_crds;
 pub use error::HarnessError;
 pub use node::workspace_images;

@@ -21,7 +21,7 @@ async fn api_server_answers_and_kubectl_can_use_the_kubeconfig() {
         .expect("the API server reports its version");
     eprintln!("API server {}", version.git_version);
 
-    let output = Command::new("kubectl")
+    let output = Command::new(deployctl_harness::kubectl_binary())
         .arg("--kubeconfig")
         .arg(env.kubeconfig_path())
         .args(["get", "--raw", "/readyz"])

@@ -230,7 +230,7 @@ spec:
 "#,
     )
     .await;
-    let output = tokio::process::Command::new("/usr/bin/kubectl")
+    let output = tokio::process::Command::new(deployctl_harness::kubectl_binary())
         .arg("--kubeconfig")
         .arg(ctx.env.kubeconfig_path())
         .args([

@@ -56,7 +56,7 @@ chmod -R u+w "$db"
 git -C "$db" init -q && git -C "$db" add -A &&
   git -C "$db" -c user.name=ci -c user.email=ci@localhost commit -qm snapshot
 sed "/^\[advisories\]/a db-path = \"$deny_dir\"" deny.toml >"$deny_dir/deny.toml"
-cargo deny --offline --locked check --config "$deny_dir/deny.toml" --hide-inclusion-graph \
+cargo deny --config "$deny_dir/deny.toml" --offline --locked check --hide-inclusion-graph \
   advisories licenses bans sources
 
 say "running the Rust tests"

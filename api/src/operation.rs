@@ -89,8 +89,14 @@ pub enum OperationAction {
     Retry,
     /// Stop the rollout in progress and go back to the stable revision.
     Abort,
-    /// Restore a component's data from `snapshot`, verified, on a stable stack.
+    /// Restore a component's data from `snapshot`, verified, on a stable stack; or, while
+    /// a rollback waits after a failed restore of that component, restore this snapshot
+    /// instead.
     Restore,
+    /// While a rollback waits after a failed data restore: start the stopped components
+    /// on the rollback's revision with their data as it is now (the failed restore left
+    /// it untouched). The decision, who made it and why are recorded in the rollback.
+    AcceptLiveData,
 }
 
 impl OperationAction {
@@ -104,6 +110,7 @@ impl OperationAction {
             OperationAction::Retry => "Retry",
             OperationAction::Abort => "Abort",
             OperationAction::Restore => "Restore",
+            OperationAction::AcceptLiveData => "AcceptLiveData",
         }
     }
 }

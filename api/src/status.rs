@@ -237,8 +237,22 @@ pub enum RestorePhase {
     Restoring,
     /// The data is back, verified; the component starts on the target revision.
     Restored,
-    /// The restore failed; the live data was left as it was.
+    /// The restore failed; the live data was left as it was. The rollback waits for a
+    /// person: `Retry` runs the restore again, `Restore` of another snapshot of the same
+    /// component replaces it, `AcceptLiveData` starts the component on the data as it is,
+    /// `Rollback` goes to another revision on the data as it is.
     Failed,
+    /// A person accepted the live data instead (an `AcceptLiveData` operation, recorded in
+    /// the message); the component starts on it.
+    Accepted,
+}
+
+impl RestorePhase {
+    /// Whether the rollback may go on past this restore: the data is back, or a person
+    /// accepted the data as it is.
+    pub fn is_settled(self) -> bool {
+        matches!(self, RestorePhase::Restored | RestorePhase::Accepted)
+    }
 }
 
 /// Steps of a rollout, in order, for each component.

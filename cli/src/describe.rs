@@ -106,7 +106,7 @@ pub fn restore_color(r: &DataRestore) -> Color {
     match r.phase {
         RestorePhase::Failed => Color::Red,
         RestorePhase::Restored => Color::Green,
-        RestorePhase::Stopping | RestorePhase::Restoring => Color::Yellow,
+        RestorePhase::Stopping | RestorePhase::Restoring | RestorePhase::Accepted => Color::Yellow,
     }
 }
 

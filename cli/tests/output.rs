@@ -42,6 +42,7 @@ const COMMANDS: &[&str] = &[
     "promote",
     "retry",
     "abort",
+    "accept-live-data",
     "wait",
     "completion",
 ];

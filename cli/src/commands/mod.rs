@@ -43,6 +43,9 @@ pub enum Command {
     Retry(operation::ActionArgs),
     /// Stop the rollout in progress and go back to the stable revision
     Abort(operation::ActionArgs),
+    /// After a data restore failed in a rollback: start the stopped components on the
+    /// data as it is now (recorded as your decision)
+    AcceptLiveData(operation::ActionArgs),
     /// List, take, verify and restore snapshots of a stack's data
     Snapshot(snapshot::SnapshotArgs),
     /// Wait until a stack is healthy, rolled back, ready or in a phase (for pipelines)
@@ -85,6 +88,9 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<(), CliError> {
         Command::Promote(args) => operation::run_action(Action::Promote, args, ctx).await,
         Command::Retry(args) => operation::run_action(Action::Retry, args, ctx).await,
         Command::Abort(args) => operation::run_action(Action::Abort, args, ctx).await,
+        Command::AcceptLiveData(args) => {
+            operation::run_action(Action::AcceptLiveData, args, ctx).await
+        }
         Command::Snapshot(args) => snapshot::run(args, ctx).await,
         Command::Wait(args) => wait::run(args, ctx).await,
         Command::Completion(args) => completion::run(args, ctx),

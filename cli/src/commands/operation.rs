@@ -1,4 +1,4 @@
-//! `rollback`, `pause`, `resume`, `promote`, `retry` and `abort`: each creates a
+//! `rollback`, `pause`, `resume`, `promote`, `retry`, `abort` and `accept-live-data`: each creates a
 //! `StackOperation` (who asked, why), waits until the controller has acted on it
 //! (`status.phase`), reports what it did, and with `--wait` follows the stack until it
 //! gets where the operation sends it. `snapshot restore` creates its `Restore` operation
@@ -63,7 +63,7 @@ pub struct PauseArgs {
     pub timeout: Timeout,
 }
 
-/// Arguments of `resume`, `promote`, `retry` and `abort`.
+/// Arguments of `resume`, `promote`, `retry`, `abort` and `accept-live-data`.
 #[derive(Debug, clap::Args)]
 pub struct ActionArgs {
     /// The stack
@@ -75,8 +75,8 @@ pub struct ActionArgs {
     pub reason: Option<String>,
 
     /// Then wait until the stack gets there: Healthy after resume, promote and retry;
-    /// rolled back to the stable revision after abort (exit 4 if a retried or promoted
-    /// rollout rolls back)
+    /// rolled back after abort, accept-live-data and a retry of a failed restore (exit 4
+    /// if a retried or promoted rollout rolls back)
     #[arg(long)]
     pub wait: bool,
 
@@ -133,7 +133,7 @@ pub async fn run_pause(args: PauseArgs, ctx: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Runs `resume`, `promote`, `retry` or `abort`.
+/// Runs `resume`, `promote`, `retry`, `abort` or `accept-live-data`.
 pub async fn run_action(action: Action, args: ActionArgs, ctx: &Ctx) -> Result<(), CliError> {
     let deadline = Instant::now() + args.timeout.duration;
     let cluster = ctx.cluster().await?;
@@ -149,7 +149,12 @@ pub async fn run_action(action: Action, args: ActionArgs, ctx: &Ctx) -> Result<(
     if !args.wait {
         return Ok(());
     }
-    if action == Action::Abort {
+    // These end in a rollback: an abort starts one; accepting the live data, or retrying
+    // a failed restore, lets the waiting one finish (the controller then names its revision).
+    let rolls_back = action == Action::Abort
+        || action == Action::AcceptLiveData
+        || action == Action::Retry && op.status.as_ref().and_then(|s| s.target_revision).is_some();
+    if rolls_back {
         let target = target_revision(&op, None, &stack);
         return follow_rollback(&cluster, stack, &op, target, &args.timeout, deadline).await;
     }

@@ -204,6 +204,9 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
         return true;
     };
     let mut r = rb.restores[i].clone();
+    if r.phase == RestorePhase::Accepted {
+        return true;
+    }
     let w = p.observed(component);
     // An Exec restore command talks to the running component (pg_restore needs the
     // database up): it is restored in place, never stopped.
@@ -211,7 +214,12 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
     if r.phase == RestorePhase::Stopping {
         if !stops || w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
             r.phase = RestorePhase::Restoring;
-            let key = format!("{}@{}", r.snapshot, rb.started_at.0.as_second());
+            // A restore run again (a Retry, or another snapshot instead) gets a Job of its
+            // own: the failed one stays for its logs.
+            let key = match &r.job {
+                Some(previous) => format!("{previous}+{}", r.snapshot),
+                None => format!("{}@{}", r.snapshot, rb.started_at.0.as_second()),
+            };
             r.job = Some(job_name(
                 &deployctl_api::child_name(p.input.stack, component),
                 "restore",
@@ -276,10 +284,16 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
         } else {
             "the component was not stopped; what the restore command changed before it failed stays"
         };
+        let stack = p.input.stack;
         p.rollback_failure = Some(format!(
-            "restoring the data of component {component} from snapshot {} failed: {}; {state}. Restore another snapshot (deployctl snapshot restore) or roll back again",
+            "restoring the data of component {component} from snapshot {} failed: {}; {state}. \
+             Ways out: `deployctl retry {stack}` runs the restore again (once the cause is fixed); \
+             `deployctl snapshot restore SNAPSHOT` restores another snapshot of {component} instead; \
+             `deployctl accept-live-data {stack}` starts it on revision {} with the data as it is now; \
+             `deployctl rollback {stack} --to-revision N` goes to revision N with the data as it is now",
             r.snapshot,
-            r.message.clone().unwrap_or_default()
+            r.message.clone().unwrap_or_default(),
+            target.number
         ));
         p.rollback_failure_reason = Some(reason::RESTORE_FAILED);
     }
@@ -359,11 +373,40 @@ pub(super) fn request_restore(
             None,
         );
     }
-    if p.status.rollback.is_some() || p.status.rollout.is_some() {
+    if let Some(rb) = p.status.rollback.as_mut() {
+        // A rollback waiting after a failed restore of this component: this snapshot
+        // replaces the one that failed.
+        let failed = rb
+            .restores
+            .iter_mut()
+            .find(|r| r.component == snap.component && r.phase == RestorePhase::Failed);
+        let Some(r) = failed else {
+            return (
+                Failed,
+                format!(
+                    "a rollback is in progress and no restore of component {} failed in it; restore once the stack is stable",
+                    snap.component
+                ),
+                None,
+            );
+        };
+        let replaced = std::mem::replace(&mut r.snapshot, name.clone());
+        r.phase = RestorePhase::Stopping;
+        r.message = None;
+        let to = rb.to_revision;
+        return (
+            OperationPhase::Succeeded,
+            format!(
+                "snapshot {name} is restored into component {} instead of {replaced}, whose restore failed; the rollback to revision {to} goes on",
+                snap.component
+            ),
+            Some(to),
+        );
+    }
+    if p.status.rollout.is_some() {
         return (
             Failed,
-            "a rollout or rollback is in progress; restore once the stack is stable (or abort first)"
-                .into(),
+            "a rollout is in progress; restore once the stack is stable (or abort first)".into(),
             None,
         );
     }
@@ -429,6 +472,80 @@ pub(super) fn request_restore(
         )
     };
     (OperationPhase::Succeeded, message, Some(stable))
+}
+
+/// The restores of the rollback in progress that failed and wait for a person.
+pub(super) fn failed_restores(p: &Planner<'_>) -> Vec<String> {
+    p.status
+        .rollback
+        .as_ref()
+        .map(|rb| {
+            rb.restores
+                .iter()
+                .filter(|r| r.phase == RestorePhase::Failed)
+                .map(|r| format!("component {} from snapshot {}", r.component, r.snapshot))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `Retry` while a rollback waits after failed restores: each runs again, in a new Job.
+pub(super) fn retry_failed_restores(p: &mut Planner<'_>) -> String {
+    let what = failed_restores(p);
+    if let Some(rb) = p.status.rollback.as_mut() {
+        for r in rb
+            .restores
+            .iter_mut()
+            .filter(|r| r.phase == RestorePhase::Failed)
+        {
+            r.phase = RestorePhase::Stopping;
+            r.message = None;
+        }
+    }
+    format!("the restore of {} runs again", what.join(", "))
+}
+
+/// An `AcceptLiveData`: the failed restores of the rollback in progress are settled as
+/// accepted, recording who decided and why; the rollback goes on with the data as it is.
+pub(super) fn accept_live_data(
+    p: &mut Planner<'_>,
+    op: &PendingOperation,
+) -> (OperationPhase, String, Option<i64>) {
+    let what = failed_restores(p);
+    let Some(rb) = p.status.rollback.as_mut().filter(|_| !what.is_empty()) else {
+        return (
+            OperationPhase::Failed,
+            "nothing to accept: no rollback is waiting after a failed data restore".into(),
+            None,
+        );
+    };
+    let who = op.requested_by.as_deref().unwrap_or("an unknown user");
+    for r in rb
+        .restores
+        .iter_mut()
+        .filter(|r| r.phase == RestorePhase::Failed)
+    {
+        r.message = Some(format!(
+            "live data accepted by {who} via {}{} instead of snapshot {}, whose restore failed: {}",
+            op.name,
+            op.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            r.snapshot,
+            r.message.clone().unwrap_or_default()
+        ));
+        r.phase = RestorePhase::Accepted;
+    }
+    let to = rb.to_revision;
+    (
+        OperationPhase::Succeeded,
+        format!(
+            "the data of {} is kept as it is now; the rollback to revision {to} goes on",
+            what.join(", ")
+        ),
+        Some(to),
+    )
 }
 
 /// The `SnapshotsVerified` condition, from the latest complete snapshot of each

@@ -120,7 +120,11 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
             None => (Failed, "no rollout is in progress to promote".into(), None),
         },
         OperationAction::Retry => {
-            if let Some(h) = p.status.hold.take() {
+            if !super::data::failed_restores(p).is_empty() {
+                let msg = super::data::retry_failed_restores(p);
+                let to = p.status.rollback.as_ref().map(|rb| rb.to_revision);
+                (Succeeded, msg, to)
+            } else if let Some(h) = p.status.hold.take() {
                 (
                     Succeeded,
                     format!("revision {} is rolled out again", h.held_back),
@@ -147,9 +151,10 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
             }
         }
         OperationAction::Restore => super::data::request_restore(p, op),
+        OperationAction::AcceptLiveData => super::data::accept_live_data(p, op),
         OperationAction::Abort => {
             if p.status.rollback.is_some() {
-                return (Failed, "a rollback is already in progress".into(), None);
+                return (Failed, rollback_in_progress(p), None);
             }
             let Some(r) = p.status.rollout.clone() else {
                 return (Failed, "no rollout is in progress to abort".into(), None);
@@ -178,8 +183,27 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
             }
         }
         OperationAction::Rollback => {
-            if p.status.rollback.is_some() {
-                return (Failed, "a rollback is already in progress".into(), None);
+            // A rollback waiting after a failed restore may be redirected: the new one
+            // runs the components of its revision on the data as it is now.
+            if let Some(rb) = &p.status.rollback {
+                if super::data::failed_restores(p).is_empty() {
+                    return (Failed, rollback_in_progress(p), None);
+                }
+                // A restore Job still running would swap data under the started components.
+                if let Some(r) = rb
+                    .restores
+                    .iter()
+                    .find(|r| r.phase == deployctl_api::RestorePhase::Restoring)
+                {
+                    return (
+                        Failed,
+                        format!(
+                            "the restore of component {} from snapshot {} is still running; roll back once it has ended",
+                            r.component, r.snapshot
+                        ),
+                        None,
+                    );
+                }
             }
             let running = p
                 .status
@@ -187,7 +211,10 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 .as_ref()
                 .map(|h| h.revision)
                 .or(p.status.stable_revision);
-            let default_target = if p.status.rollout.is_some() {
+            let default_target = if let Some(rb) = &p.status.rollback {
+                // Waiting after a failed restore: its own revision, on the data as it is.
+                Some(rb.to_revision)
+            } else if p.status.rollout.is_some() {
                 p.status.stable_revision.filter(|s| *s != desired)
             } else {
                 // Stable on `running`: go to the newest revision before it.
@@ -224,6 +251,7 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 .reason
                 .clone()
                 .unwrap_or_else(|| "requested by an operator".into());
+            let failed = super::data::failed_restores(p);
             rollback::start(
                 p,
                 to,
@@ -231,12 +259,33 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 Some(op.name.clone()),
                 RollbackTrigger::Operation,
             );
+            let data = if failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the data of {} stays as it is now (its restore failed)",
+                    failed.join(", ")
+                )
+            };
             (
                 Succeeded,
-                format!("rolling back to revision {to}"),
+                format!("rolling back to revision {to}{data}"),
                 Some(to),
             )
         }
+    }
+}
+
+/// Why an operation waits for the rollback in progress, and what can be done meanwhile.
+fn rollback_in_progress(p: &Planner<'_>) -> String {
+    let failed = super::data::failed_restores(p);
+    if failed.is_empty() {
+        "a rollback is already in progress; wait for it to finish".into()
+    } else {
+        format!(
+            "a rollback is in progress, waiting after the failed restore of {}: use Retry, Restore (another snapshot), AcceptLiveData or Rollback (to a revision, on the data as it is now)",
+            failed.join(", ")
+        )
     }
 }
 

@@ -36,11 +36,14 @@ pub(super) fn start_with(
     trigger: RollbackTrigger,
     restores: Vec<DataRestore>,
 ) {
+    // A rollback redirected while the previous one waited after a failed restore goes
+    // on from where that one came.
     let from = p
         .status
-        .rollout
+        .rollback
         .as_ref()
-        .map(|r| r.revision)
+        .map(|rb| rb.from_revision)
+        .or(p.status.rollout.as_ref().map(|r| r.revision))
         .or(p.status.hold.as_ref().map(|h| h.revision))
         .or(p.status.stable_revision)
         .unwrap_or(p.input.desired.number);
@@ -105,10 +108,7 @@ pub(super) fn run(p: &mut Planner<'_>) {
     // transitively, whatever depends on them in either revision.
     let restored: Vec<&str> = rb.restores.iter().map(|r| r.component.as_str()).collect();
     let held = dependents_of(&restored, &[from, target]);
-    let data_pending = rb
-        .restores
-        .iter()
-        .any(|r| r.phase != deployctl_api::RestorePhase::Restored);
+    let data_pending = rb.restores.iter().any(|r| !r.phase.is_settled());
 
     let mut focus: Option<String> = None;
     if data_pending {
@@ -167,7 +167,7 @@ pub(super) fn run(p: &mut Planner<'_>) {
     let restoring = |c: &str| {
         rb.restores
             .iter()
-            .find(|r| r.component == c && r.phase != deployctl_api::RestorePhase::Restored)
+            .find(|r| r.component == c && !r.phase.is_settled())
             .map(|r| format!("data: {:?} from snapshot {}", r.phase, r.snapshot))
     };
     let components: Vec<ComponentStatus> = target

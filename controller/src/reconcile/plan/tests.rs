@@ -1240,6 +1240,139 @@ fn a_failed_restore_leaves_the_component_stopped_and_says_why() {
     assert_eq!(rb.restores[0].phase, RestorePhase::Failed);
 }
 
+/// A rollback of revision 2 whose restore of db failed (a corrupt chunk): db and api
+/// stopped, the rollback waiting for a person. Returns the world and its time.
+fn stuck_after_a_failed_restore() -> (World, i64) {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.restore_result = JobOutcome::Failed("chunk 3f2a does not match its digest".into());
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let mut t = now;
+    for _ in 0..30 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, t);
+        }
+        w.step(t);
+        t += 11;
+    }
+    assert_eq!(cond(&w.status, STALLED), ("True", "RestoreFailed"));
+    assert!(w.observed["db"].stopped && w.observed["api"].stopped);
+    (w, t)
+}
+
+fn op_result(p: &Plan) -> (OperationPhase, String) {
+    (p.operations[0].phase, p.operations[0].message.clone())
+}
+
+#[test]
+fn a_failed_restore_names_every_way_out_and_abort_points_at_them() {
+    let (mut w, t) = stuck_after_a_failed_restore();
+    let msg = w.status.message.clone().unwrap();
+    for way in [
+        "deployctl retry shop",
+        "deployctl snapshot restore",
+        "deployctl accept-live-data shop",
+        "deployctl rollback shop --to-revision",
+    ] {
+        assert!(msg.contains(way), "{way} missing from: {msg}");
+    }
+    w.op("abort", OperationAction::Abort, None);
+    let (phase, message) = op_result(&w.step(t));
+    assert_eq!(phase, OperationPhase::Failed);
+    assert!(message.contains("AcceptLiveData"), "{message}");
+}
+
+#[test]
+fn a_retry_runs_the_failed_restore_again_in_a_new_job() {
+    let (mut w, t) = stuck_after_a_failed_restore();
+    let failed_job = w.status.rollback.clone().unwrap().restores[0]
+        .job
+        .clone()
+        .unwrap();
+    w.restore_result = JobOutcome::Succeeded; // the cause was fixed
+    w.op("retry", OperationAction::Retry, None);
+    let (phase, message) = op_result(&w.step(t));
+    assert_eq!(phase, OperationPhase::Succeeded, "{message}");
+    w.settle(t + 11, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert_ne!(
+        last.restores[0].job.as_deref(),
+        Some(failed_job.as_str()),
+        "a Job of its own"
+    );
+    assert_eq!(w.data.restore_jobs.len(), 2);
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+}
+
+#[test]
+fn another_snapshot_of_the_component_replaces_the_failed_one() {
+    let (mut w, t) = stuck_after_a_failed_restore();
+    w.data.snapshots.insert(
+        "nightly".into(),
+        SnapshotObserved {
+            component: "db".into(),
+            phase: Some(SnapshotPhase::Completed),
+            message: None,
+            digest: Some("d2".into()),
+            corrupt: false,
+            verified: true,
+        },
+    );
+    w.restore_result = JobOutcome::Succeeded;
+    w.op("restore-nightly", OperationAction::Restore, None);
+    w.ops[0].snapshot = Some("nightly".into());
+    let (phase, message) = op_result(&w.step(t));
+    assert_eq!(phase, OperationPhase::Succeeded, "{message}");
+    w.settle(t + 11, true);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(
+        (last.restores[0].snapshot.as_str(), last.restores[0].phase),
+        ("nightly", RestorePhase::Restored)
+    );
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    assert!(!w.observed["db"].stopped && !w.observed["api"].stopped);
+}
+
+#[test]
+fn accepting_the_live_data_starts_the_components_and_records_who_decided() {
+    let (mut w, t) = stuck_after_a_failed_restore();
+    w.op("accept", OperationAction::AcceptLiveData, None);
+    let (phase, message) = op_result(&w.step(t));
+    assert_eq!(phase, OperationPhase::Succeeded, "{message}");
+    w.settle(t + 11, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Accepted);
+    let why = last.restores[0].message.clone().unwrap();
+    assert!(why.contains("alice") && why.contains("chunk 3f2a"), "{why}");
+    assert_eq!(w.data.restore_jobs.len(), 1, "no restore runs again");
+    assert_eq!((w.running("db"), w.running("api")), (Some(1), Some(1)));
+    assert!(!w.observed["db"].stopped && !w.observed["api"].stopped);
+    // Nothing left to accept afterwards.
+    w.op("accept-2", OperationAction::AcceptLiveData, None);
+    assert_eq!(op_result(&w.step(t + 500)).0, OperationPhase::Failed);
+}
+
+#[test]
+fn a_rollback_to_a_revision_goes_there_on_the_data_as_it_is() {
+    let (mut w, t) = stuck_after_a_failed_restore();
+    w.op("rb", OperationAction::Rollback, Some(2));
+    let (phase, message) = op_result(&w.step(t));
+    assert_eq!(phase, OperationPhase::Succeeded, "{message}");
+    assert!(message.contains("stays as it is now"), "{message}");
+    w.settle(t + 11, true);
+    assert_eq!((w.running("db"), w.running("api")), (Some(2), Some(2)));
+    assert!(!w.observed["db"].stopped && !w.observed["api"].stopped);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!((last.from_revision, last.to_revision), (2, 2));
+}
+
 #[test]
 fn an_exec_component_is_snapshotted_live() {
     let mut w = World::new(data_spec("db:1", "api:1", EXEC));

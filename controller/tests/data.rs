@@ -1,17 +1,18 @@
 //! Data rolled back with the workloads, on the real control plane: the demo database's
 //! version 2 migrates its SQLite data and fails its gate; after the automatic rollback the
 //! database's logical checksum equals the one taken before the upgrade (version 1 could
-//! not even start on the migrated data: it exits 4). Also a snapshot a person asks for,
-//! and a manual restore of it.
+//! not even start on the migrated data: it exits 4). The same when another component's
+//! release migrated the data through the database's API. Also a snapshot a person asks
+//! for, and a manual restore of it.
 
 mod support;
 
 use deployctl_api::{
-    OperationAction, OperationPhase, ProductionStack, RestorePhase, SnapshotPhase, StackOperation,
-    StackOperationSpec, StackPhase, StackSnapshot, StackSnapshotSpec,
+    OperationAction, OperationPhase, ProductionStack, RestorePhase, RollbackTrigger, SnapshotPhase,
+    StackOperation, StackOperationSpec, StackPhase, StackSnapshot, StackSnapshotSpec,
 };
 use deployctl_harness::{require_sim_node, shared};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Client;
 use std::path::PathBuf;
@@ -144,6 +145,105 @@ async fn a_failed_migration_is_rolled_back_with_its_data() {
     let db = st.components.iter().find(|c| c.name == "db").unwrap();
     assert_eq!(db.revision, Some(1));
     assert_eq!(db.ready_replicas, 1);
+    wait_event(&client, ns.name(), "DataRestored").await;
+}
+
+/// db (StatefulSet, the demo app's SQLite database) and api with an HTTP gate. `api_env`
+/// makes api's release: in release 1 it keeps its own (throwaway) data; in release 2 it is
+/// a proxy in front of db that migrates db's database through db's API when it starts.
+fn app_migrates_db_stack(api_tag: &str, api_env: &str) -> ProductionStack {
+    stack_yaml(
+        "shop",
+        &format!(
+            "  rollout: {{progressDeadline: 40s, rollbackDeadline: 90s, analysis: 3s}}
+  components:
+  - name: db
+    kind: StatefulSet
+    template: {db}
+    service: {{ports: [{{name: http, port: 8080}}]}}
+    volumeClaims: [{{name: data, size: 1Gi}}]
+    data: {{volume: data, method: Sqlite, database: app.db}}
+  - name: api
+    dependsOn: [db]
+    template: {api}
+    gates: [{{name: http, interval: 500ms, failureLimit: 1, http: {{path: /api/items, port: http}}}}]
+",
+            db = demo_template("v1", ", {name: SEED_ITEMS, value: '25'}"),
+            api = demo_template(api_tag, api_env).replace(
+                "volumeMounts: [{name: data, mountPath: /data}]}]}}",
+                "volumeMounts: [{name: data, mountPath: /data}]}], volumes: [{name: data, emptyDir: {}}]}}",
+            ),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn data_migrated_by_another_components_release_is_restored_before_anything_starts_on_it() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("app-migrates").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let apply = |s: ProductionStack| {
+        let stacks = stacks.clone();
+        async move {
+            stacks
+                .patch(
+                    "shop",
+                    &PatchParams::apply("tester").force(),
+                    &Patch::Apply(&s),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    apply(app_migrates_db_stack("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
+    })
+    .await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+    let db_ip = Api::<Pod>::namespaced(client.clone(), ns.name())
+        .get("shop-db-0")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("db's pod has an IP");
+
+    // Release 2 changes only api: it migrates db's schema through db's API as it starts
+    // (db's own spec, and so its code, stay those of release 1), becomes ready, and then
+    // fails every request.
+    apply(app_migrates_db_stack(
+        "v2",
+        &format!(
+            ", {{name: UPSTREAM_URL, value: 'http://{db_ip}:8080'}}, {{name: MIGRATE_UPSTREAM, value: '2'}}, {{name: FAULT_ERROR_RATE, value: '1.0'}}"
+        ),
+    ))
+    .await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let st = s.status.unwrap();
+    let last = st.last_rollback.clone().expect("a rollback is recorded");
+    assert_eq!(
+        last.trigger,
+        RollbackTrigger::Gate,
+        "api's gate failed, so api had become ready, so it had migrated db: {last:?}"
+    );
+    assert_eq!(last.restores.len(), 1, "{last:?}");
+    assert_eq!(
+        (last.restores[0].component.as_str(), last.restores[0].phase),
+        ("db", RestorePhase::Restored),
+        "db's data comes back although db's spec never changed"
+    );
+    assert_eq!(checksum(&dir), before, "the migration api ran was undone");
+    for c in &st.components {
+        assert_eq!((c.revision, c.ready_replicas), (Some(1), 1), "{c:?}");
+    }
     wait_event(&client, ns.name(), "DataRestored").await;
 }
 

@@ -84,6 +84,13 @@ pub struct ServeArgs {
     #[arg(long, env = "UPSTREAM_URL")]
     pub upstream: Option<Url>,
 
+    /// In the proxy role: at start, before it reports ready, migrate the upstream's
+    /// database to the schema of this app version through its `POST /admin/migrate`
+    /// (retried until the upstream answers), as a release that runs its own migrations
+    /// against a shared database does.
+    #[arg(long, env = "MIGRATE_UPSTREAM", requires = "upstream")]
+    pub migrate_upstream: Option<u32>,
+
     /// After SIGTERM, keep serving this long (with `/readyz` answering 503) before
     /// closing the listener, so endpoints stop routing here first: what a `preStop`
     /// sleep does for real services.

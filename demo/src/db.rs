@@ -99,13 +99,15 @@ pub struct StartReport {
     pub items: i64,
 }
 
-/// The open database, on a fixed schema for the life of the process.
+/// The open database, on the schema it was opened with, or the one a client migrated it
+/// to through `POST /admin/migrate` (an application-run migration).
 #[derive(Debug)]
 pub struct Store {
     // One connection is plenty for a demo; the mutex serialises writers as SQLite would.
     // `None` once closed: handlers may still hold the store while the server drains.
     conn: Mutex<Option<Connection>>,
-    schema: u32,
+    // Changed only under the connection's lock, by migrate_to.
+    schema: std::sync::atomic::AtomicU32,
     path: PathBuf,
 }
 
@@ -148,7 +150,7 @@ impl Store {
         };
         let store = Store {
             conn: Mutex::new(Some(conn)),
-            schema: migration.to,
+            schema: migration.to.into(),
             path: data_dir.join(DB_FILE_NAME),
         };
         let items = store.count()?;
@@ -164,7 +166,19 @@ impl Store {
 
     /// The schema version the database is on.
     pub fn schema(&self) -> u32 {
+        self.schema.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Migrates the open database to the schema of `app_version`, as an application
+    /// release that runs its migrations against a shared database does; the store then
+    /// serves the new schema. A database already there is left alone.
+    pub fn migrate_to(&self, app_version: u32) -> Result<MigrationReport, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+        let report = migrations::migrate(conn, app_version, 0)?;
         self.schema
+            .store(report.to, std::sync::atomic::Ordering::SeqCst);
+        Ok(report)
     }
 
     /// The database file.
@@ -187,7 +201,7 @@ impl Store {
     }
 
     fn select(&self) -> &'static str {
-        match self.schema {
+        match self.schema() {
             1 => "SELECT id, name, price_cents FROM items",
             _ => "SELECT id, name, price FROM items",
         }
@@ -196,7 +210,7 @@ impl Store {
     fn item_from_row(&self, row: &Row<'_>) -> rusqlite::Result<Item> {
         let id = row.get(0)?;
         let name = row.get(1)?;
-        Ok(match self.schema {
+        Ok(match self.schema() {
             1 => Item {
                 id,
                 name,
@@ -216,14 +230,14 @@ impl Store {
     }
 
     fn stored_price(&self, cents: i64) -> rusqlite::types::Value {
-        match self.schema {
+        match self.schema() {
             1 => cents.into(),
             _ => format_price(cents).into(),
         }
     }
 
     fn price_column(&self) -> &'static str {
-        match self.schema {
+        match self.schema() {
             1 => "price_cents",
             _ => "price",
         }

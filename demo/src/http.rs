@@ -32,6 +32,9 @@ pub struct Shared {
     pub proxy: Option<Proxy>,
     /// Set after SIGTERM while the shutdown delay runs: `/readyz` answers 503.
     pub draining: std::sync::atomic::AtomicBool,
+    /// In the proxy role: false until the upstream's database was migrated as
+    /// `--migrate-upstream` asks (true when it asks nothing); `/readyz` waits for it.
+    pub upstream_migrated: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -117,7 +120,8 @@ pub fn router(state: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/version", get(version))
-        .route("/admin/faults", get(get_faults).post(post_faults));
+        .route("/admin/faults", get(get_faults).post(post_faults))
+        .route("/admin/migrate", axum::routing::post(post_migrate));
     app = if state.proxy.is_some() {
         app.route("/api", any(proxied))
             .route("/api/{*rest}", any(proxied))
@@ -173,6 +177,12 @@ async fn readyz(State(state): State<Arc<Shared>>) -> (StatusCode, String) {
         return unready("fault never_ready is set".into());
     }
     if let Some(proxy) = &state.proxy {
+        if !state
+            .upstream_migrated
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return unready("migrating the upstream's database".into());
+        }
         if let Err(why) = proxy.check_ready().await {
             return unready(why);
         }
@@ -213,6 +223,49 @@ async fn post_faults(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::info!(faults = ?next, "fault switches changed");
     Ok(Json(next))
+}
+
+/// The body of `POST /admin/migrate`: the app version whose schema the database should
+/// reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateRequest {
+    /// App version (its schema is `schema_for_version(app_version)`).
+    pub app_version: u32,
+}
+
+/// The answer of `POST /admin/migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MigrateReport {
+    /// Schema version before.
+    pub from: u32,
+    /// Schema version now.
+    pub to: u32,
+}
+
+/// Migrates the store's database for another app version, as a release of a client that
+/// runs its own migrations against a shared database does (Flyway, Alembic, Rails).
+async fn post_migrate(
+    State(state): State<Arc<Shared>>,
+    req: Result<Json<MigrateRequest>, JsonRejection>,
+) -> Result<Json<MigrateReport>, ApiError> {
+    let Json(req) = req?;
+    if state.proxy.is_some() {
+        return Err(ApiError::BadRequest(
+            "this process keeps no data (role proxy); migrate its upstream".into(),
+        ));
+    }
+    let report = with_store(&state, move |s| s.migrate_to(req.app_version)).await?;
+    tracing::info!(
+        from = report.from,
+        to = report.to,
+        app_version = req.app_version,
+        "database migrated on request"
+    );
+    Ok(Json(MigrateReport {
+        from: report.from,
+        to: report.to,
+    }))
 }
 
 async fn proxied(State(state): State<Arc<Shared>>, req: Request) -> Result<Response, ApiError> {

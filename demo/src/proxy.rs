@@ -81,6 +81,27 @@ impl Proxy {
         }
     }
 
+    /// Asks the upstream to migrate its database to the schema of `app_version`
+    /// (`POST /admin/migrate`); returns the schema before and after.
+    pub async fn migrate_upstream(&self, app_version: u32) -> Result<(u32, u32), String> {
+        let url = self.url("/admin/migrate").map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .post(url.clone())
+            .json(&crate::http::MigrateRequest { app_version })
+            .send()
+            .await
+            .map_err(|e| format!("upstream {url} unreachable: {e}"))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if status != StatusCode::OK {
+            return Err(format!("upstream {url} answered {status}: {}", body.trim()));
+        }
+        let report: crate::http::MigrateReport = serde_json::from_str(&body)
+            .map_err(|e| format!("upstream {url} answered {body:?}: {e}"))?;
+        Ok((report.from, report.to))
+    }
+
     /// Forwards a request (method, path, query, content type and body) and returns the
     /// upstream's status, content type and body.
     pub async fn forward(&self, req: Request) -> Result<Response, ProxyError> {

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub seed: u32,
     /// Upstream base URL (proxy role).
     pub upstream: Option<Url>,
+    /// Proxy role: migrate the upstream's database for this app version at start.
+    pub migrate_upstream: Option<u32>,
     /// Fault switches at start.
     pub faults: Faults,
     /// How long to drain after SIGTERM before closing the listener.
@@ -68,6 +70,7 @@ impl ServeConfig {
             version_source,
             seed: args.seed,
             upstream: args.upstream,
+            migrate_upstream: args.migrate_upstream,
             faults,
             shutdown_delay: std::time::Duration::from_millis(args.shutdown_delay_ms),
         })
@@ -83,6 +86,7 @@ impl ServeConfig {
             version_source: VersionSource::Explicit,
             seed: 0,
             upstream: None,
+            migrate_upstream: None,
             faults: Faults::default(),
             shutdown_delay: std::time::Duration::ZERO,
         }
@@ -192,6 +196,7 @@ impl Server {
             store: OnceLock::new(),
             proxy,
             draining: Default::default(),
+            upstream_migrated: cfg.migrate_upstream.is_none().into(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(listener, shared.clone(), cfg, shutdown_rx));
@@ -306,6 +311,26 @@ async fn supervise(
             .await
     });
 
+    if let (Some(proxy), Some(app_version)) = (shared.proxy.clone(), cfg.migrate_upstream) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            use backon::{ConstantBuilder, Retryable};
+            // Until the upstream answers: it may start after this process.
+            let every = ConstantBuilder::default()
+                .with_delay(std::time::Duration::from_millis(500))
+                .without_max_times();
+            let migrated = (|| proxy.migrate_upstream(app_version))
+                .retry(every)
+                .notify(|e, _| tracing::warn!(error = %e, "migrating the upstream's database; retrying"))
+                .await;
+            if let Ok((from, to)) = migrated {
+                tracing::info!(from, to, app_version, "upstream database migrated");
+                shared
+                    .upstream_migrated
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
     let mut init: Option<JoinHandle<OpenResult>> = shared.proxy.is_none().then(|| {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || {

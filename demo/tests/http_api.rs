@@ -432,3 +432,70 @@ async fn crash_after_secs_ends_the_server_with_the_crash_code() {
     assert!(matches!(err, RunError::Crash), "{err:?}");
     assert_eq!(err.exit_code(), EXIT_CRASH);
 }
+
+#[tokio::test]
+async fn a_proxy_release_migrates_its_upstreams_database_through_its_api() {
+    let http = client();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store_cfg = ServeConfig::local(dir.path(), 1);
+    store_cfg.seed = 3;
+    let (store, store_base) = start(store_cfg).await;
+    wait_ready(&http, &store_base).await;
+    let before = checksum_data_dir(dir.path()).unwrap();
+
+    // api v2 runs its migrations against the shared database when it starts, and reports
+    // ready only once they ran.
+    let mut proxy_cfg = ServeConfig::local(dir.path().join("unused"), 2);
+    proxy_cfg.upstream = Some(store_base.parse().unwrap());
+    proxy_cfg.migrate_upstream = Some(2);
+    let (proxy, base) = start(proxy_cfg).await;
+    wait_ready(&http, &base).await;
+    let info: VersionInfo = http
+        .get(format!("{store_base}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.version, info.schema_version),
+        (1, Some(2)),
+        "db's code is unchanged, its schema is not"
+    );
+    let (status, body) = get(&http, &format!("{base}/api/items/1")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("EUR"), "served in schema 2: {body}");
+    proxy.stop().await.unwrap();
+    store.stop().await.unwrap();
+    assert_ne!(
+        checksum_data_dir(dir.path()).unwrap(),
+        before,
+        "the data was migrated"
+    );
+
+    // The stable db release started again on that data refuses it: only a restore helps.
+    let err = Server::start(ServeConfig::local(dir.path(), 1))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("newer than schema version 1"),
+        "{err}"
+    );
+
+    // A proxy cannot be migrated: it keeps no data.
+    let mut p = ServeConfig::local(dir.path().join("unused"), 2);
+    p.upstream = Some("http://127.0.0.1:9".parse().unwrap());
+    let (proxy, base) = start(p).await;
+    let r = http
+        .post(format!("{base}/admin/migrate"))
+        .json(&json!({"appVersion": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    proxy.stop().await.unwrap();
+}

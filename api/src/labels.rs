@@ -33,6 +33,10 @@ pub const FINALIZER: &str = "deployctl.dev/cleanup";
 pub const STOPPED: &str = "deployctl.dev/stopped";
 /// Label on the Jobs of the snapshot agent: `snapshot`, `restore`, `verify` or `prune`.
 pub const DATA_OPERATION: &str = "deployctl.dev/data-operation";
+/// Label on the Jobs of the snapshot agent: the component whose data (volume and
+/// repository) the Job works on. Not the component label itself, which would make the
+/// agent's pod count as one of the component's pods.
+pub const DATA_COMPONENT: &str = "deployctl.dev/data-component";
 /// Label on data Jobs and StackSnapshots: the StackSnapshot they concern.
 pub const SNAPSHOT: &str = "deployctl.dev/snapshot";
 /// Annotation on a StackSnapshot asking for a verification now (RFC 3339 time of the

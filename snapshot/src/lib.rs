@@ -64,4 +64,5 @@ pub use retention::{plan_retention, GcOptions, GcReport, RetentionPlan, Retentio
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{FsStore, MemStore, ObjectKind, S3Config, S3Store, Store, StoreError, StoreSpec};
 pub use swap::recover as recover_interrupted_restore;
+pub use swap::{DataDirLock, TryLock};
 pub use verify::VerifyReport;

@@ -222,3 +222,73 @@ mod tests {
         );
     }
 }
+
+/// An exclusive `flock(2)` on a data directory, held by whoever reads or swaps its
+/// contents (a snapshot, a restore): two agents on the same volume then run one after
+/// the other, so a snapshot's start-up [`recover`] never undoes a restore's swap that is
+/// still going. The lock is on the directory itself, so nothing is written into the
+/// user's volume; it is released when dropped, or when the process dies.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// What [`DataDirLock::try_lock`] found.
+#[derive(Debug)]
+pub enum TryLock {
+    /// Locked: ours until dropped.
+    Locked(DataDirLock),
+    /// Another process (or another open of it) holds the lock.
+    Busy,
+}
+
+impl DataDirLock {
+    /// Takes the lock without waiting.
+    pub fn try_lock(dir: &Path) -> Result<TryLock> {
+        Self::take(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Takes the lock, waiting as long as another holder keeps it.
+    pub fn lock(dir: &Path) -> Result<DataDirLock> {
+        match Self::take(dir, nix::fcntl::FlockArg::LockExclusive)? {
+            TryLock::Locked(l) => Ok(l),
+            TryLock::Busy => unreachable!("a blocking flock does not answer EWOULDBLOCK"),
+        }
+    }
+
+    fn take(dir: &Path, arg: nix::fcntl::FlockArg) -> Result<TryLock> {
+        let f = File::open(dir).map_err(io_err("open for locking", dir))?;
+        match nix::fcntl::Flock::lock(f, arg) {
+            Ok(l) => Ok(TryLock::Locked(DataDirLock { _lock: l })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(TryLock::Busy),
+            Err((_, e)) => Err(io_err("lock", dir)(std::io::Error::from(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_of_a_data_dir_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let TryLock::Locked(first) = DataDirLock::try_lock(dir.path()).unwrap() else {
+            panic!("a free directory is locked at once");
+        };
+        assert!(
+            matches!(DataDirLock::try_lock(dir.path()).unwrap(), TryLock::Busy),
+            "a second agent on the same volume must wait"
+        );
+        drop(first);
+        assert!(matches!(
+            DataDirLock::try_lock(dir.path()).unwrap(),
+            TryLock::Locked(_)
+        ));
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written into the volume"
+        );
+    }
+}

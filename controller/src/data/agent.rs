@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use deployctl_snapshot::store::{ACCESS_KEY_ENV, SECRET_KEY_ENV};
 use deployctl_snapshot::{
-    plan_retention, recover_interrupted_restore, Error as EngineError, GcOptions, MasterKey,
-    Method, Phase, ProgressUpdate, Repository, RestoreOptions, RetentionPolicy, SnapshotId,
-    SnapshotOptions, Source, StoreSpec,
+    plan_retention, recover_interrupted_restore, DataDirLock, Error as EngineError, GcOptions,
+    MasterKey, Method, Phase, ProgressUpdate, Repository, RestoreOptions, RetentionPolicy,
+    SnapshotId, SnapshotOptions, Source, StoreSpec, TryLock,
 };
 
 use super::job::{AgentOp, TERMINATION_LOG};
@@ -381,8 +381,29 @@ fn swap_dir(method: &Method) -> Option<PathBuf> {
     }
 }
 
+/// Takes the data directory's lock for the whole operation (a second guard behind the
+/// controller's one agent per component): another agent on the same volume finishes
+/// first. Says so when it has to wait. None for `Exec`, which has no directory.
+fn lock_data(method: &Method) -> Result<Option<DataDirLock>, Failure> {
+    let Some(dir) = swap_dir(method).filter(|d| d.is_dir()) else {
+        return Ok(None);
+    };
+    let locking = |e: EngineError| Failure::engine(format_args!("locking {}", dir.display()), &e);
+    match DataDirLock::try_lock(&dir).map_err(locking)? {
+        TryLock::Locked(l) => Ok(Some(l)),
+        TryLock::Busy => {
+            eprintln!(
+                "another agent works on {}; waiting for it to finish",
+                dir.display()
+            );
+            DataDirLock::lock(&dir).map(Some).map_err(locking)
+        }
+    }
+}
+
 /// Rolls back a restore that was killed mid-swap, so the data is whole before it is
-/// read or replaced.
+/// read or replaced. Only under the data directory's lock: a journal found then belongs
+/// to an agent that is gone (a live one would hold the lock).
 fn recover(method: &Method) -> Result<(), Failure> {
     let Some(dir) = swap_dir(method).filter(|d| d.is_dir()) else {
         return Ok(());
@@ -442,6 +463,7 @@ fn snapshot(args: &AgentArgs) -> Result<Outcome, Failure> {
     let method = method(args)?;
     let stack = required(args.stack.as_deref(), args.op, "stack")?;
     let component = required(args.component.as_deref(), args.op, "component")?;
+    let _lock = lock_data(&method)?;
     recover(&method)?;
     let repo = open_repo(args)?;
     let revision = args.revision.map(|r| r.to_string()).unwrap_or_default();
@@ -502,6 +524,7 @@ fn restore(args: &AgentArgs) -> Result<Outcome, Failure> {
         f.message = format!("{}; {untouched}", f.message);
         f
     };
+    let _lock = lock_data(&method).map_err(with_data_note)?;
     recover(&method).map_err(with_data_note)?;
     let repo = open_repo(args).map_err(with_data_note)?;
     check_source(&repo, id, args, "restore").map_err(with_data_note)?;

@@ -10,9 +10,9 @@ use crate::data::result::{parse_termination_message, AgentResult};
 use crate::error::Result;
 use crate::reconcile::build::{self, owner_ref, Workload};
 use crate::reconcile::housekeeping;
-use crate::reconcile::plan::data::job_name;
+use crate::reconcile::plan::data::{agent_busy, job_name};
 use crate::reconcile::plan::{
-    DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
+    AgentRun, DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
 };
 use deployctl_api::{
     child_name, labels, Component, ComponentData, DataMethod, ProductionStack, SnapshotPhase,
@@ -244,6 +244,9 @@ pub async fn sync(
     let ns = stack.namespace().unwrap_or_default();
     let client = &ctx.client;
     let store = store_location(stack);
+    // Updated as this pass starts Jobs, so it never starts two on one component's data.
+    let mut agents = running_agents(&world.jobs);
+    let rollback = stack.status.as_ref().and_then(|s| s.rollback.as_ref());
     for snap in &mut world.snapshots {
         let st = snap.status.clone().unwrap_or_default();
         if st.phase.is_some_and(SnapshotPhase::is_final) {
@@ -264,6 +267,17 @@ pub async fn sync(
         let w = workloads.get(&comp_name);
         match world.jobs.iter().find(|j| j.name_any() == job) {
             None => {
+                if let Some(why) = agent_busy(&agents, rollback, &comp_name) {
+                    if st.phase != Some(SnapshotPhase::Pending)
+                        || st.message.as_deref() != Some(why.as_str())
+                    {
+                        let mut next = st.clone();
+                        next.phase = Some(SnapshotPhase::Pending);
+                        next.message = Some(why);
+                        set_status(client, snap, next).await?;
+                    }
+                    continue;
+                }
                 if data.quiesces() && !w.is_some_and(|w| w.stopped && w.drained) {
                     if st.phase != Some(SnapshotPhase::Pending) {
                         let mut next = st.clone();
@@ -282,6 +296,10 @@ pub async fn sync(
                     component_node(client, &ns, &name, &comp_name).await?
                 };
                 let revision = w.and_then(|w| w.revision);
+                agents.entry(comp_name.clone()).or_default().push(AgentRun {
+                    operation: "snapshot".into(),
+                    job: job.clone(),
+                });
                 start_agent(
                     ctx,
                     stack,
@@ -335,7 +353,7 @@ pub async fn sync(
     }
 
     record_verifications(ctx, &ns, &store, world).await?;
-    let next = keep_house(ctx, stack, desired, world).await?;
+    let next = keep_house(ctx, stack, desired, world, &mut agents).await?;
 
     let mut observed = DataObserved::default();
     for s in &world.snapshots {
@@ -384,6 +402,7 @@ pub async fn sync(
         };
         observed.restore_jobs.insert(j.name_any(), outcome);
     }
+    observed.agents = agents;
     Ok((observed, next))
 }
 
@@ -478,6 +497,7 @@ async fn keep_house(
     stack: &ProductionStack,
     desired: &RevisionRef,
     world: &mut DataWorld,
+    agents: &mut BTreeMap<String, Vec<AgentRun>>,
 ) -> Result<Option<std::time::Duration>> {
     let name = stack.name_any();
     let ns = stack.namespace().unwrap_or_default();
@@ -571,6 +591,17 @@ async fn keep_house(
         if world.jobs.iter().any(|j| j.name_any() == job) {
             continue;
         }
+        // Decided again on a later pass, once the component's data is free.
+        if agent_busy(agents, status.rollback.as_ref(), &component.name).is_some() {
+            continue;
+        }
+        agents
+            .entry(component.name.clone())
+            .or_default()
+            .push(AgentRun {
+                operation: "verify".into(),
+                job: job.clone(),
+            });
         start_agent(
             ctx,
             stack,
@@ -591,6 +622,7 @@ async fn keep_house(
     }
     // Prune before the objects go: a controller that dies in between decides the same
     // prune again (same Job name) and then deletes them.
+    let mut prune_waits = std::collections::BTreeSet::new();
     for (component_name, keep) in &plan.prune {
         let Some((component, data)) = desired
             .component(component_name)
@@ -608,6 +640,18 @@ async fn keep_house(
         if world.jobs.iter().any(|j| j.name_any() == job) {
             continue;
         }
+        if agent_busy(agents, status.rollback.as_ref(), component_name).is_some() {
+            // Its objects stay too: the same prune is decided again on a later pass.
+            prune_waits.insert(component_name.clone());
+            continue;
+        }
+        agents
+            .entry(component_name.clone())
+            .or_default()
+            .push(AgentRun {
+                operation: "prune".into(),
+                job: job.clone(),
+            });
         start_agent(
             ctx,
             stack,
@@ -628,6 +672,14 @@ async fn keep_house(
     }
     let api: Api<StackSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     for snap_name in &plan.delete {
+        let component = world
+            .snapshots
+            .iter()
+            .find(|s| &s.name_any() == snap_name)
+            .map(|s| s.spec.component.clone());
+        if component.is_some_and(|c| prune_waits.contains(&c)) {
+            continue;
+        }
         match api.delete(snap_name, &Default::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -673,6 +725,7 @@ fn job_labels(stack: &str, component: &str, op: &str, snapshot: &str) -> BTreeMa
     // component's pods; keep the stack label only, and say what the pod is.
     l.remove(labels::COMPONENT);
     l.insert(labels::DATA_OPERATION.into(), op.into());
+    l.insert(labels::DATA_COMPONENT.into(), component.into());
     l.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
     if snapshot.len() <= 63 {
         l.insert(labels::SNAPSHOT.into(), snapshot.into());
@@ -761,6 +814,35 @@ enum Finished {
 
 /// Reads a Job's outcome and, once it ended, the agent's result from its pod's
 /// termination message.
+/// Whether a Job has neither succeeded nor failed yet.
+fn job_running(job: &Job) -> bool {
+    let st = job.status.clone().unwrap_or_default();
+    let failed_condition = st
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Failed" && c.status == "True");
+    st.succeeded.unwrap_or(0) == 0 && st.failed.unwrap_or(0) == 0 && !failed_condition
+}
+
+/// The agent Jobs still running, by the component whose data they work on (Jobs made
+/// before that label existed count for no component).
+pub fn running_agents(jobs: &[Job]) -> BTreeMap<String, Vec<AgentRun>> {
+    let mut out: BTreeMap<String, Vec<AgentRun>> = BTreeMap::new();
+    for j in jobs.iter().filter(|j| job_running(j)) {
+        let l = j.labels();
+        if let (Some(component), Some(op)) =
+            (l.get(labels::DATA_COMPONENT), l.get(labels::DATA_OPERATION))
+        {
+            out.entry(component.clone()).or_default().push(AgentRun {
+                operation: op.clone(),
+                job: j.name_any(),
+            });
+        }
+    }
+    out
+}
+
 async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
     let st = job.status.clone().unwrap_or_default();
     let failed_condition = st
@@ -769,7 +851,7 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
         .flatten()
         .find(|c| c.type_ == "Failed" && c.status == "True");
     let done = st.succeeded.unwrap_or(0) > 0;
-    if !done && st.failed.unwrap_or(0) == 0 && failed_condition.is_none() {
+    if job_running(job) {
         return Ok(Finished::Running);
     }
     let pods = Api::<Pod>::namespaced(client.clone(), ns)

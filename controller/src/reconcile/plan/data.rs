@@ -3,7 +3,7 @@
 //! during a rollback: stop the component, restore its pre-rollout snapshot (the Job
 //! verifies every chunk before it swaps the data in), start it on the target revision.
 
-use super::{rollback, Action, JobOutcome, PendingOperation, Planner, RevisionRef};
+use super::{rollback, Action, AgentRun, JobOutcome, PendingOperation, Planner, RevisionRef};
 use deployctl_api::conditions::{self, reason};
 use deployctl_api::{
     DataRestore, DataSnapshotRef, OperationPhase, RestorePhase, RollbackTrigger, RolloutStep,
@@ -21,6 +21,36 @@ pub fn job_name(child: &str, kind: &str, key: &str) -> String {
         base.pop();
     }
     format!("{base}-{kind}-{}", &digest[..8])
+}
+
+/// Why no new agent Job may start on `component`'s data now, if one may not: another
+/// agent Job works on it (a snapshot's start-up recovery would undo a restore's swap
+/// mid-way; a prune could forget chunks a snapshot is writing), or `rollback` has a
+/// restore of it pending (its Job starts next). The one rule for every agent Job: one at
+/// a time per component.
+pub fn agent_busy(
+    agents: &BTreeMap<String, Vec<AgentRun>>,
+    rollback: Option<&deployctl_api::RollbackState>,
+    component: &str,
+) -> Option<String> {
+    if let Some(run) = agents.get(component).and_then(|runs| runs.first()) {
+        return Some(format!(
+            "waiting for the {} Job {} of component {component} to end (one agent at a time per component's data)",
+            run.operation, run.job
+        ));
+    }
+    rollback
+        .into_iter()
+        .flat_map(|rb| &rb.restores)
+        .find(|r| {
+            r.component == component && !r.phase.is_settled() && r.phase != RestorePhase::Failed
+        })
+        .map(|r| {
+            format!(
+                "waiting for the restore of component {component} from snapshot {} to end",
+                r.snapshot
+            )
+        })
 }
 
 /// Components with a pending snapshot that needs them stopped, with that snapshot.
@@ -212,8 +242,13 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
     // database up): it is restored in place, never stopped.
     let stops = restore_stops(p, target, component);
     if r.phase == RestorePhase::Stopping {
-        if !stops || w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
+        let busy = agent_busy(&p.input.data.agents, None, component);
+        if let Some(why) = busy {
+            // Stays Stopping: the restore starts once the other agent Job has ended.
+            r.message = Some(why);
+        } else if !stops || w.is_some_and(|w| w.stopped && w.drained) || w.is_none() {
             r.phase = RestorePhase::Restoring;
+            r.message = None;
             // A restore run again (a Retry, or another snapshot instead) gets a Job of its
             // own: the failed one stays for its logs.
             let key = match &r.job {

@@ -63,6 +63,18 @@ pub struct DataObserved {
     pub snapshots: BTreeMap<String, SnapshotObserved>,
     /// Restore Jobs by name (absent: not created yet).
     pub restore_jobs: BTreeMap<String, JobOutcome>,
+    /// Agent Jobs still running, by the component whose data they work on. One agent at
+    /// a time works on a component's data: see [`data::agent_busy`].
+    pub agents: BTreeMap<String, Vec<AgentRun>>,
+}
+
+/// A running agent Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRun {
+    /// `snapshot`, `restore`, `verify` or `prune`.
+    pub operation: String,
+    /// The Job's name.
+    pub job: String,
 }
 
 /// One StackSnapshot, as far as planning needs it.

@@ -1240,6 +1240,99 @@ fn a_failed_restore_leaves_the_component_stopped_and_says_why() {
     assert_eq!(rb.restores[0].phase, RestorePhase::Failed);
 }
 
+#[test]
+fn a_restore_waits_for_another_agent_on_the_same_data_and_starts_when_it_ends() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let mut now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    // A scheduled snapshot of db starts while the rollout runs, and is still running
+    // when the rollback wants to restore db.
+    w.data.agents.insert(
+        "db".into(),
+        vec![AgentRun {
+            operation: "snapshot".into(),
+            job: "shop-db-snapshot-1234".into(),
+        }],
+    );
+    let mut restores_started = 0;
+    for _ in 0..40 {
+        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            w.measure(&c, "http", MeasurementOutcome::Failure, now);
+        }
+        let p = w.step(now);
+        now += 11;
+        restores_started += p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Restore { .. }))
+            .count();
+    }
+    assert_eq!(
+        restores_started, 0,
+        "no restore while another agent works on db's data"
+    );
+    let rb = w.status.rollback.clone().expect("the rollback waits");
+    assert_eq!(rb.restores[0].phase, RestorePhase::Stopping);
+    let why = rb.restores[0].message.clone().unwrap();
+    assert!(why.contains("shop-db-snapshot-1234"), "{why}");
+    assert!(
+        w.observed["db"].stopped && w.observed["api"].stopped,
+        "stopped meanwhile"
+    );
+
+    w.data.agents.clear(); // the snapshot Job ended
+    w.settle(now, true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!(w.data.restore_jobs.len(), 1);
+}
+
+#[test]
+fn one_agent_at_a_time_per_components_data() {
+    use super::data::agent_busy;
+    let mut agents = BTreeMap::new();
+    assert_eq!(agent_busy(&agents, None, "db"), None);
+    agents.insert(
+        "db".to_string(),
+        vec![AgentRun {
+            operation: "restore".into(),
+            job: "shop-db-restore-1".into(),
+        }],
+    );
+    let why = agent_busy(&agents, None, "db").unwrap();
+    assert!(why.contains("restore Job shop-db-restore-1"), "{why}");
+    assert_eq!(
+        agent_busy(&agents, None, "cache"),
+        None,
+        "other components are free"
+    );
+    // A rollback's restore that has not started its Job yet reserves the data too.
+    let rb = deployctl_api::RollbackState {
+        from_revision: 2,
+        to_revision: 1,
+        reason: "gate".into(),
+        started_at: t(0),
+        component: None,
+        operation: None,
+        trigger: Default::default(),
+        restores: vec![deployctl_api::DataRestore {
+            component: "cache".into(),
+            snapshot: "s1".into(),
+            phase: RestorePhase::Stopping,
+            job: None,
+            message: None,
+        }],
+    };
+    assert!(agent_busy(&agents, Some(&rb), "cache").is_some());
+    // Once restored (or given up), it does not.
+    let mut done = rb.clone();
+    done.restores[0].phase = RestorePhase::Restored;
+    assert_eq!(agent_busy(&agents, Some(&done), "cache"), None);
+}
+
 /// A rollback of revision 2 whose restore of db failed (a corrupt chunk): db and api
 /// stopped, the rollback waiting for a person. Returns the world and its time.
 fn stuck_after_a_failed_restore() -> (World, i64) {

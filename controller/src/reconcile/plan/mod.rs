@@ -11,6 +11,8 @@ pub mod data;
 mod forward;
 mod operations;
 mod rollback;
+#[cfg(test)]
+mod simulation;
 mod summary;
 #[cfg(test)]
 mod tests;

@@ -25,26 +25,27 @@ rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s{extra_poli
 
 const GATE: &str = "[{name: http, interval: 1s, http: {path: /healthz}}]";
 
-struct World {
-    spec: ProductionStackSpec,
-    desired: RevisionRef,
-    history: BTreeMap<i64, RevisionRef>,
-    observed: BTreeMap<String, WorkloadState>,
-    status: ProductionStackStatus,
-    measurements: BTreeMap<String, Measurement>,
-    ops: Vec<PendingOperation>,
+#[derive(Clone)]
+pub(super) struct World {
+    pub(super) spec: ProductionStackSpec,
+    pub(super) desired: RevisionRef,
+    pub(super) history: BTreeMap<i64, RevisionRef>,
+    pub(super) observed: BTreeMap<String, WorkloadState>,
+    pub(super) status: ProductionStackStatus,
+    pub(super) measurements: BTreeMap<String, Measurement>,
+    pub(super) ops: Vec<PendingOperation>,
     /// Revision number whose pods come up Available when applied.
-    healthy: Vec<i64>,
+    pub(super) healthy: Vec<i64>,
     /// The stack's snapshots and restore Jobs.
-    data: DataObserved,
+    pub(super) data: DataObserved,
     /// How the next snapshot Job ends (None: it keeps running).
-    snapshot_result: Option<SnapshotPhase>,
+    pub(super) snapshot_result: Option<SnapshotPhase>,
     /// How the next restore Job ends.
-    restore_result: JobOutcome,
+    pub(super) restore_result: JobOutcome,
 }
 
 impl World {
-    fn new(spec: ProductionStackSpec) -> Self {
+    pub(super) fn new(spec: ProductionStackSpec) -> Self {
         let desired = RevisionRef::new("shop", 1, spec.components.clone()).unwrap();
         World {
             spec,
@@ -62,7 +63,7 @@ impl World {
     }
 
     /// The user changes the spec: a new revision.
-    fn change(&mut self, spec: ProductionStackSpec, number: i64) {
+    pub(super) fn change(&mut self, spec: ProductionStackSpec, number: i64) {
         self.history
             .insert(self.desired.number, self.desired.clone());
         self.desired = RevisionRef::new("shop", number, spec.components.clone()).unwrap();
@@ -70,7 +71,7 @@ impl World {
         self.spec = spec;
     }
 
-    fn step(&mut self, now: i64) -> Plan {
+    pub(super) fn step(&mut self, now: i64) -> Plan {
         let p = plan(PlanInput {
             spec: &self.spec,
             generation: Some(self.desired.number),
@@ -180,7 +181,13 @@ impl World {
         p
     }
 
-    fn measure(&mut self, component: &str, gate: &str, outcome: MeasurementOutcome, at: i64) {
+    pub(super) fn measure(
+        &mut self,
+        component: &str,
+        gate: &str,
+        outcome: MeasurementOutcome,
+        at: i64,
+    ) {
         self.measurements.insert(
             gate_key(Some(component), gate),
             Measurement {
@@ -192,7 +199,7 @@ impl World {
         );
     }
 
-    fn op(&mut self, name: &str, action: OperationAction, to: Option<i64>) {
+    pub(super) fn op(&mut self, name: &str, action: OperationAction, to: Option<i64>) {
         self.ops.push(PendingOperation {
             name: name.into(),
             action,
@@ -203,16 +210,16 @@ impl World {
         });
     }
 
-    fn phase(&self) -> StackPhase {
+    pub(super) fn phase(&self) -> StackPhase {
         self.status.phase.unwrap()
     }
 
-    fn running(&self, c: &str) -> Option<i64> {
+    pub(super) fn running(&self, c: &str) -> Option<i64> {
         self.observed.get(c).and_then(|w| w.revision)
     }
 
     /// Steps until no action is planned, passing gates of the component under analysis.
-    fn settle(&mut self, mut now: i64, pass: bool) -> i64 {
+    pub(super) fn settle(&mut self, mut now: i64, pass: bool) -> i64 {
         for _ in 0..50 {
             let analysing = self.status.rollout.as_ref().and_then(|r| {
                 (r.step == Some(RolloutStep::Analysing))
@@ -908,7 +915,7 @@ fn monitoring_fails_a_gate_after_failure_limit_plus_one_failures_in_a_row() {
 }
 
 /// db keeps its data in SQLite on a claim; api fails or passes its gate.
-fn data_spec(db_image: &str, api_image: &str, data: &str) -> ProductionStackSpec {
+pub(super) fn data_spec(db_image: &str, api_image: &str, data: &str) -> ProductionStackSpec {
     let c = |image: &str| {
         format!("{{spec: {{containers: [{{name: a, image: '{image}', volumeMounts: [{{name: data, mountPath: /data}}]}}]}}}}")
     };
@@ -923,9 +930,9 @@ rollout: {{progressDeadline: 1m, analysis: 10s, rollbackDeadline: 30s}}",
     .unwrap()
 }
 
-const SQLITE: &str = "{volume: data, method: Sqlite, database: app.db}";
-const FILES: &str = "{volume: data}";
-const EXEC: &str =
+pub(super) const SQLITE: &str = "{volume: data, method: Sqlite, database: app.db}";
+pub(super) const FILES: &str = "{volume: data}";
+pub(super) const EXEC: &str =
     "{volume: data, method: Exec, exec: {dump: [demo-app, dump], restore: [demo-app, load]}}";
 
 fn applied(p: &Plan) -> Vec<(String, i64)> {

@@ -209,7 +209,8 @@ fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> 
             Action::Restore { component, .. } => {
                 for c in held(component) {
                     let stopped = before.observed.get(*c).is_none_or(|w| w.stopped);
-                    if !stopped && !(exec && c == component) {
+                    let restored_in_place = exec && c == component;
+                    if !stopped && !restored_in_place {
                         return Err(format!("restore of {component} started while {c} runs"));
                     }
                 }

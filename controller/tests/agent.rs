@@ -578,6 +578,49 @@ fn prune_keeps_the_newest_snapshots_of_its_component_only() {
 }
 
 #[test]
+fn prune_forgets_exactly_the_named_snapshots_and_nothing_taken_meanwhile() {
+    let env = Env::new();
+    let data = files_data(&env);
+    let mut digests = vec![];
+    for i in 0..3 {
+        std::fs::write(data.join("sub/small.txt"), format!("version {i}")).unwrap();
+        digests.push(snapshot_files(&env, &data, &i.to_string()).digest.unwrap());
+    }
+    // The controller decided to forget the first one; then, before the prune ran, a new
+    // snapshot was taken. Only the named one goes; a digest already gone is skipped.
+    std::fs::write(
+        data.join("sub/small.txt"),
+        "taken while the prune was decided",
+    )
+    .unwrap();
+    let late = snapshot_files(&env, &data, "3").digest.unwrap();
+    let gone = "0".repeat(64);
+    let p = env.ok(
+        "prune",
+        &[
+            "--stack",
+            "shop",
+            "--component",
+            "db",
+            "--forget",
+            &digests[0],
+            "--forget",
+            &gone,
+        ],
+    );
+    let msg = p.message.unwrap();
+    assert!(
+        msg.contains("kept 3 and forgot 1 snapshots of shop/db"),
+        "{msg}"
+    );
+    let r = env.agent("verify", &["--snapshot", &digests[0]]);
+    assert_eq!(r.result.category.as_deref(), Some("snapshot_not_found"));
+    for d in digests[1..].iter().chain([&late]) {
+        env.ok("verify", &["--snapshot", d]);
+    }
+}
+
+#[test]
 fn s3_credentials_and_signed_urls_never_reach_the_output() {
     let env = Env::new();
     let data = files_data(&env);

@@ -85,16 +85,12 @@ pub struct AgentArgs {
     #[arg(long)]
     pub keep_daily: Option<u32>,
 
-    /// Keep exactly these snapshots (digests; repeatable) and forget the component's
-    /// others taken before `--forget-before` (prune). The controller passes the digests
-    /// its StackSnapshot objects still hold, so the objects and the repository agree.
-    #[arg(long = "keep")]
-    pub keep: Vec<String>,
-
-    /// With `--keep`: only snapshots taken before this time (RFC 3339) may be forgotten,
-    /// so one taken while the prune was being decided is never lost.
-    #[arg(long)]
-    pub forget_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Forget exactly these snapshots of the component (digests; repeatable) and nothing
+    /// else (prune). The controller names the digests of the StackSnapshot objects it
+    /// deletes, so a snapshot taken or referenced meanwhile is never lost; a digest
+    /// already gone is skipped.
+    #[arg(long = "forget")]
+    pub forget: Vec<String>,
 
     /// Where to write the result for the kubelet; skipped when its directory does not
     /// exist.
@@ -573,9 +569,9 @@ fn prune(args: &AgentArgs) -> Result<Outcome, Failure> {
         keep_daily: args.keep_daily.unwrap_or(0),
     };
     // A policy that keeps nothing is a mistake, never an intent: refuse it.
-    if policy.keep_last == 0 && policy.keep_daily == 0 && args.keep.is_empty() {
+    if policy.keep_last == 0 && policy.keep_daily == 0 && args.forget.is_empty() {
         return Err(Failure::usage(
-            "prune needs --keep-last or --keep-daily of at least 1 (it would forget every snapshot)",
+            "prune needs --forget, or --keep-last or --keep-daily of at least 1 (it would forget every snapshot)",
         ));
     }
     let repo = open_repo(args)?;
@@ -599,16 +595,15 @@ fn prune(args: &AgentArgs) -> Result<Outcome, Failure> {
         .into_iter()
         .filter(|s| s.meta.source.stack == stack && s.meta.source.component == component)
         .collect();
-    let plan = if args.keep.is_empty() {
+    let plan = if args.forget.is_empty() {
         plan_retention(&mine, policy, chrono::Utc::now(), &[])
     } else {
-        let before = args.forget_before.unwrap_or_else(chrono::Utc::now);
-        let (keep, forget): (Vec<_>, Vec<_>) = mine.iter().partition(|s| {
-            args.keep
+        let named = |s: &&deployctl_snapshot::SnapshotInfo| {
+            args.forget
                 .iter()
-                .any(|k| k.eq_ignore_ascii_case(&s.id.to_hex()))
-                || s.meta.created >= before
-        });
+                .any(|d| d.eq_ignore_ascii_case(&s.id.to_hex()))
+        };
+        let (forget, keep): (Vec<_>, Vec<_>) = mine.iter().partition(named);
         deployctl_snapshot::RetentionPlan {
             keep: keep.iter().map(|s| s.id).collect(),
             forget: forget.iter().map(|s| s.id).collect(),

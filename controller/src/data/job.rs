@@ -182,10 +182,8 @@ pub struct JobRequest<'a> {
     pub keep_last: Option<u32>,
     /// Prune: keep the newest snapshot of each of the last D days.
     pub keep_daily: Option<u32>,
-    /// For Prune: the digests to keep (the others taken before `forget_before` go).
-    pub keep: Vec<String>,
-    /// For Prune with `keep`: the time the decision was made.
-    pub forget_before: Option<String>,
+    /// For Prune: exactly the digests to forget (the controller's decision).
+    pub forget: Vec<String>,
     /// Kill the Job after this long.
     pub active_deadline_seconds: Option<i64>,
 }
@@ -256,11 +254,8 @@ pub fn agent_args(req: &JobRequest) -> Vec<String> {
             if let Some(d) = req.keep_daily {
                 flag("keep-daily", d.to_string());
             }
-            for k in &req.keep {
-                flag("keep", k.clone());
-            }
-            if let Some(t) = &req.forget_before {
-                flag("forget-before", t.clone());
+            for d in &req.forget {
+                flag("forget", d.clone());
             }
         }
     }
@@ -645,8 +640,7 @@ mod tests {
             node_name: None,
             keep_last: Some(5),
             keep_daily: Some(7),
-            keep: vec![],
-            forget_before: None,
+            forget: vec![],
             active_deadline_seconds: Some(600),
         }
     }

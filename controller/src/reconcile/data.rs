@@ -186,8 +186,7 @@ struct AgentJob<'a> {
     digest: Option<String>,
     revision: Option<i64>,
     node: Option<String>,
-    keep: Vec<String>,
-    forget_before: Option<String>,
+    forget: Vec<String>,
 }
 
 async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) -> Result<()> {
@@ -216,8 +215,7 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         node_name: j.node,
         keep_last: None,
         keep_daily: None,
-        keep: j.keep,
-        forget_before: j.forget_before,
+        forget: j.forget,
         active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
     };
     let mut job = job::build(&req);
@@ -233,12 +231,14 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
 
 /// Drives the stack's unfinished snapshots and its verification and retention one step,
 /// and returns what the planner sees, with when to look again for the schedules.
+/// `requested` are the snapshots pending Restore operations name: retention keeps them.
 pub async fn sync(
     ctx: &Context,
     stack: &ProductionStack,
     desired: &RevisionRef,
     workloads: &BTreeMap<String, WorkloadState>,
     world: &mut DataWorld,
+    requested: &[String],
 ) -> Result<(DataObserved, Option<std::time::Duration>)> {
     let name = stack.name_any();
     let ns = stack.namespace().unwrap_or_default();
@@ -312,8 +312,7 @@ pub async fn sync(
                         digest: None,
                         revision,
                         node,
-                        keep: vec![],
-                        forget_before: None,
+                        forget: vec![],
                     },
                 )
                 .await?;
@@ -353,7 +352,7 @@ pub async fn sync(
     }
 
     record_verifications(ctx, &ns, &store, world).await?;
-    let next = keep_house(ctx, stack, desired, world, &mut agents).await?;
+    let next = keep_house(ctx, stack, desired, world, &mut agents, requested).await?;
 
     let mut observed = DataObserved::default();
     for s in &world.snapshots {
@@ -498,6 +497,7 @@ async fn keep_house(
     desired: &RevisionRef,
     world: &mut DataWorld,
     agents: &mut BTreeMap<String, Vec<AgentRun>>,
+    requested: &[String],
 ) -> Result<Option<std::time::Duration>> {
     let name = stack.name_any();
     let ns = stack.namespace().unwrap_or_default();
@@ -539,6 +539,7 @@ async fn keep_house(
         })
         .collect();
     let status = stack.status.clone().unwrap_or_default();
+    // What a rollout, a rollback or a pending Restore operation may still restore.
     let protected: std::collections::BTreeSet<String> = status
         .rollout
         .iter()
@@ -549,6 +550,7 @@ async fn keep_house(
                 .iter()
                 .flat_map(|r| r.restores.iter().map(|s| s.snapshot.clone())),
         )
+        .chain(requested.iter().cloned())
         .collect();
     let now = chrono::Utc::now();
     let stack_created = stack
@@ -614,8 +616,7 @@ async fn keep_house(
                 digest: snap.status.as_ref().and_then(|s| s.digest.clone()),
                 revision: None,
                 node: None,
-                keep: vec![],
-                forget_before: None,
+                forget: vec![],
             },
         )
         .await?;
@@ -623,19 +624,17 @@ async fn keep_house(
     // Prune before the objects go: a controller that dies in between decides the same
     // prune again (same Job name) and then deletes them.
     let mut prune_waits = std::collections::BTreeSet::new();
-    for (component_name, keep) in &plan.prune {
+    for (component_name, forget) in &plan.prune {
         let Some((component, data)) = desired
             .component(component_name)
             .and_then(|c| c.data.as_ref().map(|d| (c, d)))
         else {
             continue;
         };
-        let mut sorted = keep.clone();
-        sorted.sort();
         let job = job_name(
             &child_name(&name, component_name),
             "prune",
-            &sorted.join(","),
+            &forget.join(","),
         );
         if world.jobs.iter().any(|j| j.name_any() == job) {
             continue;
@@ -664,8 +663,7 @@ async fn keep_house(
                 digest: None,
                 revision: None,
                 node: None,
-                keep: sorted,
-                forget_before: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                forget: forget.clone(),
             },
         )
         .await?;
@@ -1079,8 +1077,7 @@ pub async fn restore(
             digest: Some(digest),
             revision: snap.status.as_ref().and_then(|s| s.revision),
             node,
-            keep: vec![],
-            forget_before: None,
+            forget: vec![],
         },
     )
     .await

@@ -1,7 +1,7 @@
 //! Snapshot housekeeping, decided purely from the policy, the stack's StackSnapshots and
 //! the time: scheduled snapshots (cron), scheduled and requested verification (a restore
 //! drill that re-reads and re-hashes a snapshot), and retention (which snapshot objects
-//! go, and which digests the repository keeps when the agent prunes it).
+//! go, and exactly which snapshots the repository forgets when the agent prunes it).
 
 use deployctl_api::{data, SnapshotPhase, SnapshotPolicy, SnapshotReason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,8 +44,9 @@ pub struct Housekeeping {
     pub verify: Vec<(String, String)>,
     /// Snapshot objects to delete (retention).
     pub delete: Vec<String>,
-    /// Per component, the digests the repository keeps; present only when something is
-    /// forgotten, so the agent prunes the rest.
+    /// Per component, the digests the repository forgets (sorted); present only when
+    /// there is one. The agent forgets exactly these: never a snapshot it was not named,
+    /// so one taken or referenced while the prune was decided cannot be lost.
     pub prune: BTreeMap<String, Vec<String>>,
     /// When to look again for the next scheduled snapshot or verification.
     pub next: Option<Duration>,
@@ -183,12 +184,25 @@ pub fn plan(
             }
         }
         if forgotten {
-            let digests: Vec<String> = complete
+            // Two objects may name one digest (the same data snapshotted twice): a digest
+            // is forgotten only when no object that stays names it, whatever its phase.
+            let deleted: BTreeSet<&str> = out.delete.iter().map(String::as_str).collect();
+            let staying: BTreeSet<&str> = list
                 .iter()
-                .filter(|s| keep.contains(s.name.as_str()) || protected.contains(&s.name))
-                .filter_map(|s| s.digest.clone())
+                .filter(|s| !deleted.contains(s.name.as_str()))
+                .filter_map(|s| s.digest.as_deref())
                 .collect();
-            out.prune.insert(component.to_string(), digests);
+            let mut forget: Vec<String> = complete
+                .iter()
+                .filter(|s| deleted.contains(s.name.as_str()))
+                .filter_map(|s| s.digest.clone())
+                .filter(|d| !staying.contains(d.as_str()))
+                .collect();
+            forget.sort();
+            forget.dedup();
+            if !forget.is_empty() {
+                out.prune.insert(component.to_string(), forget);
+            }
         }
     }
     out
@@ -315,9 +329,11 @@ mod tests {
         let mut deleted = h.delete.clone();
         deleted.sort();
         assert_eq!(deleted, vec!["s1", "s2"]);
-        let mut kept = h.prune["db"].clone();
-        kept.sort();
-        assert_eq!(kept, vec!["digest-s0", "digest-s3", "digest-s4"]);
+        assert_eq!(
+            h.prune["db"],
+            vec!["digest-s1", "digest-s2"],
+            "exactly the deleted ones are forgotten"
+        );
         // Nothing to forget: no prune.
         let h = plan(
             "shop",
@@ -329,6 +345,38 @@ mod tests {
             at(6, 0),
         );
         assert!(h.delete.is_empty() && h.prune.is_empty());
+    }
+
+    #[test]
+    fn a_digest_another_object_still_names_is_never_forgotten_nor_a_running_snapshot() {
+        let p = policy("retention: {keepLast: 1}");
+        let comps = vec!["db".to_string()];
+        let mut snaps: Vec<SnapshotFacts> = (0..3)
+            .map(|i| snap(&format!("s{i}"), at(i, 0), SnapshotPhase::Completed))
+            .collect();
+        // s0 and s2 hold the same data (nothing changed between them).
+        snaps[0].digest = snaps[2].digest.clone();
+        // A snapshot still being taken: no digest yet, and never a candidate.
+        let mut running = snap("s3", at(4, 0), SnapshotPhase::Running);
+        running.digest = None;
+        snaps.push(running);
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &snaps,
+            &BTreeSet::new(),
+            at(0, 0),
+            at(6, 0),
+        );
+        let mut deleted = h.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["s0", "s1"]);
+        assert_eq!(
+            h.prune["db"],
+            vec!["digest-s1"],
+            "s0's digest is s2's too, and s2 stays"
+        );
     }
 
     #[test]

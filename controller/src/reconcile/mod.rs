@@ -219,7 +219,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     }
     let observed = observe::workloads(ctx, stack, &components).await?;
     let (data_observed, data_wake) = if data::involved(stack) || !data_world.snapshots.is_empty() {
-        data::sync(ctx, stack, &desired, &observed, &mut data_world).await?
+        let requested: Vec<String> = ops.iter().filter_map(|o| o.snapshot.clone()).collect();
+        data::sync(ctx, stack, &desired, &observed, &mut data_world, &requested).await?
     } else {
         (plan::DataObserved::default(), None)
     };

@@ -39,6 +39,8 @@ pub struct DataWorld {
     pub snapshots: Vec<StackSnapshot>,
     /// Its agent Jobs.
     pub jobs: Vec<Job>,
+    /// Names a pre-rollout snapshot must not adopt (see [`DataObserved::foreign`]).
+    pub foreign: std::collections::BTreeSet<String>,
 }
 
 /// Whether the stack has data to look after (components declaring it, or restores in
@@ -57,18 +59,32 @@ pub async fn read(client: &Client, stack: &ProductionStack) -> Result<DataWorld>
     let ns = stack.namespace().unwrap_or_default();
     let selector = format!("{}={}", labels::STACK, stack.name_any());
     // By spec.stack, not by label: a person's StackSnapshot names its stack only there.
-    let snapshots = Api::<StackSnapshot>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|s| s.spec.stack == stack.name_any())
+    let (snapshots, others): (Vec<StackSnapshot>, Vec<StackSnapshot>) =
+        Api::<StackSnapshot>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .partition(|s| s.spec.stack == stack.name_any());
+    // Names a pre-rollout snapshot must not adopt: every object that is not one.
+    let foreign = others
+        .iter()
+        .chain(
+            snapshots
+                .iter()
+                .filter(|s| s.spec.reason != SnapshotReason::BeforeRollout),
+        )
+        .map(|s| s.name_any())
         .collect();
     let jobs = Api::<Job>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{selector},{}", labels::DATA_OPERATION)))
         .await?
         .items;
-    Ok(DataWorld { snapshots, jobs })
+    Ok(DataWorld {
+        snapshots,
+        jobs,
+        foreign,
+    })
 }
 
 /// Where the stack's repository is.
@@ -402,6 +418,7 @@ pub async fn sync(
         observed.restore_jobs.insert(j.name_any(), outcome);
     }
     observed.agents = agents;
+    observed.foreign = world.foreign.clone();
     Ok((observed, next))
 }
 
@@ -996,7 +1013,18 @@ pub async fn create_snapshot(
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Ours from an earlier pass is adopted; anyone else's is left alone, and the
+            // planner, which sees it as foreign on the next pass, picks another name.
+            let existing = api.get(name).await?;
+            if existing.spec != snap.spec {
+                tracing::warn!(
+                    snapshot = name,
+                    "a StackSnapshot of this name exists and is not the one the controller asked for; leaving it alone"
+                );
+            }
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -123,7 +123,36 @@ pub(super) fn snapshotting(p: &mut Planner<'_>) -> bool {
     }
     let mut waiting = Vec::new();
     let mut requested = Vec::new();
-    for s in &r.snapshots {
+    for i in 0..r.snapshots.len() {
+        // A name someone else took first (another stack's object, a person's, one of
+        // another component) is never adopted: the snapshot takes the next free name.
+        let theirs = |name: &str, component: &str| {
+            p.input.data.foreign.contains(name)
+                || p.input
+                    .data
+                    .snapshots
+                    .get(name)
+                    .is_some_and(|o| o.component != component)
+        };
+        if theirs(&r.snapshots[i].snapshot, &r.snapshots[i].component) {
+            let base = r.snapshots[i].snapshot.clone();
+            let free = (2..)
+                .map(|n| format!("{base}-{n}"))
+                .find(|n| {
+                    !theirs(n, &r.snapshots[i].component) && !p.input.data.snapshots.contains_key(n)
+                })
+                .expect("an unbounded range has a free name");
+            p.event(
+                true,
+                "SnapshotNameTaken",
+                format!(
+                    "StackSnapshot {base} exists and is not this rollout's snapshot of component {}; taking {free} instead",
+                    r.snapshots[i].component
+                ),
+            );
+            r.snapshots[i].snapshot = free;
+        }
+        let s = &r.snapshots[i];
         match p.input.data.snapshots.get(&s.snapshot) {
             None => {
                 requested.push(s.component.clone());

@@ -68,6 +68,10 @@ pub struct DataObserved {
     /// Agent Jobs still running, by the component whose data they work on. One agent at
     /// a time works on a component's data: see [`data::agent_busy`].
     pub agents: BTreeMap<String, Vec<AgentRun>>,
+    /// Names of StackSnapshots in the namespace that are not the controller's own
+    /// pre-rollout snapshots of this stack (another stack's, a person's, a schedule's): a
+    /// pre-rollout snapshot never adopts one of these names.
+    pub foreign: std::collections::BTreeSet<String>,
 }
 
 /// A running agent Job.

@@ -997,6 +997,44 @@ fn a_rollout_snapshots_the_data_before_it_applies_anything() {
 }
 
 #[test]
+fn a_pre_rollout_snapshot_never_adopts_a_name_someone_else_took() {
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    let name = format!("shop-db-r1-{}", 1_700_000_000 + now);
+    // Another stack's StackSnapshot (or a person's) already has the name the rollout
+    // would choose, and so does the "-2" one: neither is adopted.
+    w.data.foreign.insert(name.clone());
+    w.data.foreign.insert(format!("{name}-2"));
+    w.snapshot_result = None;
+    w.change(data_spec("db:2", "api:2", SQLITE), 2);
+    let p = w.step(now);
+    let taken = format!("{name}-3");
+    assert_eq!(
+        p.actions,
+        vec![Action::Snapshot {
+            component: "db".into(),
+            name: taken.clone(),
+            revision: 1
+        }]
+    );
+    assert!(p
+        .events
+        .iter()
+        .any(|e| e.reason == "SnapshotNameTaken" && e.warning));
+    assert_eq!(
+        w.status.rollout.clone().unwrap().snapshots[0].snapshot,
+        taken
+    );
+    // The next pass keeps the name it chose, and the rollback restores that one.
+    w.snapshot_result = Some(SnapshotPhase::Completed);
+    w.step(now + 1);
+    let now = w.settle(now + 2, false);
+    let last = w.status.last_rollback.clone().unwrap();
+    assert_eq!(last.restores[0].snapshot, taken);
+    let _ = now;
+}
+
+#[test]
 fn a_failed_snapshot_stops_the_rollout_before_anything_changes() {
     let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
     let now = w.settle(0, true);

@@ -396,6 +396,196 @@ fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// The directory of the stack's snapshot repository (the store claim) on the node.
+async fn store_dir(client: &Client, ns: &str) -> PathBuf {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pv = pvcs
+        .get("shop-snapshots")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_name
+        .unwrap();
+    PathBuf::from(
+        Api::<PersistentVolume>::all(client.clone())
+            .get(&pv)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .local
+            .unwrap()
+            .path,
+    )
+}
+
+/// Takes snapshot `name` of db and damages the chunks it added to the repository (the
+/// ones no earlier snapshot shares), so restoring it fails its verification.
+async fn take_damaged_snapshot(client: &Client, ns: &str, snaps: &Api<StackSnapshot>, name: &str) {
+    let store = store_dir(client, ns).await;
+    let before: std::collections::BTreeSet<PathBuf> =
+        files_under(&store.join("objects")).into_iter().collect();
+    let st = take_snapshot(snaps, name).await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Completed), "{st:?}");
+    let added: Vec<PathBuf> = files_under(&store.join("objects"))
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert!(!added.is_empty(), "snapshot {name} added chunks");
+    for f in added {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(&f, bytes).unwrap();
+    }
+}
+
+/// Creates operation `name` (who: tester) and waits until the controller acted on it.
+async fn request(
+    ops: &Api<StackOperation>,
+    name: &str,
+    action: OperationAction,
+    snapshot: Option<&str>,
+) -> (OperationPhase, String) {
+    ops.create(
+        &PostParams::default(),
+        &StackOperation {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: StackOperationSpec {
+                stack: "shop".into(),
+                action,
+                to_revision: None,
+                snapshot: snapshot.map(Into::into),
+                reason: Some("on call".into()),
+                requested_by: Some("tester".into()),
+            },
+            status: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the operation to be acted on", T, || async {
+        let st = ops.get(name).await.ok()?.status?;
+        Some((st.phase?, st.message.unwrap_or_default()))
+    })
+    .await
+}
+
+/// A restore stuck after its verification failed: Stalled, reason RestoreFailed.
+fn restore_failed(s: &ProductionStack) -> bool {
+    s.status
+        .as_ref()
+        .and_then(|st| st.condition("Stalled"))
+        .is_some_and(|c| c.status == "True" && c.reason == "RestoreFailed")
+}
+
+#[tokio::test]
+async fn after_a_restore_fails_on_a_damaged_snapshot_another_snapshot_or_the_live_data_is_a_way_out(
+) {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("way-out").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns.name());
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(&stack("v1", "")),
+        )
+        .await
+        .unwrap();
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let good_sum = checksum(&dir);
+    take_snapshot(&snaps, "good").await;
+    bad_import(&dir);
+    let live_sum = checksum(&dir);
+    assert_ne!(live_sum, good_sum);
+
+    // 1. A damaged snapshot's restore fails; the live data is untouched, db and api stay
+    //    stopped, and the status names the ways out. Restoring another snapshot is one.
+    take_damaged_snapshot(&client, ns.name(), &snaps, "damaged").await;
+    let (phase, msg) = request(
+        &ops,
+        "restore-damaged",
+        OperationAction::Restore,
+        Some("damaged"),
+    )
+    .await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    let s = wait_stack(&stacks, "shop", "Stalled: RestoreFailed", T, restore_failed).await;
+    let message = s
+        .status
+        .as_ref()
+        .and_then(|st| st.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("accept-live-data"), "{message}");
+    assert_eq!(
+        checksum(&dir),
+        live_sum,
+        "a refused restore leaves the live data alone"
+    );
+    let (phase, msg) = request(&ops, "abort", OperationAction::Abort, None).await;
+    assert_eq!(
+        phase,
+        OperationPhase::Failed,
+        "abort is not a way out: {msg}"
+    );
+    assert!(msg.contains("AcceptLiveData"), "and says which are: {msg}");
+    let (phase, msg) = request(&ops, "restore-good", OperationAction::Restore, Some("good")).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    let s = wait_stack(&stacks, "shop", "Ready again", T, |s| {
+        is_ready(s) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(
+        (last.restores[0].snapshot.as_str(), last.restores[0].phase),
+        ("good", RestorePhase::Restored)
+    );
+    assert_eq!(
+        checksum(&dir),
+        good_sum,
+        "the other snapshot's data is back"
+    );
+
+    // 2. The same failure, and this time the person accepts the data as it is.
+    bad_import(&dir);
+    let live_sum = checksum(&dir);
+    take_damaged_snapshot(&client, ns.name(), &snaps, "damaged-2").await;
+    let (phase, msg) = request(
+        &ops,
+        "restore-damaged-2",
+        OperationAction::Restore,
+        Some("damaged-2"),
+    )
+    .await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    wait_stack(&stacks, "shop", "Stalled: RestoreFailed", T, restore_failed).await;
+    let (phase, msg) = request(&ops, "accept", OperationAction::AcceptLiveData, None).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    let s = wait_stack(&stacks, "shop", "Ready on the live data", T, |s| {
+        is_ready(s) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Accepted);
+    let why = last.restores[0].message.clone().unwrap_or_default();
+    assert!(
+        why.contains("tester") && why.contains("accept"),
+        "who decided is recorded: {why}"
+    );
+    assert_eq!(checksum(&dir), live_sum, "started on the data as it was");
+}
+
 #[tokio::test]
 async fn scheduled_snapshots_are_kept_by_retention_and_a_damaged_one_raises_a_condition() {
     let env = shared();
@@ -465,26 +655,7 @@ async fn scheduled_snapshots_are_kept_by_retention_and_a_damaged_one_raises_a_co
     let _ = st;
 
     // Damage every chunk in the repository: the next verification finds it.
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
-    let pv = pvcs
-        .get("shop-snapshots")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .volume_name
-        .unwrap();
-    let store = PathBuf::from(
-        Api::<PersistentVolume>::all(client.clone())
-            .get(&pv)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .local
-            .unwrap()
-            .path,
-    );
+    let store = store_dir(&client, ns.name()).await;
     let objects = files_under(&store.join("objects"));
     assert!(!objects.is_empty(), "the repository holds chunks");
     for f in &objects {

@@ -62,7 +62,9 @@ pub use repo::{Repository, SnapshotListing};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use retention::{plan_retention, GcOptions, GcReport, RetentionPlan, RetentionPolicy};
 pub use snapshot::{SnapshotOptions, SnapshotReport};
-pub use store::{FsStore, MemStore, ObjectKind, S3Config, S3Store, Store, StoreError, StoreSpec};
+pub use store::{
+    FsStore, MemStore, ObjectInfo, ObjectKind, S3Config, S3Store, Store, StoreError, StoreSpec,
+};
 pub use swap::recover as recover_interrupted_restore;
 pub use swap::{DataDirLock, TryLock};
 pub use verify::VerifyReport;

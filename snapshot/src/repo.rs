@@ -100,7 +100,9 @@ impl Repository {
             key_check,
         };
         let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
-        store.put(ObjectKind::Config, "config", &bytes)?;
+        if !store.put_new(ObjectKind::Config, "config", &bytes)? {
+            return Err(Error::Config("a repository already exists here".into()));
+        }
         Ok(Repository {
             store,
             crypto,
@@ -148,10 +150,21 @@ impl Repository {
         })
     }
 
-    /// Opens the repository, creating it first if the store has none.
+    /// Opens the repository, creating it first if the store has none. Two agents that
+    /// find no repository at once (the first snapshots of two components) both try to
+    /// create it; the config is created atomically, so one wins and the other opens the
+    /// winner's config (its id and key check) instead of overwriting it, which would make
+    /// the winner's chunks unreadable.
     pub fn open_or_init(store: Arc<dyn Store>, key: Option<&MasterKey>) -> Result<Self> {
         match Self::open(store.clone(), key) {
-            Err(Error::NotInitialized) => Self::init(store, key, ChunkerParams::default()),
+            Err(Error::NotInitialized) => {
+                match Self::init(store.clone(), key, ChunkerParams::default()) {
+                    Err(Error::Config(_)) if store.get(ObjectKind::Config, "config").is_ok() => {
+                        Self::open(store, key)
+                    }
+                    other => other,
+                }
+            }
             other => other,
         }
     }

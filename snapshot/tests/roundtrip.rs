@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -633,4 +633,130 @@ fn restore_keeps_modes_of_read_only_dirs() {
     )
     .unwrap();
     assert_eq!(fingerprint(&data), fingerprint(&live));
+}
+
+/// Two (here eight) agents take the first snapshots of different components of one stack
+/// at once, into a repository none of them finds: each tries to create it, one config
+/// wins, and every snapshot, encrypted, restores.
+#[test]
+fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
+    for round in 0..10u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path().join("repo")).unwrap());
+        let key = MasterKey::new([7; 32]);
+        let sources: Vec<PathBuf> = (0..8u64)
+            .map(|i| {
+                let d = dir.path().join(format!("data-{i}"));
+                make_tree(&d, round * 100 + i);
+                d
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(sources.len());
+        let ids: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = sources
+                .iter()
+                .enumerate()
+                .map(|(i, data)| {
+                    let (store, key, barrier) = (store.clone(), &key, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let repo = Repository::open_or_init(store, Some(key)).unwrap();
+                        let source = Source::new("shop", &format!("c{i}"), "1");
+                        repo.snapshot(
+                            &source,
+                            &Method::Files { root: data.clone() },
+                            &SnapshotOptions::default(),
+                            &NoProgress,
+                        )
+                        .unwrap()
+                        .info
+                        .id
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let repo = Repository::open(store, Some(&key)).unwrap();
+        for (id, data) in ids.iter().zip(&sources) {
+            let target = dir.path().join(format!("restored-{id}"));
+            std::fs::create_dir_all(&target).unwrap();
+            repo.restore(
+                *id,
+                &Method::Files {
+                    root: target.clone(),
+                },
+                &RestoreOptions::default(),
+                &NoProgress,
+            )
+            .unwrap_or_else(|e| panic!("round {round}: snapshot {id} does not restore: {e}"));
+            assert_eq!(fingerprint(&target), fingerprint(data));
+        }
+    }
+}
+
+/// A store whose first read of the config answers "not found", as a store read just
+/// before another agent created the repository does.
+#[derive(Debug)]
+struct StaleFirstRead {
+    inner: Arc<dyn Store>,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl Store for StaleFirstRead {
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(kind, name, data)
+    }
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        self.inner.put_new(kind, name, data)
+    }
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
+        if kind == ObjectKind::Config && self.stale.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::NotFound {
+                key: "config".into(),
+            });
+        }
+        self.inner.get(kind, name)
+    }
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(kind, name)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn an_agent_that_loses_the_race_to_create_the_repository_opens_the_winners() {
+    for inner in [
+        Arc::new(MemStore::new()) as Arc<dyn Store>,
+        Arc::new(FsStore::new(tempfile::tempdir().unwrap().keep().join("repo")).unwrap()),
+    ] {
+        let key = MasterKey::new([4; 32]);
+        let winner = Repository::open_or_init(inner.clone(), Some(&key)).unwrap();
+        let config = inner.get(ObjectKind::Config, "config").unwrap();
+        let loser: Arc<dyn Store> = Arc::new(StaleFirstRead {
+            inner: inner.clone(),
+            stale: true.into(),
+        });
+        let repo = Repository::open_or_init(loser, Some(&key)).unwrap();
+        assert_eq!(
+            inner.get(ObjectKind::Config, "config").unwrap(),
+            config,
+            "the loser did not overwrite the winner's config"
+        );
+        assert!(repo.is_encrypted() && winner.is_encrypted());
+    }
 }

@@ -263,6 +263,10 @@ pub async fn sync(
     // Updated as this pass starts Jobs, so it never starts two on one component's data.
     let mut agents = running_agents(&world.jobs);
     let rollback = stack.status.as_ref().and_then(|s| s.rollback.as_ref());
+    let repository_exists = world
+        .snapshots
+        .iter()
+        .any(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed));
     for snap in &mut world.snapshots {
         let st = snap.status.clone().unwrap_or_default();
         if st.phase.is_some_and(SnapshotPhase::is_final) {
@@ -283,7 +287,7 @@ pub async fn sync(
         let w = workloads.get(&comp_name);
         match world.jobs.iter().find(|j| j.name_any() == job) {
             None => {
-                if let Some(why) = agent_busy(&agents, rollback, &comp_name) {
+                if let Some(why) = agent_busy(&agents, rollback, &comp_name, repository_exists) {
                     if st.phase != Some(SnapshotPhase::Pending)
                         || st.message.as_deref() != Some(why.as_str())
                     {
@@ -611,7 +615,7 @@ async fn keep_house(
             continue;
         }
         // Decided again on a later pass, once the component's data is free.
-        if agent_busy(agents, status.rollback.as_ref(), &component.name).is_some() {
+        if agent_busy(agents, status.rollback.as_ref(), &component.name, true).is_some() {
             continue;
         }
         agents
@@ -656,7 +660,7 @@ async fn keep_house(
         if world.jobs.iter().any(|j| j.name_any() == job) {
             continue;
         }
-        if agent_busy(agents, status.rollback.as_ref(), component_name).is_some() {
+        if agent_busy(agents, status.rollback.as_ref(), component_name, true).is_some() {
             // Its objects stay too: the same prune is decided again on a later pass.
             prune_waits.insert(component_name.clone());
             continue;

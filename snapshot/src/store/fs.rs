@@ -158,6 +158,38 @@ impl Store for FsStore {
         })
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        // Written and synced under a temporary name, then hard-linked into place: link(2)
+        // fails when the name exists, so of several writers exactly one creates it, and
+        // the object is whole whenever it is visible.
+        let key = object_key(kind, name)?;
+        self.forget_handle(&key);
+        let path = self.root.join(&key);
+        let dir = path
+            .parent()
+            .expect("object keys have a directory")
+            .to_path_buf();
+        let tmp = dir.join(format!(".tmp-{}", random_suffix()));
+        let write = || -> io::Result<bool> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            let created = match fs::hard_link(&tmp, &path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            fs::remove_file(&tmp)?;
+            fsync_dir(&dir)?;
+            Ok(created)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            StoreError::Io { key, source: e }
+        })
+    }
+
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = object_key(kind, name)?;
         fs::read(self.root.join(&key)).map_err(io(key))

@@ -47,6 +47,16 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        let key = object_key(kind, name)?;
+        let mut objects = self.objects.lock().expect("poisoned");
+        if objects.contains_key(&key) {
+            return Ok(false);
+        }
+        objects.insert(key, (data.to_vec(), SystemTime::now()));
+        Ok(true)
+    }
+
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = object_key(kind, name)?;
         let objects = self.objects.lock().expect("poisoned");

@@ -147,6 +147,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// snapshot and lock objects are durable when `put` returns.
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError>;
 
+    /// Writes an object only if none exists under its name, atomically (of several
+    /// writers racing, exactly one creates it); durable when it returns. Returns whether
+    /// this call created it. Used where the first writer must win, such as the config
+    /// of a repository two agents initialise at once.
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError>;
+
     /// Reads a whole object (objects are bounded by the chunker's maximum or are manifests).
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError>;
 

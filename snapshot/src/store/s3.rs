@@ -162,13 +162,15 @@ impl S3Store {
         self.send_with(method, url, key, body, None)
     }
 
+    /// `extra` is one more request header (Range, If-None-Match).
+
     fn send_with(
         &self,
         method: Method,
         url: Url,
         key: &str,
         body: Option<&[u8]>,
-        range: Option<String>,
+        extra: Option<(reqwest::header::HeaderName, String)>,
     ) -> Result<(StatusCode, Vec<u8>), StoreError> {
         let method_name: &'static str = match method {
             Method::GET => "GET",
@@ -188,8 +190,8 @@ impl S3Store {
                 if let Some(b) = body {
                     req = req.body(b.to_vec());
                 }
-                if let Some(r) = &range {
-                    req = req.header(reqwest::header::RANGE, r.as_str());
+                if let Some((name, value)) = &extra {
+                    req = req.header(name.clone(), value.as_str());
                 }
                 let outcome = match req.send().await {
                     Ok(resp) => {
@@ -256,6 +258,24 @@ impl Store for S3Store {
         self.send(Method::PUT, url, &key, Some(data)).map(drop)
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        // A conditional PUT: the server refuses it (412) when the object exists, so of
+        // two writers racing for the same key exactly one wins.
+        let key = self.key(kind, name)?;
+        let url = self
+            .bucket
+            .put_object(Some(&self.credentials), &key)
+            .sign(SIGNATURE_TTL);
+        let if_none_match = (reqwest::header::IF_NONE_MATCH, "*".to_string());
+        match self.send_with(Method::PUT, url, &key, Some(data), Some(if_none_match)) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Http { status: 412, .. }) => Ok(false),
+            // Some servers answer a conflicting concurrent conditional write with 409.
+            Err(StoreError::Http { status: 409, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = self.key(kind, name)?;
         let url = self
@@ -282,7 +302,13 @@ impl Store for S3Store {
             .get_object(Some(&self.credentials), &key)
             .sign(SIGNATURE_TTL);
         let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let (status, mut body) = self.send_with(Method::GET, url, &key, None, Some(range))?;
+        let (status, mut body) = self.send_with(
+            Method::GET,
+            url,
+            &key,
+            None,
+            Some((reqwest::header::RANGE, range)),
+        )?;
         // A server that ignores Range answers 200 with the whole object.
         if status == StatusCode::OK {
             let start = (offset as usize).min(body.len());

@@ -28,16 +28,33 @@ pub fn job_name(child: &str, kind: &str, key: &str) -> String {
 /// mid-way; a prune could forget chunks a snapshot is writing), or `rollback` has a
 /// restore of it pending (its Job starts next). The one rule for every agent Job: one at
 /// a time per component.
+///
+/// Until the stack's repository exists (`repository_exists`: a snapshot of the stack has
+/// completed), one agent Job at a time runs for the whole stack: the first one creates
+/// the repository, and not every S3 server refuses a second creation (Garage ignores
+/// `If-None-Match`), which would leave two configs and one of them unreadable.
 pub fn agent_busy(
     agents: &BTreeMap<String, Vec<AgentRun>>,
     rollback: Option<&deployctl_api::RollbackState>,
     component: &str,
+    repository_exists: bool,
 ) -> Option<String> {
     if let Some(run) = agents.get(component).and_then(|runs| runs.first()) {
         return Some(format!(
             "waiting for the {} Job {} of component {component} to end (one agent at a time per component's data)",
             run.operation, run.job
         ));
+    }
+    if !repository_exists {
+        if let Some((other, run)) = agents
+            .iter()
+            .find_map(|(c, runs)| runs.first().map(|r| (c, r)))
+        {
+            return Some(format!(
+                "waiting for the {} Job {} of component {other} to create the stack's snapshot repository",
+                run.operation, run.job
+            ));
+        }
     }
     rollback
         .into_iter()
@@ -271,7 +288,7 @@ pub(super) fn restore_step(p: &mut Planner<'_>, target: &RevisionRef, component:
     // database up): it is restored in place, never stopped.
     let stops = restore_stops(p, target, component);
     if r.phase == RestorePhase::Stopping {
-        let busy = agent_busy(&p.input.data.agents, None, component);
+        let busy = agent_busy(&p.input.data.agents, None, component, true);
         if let Some(why) = busy {
             // Stays Stopping: the restore starts once the other agent Job has ended.
             r.message = Some(why);

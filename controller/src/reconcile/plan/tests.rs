@@ -1339,7 +1339,7 @@ fn a_restore_waits_for_another_agent_on_the_same_data_and_starts_when_it_ends() 
 fn one_agent_at_a_time_per_components_data() {
     use super::data::agent_busy;
     let mut agents = BTreeMap::new();
-    assert_eq!(agent_busy(&agents, None, "db"), None);
+    assert_eq!(agent_busy(&agents, None, "db", true), None);
     agents.insert(
         "db".to_string(),
         vec![AgentRun {
@@ -1347,10 +1347,10 @@ fn one_agent_at_a_time_per_components_data() {
             job: "shop-db-restore-1".into(),
         }],
     );
-    let why = agent_busy(&agents, None, "db").unwrap();
+    let why = agent_busy(&agents, None, "db", true).unwrap();
     assert!(why.contains("restore Job shop-db-restore-1"), "{why}");
     assert_eq!(
-        agent_busy(&agents, None, "cache"),
+        agent_busy(&agents, None, "cache", true),
         None,
         "other components are free"
     );
@@ -1371,11 +1371,17 @@ fn one_agent_at_a_time_per_components_data() {
             message: None,
         }],
     };
-    assert!(agent_busy(&agents, Some(&rb), "cache").is_some());
+    assert!(agent_busy(&agents, Some(&rb), "cache", true).is_some());
     // Once restored (or given up), it does not.
     let mut done = rb.clone();
     done.restores[0].phase = RestorePhase::Restored;
-    assert_eq!(agent_busy(&agents, Some(&done), "cache"), None);
+    assert_eq!(agent_busy(&agents, Some(&done), "cache", true), None);
+    // Before the stack's repository exists, any agent Job holds every component back.
+    let why = agent_busy(&agents, None, "cache", false).unwrap();
+    assert!(
+        why.contains("create the stack's snapshot repository"),
+        "{why}"
+    );
 }
 
 /// A rollback of revision 2 whose restore of db failed (a corrupt chunk): db and api

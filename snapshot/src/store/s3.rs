@@ -162,8 +162,8 @@ impl S3Store {
         self.send_with(method, url, key, body, None)
     }
 
-    /// `extra` is one more request header (Range, If-None-Match).
-
+    /// Sends a request with at most one more header (`extra`: Range, If-None-Match),
+    /// retrying transport errors and server errors with back-off.
     fn send_with(
         &self,
         method: Method,

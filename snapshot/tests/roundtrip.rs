@@ -661,7 +661,7 @@ fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
                     s.spawn(move || {
                         barrier.wait();
                         let repo = Repository::open_or_init(store, Some(key)).unwrap();
-                        let source = Source::new("shop", &format!("c{i}"), "1");
+                        let source = Source::new("shop", format!("c{i}"), "1");
                         repo.snapshot(
                             &source,
                             &Method::Files { root: data.clone() },

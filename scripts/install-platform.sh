@@ -16,8 +16,8 @@
 # that tests/packaging/test_install_scripts.py can run this script with stubs.
 set -euo pipefail
 
-# shellcheck source=scripts/paths.sh
-. "$(dirname "$0")/paths.sh"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 BIN_DIR="$K8S_BIN_DIR"
 APT_DIR="${DEPLOYCTL_APT_DIR:-/etc/apt}"
 # Debian's Go 1.19, not whatever `go` comes first on PATH: Kubernetes 1.20's vendored code
@@ -60,18 +60,7 @@ run_logged() {
 APT_PACKAGES=(etcd-server iproute2 util-linux procps jq rsync make gcc libc6-dev golang-go
               golang-github-modern-go-reflect2-dev ca-certificates)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages (about 1 minute): ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-  say "Debian packages already installed"
-fi
+install_debian_packages "${APT_PACKAGES[@]}"
 
 have_all=1
 for b in "${BINARIES[@]}"; do

@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# shellcheck source=scripts/paths.sh
-. scripts/paths.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 START=$(date +%s)
 mkdir -p "$CACHE"
 
@@ -20,18 +20,7 @@ say() { printf '[install-test-tools +%ss] %s\n' "$(( $(date +%s) - START ))" "$*
 # prometheus: promtool checks the alert rules and the Prometheus gate's tests run a real
 # server; lua5.4 runs the Argo CD health check; shellcheck checks scripts/.
 APT_PACKAGES=(prometheus lua5.4 shellcheck sqlite3 python3-pip)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages (about 1 minute): ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-  say "Debian packages already installed"
-fi
+install_debian_packages "${APT_PACKAGES[@]}"
 # Debian's prometheus package starts a service on install; the tests start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
 

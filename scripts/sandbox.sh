@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 KEEP=1
 [ "${1:-}" = "--exit" ] && KEEP=0
 ROOT=$PWD
-# shellcheck source=scripts/paths.sh
-. scripts/paths.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 STATE="$ROOT/.sandbox"
 export KUBECONFIG="$STATE/kubeconfig"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"

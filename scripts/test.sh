@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# shellcheck source=scripts/paths.sh
-. scripts/paths.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 START=$(date +%s)
 # A clean build gains nothing from incremental state; it only costs disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

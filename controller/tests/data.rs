@@ -51,6 +51,18 @@ fn stack(db_tag: &str, db_env: &str) -> ProductionStack {
     )
 }
 
+/// Applies stack `s` as a person or a GitOps tool would: server-side apply, forced.
+async fn apply_stack(stacks: &Api<ProductionStack>, s: ProductionStack) {
+    stacks
+        .patch(
+            "shop",
+            &PatchParams::apply("tester").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .unwrap();
+}
+
 /// The directory of the db's volume on the simulated node.
 async fn db_dir(client: &Client, ns: &str) -> PathBuf {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
@@ -96,19 +108,7 @@ async fn a_failed_migration_is_rolled_back_with_its_data() {
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
     let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
-    let apply = |s: ProductionStack| {
-        let stacks = stacks.clone();
-        async move {
-            stacks
-                .patch(
-                    "shop",
-                    &PatchParams::apply("tester").force(),
-                    &Patch::Apply(&s),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
 
     apply(stack("v1", "")).await;
     wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
@@ -185,19 +185,7 @@ async fn data_migrated_by_another_components_release_is_restored_before_anything
     let ns = env.namespace("app-migrates").await;
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    let apply = |s: ProductionStack| {
-        let stacks = stacks.clone();
-        async move {
-            stacks
-                .patch(
-                    "shop",
-                    &PatchParams::apply("tester").force(),
-                    &Patch::Apply(&s),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
     apply(app_migrates_db_stack("v1", "")).await;
     wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
         is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
@@ -331,19 +319,7 @@ async fn an_invalid_spec_pushed_mid_rollback_does_not_stop_the_rollback() {
     let ns = env.namespace("invalid-mid").await;
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    let apply = |s: ProductionStack| {
-        let stacks = stacks.clone();
-        async move {
-            stacks
-                .patch(
-                    "shop",
-                    &PatchParams::apply("tester").force(),
-                    &Patch::Apply(&s),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
     apply(stack("v1", "")).await;
     wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
     let dir = db_dir(&client, ns.name()).await;
@@ -724,19 +700,7 @@ async fn files_data_is_quiesced_for_its_snapshot_and_restored_on_rollback() {
             Some(serde_json::from_value(serde_json::json!({"volume": "data"})).unwrap());
         s
     };
-    let apply = |s: ProductionStack| {
-        let stacks = stacks.clone();
-        async move {
-            stacks
-                .patch(
-                    "shop",
-                    &PatchParams::apply("tester").force(),
-                    &Patch::Apply(&s),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
     apply(files("v1", "")).await;
     wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
     let dir = db_dir(&client, ns.name()).await;
@@ -971,19 +935,7 @@ async fn a_failed_migration_is_undone_by_the_exec_restore_command_on_rollback() 
     let ns = env.namespace("exec-rb").await;
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    let apply = |s: ProductionStack| {
-        let stacks = stacks.clone();
-        async move {
-            stacks
-                .patch(
-                    "shop",
-                    &PatchParams::apply("tester").force(),
-                    &Patch::Apply(&s),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
     apply(exec_stack("v1", "", DEMO_DUMP)).await;
     wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
         is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)

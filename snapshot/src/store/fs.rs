@@ -126,42 +126,18 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-impl Store for FsStore {
-    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let key = object_key(kind, name)?;
-        self.forget_handle(&key);
-        let path = self.root.join(&key);
-        let dir = path
-            .parent()
-            .expect("object keys have a directory")
-            .to_path_buf();
-        let tmp = dir.join(format!(".tmp-{}", random_suffix()));
-        let durable_now = kind != ObjectKind::Chunk;
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
-            if durable_now {
-                f.sync_all()?;
-            } else {
-                start_writeback(&f, 0, 0);
-            }
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            if durable_now {
-                fsync_dir(&dir)?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            StoreError::Io { key, source: e }
-        })
-    }
-
-    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
-        // Written and synced under a temporary name, then hard-linked into place: link(2)
-        // fails when the name exists, so of several writers exactly one creates it, and
-        // the object is whole whenever it is visible.
+impl FsStore {
+    /// Writes `data` to a temporary file next to the object (synced when `durable`,
+    /// else only started on its way to disk), then lets `place` move it into place;
+    /// `place`'s answer is returned. The temporary is removed on any failure.
+    fn write_via_temporary(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        data: &[u8],
+        durable: bool,
+        place: impl FnOnce(&Path, &Path) -> io::Result<bool>,
+    ) -> Result<bool, StoreError> {
         let key = object_key(kind, name)?;
         self.forget_handle(&key);
         let path = self.root.join(&key);
@@ -173,20 +149,45 @@ impl Store for FsStore {
         let write = || -> io::Result<bool> {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
+            if durable {
+                f.sync_all()?;
+            } else {
+                start_writeback(&f, 0, 0);
+            }
             drop(f);
-            let created = match fs::hard_link(&tmp, &path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            };
-            fs::remove_file(&tmp)?;
-            fsync_dir(&dir)?;
-            Ok(created)
+            let placed = place(&tmp, &path)?;
+            if durable {
+                fsync_dir(&dir)?;
+            }
+            Ok(placed)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             StoreError::Io { key, source: e }
+        })
+    }
+}
+
+impl Store for FsStore {
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let durable_now = kind != ObjectKind::Chunk;
+        self.write_via_temporary(kind, name, data, durable_now, |tmp, path| {
+            fs::rename(tmp, path).map(|()| true)
+        })
+        .map(drop)
+    }
+
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        // Hard-linked into place: link(2) fails when the name exists, so of several
+        // writers exactly one creates it, and the object is whole whenever it is visible.
+        self.write_via_temporary(kind, name, data, true, |tmp, path| {
+            let created = match fs::hard_link(tmp, path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            fs::remove_file(tmp)?;
+            Ok(created)
         })
     }
 

@@ -210,6 +210,17 @@ impl World {
         });
     }
 
+    /// A failed measurement of the gate of the component under analysis, if one is.
+    pub(super) fn fail_analysis(&mut self, at: i64) {
+        if let Some(c) = self.status.rollout.as_ref().and_then(|r| {
+            (r.step == Some(RolloutStep::Analysing))
+                .then(|| r.component.clone())
+                .flatten()
+        }) {
+            self.measure(&c, "http", MeasurementOutcome::Failure, at);
+        }
+    }
+
     pub(super) fn phase(&self) -> StackPhase {
         self.status.phase.unwrap()
     }
@@ -1089,13 +1100,7 @@ fn fail_and_log_rollback(w: &mut World, next: ProductionStackSpec) -> (Vec<Strin
     w.change(next, 2);
     let mut log: Vec<String> = vec![];
     for _ in 0..40 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, now);
-        }
+        w.fail_analysis(now);
         let p = w.step(now);
         now += 11;
         if w.status.rollback.is_some() || w.status.last_rollback.is_some() {
@@ -1230,13 +1235,7 @@ fn a_controller_restarted_during_the_data_step_resumes_it_from_status() {
     w.restore_result = JobOutcome::Running; // the restore Job keeps running
     w.change(data_spec("db:2", "api:2", SQLITE), 2);
     for _ in 0..40 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, now);
-        }
+        w.fail_analysis(now);
         w.step(now);
         now += 11;
         if !w.data.restore_jobs.is_empty() {
@@ -1265,13 +1264,7 @@ fn a_failed_restore_leaves_the_component_stopped_and_says_why() {
     w.change(data_spec("db:2", "api:2", SQLITE), 2);
     let mut t = now;
     for _ in 0..30 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, t);
-        }
+        w.fail_analysis(t);
         w.step(t);
         t += 11;
     }
@@ -1301,13 +1294,7 @@ fn a_restore_waits_for_another_agent_on_the_same_data_and_starts_when_it_ends() 
     );
     let mut restores_started = 0;
     for _ in 0..40 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, now);
-        }
+        w.fail_analysis(now);
         let p = w.step(now);
         now += 11;
         restores_started += p
@@ -1393,13 +1380,7 @@ fn stuck_after_a_failed_restore() -> (World, i64) {
     w.change(data_spec("db:2", "api:2", SQLITE), 2);
     let mut t = now;
     for _ in 0..30 {
-        if let Some(c) = w.status.rollout.as_ref().and_then(|r| {
-            (r.step == Some(RolloutStep::Analysing))
-                .then(|| r.component.clone())
-                .flatten()
-        }) {
-            w.measure(&c, "http", MeasurementOutcome::Failure, t);
-        }
+        w.fail_analysis(t);
         w.step(t);
         t += 11;
     }

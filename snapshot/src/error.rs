@@ -178,6 +178,18 @@ pub enum Error {
         created: String,
     },
 
+    /// Our repository lock could not be refreshed for its whole staleness period: a gc
+    /// may have run since, so what the operation was about to write cannot be trusted.
+    #[error(
+        "the repository lock {lock} could not be refreshed for {since_secs} s and may have gone stale; refusing to complete (run the operation again)"
+    )]
+    LockLost {
+        /// Lock object name.
+        lock: String,
+        /// Seconds since its last successful refresh.
+        since_secs: u64,
+    },
+
     /// A worker thread panicked; a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -202,6 +214,7 @@ impl Error {
             Error::Sqlite { .. } => "sqlite",
             Error::Command { .. } => "command",
             Error::Locked { .. } => "locked",
+            Error::LockLost { .. } => "lock_lost",
             Error::Internal(_) => "internal",
         }
     }

@@ -491,7 +491,7 @@ impl Repository {
     ) -> Result<RestoreReport> {
         let started = Instant::now();
         let _lock = lock::acquire(
-            &*self.store,
+            &self.store,
             LockKind::Shared,
             "restore",
             options.stale_lock_after,

@@ -140,7 +140,7 @@ impl Repository {
     /// repairable problem permanent.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
         let _lock = lock::acquire(
-            &*self.store,
+            &self.store,
             LockKind::Exclusive,
             "gc",
             options.stale_lock_after,

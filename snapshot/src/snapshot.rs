@@ -2,8 +2,8 @@
 //!
 //! The pipeline runs on scoped threads: readers cut inputs into chunks, workers hash
 //! (and seal) each chunk and store the new ones, and the calling thread collects chunk
-//! references in order, reports progress and refreshes the lock. Channels are bounded, so
-//! memory stays at a few chunks per thread whatever the input size. The manifest is
+//! references in order, reports progress and checks the lock is still held. Channels are
+//! bounded, so memory stays at a few chunks per thread whatever the input size. The manifest is
 //! written only after every chunk is stored and the store is synced: an agent killed at
 //! any earlier point leaves no snapshot marked complete.
 
@@ -244,7 +244,7 @@ fn ingest(
     total: u64,
     workers: usize,
     progress: &dyn Progress,
-    lock: &mut LockGuard<'_>,
+    lock: &LockGuard,
 ) -> Result<(Vec<Vec<ChunkRef>>, IngestStats)> {
     let n = inputs.len();
     let params = repo.chunker();
@@ -356,7 +356,7 @@ fn ingest(
                             done_bytes: done,
                             total_bytes: total.max(done),
                         });
-                        if let Err(e) = lock.refresh_if_due() {
+                        if let Err(e) = lock.ensure_held() {
                             cancel.store(true, Ordering::Relaxed);
                             first_err.get_or_insert(e);
                         }
@@ -401,8 +401,8 @@ impl Repository {
     ) -> Result<SnapshotReport> {
         let started = Instant::now();
         let created = Utc::now();
-        let mut lock = lock::acquire(
-            &*self.store,
+        let lock = lock::acquire(
+            &self.store,
             LockKind::Shared,
             "snapshot",
             options.stale_lock_after,
@@ -425,7 +425,7 @@ impl Repository {
             .into_iter()
             .map(|(idx, input)| (idx, (PathBuf::from(&entries[idx].path), input)))
             .unzip();
-        let ingested = ingest(self, known, inputs, total, workers, progress, &mut lock);
+        let ingested = ingest(self, known, inputs, total, workers, progress, &lock);
         // The method learns whether all input was read (an exec dump must also exit 0).
         capture.finish(ingested.is_ok())?;
         let (lists, stats) = ingested?;
@@ -454,6 +454,9 @@ impl Repository {
         // All chunks durable before the manifest exists: the manifest is the completion mark.
         self.store.sync()?;
         crate::testing::pause_point("snapshot-before-manifest");
+        // A lock that went stale may have let a gc delete chunks this snapshot reused: then
+        // no manifest, so no snapshot that would fail when restored.
+        lock.ensure_held()?;
         let id = self.write_manifest(&manifest)?;
         drop(lock);
         Ok(SnapshotReport {

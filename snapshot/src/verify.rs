@@ -33,12 +33,7 @@ impl Repository {
     /// naming the file and chunk.
     pub fn verify(&self, id: SnapshotId, progress: &dyn Progress) -> Result<VerifyReport> {
         let started = Instant::now();
-        let _lock = lock::acquire(
-            &*self.store,
-            LockKind::Shared,
-            "verify",
-            DEFAULT_STALE_AFTER,
-        )?;
+        let _lock = lock::acquire(&self.store, LockKind::Shared, "verify", DEFAULT_STALE_AFTER)?;
         let m = self.load_manifest(id)?;
         let mut seen = HashSet::new();
         let mut jobs: Vec<(&str, u64, ChunkRef)> = Vec::new();

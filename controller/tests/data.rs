@@ -533,8 +533,13 @@ async fn after_a_restore_fails_on_a_damaged_snapshot_another_snapshot_or_the_liv
         "the other snapshot's data is back"
     );
 
-    // 2. The same failure, and this time the person accepts the data as it is.
-    bad_import(&dir);
+    // 2. The same failure, and this time the person accepts the data as it is. (Another
+    //    import than the first: the same one would give the same data, whose chunks the
+    //    first damaged snapshot already holds.)
+    let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+    db.execute("DELETE FROM items WHERE id % 3 = 0", [])
+        .unwrap();
+    drop(db);
     let live_sum = checksum(&dir);
     take_damaged_snapshot(&client, ns.name(), &snaps, "damaged-2").await;
     let (phase, msg) = request(

@@ -84,6 +84,12 @@ pub struct ProductionStackStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processed_operations: Vec<String>,
 
+    /// Those of `processedOperations` that were refused, so that an operation whose
+    /// result was not yet written when the controller stopped is recorded as refused, not
+    /// as done, after the restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_operations: Vec<String>,
+
     /// `Ready`, `Reconciling` and `Stalled`, in the kstatus convention that Argo CD and
     /// Flux read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

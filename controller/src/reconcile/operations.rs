@@ -8,18 +8,32 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+/// An operation the stack acted on before a restart, whose result was not written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Its name.
+    pub name: String,
+    /// Whether the stack refused it (as its status records).
+    pub refused: bool,
+}
+
 /// Operations for `stack` with no result yet, oldest first; and those the stack already
 /// acted on but whose result was not written (the controller stopped in between).
 pub async fn pending(
     ctx: &crate::context::Context,
     stack: &ProductionStack,
-) -> Result<(Vec<PendingOperation>, Vec<String>)> {
+) -> Result<(Vec<PendingOperation>, Vec<Recovered>)> {
     let ns = stack.namespace().unwrap_or_default();
     let api: Api<StackOperation> = Api::namespaced(ctx.client.clone(), &ns);
     let processed = stack
         .status
         .as_ref()
         .map(|s| s.processed_operations.clone())
+        .unwrap_or_default();
+    let refused = stack
+        .status
+        .as_ref()
+        .map(|s| s.refused_operations.clone())
         .unwrap_or_default();
     let unanswered = |o: &StackOperation| {
         o.spec.stack == stack.name_any()
@@ -71,7 +85,12 @@ pub async fn pending(
                 snapshot: o.spec.snapshot.clone(),
             })
             .collect(),
-        done.into_iter().map(|o| o.name_any()).collect(),
+        done.into_iter()
+            .map(|o| Recovered {
+                refused: refused.contains(&o.name_any()),
+                name: o.name_any(),
+            })
+            .collect(),
     ))
 }
 
@@ -92,15 +111,26 @@ pub async fn record(client: &Client, ns: &str, result: &OperationResult) -> Resu
 }
 
 /// Marks an operation the stack acted on before a restart, whose detailed result is in
-/// the stack's Events.
-pub async fn record_recovered(client: &Client, ns: &str, name: &str) -> Result<()> {
+/// the stack's Events: refused stays refused.
+pub async fn record_recovered(client: &Client, ns: &str, op: &Recovered) -> Result<()> {
+    let (phase, message) = if op.refused {
+        (
+            deployctl_api::OperationPhase::Failed,
+            "refused; the reason is in the stack's Events (OperationRefused)",
+        )
+    } else {
+        (
+            deployctl_api::OperationPhase::Succeeded,
+            "acted on; see the stack's Events for details",
+        )
+    };
     write(
         client,
         ns,
-        name,
+        &op.name,
         StackOperationStatus {
-            phase: Some(deployctl_api::OperationPhase::Succeeded),
-            message: Some("acted on; see the stack's Events for details".into()),
+            phase: Some(phase),
+            message: Some(message.into()),
             processed_at: Some(crate::context::now()),
             target_revision: None,
         },

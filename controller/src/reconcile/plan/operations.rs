@@ -53,6 +53,14 @@ pub(super) fn apply(p: &mut Planner<'_>) {
         p.status.processed_operations.push(op.name.clone());
         let excess = p.status.processed_operations.len().saturating_sub(REMEMBER);
         p.status.processed_operations.drain(..excess);
+        if phase == OperationPhase::Failed {
+            p.status.refused_operations.push(op.name.clone());
+        }
+        // Only names still remembered as processed matter.
+        let processed = p.status.processed_operations.clone();
+        p.status
+            .refused_operations
+            .retain(|n| processed.contains(n));
         p.op_results.push(OperationResult {
             name: op.name,
             phase,

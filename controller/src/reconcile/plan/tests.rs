@@ -1762,6 +1762,24 @@ fn a_restore_on_a_rolled_back_stack_keeps_the_failed_revision_held_back() {
 }
 
 #[test]
+fn a_refused_operation_is_remembered_as_refused_for_a_restart() {
+    let mut w = World::new(spec("", GATE, "x:1"));
+    let now = w.settle(0, true);
+    w.op("promote-nothing", OperationAction::Promote, None);
+    w.op("pause", OperationAction::Pause, None);
+    let p = w.step(now);
+    assert_eq!(p.operations[0].phase, OperationPhase::Failed);
+    assert_eq!(p.operations[1].phase, OperationPhase::Succeeded);
+    // A controller stopped before it wrote the operations' results finds in the stack's
+    // status which of them it refused.
+    assert_eq!(
+        w.status.processed_operations,
+        vec!["promote-nothing", "pause"]
+    );
+    assert_eq!(w.status.refused_operations, vec!["promote-nothing"]);
+}
+
+#[test]
 fn an_operation_with_a_field_its_action_does_not_use_is_refused_naming_the_field() {
     let mut w = World::new(spec("", GATE, "x:1"));
     let now = w.settle(0, true);

@@ -31,14 +31,15 @@ mkdir -p "$CACHE"
 say() { printf '[install-platform +%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
 # Runs a long command with its output in LOG, printing the lines that match PATTERN (its
-# phases) as they come and a heartbeat every minute that counts the log's lines as UNIT;
-# on failure, the log's tail.
+# phases) as they come and, every minute, how many files PROGRESS_DIR holds (a build's
+# cache grows as it compiles); on failure, the log's tail.
 run_logged() {
-  local log=$1 pattern=$2 unit=$3; shift 3
+  local log=$1 pattern=$2 progress_dir=$3; shift 3
   local began=$SECONDS
   # The sleep does not hold our output open: a caller reading it sees the end at once.
   ( while sleep 60 >/dev/null 2>&1; do
-      printf '    ... still running: %s min, %s %s\n' "$(( (SECONDS - began) / 60 ))" "$(wc -l <"$log")" "$unit"
+      printf '    ... still running: %s min, %s files compiled so far\n' "$(( (SECONDS - began) / 60 ))" \
+        "$(find "$progress_dir" -type f 2>/dev/null | wc -l)"
     done ) &
   local beat=$!
   local rc=0
@@ -108,10 +109,10 @@ mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
 cd .go/src/k8s.io/kubernetes
 say "compiling with $(go version | awk '{print $3}'): code generation, then the four binaries (log: $WORK/build.log)"
-# Kubernetes' build prints each phase on a line starting with "+++", then what it builds;
-# with -v, Go adds a line per package compiled (about 2,000 in all), which the heartbeat counts.
-run_logged "$WORK/build.log" '^\+\+\+|^    (\.\/)?(vendor|cmd)/' "lines of build log (one per Go package)" \
-  make WHAT="${BINARIES[*]/#/cmd/}" GOFLAGS="-mod=vendor -v"
+# Kubernetes' build prints each phase on a line starting with "+++", then what it builds.
+# (Its GOFLAGS must stay one flag: a second one, such as -v, breaks its code generators.)
+run_logged "$WORK/build.log" '^\+\+\+|^    (\.\/)?(vendor|cmd)/' "$GOCACHE" \
+  make WHAT="${BINARIES[*]/#/cmd/}"
 mkdir -p "$BIN_DIR"
 for b in "${BINARIES[@]}"; do
   install -m 0755 "_output/local/bin/linux/amd64/$b" "$BIN_DIR/$b"

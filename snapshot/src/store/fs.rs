@@ -122,6 +122,18 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     );
 }
 
+/// Hard-links `tmp` to `path` unless `path` exists, then removes `tmp`; whether it linked.
+/// link(2) fails when the name exists, so of several writers exactly one creates it.
+fn link_if_absent(tmp: &Path, path: &Path) -> io::Result<bool> {
+    let created = match fs::hard_link(tmp, path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    fs::remove_file(tmp)?;
+    Ok(created)
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -170,8 +182,14 @@ impl FsStore {
 
 impl Store for FsStore {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let durable_now = kind != ObjectKind::Chunk;
-        self.write_via_temporary(kind, name, data, durable_now, |tmp, path| {
+        if kind == ObjectKind::Chunk {
+            // Content-addressed: a chunk that exists already holds these bytes, and is
+            // never replaced by a new write (which a later writeback error could tear).
+            return self
+                .write_via_temporary(kind, name, data, false, link_if_absent)
+                .map(drop);
+        }
+        self.write_via_temporary(kind, name, data, true, |tmp, path| {
             fs::rename(tmp, path).map(|()| true)
         })
         .map(drop)
@@ -180,15 +198,7 @@ impl Store for FsStore {
     fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
         // Hard-linked into place: link(2) fails when the name exists, so of several
         // writers exactly one creates it, and the object is whole whenever it is visible.
-        self.write_via_temporary(kind, name, data, true, |tmp, path| {
-            let created = match fs::hard_link(tmp, path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            };
-            fs::remove_file(tmp)?;
-            Ok(created)
-        })
+        self.write_via_temporary(kind, name, data, true, link_if_absent)
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
@@ -343,6 +353,37 @@ impl Store for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_chunk_is_never_overwritten_but_snapshots_and_config_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::new(dir.path().join("repo")).unwrap();
+        let name = "ab".repeat(32);
+        s.put(ObjectKind::Chunk, &name, b"first").unwrap();
+        s.put(ObjectKind::Chunk, &name, b"second").unwrap();
+        assert_eq!(s.get(ObjectKind::Chunk, &name).unwrap(), b"first");
+        assert!(s.put_new(ObjectKind::Config, "config", b"one").unwrap());
+        assert!(!s.put_new(ObjectKind::Config, "config", b"two").unwrap());
+        assert_eq!(s.get(ObjectKind::Config, "config").unwrap(), b"one");
+        s.put(ObjectKind::Lock, "l", b"a").unwrap();
+        s.put(ObjectKind::Lock, "l", b"b").unwrap();
+        assert_eq!(
+            s.get(ObjectKind::Lock, "l").unwrap(),
+            b"b",
+            "locks are rewritten"
+        );
+        let leftovers = std::fs::read_dir(dir.path().join("repo/objects/ab"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "no temporary left behind");
+    }
 
     #[test]
     fn objects_of_many_sizes_read_back_whole_and_in_ranges() {

@@ -103,7 +103,7 @@ cd src
 [ -d "$REFLECT2_DIR" ] || { echo "reflect2 sources not found in $REFLECT2_DIR (package golang-github-modern-go-reflect2-dev)" >&2; exit 1; }
 rm -rf vendor/github.com/modern-go/reflect2
 cp -r "$REFLECT2_DIR" vendor/github.com/modern-go/reflect2
-export PATH="$GO_ROOT/bin:$PATH" GOPATH="$PWD/.go" GOCACHE="$WORK/gocache" CGO_ENABLED=0 \
+export PATH="$GO_ROOT/bin:$PATH" GOPATH="$PWD/.go" CGO_ENABLED=0 \
   GOFLAGS=-mod=vendor GO111MODULE=off GOTOOLCHAIN=local
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
@@ -111,7 +111,8 @@ cd .go/src/k8s.io/kubernetes
 say "compiling with $(go version | awk '{print $3}'): code generation, then the four binaries (log: $WORK/build.log)"
 # Kubernetes' build prints each phase on a line starting with "+++", then what it builds.
 # (Its GOFLAGS must stay one flag: a second one, such as -v, breaks its code generators.)
-run_logged "$WORK/build.log" '^\+\+\+|^    (\.\/)?(vendor|cmd)/' "$GOCACHE" \
+# It keeps its own Go build cache, in _output/local/go/cache: the heartbeat counts that.
+run_logged "$WORK/build.log" '^\+\+\+|^    (\.\/)?(vendor|cmd)/' "$PWD/_output/local/go/cache" \
   make WHAT="${BINARIES[*]/#/cmd/}"
 mkdir -p "$BIN_DIR"
 for b in "${BINARIES[@]}"; do

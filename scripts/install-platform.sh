@@ -43,7 +43,9 @@ run_logged() {
     done ) &
   local beat=$!
   local rc=0
-  "$@" >"$log" 2>&1 &
+  # The log exists before tail opens it: started first, tail could find no file and give up.
+  : >"$log"
+  "$@" >>"$log" 2>&1 &
   local pid=$!
   # The filter reads the log as it grows and stops when the command ends.
   tail -n +1 --pid="$pid" -f "$log" 2>/dev/null | grep --line-buffered -E "$pattern" | sed -u 's/^/    /' || true

@@ -74,7 +74,7 @@ if [ "$have_all" = 1 ]; then
   exit 0
 fi
 
-say "building ${BINARIES[*]} $K8S_VERSION from Debian's source package (once; about 8-12 minutes on 2 cores)"
+say "building ${BINARIES[*]} $K8S_VERSION from Debian's source package (once; about 5-6 minutes on 2 cores)"
 if ! grep -rqs '^Types:.*deb-src' "$APT_DIR/sources.list.d/" && ! grep -qs '^deb-src' "$APT_DIR/sources.list"; then
   # Same mirror and keyring as the machine's own bookworm entry.
   mkdir -p "$APT_DIR/sources.list.d"

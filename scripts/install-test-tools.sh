@@ -48,7 +48,7 @@ fi
 if [ -x "$GARAGE_DIR/bin/garage" ]; then
   say "garage $GARAGE_VERSION already cached in $GARAGE_DIR"
 else
-  say "building garage $GARAGE_VERSION, the S3 server of the snapshot tests (once; about 8-10 minutes on 2 cores)"
+  say "building garage $GARAGE_VERSION, the S3 server of the snapshot tests (once; about 7-8 minutes on 2 cores)"
   log="$CACHE/garage-build.log"
   began=$SECONDS
   ( while sleep 60 >/dev/null 2>&1; do

@@ -21,12 +21,12 @@ export PATH="$K8S_BIN_DIR:$BIN:$PATH"
 START=$(date +%s)
 say() { printf '\n\033[1m==> %s\033[0m (+%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
 
-say "Installing the platform (first run: Debian packages and an 8-12 minute Kubernetes build; cached after)"
+say "Installing the platform (first run: Debian packages and a 5-6 minute Kubernetes build; cached after)"
 bash scripts/install-platform.sh
 
 # Only what the sandbox runs: the node and control plane (deployctl-sandbox), the
 # controller, the CLI and the demo app. Cargo prints a line per crate it compiles.
-say "Building deployctl, the demo app and the sandbox (first run: about 8 minutes on 2 cores; seconds after)"
+say "Building deployctl, the demo app and the sandbox (first run: about 2-3 minutes on 2 cores; seconds after)"
 cargo build --locked --bins -p deployctl-harness -p deployctl-controller -p deployctl -p demo-app
 
 rm -rf "$STATE" && mkdir -p "$STATE"

@@ -389,3 +389,170 @@ async fn snapshots_are_taken_listed_verified_and_restored() {
     // The manual snapshot is not a pre-rollout one: in `snapshot list`, not the history.
     assert!(!out.stdout.contains(&name), "{}", out.stdout);
 }
+
+/// The directory of the stack's snapshot repository (the store claim) on the node.
+async fn store_dir(client: &kube::Client, ns: &str) -> std::path::PathBuf {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let pv = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get("shop-snapshots")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("the store claim is bound");
+    let path = Api::<PersistentVolume>::all(client.clone())
+        .get(&pv)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.local)
+        .expect("a local volume")
+        .path;
+    std::path::PathBuf::from(path)
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn after_a_restore_fails_accept_live_data_starts_the_stack_on_the_data_as_it_is() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crds(env).await;
+    let ns = env.namespace("cli-accept").await;
+    let ns = ns.name();
+    let kc = env.kubeconfig_path();
+    let _controller = ControllerProcess::start(env, ns, "c1", &[]);
+    apply(&client, ns, &data_stack("1")).await;
+    run(
+        kc,
+        ns,
+        &["wait", "shop", "--for", "healthy", "--timeout", WAIT],
+    )
+    .await
+    .expect_code(0);
+    let out = run(
+        kc,
+        ns,
+        &["snapshot", "create", "shop", "--wait", "--timeout", WAIT],
+    )
+    .await
+    .expect_code(0);
+    let name = out
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the snapshot's name")
+        .to_string();
+    // The only snapshot: every chunk in the repository is its own. Damage them all.
+    let store = store_dir(&client, ns).await;
+    let chunks = files_under(&store.join("objects"));
+    assert!(!chunks.is_empty());
+    for f in chunks {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(&f, bytes).unwrap();
+    }
+
+    // The restore fails its verification: exit 1, and the message names the ways out.
+    let out = run(
+        kc,
+        ns,
+        &[
+            "snapshot",
+            "restore",
+            &name,
+            "--reason",
+            "drill",
+            "--yes",
+            "--wait",
+            "--timeout",
+            WAIT,
+        ],
+    )
+    .await
+    .expect_code(1);
+    for way in [
+        "deployctl retry shop",
+        "deployctl snapshot restore",
+        "deployctl accept-live-data shop",
+    ] {
+        assert!(
+            out.stderr.contains(way),
+            "{way} missing from:\n{}",
+            out.stderr
+        );
+    }
+    // abort is not a way out, and says which are.
+    let out = run(kc, ns, &["abort", "shop", "--reason", "no"])
+        .await
+        .expect_code(1);
+    assert!(out.stderr.contains("AcceptLiveData"), "{}", out.stderr);
+
+    // The person accepts the data as it is: the stack is started on it and ends rolled
+    // back onto its stable revision, the decision recorded with who made it.
+    let out = run(
+        kc,
+        ns,
+        &[
+            "accept-live-data",
+            "shop",
+            "--reason",
+            "the data is fine",
+            "--wait",
+            "--timeout",
+            WAIT,
+        ],
+    )
+    .await
+    .expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("AcceptLiveData of stack \"shop\" succeeded (operation ")
+            && lines[0].ends_with(&format!(
+                "the data of component db from snapshot {name} is kept as it is now; the rollback to revision 1 goes on"
+            )),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1], "stack \"shop\" is Healthy on revision 1");
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns);
+    let accept = ops
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|o| o.spec.action == OperationAction::AcceptLiveData)
+        .expect("the CLI created an AcceptLiveData operation");
+    assert_eq!(accept.spec.reason.as_deref(), Some("the data is fine"));
+    let stack = Api::<deployctl_api::ProductionStack>::namespaced(client.clone(), ns)
+        .get("shop")
+        .await
+        .unwrap();
+    let last = stack.status.unwrap().last_rollback.unwrap();
+    assert_eq!(
+        last.restores[0].phase,
+        deployctl_api::RestorePhase::Accepted
+    );
+    let why = last.restores[0].message.clone().unwrap_or_default();
+    assert!(
+        why.contains("the data is fine"),
+        "the decision and its reason are recorded: {why}"
+    );
+}

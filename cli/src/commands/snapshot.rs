@@ -840,8 +840,10 @@ pub fn restore_done(stack: &ProductionStack, op: &str, snapshot: &str) -> Step<(
         Step::Fail(CliError::Failed {
             message: format!(
                 "restoring snapshot {snapshot} into component {component} of stack \"{name}\" \
-                 failed: {}\n  the component stays stopped with its data as it was; restore \
-                 another snapshot (deployctl snapshot list {name}) or roll back",
+                 failed: {}\n  the live data is as it was and {component} stays stopped; ways \
+                 out: `deployctl retry {name}` (once the cause is fixed), `deployctl snapshot \
+                 restore SNAPSHOT` (another of `deployctl snapshot list {name}`), `deployctl \
+                 accept-live-data {name}` (start on the data as it is)",
                 message.map(one_line).unwrap_or_else(|| "no message".into())
             ),
         })

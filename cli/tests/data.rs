@@ -7,7 +7,7 @@
 mod support;
 
 use deployctl_api::{OperationAction, StackOperation, StackSnapshot};
-use deployctl_harness::{require_sim_node, shared, ControllerProcess};
+use deployctl_harness::{claim_dir, files_under, require_sim_node, shared, ControllerProcess};
 use kube::api::{Api, ListParams};
 use support::*;
 
@@ -390,41 +390,6 @@ async fn snapshots_are_taken_listed_verified_and_restored() {
     assert!(!out.stdout.contains(&name), "{}", out.stdout);
 }
 
-/// The directory of the stack's snapshot repository (the store claim) on the node.
-async fn store_dir(client: &kube::Client, ns: &str) -> std::path::PathBuf {
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-    let pv = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .get("shop-snapshots")
-        .await
-        .unwrap()
-        .spec
-        .and_then(|s| s.volume_name)
-        .expect("the store claim is bound");
-    let path = Api::<PersistentVolume>::all(client.clone())
-        .get(&pv)
-        .await
-        .unwrap()
-        .spec
-        .and_then(|s| s.local)
-        .expect("a local volume")
-        .path;
-    std::path::PathBuf::from(path)
-}
-
-/// Every file under `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn after_a_restore_fails_accept_live_data_starts_the_stack_on_the_data_as_it_is() {
     let env = shared();
@@ -458,7 +423,13 @@ async fn after_a_restore_fails_accept_live_data_starts_the_stack_on_the_data_as_
         .expect("the snapshot's name")
         .to_string();
     // The only snapshot: every chunk in the repository is its own. Damage them all.
-    let store = store_dir(&client, ns).await;
+    let store = claim_dir(
+        &client,
+        ns,
+        "shop-snapshots",
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let chunks = files_under(&store.join("objects"));
     assert!(!chunks.is_empty());
     for f in chunks {

@@ -11,8 +11,8 @@ use deployctl_api::{
     OperationAction, OperationPhase, ProductionStack, RestorePhase, RollbackTrigger, SnapshotPhase,
     StackOperation, StackOperationSpec, StackPhase, StackSnapshot, StackSnapshotSpec,
 };
-use deployctl_harness::{require_sim_node, shared};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use deployctl_harness::{claim_dir, files_under, require_sim_node, shared};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Client;
 use std::path::PathBuf;
@@ -65,20 +65,7 @@ async fn apply_stack(stacks: &Api<ProductionStack>, s: ProductionStack) {
 
 /// The directory of the db's volume on the simulated node.
 async fn db_dir(client: &Client, ns: &str) -> PathBuf {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let pv_name = wait_until("the db claim to be bound", T, || async {
-        pvcs.get_opt("data-shop-db-0")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.spec?.volume_name)
-    })
-    .await;
-    let pv = Api::<PersistentVolume>::all(client.clone())
-        .get(&pv_name)
-        .await
-        .unwrap();
-    PathBuf::from(pv.spec.unwrap().local.unwrap().path)
+    claim_dir(client, ns, "data-shop-db-0", T).await
 }
 
 /// The demo app's logical checksum of the database in `dir`.
@@ -355,45 +342,9 @@ async fn an_invalid_spec_pushed_mid_rollback_does_not_stop_the_rollback() {
     assert_eq!(checksum(&dir), before);
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// The directory of the stack's snapshot repository (the store claim) on the node.
 async fn store_dir(client: &Client, ns: &str) -> PathBuf {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let pv = pvcs
-        .get("shop-snapshots")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .volume_name
-        .unwrap();
-    PathBuf::from(
-        Api::<PersistentVolume>::all(client.clone())
-            .get(&pv)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .local
-            .unwrap()
-            .path,
-    )
+    claim_dir(client, ns, "shop-snapshots", T).await
 }
 
 /// Takes snapshot `name` of db and damages the chunks it added to the repository (the

@@ -26,6 +26,7 @@ pub mod kubeconfig;
 pub mod node;
 pub mod process;
 pub mod shared;
+pub mod volumes;
 
 pub use apply::apply_yaml;
 pub use cluster::{control_plane_bin_dir, kubectl_binary, Cluster, ClusterOptions};
@@ -34,3 +35,4 @@ pub use crds::install_crds;
 pub use error::HarnessError;
 pub use node::workspace_images;
 pub use shared::{shared, SharedEnv, TestNamespace};
+pub use volumes::{claim_dir, files_under};

@@ -53,8 +53,12 @@ const RELATIVE_PATH: CelRule = CelRule {
     }
 ]))]
 pub struct ComponentData {
-    /// Name of the entry of `volumeClaims` that holds the data. For a StatefulSet, the
-    /// claim of its first replica (ordinal 0) is the one snapshotted and restored.
+    /// Name of the entry of `volumeClaims` that holds the data. For a StatefulSet with
+    /// `Files` or `Sqlite`, every replica's claim (ordinals 0 to `replicas` - 1) is
+    /// snapshotted and restored, each by its own agent Job on its own node: `Files` with
+    /// `Quiesce` copies them all while the whole StatefulSet is stopped (one consistent
+    /// point in time); `Sqlite` and `Live` copy each replica's data consistently on its
+    /// own. With `Exec` the dump is of the whole database, taken once.
     /// Required with `Files` and `Sqlite`. With `Exec` it is optional: the claim the
     /// commands need, mounted where `exec.container` mounts it (other claims are not
     /// mounted); leave it out for a database reached over the network.
@@ -474,6 +478,47 @@ pub struct StackSnapshotStatus {
     /// What went wrong (or the verification's finding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For a StatefulSet component: each replica's data, by ordinal (the claim of
+    /// ordinal N is `<volume>-<stack>-<component>-N`). `digest` is then ordinal 0's,
+    /// and `sizeBytes`, `files`, `chunks` and `newBytes` are totals over the replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub replicas: Vec<ReplicaSnapshot>,
+}
+
+/// One StatefulSet replica's data in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSnapshot {
+    /// The replica's ordinal.
+    #[schemars(range(min = 0))]
+    pub ordinal: i32,
+    /// SHA-256 of this replica's manifest in the repository, once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes of this replica's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// Regular files in this replica's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
+    /// The agent Job copying this replica's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+impl StackSnapshotStatus {
+    /// Every replica's digest, by ordinal: the `replicas` entries, or the one `digest`
+    /// of a Deployment's (or an older) snapshot as ordinal 0. Empty until complete.
+    pub fn digests(&self) -> Vec<(i32, String)> {
+        if self.replicas.is_empty() {
+            return self.digest.iter().map(|d| (0, d.clone())).collect();
+        }
+        self.replicas
+            .iter()
+            .filter_map(|r| r.digest.clone().map(|d| (r.ordinal, d)))
+            .collect()
+    }
 }
 
 /// Lifecycle of a snapshot.

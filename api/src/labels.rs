@@ -42,5 +42,12 @@ pub const SNAPSHOT: &str = "deployctl.dev/snapshot";
 /// Annotation on a StackSnapshot asking for a verification now (RFC 3339 time of the
 /// request); `deployctl snapshot verify` sets it.
 pub const VERIFY_REQUESTED: &str = "deployctl.dev/verify-requested-at";
+/// Annotation on an agent Job: the group it belongs to (one Job per StatefulSet replica;
+/// the group is named after ordinal 0's Job).
+pub const JOB_GROUP: &str = "deployctl.dev/job-group";
+/// Annotation on an agent Job: how many Jobs its group has.
+pub const JOB_GROUP_SIZE: &str = "deployctl.dev/job-group-size";
+/// Label on an agent Job: the StatefulSet replica (ordinal) whose claim it works on.
+pub const DATA_ORDINAL: &str = "deployctl.dev/data-ordinal";
 /// Annotation on a finished agent Job whose result the metrics already counted.
 pub const RECORDED: &str = "deployctl.dev/recorded";

@@ -681,6 +681,71 @@ async fn files_data_is_quiesced_for_its_snapshot_and_restored_on_rollback() {
     assert!(st.files.unwrap_or(0) >= 1);
 }
 
+#[tokio::test]
+async fn every_replica_of_a_statefulset_gets_its_own_data_back_on_rollback() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("replicas").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    // Two replicas of the database, each with its own claim, copied as files while the
+    // StatefulSet is stopped.
+    let two = |tag: &str, env: &str| {
+        let mut s = stack(tag, env);
+        s.spec.components[0].replicas = Some(2);
+        s.spec.components[0].data =
+            Some(serde_json::from_value(serde_json::json!({"volume": "data"})).unwrap());
+        s
+    };
+    let apply = |s: ProductionStack| apply_stack(&stacks, s);
+    apply(two("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dirs = [
+        claim_dir(&client, ns.name(), "data-shop-db-0", T).await,
+        claim_dir(&client, ns.name(), "data-shop-db-1", T).await,
+    ];
+    // Each replica holds something the other does not: a restore that put one replica's
+    // data into the other's claim would show.
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::write(d.join("replica.txt"), format!("replica {i}\n")).unwrap();
+    }
+    let before: Vec<String> = dirs.iter().map(|d| checksum(d)).collect();
+
+    // Release 2 migrates both replicas' databases, then fails its gate.
+    apply(two("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")).await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores.len(), 1, "{last:?}");
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    for (i, d) in dirs.iter().enumerate() {
+        assert_eq!(checksum(d), before[i], "replica {i}'s migration was undone");
+        assert_eq!(
+            std::fs::read_to_string(d.join("replica.txt")).unwrap(),
+            format!("replica {i}\n"),
+            "replica {i} got its own data back"
+        );
+    }
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let st = snaps
+        .get(&last.restores[0].snapshot)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let ordinals: Vec<i32> = st.replicas.iter().map(|r| r.ordinal).collect();
+    assert_eq!(ordinals, vec![0, 1], "{st:?}");
+    let digests = st.digests();
+    assert_eq!(digests.len(), 2);
+    assert_ne!(digests[0].1, digests[1].1, "the replicas' data differ");
+    assert_eq!(st.digest.as_ref(), Some(&digests[0].1));
+    let sizes: i64 = st.replicas.iter().filter_map(|r| r.size_bytes).sum();
+    assert_eq!(st.size_bytes, Some(sizes));
+}
+
 /// The demo database as an `Exec` component: `demo-app dump` is its dump command and
 /// `demo-app load` its restore command, like `pg_dump` and `psql` for PostgreSQL.
 fn exec_stack(tag: &str, env: &str, dump: &[&str]) -> ProductionStack {

@@ -555,12 +555,26 @@ pub fn completed_line(s: &StackSnapshot) -> String {
     let revision = snaps::data_revision(s)
         .map(|r| format!(" of revision {r}"))
         .unwrap_or_default();
+    // A StatefulSet's replicas each have their data, and their digest.
+    let replicas = st.map(|s| s.replicas.as_slice()).unwrap_or_default();
+    let digest = if replicas.len() > 1 {
+        let each: Vec<String> = replicas
+            .iter()
+            .map(|r| format!("{} {}", r.ordinal, r.digest.as_deref().unwrap_or("-")))
+            .collect();
+        format!(
+            "{} replicas, digests by replica: {}",
+            replicas.len(),
+            each.join(", ")
+        )
+    } else {
+        format!("digest {}", snaps::digest(st))
+    };
     format!(
-        "Snapshot {} of component {} is Completed: {}{files}{revision}, digest {}\n",
+        "Snapshot {} of component {} is Completed: {}{files}{revision}, {digest}\n",
         s.name_any(),
         s.spec.component,
         snaps::size(st),
-        snaps::digest(st)
     )
 }
 
@@ -1108,6 +1122,20 @@ spec:
             snapshot_state(&all[1]),
             "Running (Job shop-search-snapshot-1a2b3c4d)"
         );
+        let mut sts = all[0].clone();
+        let status = sts.status.as_mut().unwrap();
+        status.replicas = (0..2)
+            .map(|o| deployctl_api::ReplicaSnapshot {
+                ordinal: o,
+                digest: Some(digest(if o == 0 { 'a' } else { 'b' })),
+                ..Default::default()
+            })
+            .collect();
+        assert!(completed_line(&sts).ends_with(&format!(
+            "of revision 3, 2 replicas, digests by replica: 0 {}, 1 {}\n",
+            digest('a'),
+            digest('b')
+        )));
     }
 
     #[test]

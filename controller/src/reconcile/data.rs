@@ -14,10 +14,11 @@ use crate::reconcile::plan::data::{agent_busy, job_name};
 use crate::reconcile::plan::{
     AgentRun, DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
 };
+use crate::reconcile::replicas::{self, Combined, Failure, Finished};
 use deployctl_api::{
-    child_name, labels, Component, ComponentData, DataMethod, ProductionStack, SnapshotPhase,
-    SnapshotReason, StackSnapshot, StackSnapshotSpec, StackSnapshotStatus, VerificationResult,
-    WorkloadKind,
+    child_name, labels, Component, ComponentData, DataMethod, ProductionStack, ReplicaSnapshot,
+    SnapshotPhase, SnapshotReason, StackSnapshot, StackSnapshotSpec, StackSnapshotStatus,
+    VerificationResult, WorkloadKind,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodStatus};
@@ -173,18 +174,6 @@ pub async fn ensure_store(client: &Client, stack: &ProductionStack) -> Result<()
     }
 }
 
-/// The claim holding a component's data: the Deployment's shared claim, or the first
-/// replica's claim of a StatefulSet. None for an `Exec` method without a volume.
-pub fn data_claim(stack: &str, component: &Component, data: &ComponentData) -> Option<String> {
-    let volume = data.volume.as_deref()?;
-    Some(match component.kind {
-        WorkloadKind::Deployment => build::claim_name(stack, &component.name, volume),
-        WorkloadKind::StatefulSet => {
-            format!("{volume}-{}-0", child_name(stack, &component.name))
-        }
-    })
-}
-
 /// Name of the Job that takes snapshot `snapshot` of `component`.
 pub fn snapshot_job_name(stack: &str, component: &str, snapshot: &str) -> String {
     job_name(&child_name(stack, component), "snap", snapshot)
@@ -203,13 +192,18 @@ struct AgentJob<'a> {
     revision: Option<i64>,
     node: Option<String>,
     forget: Vec<String>,
+    /// The replica whose claim the Job works on (0 for a Deployment's shared claim).
+    ordinal: i32,
+    /// How many Jobs the group `name` has (one per replica).
+    group_size: usize,
 }
 
+/// Starts agent Job `j`: replica `j.ordinal`'s Job of group `j.name`.
 async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) -> Result<()> {
     let name = stack.name_any();
     let ns = stack.namespace().unwrap_or_default();
     let req = JobRequest {
-        name: j.name,
+        name: replicas::job(&j.name, j.ordinal),
         namespace: ns.clone(),
         owner: owner_ref(stack).expect("a stored stack has a uid"),
         labels: job_labels(&name, &j.component.name, j.op.as_str(), j.snapshot_object),
@@ -223,7 +217,7 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         data_claim: j
             .op
             .uses_data()
-            .then(|| data_claim(&name, j.component, j.data))
+            .then(|| replicas::claim(&name, j.component, j.data, j.ordinal))
             .flatten(),
         store: store_location(stack),
         encryption: encryption(stack),
@@ -235,13 +229,20 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
     };
     let mut job = job::build(&req);
+    let annotations = job
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     if !j.snapshot_object.is_empty() {
         // An annotation, not only a label: object names may be longer than label values.
-        job.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(labels::SNAPSHOT.into(), j.snapshot_object.to_string());
+        annotations.insert(labels::SNAPSHOT.into(), j.snapshot_object.to_string());
     }
+    annotations.insert(labels::JOB_GROUP.into(), j.name.clone());
+    annotations.insert(labels::JOB_GROUP_SIZE.into(), j.group_size.to_string());
+    job.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(labels::DATA_ORDINAL.into(), j.ordinal.to_string());
     create_job(&ctx.client, &ns, &job).await
 }
 
@@ -285,89 +286,151 @@ pub async fn sync(
         };
         let job = snapshot_job_name(&name, &comp_name, &snap.name_any());
         let w = workloads.get(&comp_name);
-        match world.jobs.iter().find(|j| j.name_any() == job) {
-            None => {
-                if let Some(why) = agent_busy(&agents, rollback, &comp_name, repository_exists) {
-                    if st.phase != Some(SnapshotPhase::Pending)
-                        || st.message.as_deref() != Some(why.as_str())
-                    {
-                        let mut next = st.clone();
-                        next.phase = Some(SnapshotPhase::Pending);
-                        next.message = Some(why);
-                        set_status(client, snap, next).await?;
-                    }
-                    continue;
+        // The replicas a started snapshot copies are in its status; a new one copies
+        // every replica the component has now.
+        let ordinals: Vec<i32> = if st.phase == Some(SnapshotPhase::Running) {
+            if st.replicas.is_empty() {
+                vec![0]
+            } else {
+                st.replicas.iter().map(|r| r.ordinal).collect()
+            }
+        } else {
+            replicas::ordinals(component, data)
+        };
+        let found: Vec<(i32, Option<&Job>)> = ordinals
+            .iter()
+            .map(|&o| {
+                let n = replicas::job(&job, o);
+                (o, world.jobs.iter().find(|j| j.name_any() == n))
+            })
+            .collect();
+        let agent = |ordinal: i32, node: Option<String>, revision: Option<i64>| AgentJob {
+            op: AgentOp::Snapshot,
+            name: job.clone(),
+            component,
+            data,
+            snapshot_object: "",
+            digest: None,
+            revision,
+            node,
+            forget: vec![],
+            ordinal,
+            group_size: ordinals.len(),
+        };
+        if found.iter().all(|(_, j)| j.is_none()) {
+            if let Some(why) = agent_busy(&agents, rollback, &comp_name, repository_exists) {
+                if st.phase != Some(SnapshotPhase::Pending)
+                    || st.message.as_deref() != Some(why.as_str())
+                {
+                    let mut next = st.clone();
+                    next.phase = Some(SnapshotPhase::Pending);
+                    next.message = Some(why);
+                    set_status(client, snap, next).await?;
                 }
-                if data.quiesces() && !w.is_some_and(|w| w.stopped && w.drained) {
-                    if st.phase != Some(SnapshotPhase::Pending) {
-                        let mut next = st.clone();
-                        next.phase = Some(SnapshotPhase::Pending);
-                        next.message = Some(format!(
-                            "waiting for component {comp_name} to stop (method Files, consistency Quiesce)"
-                        ));
-                        set_status(client, snap, next).await?;
-                    }
-                    continue;
+                continue;
+            }
+            if data.quiesces() && !w.is_some_and(|w| w.stopped && w.drained) {
+                if st.phase != Some(SnapshotPhase::Pending) {
+                    let mut next = st.clone();
+                    next.phase = Some(SnapshotPhase::Pending);
+                    next.message = Some(format!(
+                        "waiting for component {comp_name} to stop (method Files, consistency Quiesce)"
+                    ));
+                    set_status(client, snap, next).await?;
                 }
-                // A live copy of a ReadWriteOnce volume must run where the pod runs.
-                let node = if data.quiesces() {
-                    None
-                } else {
-                    component_node(client, &ns, &name, &comp_name).await?
-                };
-                let revision = w.and_then(|w| w.revision);
+                continue;
+            }
+            let revision = w.and_then(|w| w.revision);
+            let snap_name = snap.name_any();
+            for &o in &ordinals {
                 agents.entry(comp_name.clone()).or_default().push(AgentRun {
                     operation: "snapshot".into(),
-                    job: job.clone(),
+                    job: replicas::job(&job, o),
                 });
+                let node = live_copy_node(client, &ns, &name, component, data, o).await?;
                 start_agent(
                     ctx,
                     stack,
                     AgentJob {
-                        op: AgentOp::Snapshot,
-                        name: job.clone(),
-                        component,
-                        data,
-                        snapshot_object: &snap.name_any(),
-                        digest: None,
-                        revision,
-                        node,
-                        forget: vec![],
+                        snapshot_object: &snap_name,
+                        ..agent(o, node, revision)
                     },
                 )
                 .await?;
-                let mut next = st.clone();
-                next.phase = Some(SnapshotPhase::Running);
-                next.job = Some(job);
-                next.revision = revision;
-                next.method = Some(data.method);
-                next.store = Some(store_text(&store));
-                next.started_at = Some(crate::context::now());
-                next.message = None;
-                set_status(client, snap, next).await?;
             }
-            Some(j) => match job_outcome(client, &ns, j).await? {
-                Finished::Running => {}
-                Finished::Ok(r) => {
-                    let mut next = st.clone();
-                    next.phase = Some(SnapshotPhase::Completed);
-                    next.digest = r.digest;
-                    next.size_bytes = r.size_bytes.map(|v| v as i64);
-                    next.files = r.files.map(|v| v as i64);
-                    next.chunks = r.chunks.map(|v| v as i64);
-                    next.new_bytes = r.new_bytes.map(|v| v as i64);
-                    next.completed_at = Some(crate::context::now());
-                    next.message = None;
+            let mut next = st.clone();
+            next.phase = Some(SnapshotPhase::Running);
+            next.job = Some(job.clone());
+            next.revision = revision;
+            next.method = Some(data.method);
+            next.store = Some(store_text(&store));
+            next.started_at = Some(crate::context::now());
+            next.message = None;
+            next.replicas = if component.kind == WorkloadKind::StatefulSet {
+                ordinals
+                    .iter()
+                    .map(|&o| ReplicaSnapshot {
+                        ordinal: o,
+                        job: Some(replicas::job(&job, o)),
+                        ..Default::default()
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
+            set_status(client, snap, next).await?;
+            continue;
+        }
+        // The controller stopped between starting one replica's Job and the next: the
+        // snapshot was decided, the rest start now.
+        let snap_name = snap.name_any();
+        for (o, _) in found.iter().filter(|(_, j)| j.is_none()) {
+            let node = live_copy_node(client, &ns, &name, component, data, *o).await?;
+            start_agent(
+                ctx,
+                stack,
+                AgentJob {
+                    snapshot_object: &snap_name,
+                    ..agent(*o, node, st.revision)
+                },
+            )
+            .await?;
+        }
+        if found.iter().any(|(_, j)| j.is_none()) {
+            continue;
+        }
+        let mut outcomes = vec![];
+        for (o, j) in &found {
+            outcomes.push((*o, job_outcome(client, &ns, j.expect("all found")).await?));
+        }
+        match replicas::combine(outcomes) {
+            Combined::Running => {}
+            Combined::Ok(results) => {
+                let mut next = st.clone();
+                next.phase = Some(SnapshotPhase::Completed);
+                record_results(&mut next, &results);
+                next.completed_at = Some(crate::context::now());
+                next.message = None;
+                for (_, r) in &results {
                     if let Some(d) = r.duration_seconds {
                         ctx.metrics.snapshot_operation("snapshot", d, r.size_bytes);
                     }
-                    set_status(client, snap, next).await?;
                 }
-                Finished::Failed(msg, kind) => {
-                    record_failure(ctx, &store, "snapshot", kind);
-                    set_status(client, snap, failed(st, msg)).await?;
-                }
-            },
+                set_status(client, snap, next).await?;
+            }
+            Combined::Failed {
+                message,
+                kind,
+                completed,
+            } => {
+                record_failure(ctx, &store, "snapshot", kind);
+                let mut next = st.clone();
+                // The replicas that did complete are in the repository: recorded, so
+                // retention forgets them with this object.
+                record_results(&mut next, &completed);
+                next.digest = None;
+                set_status(client, snap, failed(next, message)).await?;
+            }
         }
     }
 
@@ -389,12 +452,15 @@ pub async fn sync(
             },
         );
     }
+    // One restore is a group of Jobs, one per replica: the planner sees the group.
+    let mut groups: BTreeMap<String, (usize, Vec<(i32, Finished)>)> = BTreeMap::new();
     for j in &world.jobs {
         if j.labels().get(labels::DATA_OPERATION).map(String::as_str) != Some("restore") {
             continue;
         }
-        let outcome = match job_outcome(client, &ns, j).await? {
-            Finished::Running => JobOutcome::Running,
+        let finished = job_outcome(client, &ns, j).await?;
+        match &finished {
+            Finished::Running => {}
             Finished::Ok(r) => {
                 if let Some(d) = r.duration_seconds {
                     // Counted once: the Job's result is read again on later reconciles
@@ -409,21 +475,105 @@ pub async fn sync(
                         mark_recorded(client, &ns, j).await?;
                     }
                 }
-                JobOutcome::Succeeded
             }
-            Finished::Failed(m, kind) => {
+            Finished::Failed(_, kind) => {
                 if !j.annotations().contains_key(labels::RECORDED) {
-                    record_failure(ctx, &store, "restore", kind);
+                    record_failure(ctx, &store, "restore", *kind);
                     mark_recorded(client, &ns, j).await?;
                 }
-                JobOutcome::Failed(m)
             }
+        }
+        let (group, size, ordinal) = job_group(j);
+        let entry = groups.entry(group).or_insert((size, vec![]));
+        entry.1.push((ordinal, finished));
+    }
+    for (group, (size, mut outcomes)) in groups {
+        if outcomes.len() < size {
+            // Not every replica's Job was created yet: seen as not started, the planner
+            // asks for the restore again and the missing ones are created.
+            continue;
+        }
+        outcomes.sort_by_key(|(o, _)| *o);
+        let outcome = match replicas::combine(outcomes) {
+            Combined::Running => JobOutcome::Running,
+            Combined::Ok(_) => JobOutcome::Succeeded,
+            Combined::Failed { message, .. } => JobOutcome::Failed(message),
         };
-        observed.restore_jobs.insert(j.name_any(), outcome);
+        observed.restore_jobs.insert(group, outcome);
     }
     observed.agents = agents;
     observed.foreign = world.foreign.clone();
     Ok((observed, next))
+}
+
+/// The group an agent Job belongs to, the group's size and the Job's replica (a Job made
+/// before groups existed is a group of its own).
+fn job_group(j: &Job) -> (String, usize, i32) {
+    let a = j.annotations();
+    (
+        a.get(labels::JOB_GROUP)
+            .cloned()
+            .unwrap_or_else(|| j.name_any()),
+        a.get(labels::JOB_GROUP_SIZE)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        j.labels()
+            .get(labels::DATA_ORDINAL)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// Writes the agents' results into a snapshot's status: each replica's, and the totals
+/// (`digest` is ordinal 0's).
+fn record_results(st: &mut StackSnapshotStatus, results: &[(i32, AgentResult)]) {
+    let total = |f: fn(&AgentResult) -> Option<u64>| {
+        results
+            .iter()
+            .filter_map(|(_, r)| f(r))
+            .map(|v| v as i64)
+            .reduce(|a, b| a + b)
+    };
+    st.digest = results
+        .iter()
+        .find(|(o, _)| *o == 0)
+        .and_then(|(_, r)| r.digest.clone());
+    st.size_bytes = total(|r| r.size_bytes);
+    st.files = total(|r| r.files);
+    st.chunks = total(|r| r.chunks);
+    st.new_bytes = total(|r| r.new_bytes);
+    for (o, r) in results {
+        if let Some(e) = st.replicas.iter_mut().find(|e| e.ordinal == *o) {
+            e.digest = r.digest.clone();
+            e.size_bytes = r.size_bytes.map(|v| v as i64);
+            e.files = r.files.map(|v| v as i64);
+        }
+    }
+}
+
+/// Where replica `ordinal`'s data must be copied from while the component runs: the node
+/// its pod is on (a ReadWriteOnce claim is mounted only there). None when the component
+/// is stopped for the copy: the claim's own binding then places the Job.
+async fn live_copy_node(
+    client: &Client,
+    ns: &str,
+    stack: &str,
+    component: &Component,
+    data: &ComponentData,
+    ordinal: i32,
+) -> Result<Option<String>> {
+    if data.quiesces() {
+        return Ok(None);
+    }
+    if component.kind == WorkloadKind::StatefulSet {
+        let pod = format!("{}-{ordinal}", child_name(stack, &component.name));
+        return Ok(Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt(&pod)
+            .await?
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .and_then(|p| p.spec?.node_name));
+    }
+    component_node(client, ns, stack, &component.name).await
 }
 
 /// Marks a finished Job as counted in the metrics.
@@ -448,6 +598,8 @@ async fn record_verifications(
 ) -> Result<()> {
     let client = &ctx.client;
     let mut done = Vec::new();
+    // One verification is a group of Jobs, one per replica: recorded once all ended.
+    let mut groups: BTreeMap<String, (String, usize, Vec<&Job>)> = BTreeMap::new();
     for j in &world.jobs {
         if j.labels().get(labels::DATA_OPERATION).map(String::as_str) != Some("verify") {
             continue;
@@ -455,23 +607,46 @@ async fn record_verifications(
         let Some(snap_name) = j.annotations().get(labels::SNAPSHOT).cloned() else {
             continue;
         };
-        let (result, message) = match job_outcome(client, ns, j).await? {
-            Finished::Running => continue,
-            Finished::Ok(r) => {
-                if let Some(d) = r.duration_seconds {
-                    ctx.metrics.snapshot_operation("verify", d, r.size_bytes);
+        let (group, size, _) = job_group(j);
+        groups
+            .entry(group)
+            .or_insert((snap_name, size, vec![]))
+            .2
+            .push(j);
+    }
+    for (_, (snap_name, size, jobs)) in groups {
+        if jobs.len() < size {
+            // The rest are created by housekeeping on this pass.
+            continue;
+        }
+        let mut outcomes = vec![];
+        for j in &jobs {
+            outcomes.push((job_group(j).2, job_outcome(client, ns, j).await?));
+        }
+        outcomes.sort_by_key(|(o, _)| *o);
+        let (result, message) = match replicas::combine(outcomes) {
+            Combined::Running => continue,
+            Combined::Ok(results) => {
+                for (_, r) in &results {
+                    if let Some(d) = r.duration_seconds {
+                        ctx.metrics.snapshot_operation("verify", d, r.size_bytes);
+                    }
                 }
                 (VerificationResult::Verified, None)
             }
-            Finished::Failed(m, Failure::Corrupt) => {
+            Combined::Failed {
+                message,
+                kind: Failure::Corrupt,
+                ..
+            } => {
                 record_failure(ctx, store, "verify", Failure::Corrupt);
-                (VerificationResult::Corrupt, Some(m))
+                (VerificationResult::Corrupt, Some(message))
             }
-            Finished::Failed(m, kind) => {
+            Combined::Failed { message, kind, .. } => {
                 // The store was unreachable, or similar: not a finding about the snapshot.
-                tracing::warn!(job = %j.name_any(), "verification could not run: {m}");
+                tracing::warn!(snapshot = %snap_name, "verification could not run: {message}");
                 record_failure(ctx, store, "verify", kind);
-                done.push(j.name_any());
+                done.extend(jobs.iter().map(|j| j.name_any()));
                 continue;
             }
         };
@@ -488,7 +663,7 @@ async fn record_verifications(
             }
             set_status(client, snap, st).await?;
         }
-        done.push(j.name_any());
+        done.extend(jobs.iter().map(|j| j.name_any()));
     }
     for name in done {
         let api: Api<Job> = Api::namespaced(client.clone(), ns);
@@ -550,7 +725,7 @@ async fn keep_house(
                     .as_ref()
                     .or(st.completed_at.as_ref())
                     .map(timestamp),
-                digest: st.digest.clone(),
+                digests: st.digests().into_iter().map(|(_, d)| d).collect(),
                 verify_requested: s
                     .annotations()
                     .get(labels::VERIFY_REQUESTED)
@@ -611,36 +786,56 @@ async fn keep_house(
             continue;
         };
         let job = job_name(&child_name(&name, &component.name), "verify", key);
-        if world.jobs.iter().any(|j| j.name_any() == job) {
+        let digests = snap
+            .status
+            .as_ref()
+            .map(StackSnapshotStatus::digests)
+            .unwrap_or_default();
+        let missing: Vec<&(i32, String)> = digests
+            .iter()
+            .filter(|(o, _)| {
+                let n = replicas::job(&job, *o);
+                !world.jobs.iter().any(|j| j.name_any() == n)
+            })
+            .collect();
+        if missing.is_empty() {
             continue;
         }
-        // Decided again on a later pass, once the component's data is free.
-        if agent_busy(agents, status.rollback.as_ref(), &component.name, true).is_some() {
+        // Decided again on a later pass, once the component's data is free (unless this
+        // verification's own Jobs are the ones running: the controller stopped between
+        // starting them).
+        if missing.len() == digests.len()
+            && agent_busy(agents, status.rollback.as_ref(), &component.name, true).is_some()
+        {
             continue;
         }
-        agents
-            .entry(component.name.clone())
-            .or_default()
-            .push(AgentRun {
-                operation: "verify".into(),
-                job: job.clone(),
-            });
-        start_agent(
-            ctx,
-            stack,
-            AgentJob {
-                op: AgentOp::Verify,
-                name: job,
-                component,
-                data,
-                snapshot_object: snap_name,
-                digest: snap.status.as_ref().and_then(|s| s.digest.clone()),
-                revision: None,
-                node: None,
-                forget: vec![],
-            },
-        )
-        .await?;
+        for (ordinal, digest) in missing {
+            agents
+                .entry(component.name.clone())
+                .or_default()
+                .push(AgentRun {
+                    operation: "verify".into(),
+                    job: replicas::job(&job, *ordinal),
+                });
+            start_agent(
+                ctx,
+                stack,
+                AgentJob {
+                    op: AgentOp::Verify,
+                    name: job.clone(),
+                    component,
+                    data,
+                    snapshot_object: snap_name,
+                    digest: Some(digest.clone()),
+                    revision: None,
+                    node: None,
+                    forget: vec![],
+                    ordinal: *ordinal,
+                    group_size: digests.len(),
+                },
+            )
+            .await?;
+        }
     }
     // Prune before the objects go: a controller that dies in between decides the same
     // prune again (same Job name) and then deletes them.
@@ -685,6 +880,8 @@ async fn keep_house(
                 revision: None,
                 node: None,
                 forget: forget.clone(),
+                ordinal: 0,
+                group_size: 1,
             },
         )
         .await?;
@@ -811,28 +1008,6 @@ async fn component_node(
         .find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())))
 }
 
-/// Why an agent Job failed, for metrics and for telling a finding from an outage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
-    /// The data failed verification: the snapshot is unusable.
-    Corrupt,
-    /// The snapshot store could not be reached or refused.
-    Store,
-    /// Anything else (the Job could not run, a local I/O error, ...).
-    Other,
-}
-
-/// How an agent Job ended.
-#[derive(Debug)]
-enum Finished {
-    Running,
-    Ok(AgentResult),
-    /// The message, and what kind of failure it was.
-    Failed(String, Failure),
-}
-
-/// Reads a Job's outcome and, once it ended, the agent's result from its pod's
-/// termination message.
 /// Whether a Job has neither succeeded nor failed yet.
 fn job_running(job: &Job) -> bool {
     let st = job.status.clone().unwrap_or_default();
@@ -862,6 +1037,8 @@ pub fn running_agents(jobs: &[Job]) -> BTreeMap<String, Vec<AgentRun>> {
     out
 }
 
+/// Reads a Job's outcome and, once it ended, the agent's result from its pod's
+/// termination message.
 async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
     let st = job.status.clone().unwrap_or_default();
     let failed_condition = st
@@ -1067,8 +1244,10 @@ pub async fn stop(
     crate::reconcile::apply::component(ctx, &stack.namespace().unwrap_or_default(), &objects).await
 }
 
-/// Starts the Job restoring StackSnapshot `snapshot` into `component`'s volume (Job
-/// `job`); the data spec comes from the first of `revisions` that declares it.
+/// Starts the Jobs restoring StackSnapshot `snapshot` into `component`'s claims (group
+/// `job`: one Job per replica the snapshot holds, each into that replica's claim); the
+/// data spec comes from the first of `revisions` that declares it. Jobs that exist already
+/// are left alone, so a restore the controller started only partly is completed.
 pub async fn restore(
     ctx: &Context,
     stack: &ProductionStack,
@@ -1079,15 +1258,24 @@ pub async fn restore(
     let Some(snap) = world.snapshots.iter().find(|s| s.name_any() == snapshot) else {
         return Ok(());
     };
-    let Some(digest) = snap.status.as_ref().and_then(|s| s.digest.clone()) else {
-        return Ok(());
-    };
     let Some(spec) = revisions
         .iter()
         .find_map(|r| r.component(component).filter(|c| c.data.is_some()))
     else {
         return Ok(());
     };
+    let mut digests = snap
+        .status
+        .as_ref()
+        .map(StackSnapshotStatus::digests)
+        .unwrap_or_default();
+    if spec.kind != WorkloadKind::StatefulSet {
+        // One shared claim: only one replica's data can go into it.
+        digests.retain(|(o, _)| *o == 0);
+    }
+    if digests.is_empty() {
+        return Ok(());
+    }
     let data = spec.data.as_ref().expect("filtered on data");
     // An Exec restore runs while the component does: a ReadWriteOnce claim it needs must
     // be mounted where the component's pod is.
@@ -1097,22 +1285,31 @@ pub async fn restore(
     } else {
         None
     };
-    start_agent(
-        ctx,
-        stack,
-        AgentJob {
-            op: AgentOp::Restore,
-            name: job.to_string(),
-            component: spec,
-            data,
-            snapshot_object: snapshot,
-            digest: Some(digest),
-            revision: snap.status.as_ref().and_then(|s| s.revision),
-            node,
-            forget: vec![],
-        },
-    )
-    .await
+    for (ordinal, digest) in &digests {
+        let name = replicas::job(job, *ordinal);
+        if world.jobs.iter().any(|j| j.name_any() == name) {
+            continue;
+        }
+        start_agent(
+            ctx,
+            stack,
+            AgentJob {
+                op: AgentOp::Restore,
+                name: job.to_string(),
+                component: spec,
+                data,
+                snapshot_object: snapshot,
+                digest: Some(digest.clone()),
+                revision: snap.status.as_ref().and_then(|s| s.revision),
+                node: node.clone(),
+                forget: vec![],
+                ordinal: *ordinal,
+                group_size: digests.len(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

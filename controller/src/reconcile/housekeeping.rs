@@ -27,8 +27,9 @@ pub struct SnapshotFacts {
     pub created: Timestamp,
     /// When it was last verified (or, never verified, completed).
     pub checked: Option<Timestamp>,
-    /// Its digest, once complete.
-    pub digest: Option<String>,
+    /// The digests it names in the repository: one per replica once complete; a failed
+    /// snapshot of a StatefulSet may name those of the replicas that completed.
+    pub digests: Vec<String>,
     /// When a person asked for a verification (annotation).
     pub verify_requested: Option<Timestamp>,
     /// When it was last verified.
@@ -183,6 +184,11 @@ pub fn plan(
                 out.delete.push(s.name.clone());
             }
         }
+        // A failed snapshot of several replicas may have stored some of them: they go
+        // with it.
+        forgotten |= list
+            .iter()
+            .any(|s| out.delete.contains(&s.name) && !s.digests.is_empty());
         if forgotten {
             // Two objects may name one digest (the same data snapshotted twice): a digest
             // is forgotten only when no object that stays names it, whatever its phase.
@@ -190,12 +196,12 @@ pub fn plan(
             let staying: BTreeSet<&str> = list
                 .iter()
                 .filter(|s| !deleted.contains(s.name.as_str()))
-                .filter_map(|s| s.digest.as_deref())
+                .flat_map(|s| s.digests.iter().map(String::as_str))
                 .collect();
-            let mut forget: Vec<String> = complete
+            let mut forget: Vec<String> = list
                 .iter()
                 .filter(|s| deleted.contains(s.name.as_str()))
-                .filter_map(|s| s.digest.clone())
+                .flat_map(|s| s.digests.iter().cloned())
                 .filter(|d| !staying.contains(d.as_str()))
                 .collect();
             forget.sort();
@@ -225,7 +231,7 @@ mod tests {
             phase: Some(phase),
             created,
             checked: None,
-            digest: Some(format!("digest-{name}")),
+            digests: vec![format!("digest-{name}")],
             verify_requested: None,
             last_verified: None,
         }
@@ -355,10 +361,10 @@ mod tests {
             .map(|i| snap(&format!("s{i}"), at(i, 0), SnapshotPhase::Completed))
             .collect();
         // s0 and s2 hold the same data (nothing changed between them).
-        snaps[0].digest = snaps[2].digest.clone();
+        snaps[0].digests = snaps[2].digests.clone();
         // A snapshot still being taken: no digest yet, and never a candidate.
         let mut running = snap("s3", at(4, 0), SnapshotPhase::Running);
-        running.digest = None;
+        running.digests = vec![];
         snaps.push(running);
         let h = plan(
             "shop",
@@ -403,5 +409,37 @@ mod tests {
         let mut deleted = h.delete.clone();
         deleted.sort();
         assert_eq!(deleted, vec!["d20", "d26-a"]);
+    }
+
+    #[test]
+    fn every_replicas_digest_is_forgotten_with_its_snapshot_and_a_failed_ones_stored_replicas_too()
+    {
+        let p = policy("retention: {keepLast: 1}");
+        let comps = vec!["db".to_string()];
+        let replicas = |name: &str| vec![format!("{name}-0"), format!("{name}-1")];
+        let mut snaps: Vec<SnapshotFacts> = (0..2)
+            .map(|i| snap(&format!("s{i}"), at(i, 0), SnapshotPhase::Completed))
+            .collect();
+        snaps[0].digests = replicas("s0");
+        snaps[1].digests = replicas("s1");
+        // Two failed snapshots; the older one had stored replica 0 before replica 1 failed.
+        let mut f0 = snap("f0", at(2, 0), SnapshotPhase::Failed);
+        f0.digests = vec!["f0-0".into()];
+        let mut f1 = snap("f1", at(3, 0), SnapshotPhase::Failed);
+        f1.digests = vec![];
+        snaps.extend([f0, f1]);
+        let h = plan(
+            "shop",
+            &p,
+            &comps,
+            &snaps,
+            &BTreeSet::new(),
+            at(0, 0),
+            at(6, 0),
+        );
+        let mut deleted = h.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["f0", "s0"]);
+        assert_eq!(h.prune["db"], vec!["f0-0", "s0-0", "s0-1"]);
     }
 }

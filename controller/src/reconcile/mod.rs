@@ -13,6 +13,7 @@ pub mod housekeeping;
 pub mod observe;
 pub mod operations;
 pub mod plan;
+pub mod replicas;
 pub mod revisions;
 pub mod status;
 

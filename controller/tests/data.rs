@@ -349,7 +349,12 @@ async fn store_dir(client: &Client, ns: &str) -> PathBuf {
 
 /// Takes snapshot `name` of db and damages the chunks it added to the repository (the
 /// ones no earlier snapshot shares), so restoring it fails its verification.
-async fn take_damaged_snapshot(client: &Client, ns: &str, snaps: &Api<StackSnapshot>, name: &str) {
+async fn take_damaged_snapshot(
+    client: &Client,
+    ns: &str,
+    snaps: &Api<StackSnapshot>,
+    name: &str,
+) -> Vec<PathBuf> {
     let store = store_dir(client, ns).await;
     let before: std::collections::BTreeSet<PathBuf> =
         files_under(&store.join("objects")).into_iter().collect();
@@ -360,11 +365,17 @@ async fn take_damaged_snapshot(client: &Client, ns: &str, snaps: &Api<StackSnaps
         .filter(|f| !before.contains(f))
         .collect();
     assert!(!added.is_empty(), "snapshot {name} added chunks");
-    for f in added {
-        let mut bytes = std::fs::read(&f).unwrap();
+    flip(&added);
+    added
+}
+
+/// Flips one byte in the middle of each file: damages them, and a second call repairs them.
+fn flip(files: &[PathBuf]) {
+    for f in files {
+        let mut bytes = std::fs::read(f).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x5a;
-        std::fs::write(&f, bytes).unwrap();
+        std::fs::write(f, bytes).unwrap();
     }
 }
 
@@ -374,6 +385,17 @@ async fn request(
     name: &str,
     action: OperationAction,
     snapshot: Option<&str>,
+) -> (OperationPhase, String) {
+    request_to(ops, name, action, snapshot, None).await
+}
+
+/// [`request`], with a revision to go to.
+async fn request_to(
+    ops: &Api<StackOperation>,
+    name: &str,
+    action: OperationAction,
+    snapshot: Option<&str>,
+    to_revision: Option<i64>,
 ) -> (OperationPhase, String) {
     ops.create(
         &PostParams::default(),
@@ -385,7 +407,7 @@ async fn request(
             spec: StackOperationSpec {
                 stack: "shop".into(),
                 action,
-                to_revision: None,
+                to_revision,
                 snapshot: snapshot.map(Into::into),
                 reason: Some("on call".into()),
                 requested_by: Some("tester".into()),
@@ -516,6 +538,118 @@ async fn after_a_restore_fails_on_a_damaged_snapshot_another_snapshot_or_the_liv
         "who decided is recorded: {why}"
     );
     assert_eq!(checksum(&dir), live_sum, "started on the data as it was");
+}
+
+#[tokio::test]
+async fn a_failed_restore_can_be_retried_or_left_by_a_rollback_to_a_revision_on_the_live_data() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("retry").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns.name());
+    // Two good revisions: 1, then 2 (api's settings changed).
+    apply_stack(&stacks, stack("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
+    })
+    .await;
+    let mut two = stack("v1", "");
+    two.spec.components[1]
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .env
+        .get_or_insert_with(Vec::new)
+        .push(serde_json::from_value(serde_json::json!({"name": "REV", "value": "2"})).unwrap());
+    apply_stack(&stacks, two).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 2", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(2)
+    })
+    .await;
+    let dir = db_dir(&client, ns.name()).await;
+
+    // 1. The restore fails on chunks that read back wrong (a store that served bad
+    //    bytes for a while); once the store is sound again, Retry restores the snapshot.
+    bad_import(&dir);
+    let snap_sum = checksum(&dir);
+    let damaged = take_damaged_snapshot(&client, ns.name(), &snaps, "flaky").await;
+    let delete_some = |modulus: i64| {
+        let db = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+        db.execute("DELETE FROM items WHERE id % ?1 = 0", [modulus])
+            .unwrap();
+    };
+    delete_some(3);
+    let live_sum = checksum(&dir);
+    assert_ne!(live_sum, snap_sum);
+    let (phase, msg) = request(&ops, "restore", OperationAction::Restore, Some("flaky")).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    wait_stack(&stacks, "shop", "Stalled: RestoreFailed", T, restore_failed).await;
+    assert_eq!(
+        checksum(&dir),
+        live_sum,
+        "the failed restore left the data alone"
+    );
+    flip(&damaged);
+    let (phase, msg) = request(&ops, "retry", OperationAction::Retry, None).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    // (db keeps revision 1: only api changed in revision 2.)
+    let up = |s: &ProductionStack| {
+        is_ready(s)
+            && s.status.as_ref().is_some_and(|st| {
+                st.rollback.is_none() && st.components.iter().all(|c| c.ready_replicas >= 1)
+            })
+    };
+    let s = wait_stack(&stacks, "shop", "Ready after the retry", T, up).await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(
+        (last.restores[0].snapshot.as_str(), last.restores[0].phase),
+        ("flaky", RestorePhase::Restored)
+    );
+    assert_eq!(
+        checksum(&dir),
+        snap_sum,
+        "the retried restore brought the snapshot back"
+    );
+
+    // 2. Another failed restore; this time the person rolls the stack back to revision 1
+    //    on the data as it is now.
+    delete_some(5);
+    take_damaged_snapshot(&client, ns.name(), &snaps, "bad").await;
+    delete_some(7);
+    let live_sum = checksum(&dir);
+    let (phase, msg) = request(&ops, "restore-bad", OperationAction::Restore, Some("bad")).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    wait_stack(&stacks, "shop", "Stalled: RestoreFailed", T, restore_failed).await;
+    let (phase, msg) = request_to(&ops, "to-1", OperationAction::Rollback, None, Some(1)).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    assert!(msg.contains("stays as it is now"), "{msg}");
+    let s = wait_stack(&stacks, "shop", "RolledBack to revision 1", T, |s| {
+        s.status.as_ref().is_some_and(|st| {
+            st.phase == Some(StackPhase::RolledBack)
+                && st.rollback.is_none()
+                && st
+                    .components
+                    .iter()
+                    .all(|c| c.revision == Some(1) && c.ready_replicas >= 1)
+        })
+    })
+    .await;
+    let st = s.status.unwrap();
+    // Held on revision 1 as after any rollback an operator asks for, no longer stuck on
+    // the failed restore.
+    let stalled = st.condition("Stalled").expect("a Stalled condition");
+    assert_eq!(stalled.reason, "RolledBack", "{st:?}");
+    assert!(st.last_rollback.as_ref().unwrap().restores.is_empty());
+    assert_eq!(
+        checksum(&dir),
+        live_sum,
+        "revision 1 runs on the data as it was"
+    );
 }
 
 #[tokio::test]

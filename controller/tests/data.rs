@@ -14,7 +14,7 @@ use deployctl_api::{
 use deployctl_harness::{claim_dir, files_under, require_sim_node, shared};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
@@ -650,6 +650,143 @@ async fn a_failed_restore_can_be_retried_or_left_by_a_rollback_to_a_revision_on_
         live_sum,
         "revision 1 runs on the data as it was"
     );
+}
+
+/// Writes `len` bytes of a pseudo-random stream (seeded by `seed`) to `path`, or, with
+/// `check`, tells whether `path` holds exactly them.
+fn ballast(path: &std::path::Path, seed: u64, len: usize, check: bool) -> bool {
+    use std::io::{Read, Write};
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut theirs = vec![0u8; 1 << 20];
+    let mut w = (!check).then(|| std::io::BufWriter::new(std::fs::File::create(path).unwrap()));
+    let mut r = check.then(|| std::fs::File::open(path).unwrap());
+    for _ in 0..len / block.len() {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        if let Some(w) = w.as_mut() {
+            w.write_all(&block).unwrap();
+        } else if let Some(r) = r.as_mut() {
+            if r.read_exact(&mut theirs).is_err() || theirs != block {
+                return false;
+            }
+        }
+    }
+    match (w, r) {
+        (Some(mut w), _) => {
+            w.flush().unwrap();
+            true
+        }
+        // Nothing after the expected bytes.
+        (_, Some(mut r)) => r.read(&mut theirs[..1]).unwrap() == 0,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_snapshot_due_during_a_large_restore_waits_for_it() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("busy").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    let ops: Api<StackOperation> = Api::namespaced(client.clone(), ns.name());
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns.name());
+    // The data: 1 GiB of files, copied live (a snapshot does not stop db).
+    let mut s = stack("v1", "");
+    s.spec.components[0].data = Some(
+        serde_json::from_value(serde_json::json!({"volume": "data", "consistency": "Live"}))
+            .unwrap(),
+    );
+    apply_stack(&stacks, s.clone()).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    const GIB: usize = 1 << 30;
+    ballast(&dir.join("ballast.bin"), 1, GIB, false);
+    let st = take_snapshot(&snaps, "good").await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Completed), "{st:?}");
+    ballast(&dir.join("ballast.bin"), 2, GIB, false);
+
+    let (phase, msg) = request(&ops, "restore", OperationAction::Restore, Some("good")).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{msg}");
+    let restoring = "deployctl.dev/data-operation=restore";
+    let running = |j: &k8s_openapi::api::batch::v1::Job| {
+        j.status.as_ref().is_some_and(|s| s.active.unwrap_or(0) > 0)
+    };
+    wait_until("the restore Job to run", T, || async {
+        let list = jobs
+            .list(&kube::api::ListParams::default().labels(restoring))
+            .await
+            .ok()?;
+        list.items.iter().any(running).then_some(())
+    })
+    .await;
+    // Now a snapshot falls due every second.
+    s.spec.snapshots =
+        Some(serde_json::from_value(serde_json::json!({"schedule": "* * * * * *"})).unwrap());
+    apply_stack(&stacks, s).await;
+
+    let done = wait_stack(&stacks, "shop", "Ready after the restore", T, |s| {
+        is_ready(s) && is_settled(s)
+    })
+    .await;
+    let last = done.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored);
+    assert!(
+        ballast(&dir.join("ballast.bin"), 1, GIB, true),
+        "the snapshot's data is back, byte for byte"
+    );
+    let restore_job = jobs
+        .list(&kube::api::ListParams::default().labels(restoring))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let restored_at = restore_job
+        .status
+        .and_then(|s| s.completion_time)
+        .expect("the restore Job completed")
+        .0;
+    // Snapshots fell due while the restore ran, and each one waited for it to end: none
+    // started before the restore Job had completed.
+    let scheduled = wait_until("a scheduled snapshot to complete", T, || async {
+        let list: Vec<StackSnapshot> = snaps
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|s| s.spec.reason == deployctl_api::SnapshotReason::Scheduled)
+            .collect();
+        list.iter()
+            .any(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed))
+            .then_some(list)
+    })
+    .await;
+    assert!(
+        scheduled.iter().any(|s| s
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 < restored_at)),
+        "a snapshot fell due during the restore"
+    );
+    for s in &scheduled {
+        if let Some(started) = s.status.as_ref().and_then(|st| st.started_at.as_ref()) {
+            assert!(
+                started.0 >= restored_at,
+                "snapshot {} started at {} while the restore ran (until {restored_at})",
+                s.name_any(),
+                started.0
+            );
+        }
+    }
 }
 
 #[tokio::test]

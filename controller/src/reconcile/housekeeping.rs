@@ -71,7 +71,10 @@ pub fn plan(
     };
 
     // Scheduled snapshots: one per data component for each time the schedule fired since
-    // the newest scheduled one (at most one catch-up, like a CronJob with no backlog).
+    // the newest scheduled one (at most one catch-up, like a CronJob with no backlog), and
+    // none while the component's previous scheduled snapshot is still waiting or running
+    // (a CronJob's `concurrencyPolicy: Forbid`): a schedule faster than the snapshots, or
+    // a long restore holding the data, must not pile up snapshots that then all run.
     if let Some(schedule) = &policy.schedule {
         let last = snaps
             .iter()
@@ -83,7 +86,12 @@ pub fn plan(
             if due <= now {
                 for c in components {
                     let name = format!("{stack}-{c}-s{}", due.timestamp());
-                    if !snaps.iter().any(|s| s.name == name) {
+                    let outstanding = snaps.iter().any(|s| {
+                        &s.component == c
+                            && s.reason == SnapshotReason::Scheduled
+                            && !s.phase.is_some_and(SnapshotPhase::is_final)
+                    });
+                    if !outstanding && !snaps.iter().any(|s| s.name == name) {
                         out.create.push((c.clone(), name));
                     }
                 }
@@ -441,5 +449,31 @@ mod tests {
         deleted.sort();
         assert_eq!(deleted, vec!["f0", "s0"]);
         assert_eq!(h.prune["db"], vec!["f0-0", "s0-0", "s0-1"]);
+    }
+
+    #[test]
+    fn no_scheduled_snapshot_is_added_while_the_previous_one_is_outstanding() {
+        let p = policy("schedule: '* * * * *'");
+        let comps = vec!["db".to_string()];
+        let mut pending = snap("shop-db-s1", at(1, 0), SnapshotPhase::Pending);
+        pending.reason = SnapshotReason::Scheduled;
+        let plan_at = |snaps: &[SnapshotFacts]| {
+            plan(
+                "shop",
+                &p,
+                &comps,
+                snaps,
+                &BTreeSet::new(),
+                at(0, 0),
+                at(1, 5),
+            )
+        };
+        let h = plan_at(std::slice::from_ref(&pending));
+        assert!(h.create.is_empty(), "{h:?}");
+        assert!(h.next.is_some(), "it looks again");
+        // Once it is final, one catch-up snapshot follows.
+        pending.phase = Some(SnapshotPhase::Completed);
+        let h = plan_at(&[pending]);
+        assert_eq!(h.create.len(), 1, "{h:?}");
     }
 }

@@ -91,6 +91,46 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// The id of a new repository at `location`: derived, not random, so that agents creating
+/// the repository at once compute the same id (and so the same subkeys and config) without
+/// talking to each other. Keyed by the master key when there is one, so the id tells
+/// nothing about the key; two repositories under one key at two locations differ.
+pub(crate) fn repository_id(key: Option<&MasterKey>, location: &str) -> String {
+    let label = b"deployctl-snapshot/v1/repo-id/";
+    let full = match key {
+        Some(k) => hmac(&k.0, &[label, location.as_bytes()]),
+        None => Sha256::new()
+            .chain_update(label)
+            .chain_update(location.as_bytes())
+            .finalize()
+            .into(),
+    };
+    hex::encode(&full[..16])
+}
+
+/// Appends `0x01 || nonce || ciphertext || tag` of `data` to `out`.
+fn seal_with(
+    cipher: &Aes256Gcm,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    data: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.reserve(data.len() + OVERHEAD);
+    out.push(FORMAT_ENCRYPTED);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(data);
+    let tag = cipher
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad,
+            (&mut out[start + 1 + NONCE_LEN..]).into(),
+        )
+        .expect("AES-GCM accepts objects up to 64 GiB");
+    out.extend_from_slice(&tag);
+}
+
 impl Crypto {
     /// Derives the subkeys of `master` for the repository `repo_id`.
     pub(crate) fn sealed(master: &MasterKey, repo_id: &[u8]) -> Self {
@@ -129,6 +169,21 @@ impl Crypto {
         out
     }
 
+    /// Seals `data` with a nonce derived from the content (`aad` and `data`), so the same
+    /// input always seals to the same bytes. Only for the config's key check, which every
+    /// agent creating a repository must write identically; a nonce repeats only for an
+    /// identical message, which reveals nothing but that equality.
+    pub(crate) fn seal_deterministic(&self, aad: &[u8], data: &[u8]) -> Vec<u8> {
+        let Crypto::Sealed { id_key, cipher } = self else {
+            return data.to_vec();
+        };
+        let derived = hmac(id_key, &[b"deployctl-snapshot/v1/nonce/", aad, data]);
+        let nonce: [u8; NONCE_LEN] = derived[..NONCE_LEN].try_into().expect("12 bytes");
+        let mut out = Vec::new();
+        seal_with(cipher, nonce, aad, data, &mut out);
+        out
+    }
+
     /// Appends `data` sealed under `aad` to `out` (or `data` itself when plain): lets the
     /// snapshot pipeline reuse one buffer per worker instead of allocating per chunk.
     pub(crate) fn seal_into(&self, aad: &[u8], data: &[u8], out: &mut Vec<u8>) {
@@ -139,19 +194,7 @@ impl Crypto {
         let mut nonce = [0u8; NONCE_LEN];
         // A failing system RNG cannot be worked around; reusing a nonce would be worse.
         getrandom::fill(&mut nonce).expect("system random number generator failed");
-        let start = out.len();
-        out.reserve(data.len() + OVERHEAD);
-        out.push(FORMAT_ENCRYPTED);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(data);
-        let tag = cipher
-            .encrypt_inout_detached(
-                &Nonce::from(nonce),
-                aad,
-                (&mut out[start + 1 + NONCE_LEN..]).into(),
-            )
-            .expect("AES-GCM accepts objects up to 64 GiB");
-        out.extend_from_slice(&tag);
+        seal_with(cipher, nonce, aad, data, out);
     }
 
     /// Opens an object sealed under `aad`; returns the plaintext.

@@ -81,13 +81,16 @@ impl Repository {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).expect("system random number generator failed");
-        let repo_id = hex::encode(id);
+        // Derived from the store's location and the key, and the key check sealed
+        // deterministically: agents that create the repository at once write byte-identical
+        // configs, so on a store that cannot refuse a second create (some S3 servers ignore
+        // `If-None-Match`) the later write changes nothing.
+        let repo_id = crate::crypto::repository_id(key, &store.location());
         let (crypto, encryption, key_check) = match key {
             Some(k) => {
                 let c = Crypto::sealed(k, repo_id.as_bytes());
-                let check = hex::encode(c.seal(b"config/key-check", KEY_CHECK_PLAINTEXT.to_vec()));
+                let check =
+                    hex::encode(c.seal_deterministic(b"config/key-check", KEY_CHECK_PLAINTEXT));
                 (c, Encryption::Aes256Gcm, Some(check))
             }
             None => (Crypto::Plain, Encryption::None, None),

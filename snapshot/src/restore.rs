@@ -147,6 +147,9 @@ fn materialize(
     progress: &dyn Progress,
 ) -> Result<()> {
     fs::create_dir(staging).map_err(io_err("create staging directory", staging))?;
+    // Opened before anything is written: `syncfs(2)` reports a writeback error only to
+    // descriptors opened before it happened (see `sync_fs`).
+    let staging_fs = File::open(staging).map_err(io_err("open", staging))?;
     let own = options.restore_ownership;
     let mut pieces = Vec::new();
     let mut batches = Vec::new();
@@ -248,7 +251,7 @@ fn materialize(
                 restore_files(repo, id, m, staging, dir, entries, own, scratch)?
             }
             Job::Flush => {
-                sync_fs(staging)?;
+                sync_fs(&staging_fs, staging)?;
                 0
             }
         };
@@ -298,15 +301,17 @@ fn materialize(
         let f = File::open(&path).map_err(io_err("open", &path))?;
         finish_file(&f, e, &path, own)?;
     }
-    sync_fs(staging)?;
+    sync_fs(&staging_fs, staging)?;
     Ok(())
 }
 
 /// Makes everything written on the file system of `dir` durable (one `syncfs` rather than
-/// an fsync per file: 10,000 small files would mean 10,000 cache flushes).
-fn sync_fs(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(io_err("open", dir))?;
-    nix::unistd::syncfs(&f).map_err(|e| Error::Io {
+/// an fsync per file: 10,000 small files would mean 10,000 cache flushes). `f` is a
+/// descriptor of `dir` opened before the writes: since Linux 5.8 `syncfs` returns a
+/// writeback error that happened after its descriptor was opened, so one opened here, at
+/// the end, could miss an error from a page written back early.
+fn sync_fs(f: &File, dir: &Path) -> Result<()> {
+    nix::unistd::syncfs(f).map_err(|e| Error::Io {
         op: "sync",
         path: dir.to_path_buf(),
         source: e.into(),

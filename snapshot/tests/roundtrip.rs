@@ -642,7 +642,14 @@ fn restore_keeps_modes_of_read_only_dirs() {
 fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
     for round in 0..10u64 {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path().join("repo")).unwrap());
+        let fs: Arc<dyn Store> = Arc::new(FsStore::new(dir.path().join("repo")).unwrap());
+        // Every other round on a store that cannot refuse a second create, as S3 servers
+        // that ignore `If-None-Match` (Garage): every agent's config write lands.
+        let store: Arc<dyn Store> = if round % 2 == 1 {
+            Arc::new(NoConditionalCreate { inner: fs })
+        } else {
+            fs
+        };
         let key = MasterKey::new([7; 32]);
         let sources: Vec<PathBuf> = (0..8u64)
             .map(|i| {
@@ -691,6 +698,45 @@ fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
             .unwrap_or_else(|e| panic!("round {round}: snapshot {id} does not restore: {e}"));
             assert_eq!(fingerprint(&target), fingerprint(data));
         }
+    }
+}
+
+/// A store whose "create only" overwrites, as an S3 server that ignores `If-None-Match`.
+#[derive(Debug)]
+struct NoConditionalCreate {
+    inner: Arc<dyn Store>,
+}
+
+impl Store for NoConditionalCreate {
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(kind, name, data)
+    }
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        self.inner.put(kind, name, data).map(|()| true)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(kind, name)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
     }
 }
 

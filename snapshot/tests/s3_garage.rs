@@ -395,3 +395,65 @@ fn s3_listing_pages_through_more_than_a_thousand_objects() {
     .unwrap();
     assert_eq!(fingerprint(&live), fingerprint(&data));
 }
+
+/// The first snapshots of four components of one stack, encrypted, at once into a bucket
+/// prefix with no repository yet. Garage ignores `If-None-Match`, so every agent's create
+/// of the config lands; each writes the same bytes (the id is derived from the location
+/// and the key), so every snapshot restores.
+#[test]
+fn first_encrypted_snapshots_in_parallel_on_s3_all_restore() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::new([0x17; 32]);
+    for round in 0..3u64 {
+        let prefix = format!("deployctl/race-{round}");
+        let sources: Vec<PathBuf> = (0..4u64)
+            .map(|i| {
+                let d = dir.path().join(format!("data-{round}-{i}"));
+                make_tree(&d, round * 10 + i);
+                d
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(sources.len());
+        let ids: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = sources
+                .iter()
+                .enumerate()
+                .map(|(i, data)| {
+                    // Each agent its own client, as each is its own Job.
+                    let store: Arc<dyn Store> = garage.store(&prefix);
+                    let (key, barrier) = (&key, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let repo = Repository::open_or_init(store, Some(key)).unwrap();
+                        repo.snapshot(
+                            &Source::new("shop", format!("c{i}"), "1"),
+                            &Method::Files { root: data.clone() },
+                            &SnapshotOptions::default(),
+                            &NoProgress,
+                        )
+                        .unwrap()
+                        .info
+                        .id
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let repo = Repository::open(garage.store(&prefix), Some(&key)).unwrap();
+        for (id, data) in ids.iter().zip(&sources) {
+            let target = dir.path().join(format!("restored-{id}"));
+            fs::create_dir_all(&target).unwrap();
+            repo.restore(
+                *id,
+                &Method::Files {
+                    root: target.clone(),
+                },
+                &RestoreOptions::default(),
+                &NoProgress,
+            )
+            .unwrap_or_else(|e| panic!("round {round}: snapshot {id} does not restore: {e}"));
+            assert_eq!(fingerprint(&target), fingerprint(data));
+        }
+    }
+}

@@ -29,6 +29,11 @@ pub struct FsStore {
     /// Open handles of recently read objects: restoring 10,000 small files reads 10,000
     /// chunks out of a few packs, and an `open` per chunk costs more than the read.
     handles: Arc<Mutex<HashMap<String, Arc<File>>>>,
+    /// The repository directory, opened when the store was: `syncfs(2)` reports a
+    /// writeback error only to descriptors opened before it happened, so [`Store::sync`]
+    /// uses this one rather than a descriptor opened at the end, which would miss an error
+    /// from a chunk written back early in a long snapshot.
+    root_handle: Arc<File>,
 }
 
 /// Handles kept open at most.
@@ -73,9 +78,11 @@ impl FsStore {
             fs::create_dir_all(root.join("objects").join(format!("{b:02x}")))
                 .map_err(io(key.clone()))?;
         }
+        let root_handle = Arc::new(File::open(&root).map_err(io(key))?);
         Ok(FsStore {
             root,
             handles: Arc::default(),
+            root_handle,
         })
     }
 
@@ -181,6 +188,10 @@ impl FsStore {
 }
 
 impl Store for FsStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
         if kind == ObjectKind::Chunk {
             // Content-addressed: a chunk that exists already holds these bytes, and is
@@ -307,8 +318,7 @@ impl Store for FsStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let root = File::open(&self.root).map_err(io(self.root.display().to_string()))?;
-        nix::unistd::syncfs(&root).map_err(|e| StoreError::Io {
+        nix::unistd::syncfs(&*self.root_handle).map_err(|e| StoreError::Io {
             key: self.root.display().to_string(),
             source: io::Error::from(e),
         })

@@ -153,6 +153,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// of a repository two agents initialise at once.
     fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError>;
 
+    /// Where the store keeps its objects (`s3://bucket/prefix`, a directory), the same for
+    /// every agent that uses it: a new repository's id is derived from it, so agents that
+    /// create one at once write the very same config, even on a store that cannot refuse
+    /// a second create (see [`crate::Repository::open_or_init`]).
+    fn location(&self) -> String {
+        String::new()
+    }
+
     /// Reads a whole object (objects are bounded by the chunker's maximum or are manifests).
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError>;
 

@@ -249,6 +249,11 @@ fn parse_time(s: &str) -> Option<SystemTime> {
 }
 
 impl Store for S3Store {
+    fn location(&self) -> String {
+        // Not the endpoint: one bucket may be reached through several.
+        format!("s3://{}/{}", self.bucket.name(), self.prefix)
+    }
+
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
         let key = self.key(kind, name)?;
         let url = self

@@ -31,7 +31,7 @@ pub enum Command {
     },
     /// Snapshot, restore, verify or prune a component's data (run by the controller's
     /// Jobs; prints one JSON result and writes it to the termination log).
-    Agent(Box<crate::data::agent::AgentArgs>),
+    Agent(Box<crate::agent::command::AgentArgs>),
 }
 
 /// Options of the controller.

@@ -4,11 +4,11 @@
 //! `main.rs` only parses arguments; [`run`] wires the pieces: the API client, the metrics
 //! server, leader election and the kube-runtime `Controller`.
 
+pub mod agent;
 pub mod args;
 pub mod cache;
 pub mod context;
 pub mod crdgen;
-pub mod data;
 pub mod error;
 pub mod events;
 pub mod gates;

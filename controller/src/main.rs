@@ -8,7 +8,7 @@ use deployctl_controller::args::{Args, Command};
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match args.command {
-        Some(Command::Agent(agent)) => deployctl_controller::data::agent::main(*agent),
+        Some(Command::Agent(agent)) => deployctl_controller::agent::command::main(*agent),
         Some(Command::Crdgen { out_dir: None }) => {
             print!("{}", deployctl_controller::crdgen::all_yaml());
             std::process::ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deployctl_controller::data::{parse_termination_message, AgentOp, AgentResult};
+use deployctl_controller::agent::{parse_termination_message, AgentOp, AgentResult};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 

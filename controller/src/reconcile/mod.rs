@@ -8,13 +8,12 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
-pub mod data;
-pub mod housekeeping;
 pub mod observe;
 pub mod operations;
 pub mod plan;
 pub mod replicas;
 pub mod revisions;
+pub mod snapshots;
 pub mod status;
 
 use crate::context::Context;
@@ -179,11 +178,11 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         .is_some_and(|s| s != desired.number);
     // The stack's data: its snapshots advance (Jobs started, results recorded) before
     // planning, so the planner sees them as they are now.
-    let mut data_world = if data::involved(stack) {
-        data::ensure_store(&ctx.client, stack).await?;
-        data::read(&ctx.client, stack).await?
+    let mut data_world = if snapshots::involved(stack) {
+        snapshots::ensure_store(&ctx.client, stack).await?;
+        snapshots::read(&ctx.client, stack).await?
     } else {
-        data::DataWorld::default()
+        snapshots::DataWorld::default()
     };
     let data_pending = data_world.snapshots.iter().any(|s| {
         !s.status
@@ -219,12 +218,13 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         }
     }
     let observed = observe::workloads(ctx, stack, &components).await?;
-    let (data_observed, data_wake) = if data::involved(stack) || !data_world.snapshots.is_empty() {
-        let requested: Vec<String> = ops.iter().filter_map(|o| o.snapshot.clone()).collect();
-        data::sync(ctx, stack, &desired, &observed, &mut data_world, &requested).await?
-    } else {
-        (plan::DataObserved::default(), None)
-    };
+    let (data_observed, data_wake) =
+        if snapshots::involved(stack) || !data_world.snapshots.is_empty() {
+            let requested: Vec<String> = ops.iter().filter_map(|o| o.snapshot.clone()).collect();
+            snapshots::sync(ctx, stack, &desired, &observed, &mut data_world, &requested).await?
+        } else {
+            (plan::DataObserved::default(), None)
+        };
 
     // 5. Measure the gates that are due.
     let mut measurements = BTreeMap::new();
@@ -305,7 +305,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             plan::Action::Snapshot {
                 component, name, ..
             } => {
-                data::create_snapshot(
+                snapshots::create_snapshot(
                     &ctx.client,
                     stack,
                     component,
@@ -326,7 +326,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                         .get(rev)
                         .expect("planned revisions come from the history")
                 };
-                data::stop(ctx, stack, source, component).await?;
+                snapshots::stop(ctx, stack, source, component).await?;
                 tracing::info!(stack = %key, component, revision = rev, "stopped component for its data");
             }
             plan::Action::Restore {
@@ -340,7 +340,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                     to.and_then(|n| history.get(&n)).into_iter().collect();
                 revisions.push(&desired);
                 revisions.extend(history.values().rev());
-                data::restore(
+                snapshots::restore(
                     ctx,
                     stack,
                     &revisions,

@@ -5,7 +5,7 @@
 //! after ordinal 0's Job: the planner decides about the group as one, and this module
 //! names the group's Jobs and reads their outcomes as one.
 
-use crate::data::result::AgentResult;
+use crate::agent::result::AgentResult;
 use crate::reconcile::build;
 use deployctl_api::{child_name, Component, ComponentData, DataMethod, WorkloadKind};
 
@@ -123,7 +123,7 @@ pub fn combine(outcomes: Vec<(i32, Finished)>) -> Combined {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::job::AgentOp;
+    use crate::agent::job::AgentOp;
 
     fn component(yaml: &str) -> Component {
         serde_yaml_ng::from_str(yaml).unwrap()

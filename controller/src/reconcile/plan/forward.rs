@@ -26,7 +26,7 @@ pub(super) fn rollout(p: &mut Planner<'_>) {
     if p.status.rollout.is_none() && !settled {
         start(p, target);
     }
-    p.snapshotting = super::data::snapshotting(p);
+    p.snapshotting = super::snapshots::snapshotting(p);
     converge(p, target, true);
 }
 
@@ -50,7 +50,7 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
         },
     );
     let now = p.now();
-    let snapshots = super::data::pre_rollout_snapshots(p, target, &now);
+    let snapshots = super::snapshots::pre_rollout_snapshots(p, target, &now);
     p.status.rollout = Some(RolloutState {
         revision: target.number,
         from_revision: from,

@@ -7,12 +7,13 @@
 //! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
 //! `operations`, `status` (phase and conditions).
 
-pub mod data;
 mod forward;
+pub mod housekeeping;
 mod operations;
 mod rollback;
 #[cfg(test)]
 mod simulation;
+pub mod snapshots;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -66,7 +67,7 @@ pub struct DataObserved {
     /// Restore Jobs by name (absent: not created yet).
     pub restore_jobs: BTreeMap<String, JobOutcome>,
     /// Agent Jobs still running, by the component whose data they work on. One agent at
-    /// a time works on a component's data: see [`data::agent_busy`].
+    /// a time works on a component's data: see [`snapshots::agent_busy`].
     pub agents: BTreeMap<String, Vec<AgentRun>>,
     /// Names of StackSnapshots in the namespace that are not the controller's own
     /// pre-rollout snapshots of this stack (another stack's, a person's, a schedule's): a
@@ -500,7 +501,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         quiescing: BTreeMap::new(),
         snapshotting: false,
     };
-    p.quiescing = data::quiescing(&p);
+    p.quiescing = snapshots::quiescing(&p);
 
     operations::apply(&mut p);
 
@@ -532,7 +533,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         forward::rollout(&mut p);
     }
 
-    data::verification_condition(&mut p);
+    snapshots::verification_condition(&mut p);
     summary::finish(&mut p);
     Plan {
         actions: p.actions,

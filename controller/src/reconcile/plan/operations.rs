@@ -128,8 +128,8 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
             None => (Failed, "no rollout is in progress to promote".into(), None),
         },
         OperationAction::Retry => {
-            if !super::data::failed_restores(p).is_empty() {
-                let msg = super::data::retry_failed_restores(p);
+            if !super::snapshots::failed_restores(p).is_empty() {
+                let msg = super::snapshots::retry_failed_restores(p);
                 let to = p.status.rollback.as_ref().map(|rb| rb.to_revision);
                 (Succeeded, msg, to)
             } else if let Some(h) = p.status.hold.take() {
@@ -158,8 +158,8 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 )
             }
         }
-        OperationAction::Restore => super::data::request_restore(p, op),
-        OperationAction::AcceptLiveData => super::data::accept_live_data(p, op),
+        OperationAction::Restore => super::snapshots::request_restore(p, op),
+        OperationAction::AcceptLiveData => super::snapshots::accept_live_data(p, op),
         OperationAction::Abort => {
             if p.status.rollback.is_some() {
                 return (Failed, rollback_in_progress(p), None);
@@ -194,7 +194,7 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
             // A rollback waiting after a failed restore may be redirected: the new one
             // runs the components of its revision on the data as it is now.
             if let Some(rb) = &p.status.rollback {
-                if super::data::failed_restores(p).is_empty() {
+                if super::snapshots::failed_restores(p).is_empty() {
                     return (Failed, rollback_in_progress(p), None);
                 }
                 // A restore Job still running would swap data under the started components.
@@ -259,7 +259,7 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
                 .reason
                 .clone()
                 .unwrap_or_else(|| "requested by an operator".into());
-            let failed = super::data::failed_restores(p);
+            let failed = super::snapshots::failed_restores(p);
             rollback::start(
                 p,
                 to,
@@ -286,7 +286,7 @@ fn act(p: &mut Planner<'_>, op: &PendingOperation) -> (OperationPhase, String, O
 
 /// Why an operation waits for the rollback in progress, and what can be done meanwhile.
 fn rollback_in_progress(p: &Planner<'_>) -> String {
-    let failed = super::data::failed_restores(p);
+    let failed = super::snapshots::failed_restores(p);
     if failed.is_empty() {
         "a rollback is already in progress; wait for it to finish".into()
     } else {

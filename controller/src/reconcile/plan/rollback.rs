@@ -23,7 +23,7 @@ pub(super) fn start(
     operation: Option<String>,
     trigger: RollbackTrigger,
 ) {
-    let restores = super::data::restores_for(p);
+    let restores = super::snapshots::restores_for(p);
     start_with(p, to, reason_text, operation, trigger, restores);
 }
 
@@ -256,14 +256,14 @@ fn restore_data(
     let mut waiting: Option<String> = None;
     for c in order.iter().filter(|c| held.contains(c.as_str())) {
         let Some(w) = p.observed(c) else { continue };
-        if !super::data::stops_for_restore(p, target, c) || w.stopped && w.drained {
+        if !super::snapshots::stops_for_restore(p, target, c) || w.stopped && w.drained {
             continue;
         }
         waiting.get_or_insert_with(|| c.clone());
         let dependents_stopped = held.iter().filter(|d| *d != c).all(|d| {
             !depends_on(d, c, &[from, target])
                 || p.observed(d).is_none_or(|w| w.stopped && w.drained)
-                || !super::data::stops_for_restore(p, target, d)
+                || !super::snapshots::stops_for_restore(p, target, d)
         });
         if dependents_stopped && !w.stopped {
             p.actions.push(Action::Stop {
@@ -289,7 +289,7 @@ fn restore_data(
         .unwrap_or_default();
     let mut waiting = None;
     for c in components {
-        if !super::data::restore_step(p, target, &c) {
+        if !super::snapshots::restore_step(p, target, &c) {
             waiting.get_or_insert(c);
         }
     }

@@ -1324,7 +1324,7 @@ fn a_restore_waits_for_another_agent_on_the_same_data_and_starts_when_it_ends() 
 
 #[test]
 fn one_agent_at_a_time_per_components_data() {
-    use super::data::agent_busy;
+    use super::snapshots::agent_busy;
     let mut agents = BTreeMap::new();
     assert_eq!(agent_busy(&agents, None, "db", true), None);
     agents.insert(

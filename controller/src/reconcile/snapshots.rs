@@ -4,13 +4,13 @@
 //! and carries out the planner's data actions (create a StackSnapshot, stop a component,
 //! start a restore Job).
 
+use crate::agent::job::{self, AgentOp, JobRequest, StoreLocation};
+use crate::agent::result::{parse_termination_message, AgentResult};
 use crate::context::Context;
-use crate::data::job::{self, AgentOp, JobRequest, StoreLocation};
-use crate::data::result::{parse_termination_message, AgentResult};
 use crate::error::Result;
 use crate::reconcile::build::{self, owner_ref, Workload};
-use crate::reconcile::housekeeping;
-use crate::reconcile::plan::data::{agent_busy, job_name};
+use crate::reconcile::plan::housekeeping;
+use crate::reconcile::plan::snapshots::{agent_busy, job_name};
 use crate::reconcile::plan::{
     AgentRun, DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
 };

@@ -8,7 +8,7 @@
 //! talks to no API server; its [`result::AgentResult`] travels back in the pod's
 //! termination message.
 
-pub mod agent;
+pub mod command;
 pub mod job;
 pub mod result;
 

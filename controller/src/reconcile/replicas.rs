@@ -21,7 +21,7 @@ pub enum Failure {
 }
 
 /// How an agent Job ended.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Finished {
     Running,
     Ok(AgentResult),

@@ -9,8 +9,8 @@ use crate::agent::result::{parse_termination_message, AgentResult};
 use crate::context::Context;
 use crate::error::Result;
 use crate::reconcile::build::{self, owner_ref, Workload};
-use crate::reconcile::plan::housekeeping;
 use crate::reconcile::plan::snapshots::{agent_busy, job_name};
+use crate::reconcile::plan::{housekeeping, lifecycle};
 use crate::reconcile::plan::{
     AgentRun, DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
 };
@@ -268,145 +268,133 @@ pub async fn sync(
         .snapshots
         .iter()
         .any(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed));
-    for snap in &mut world.snapshots {
+    // Read: each unfinished snapshot with its Jobs' outcomes.
+    let mut unfinished = vec![];
+    for snap in &world.snapshots {
         let st = snap.status.clone().unwrap_or_default();
         if st.phase.is_some_and(SnapshotPhase::is_final) {
             continue;
         }
         let comp_name = snap.spec.component.clone();
-        let Some((component, data)) = desired
-            .component(&comp_name)
-            .and_then(|c| c.data.as_ref().map(|d| (c, d)))
+        let spec = desired.component(&comp_name);
+        let job = snapshot_job_name(&name, &comp_name, &snap.name_any());
+        let mut jobs = vec![];
+        for o in spec
+            .map(|c| lifecycle::ordinals(&st, c))
+            .unwrap_or_default()
+        {
+            let n = replicas::job(&job, o);
+            let outcome = match world.jobs.iter().find(|j| j.name_any() == n) {
+                Some(j) => Some(job_outcome(client, &ns, j).await?),
+                None => None,
+            };
+            jobs.push((o, outcome));
+        }
+        unfinished.push(lifecycle::Unfinished {
+            name: snap.name_any(),
+            component: comp_name,
+            status: st,
+            spec,
+            job,
+            jobs,
+        });
+    }
+    // Decide.
+    let statuses: BTreeMap<String, (StackSnapshotStatus, String, Option<&Component>)> = unfinished
+        .iter()
+        .map(|u| (u.name.clone(), (u.status.clone(), u.job.clone(), u.spec)))
+        .collect();
+    let steps = lifecycle::steps(
+        unfinished,
+        &mut agents,
+        rollback,
+        workloads,
+        repository_exists,
+    );
+    // Carry out.
+    for (snap_name, step) in steps {
+        let (st, job, spec) = statuses[&snap_name].clone();
+        let Some(snap) = world
+            .snapshots
+            .iter_mut()
+            .find(|s| s.name_any() == snap_name)
         else {
-            let msg = format!(
-                "component {comp_name} of stack {name} does not declare data; nothing to snapshot"
-            );
-            set_status(client, snap, failed(st, msg)).await?;
             continue;
         };
-        let job = snapshot_job_name(&name, &comp_name, &snap.name_any());
-        let w = workloads.get(&comp_name);
-        // The replicas a started snapshot copies are in its status; a new one copies
-        // every replica the component has now.
-        let ordinals: Vec<i32> = if st.phase == Some(SnapshotPhase::Running) {
-            if st.replicas.is_empty() {
-                vec![0]
-            } else {
-                st.replicas.iter().map(|r| r.ordinal).collect()
+        let comp_name = snap.spec.component.clone();
+        match step {
+            lifecycle::Step::Nothing => {}
+            lifecycle::Step::Reject(msg) => {
+                set_status(client, snap, failed(st, format!("{msg} (stack {name})"))).await?;
             }
-        } else {
-            replicas::ordinals(component, data)
-        };
-        let found: Vec<(i32, Option<&Job>)> = ordinals
-            .iter()
-            .map(|&o| {
-                let n = replicas::job(&job, o);
-                (o, world.jobs.iter().find(|j| j.name_any() == n))
-            })
-            .collect();
-        let agent = |ordinal: i32, node: Option<String>, revision: Option<i64>| AgentJob {
-            op: AgentOp::Snapshot,
-            name: job.clone(),
-            component,
-            data,
-            snapshot_object: "",
-            digest: None,
-            revision,
-            node,
-            forget: vec![],
-            ordinal,
-            group_size: ordinals.len(),
-        };
-        if found.iter().all(|(_, j)| j.is_none()) {
-            if let Some(why) = agent_busy(&agents, rollback, &comp_name, repository_exists) {
-                if st.phase != Some(SnapshotPhase::Pending)
-                    || st.message.as_deref() != Some(why.as_str())
-                {
-                    let mut next = st.clone();
+            lifecycle::Step::Wait(why) => {
+                if st.phase != Some(SnapshotPhase::Pending) || st.message.as_deref() != Some(&why) {
+                    let mut next = st;
                     next.phase = Some(SnapshotPhase::Pending);
                     next.message = Some(why);
                     set_status(client, snap, next).await?;
                 }
-                continue;
             }
-            if data.quiesces() && !w.is_some_and(|w| w.stopped && w.drained) {
-                if st.phase != Some(SnapshotPhase::Pending) {
-                    let mut next = st.clone();
-                    next.phase = Some(SnapshotPhase::Pending);
-                    next.message = Some(format!(
-                        "waiting for component {comp_name} to stop (method Files, consistency Quiesce)"
-                    ));
+            lifecycle::Step::Start { ordinals, first } => {
+                let component = spec.expect("a snapshot that starts has its component");
+                let data = component.data.as_ref().expect("and its data");
+                let revision = if first {
+                    workloads.get(&comp_name).and_then(|w| w.revision)
+                } else {
+                    st.revision
+                };
+                let group_size = if first {
+                    ordinals.len()
+                } else {
+                    st.replicas.len().max(1)
+                };
+                for &o in &ordinals {
+                    let node = live_copy_node(client, &ns, &name, component, data, o).await?;
+                    start_agent(
+                        ctx,
+                        stack,
+                        AgentJob {
+                            op: AgentOp::Snapshot,
+                            name: job.clone(),
+                            component,
+                            data,
+                            snapshot_object: &snap_name,
+                            digest: None,
+                            revision,
+                            node,
+                            forget: vec![],
+                            ordinal: o,
+                            group_size,
+                        },
+                    )
+                    .await?;
+                }
+                if first {
+                    let mut next = st;
+                    next.phase = Some(SnapshotPhase::Running);
+                    next.job = Some(job.clone());
+                    next.revision = revision;
+                    next.method = Some(data.method);
+                    next.store = Some(store_text(&store));
+                    next.started_at = Some(crate::context::now());
+                    next.message = None;
+                    next.replicas = if component.kind == WorkloadKind::StatefulSet {
+                        ordinals
+                            .iter()
+                            .map(|&o| ReplicaSnapshot {
+                                ordinal: o,
+                                job: Some(replicas::job(&job, o)),
+                                ..Default::default()
+                            })
+                            .collect()
+                    } else {
+                        vec![]
+                    };
                     set_status(client, snap, next).await?;
                 }
-                continue;
             }
-            let revision = w.and_then(|w| w.revision);
-            let snap_name = snap.name_any();
-            for &o in &ordinals {
-                agents.entry(comp_name.clone()).or_default().push(AgentRun {
-                    operation: "snapshot".into(),
-                    job: replicas::job(&job, o),
-                });
-                let node = live_copy_node(client, &ns, &name, component, data, o).await?;
-                start_agent(
-                    ctx,
-                    stack,
-                    AgentJob {
-                        snapshot_object: &snap_name,
-                        ..agent(o, node, revision)
-                    },
-                )
-                .await?;
-            }
-            let mut next = st.clone();
-            next.phase = Some(SnapshotPhase::Running);
-            next.job = Some(job.clone());
-            next.revision = revision;
-            next.method = Some(data.method);
-            next.store = Some(store_text(&store));
-            next.started_at = Some(crate::context::now());
-            next.message = None;
-            next.replicas = if component.kind == WorkloadKind::StatefulSet {
-                ordinals
-                    .iter()
-                    .map(|&o| ReplicaSnapshot {
-                        ordinal: o,
-                        job: Some(replicas::job(&job, o)),
-                        ..Default::default()
-                    })
-                    .collect()
-            } else {
-                vec![]
-            };
-            set_status(client, snap, next).await?;
-            continue;
-        }
-        // The controller stopped between starting one replica's Job and the next: the
-        // snapshot was decided, the rest start now.
-        let snap_name = snap.name_any();
-        for (o, _) in found.iter().filter(|(_, j)| j.is_none()) {
-            let node = live_copy_node(client, &ns, &name, component, data, *o).await?;
-            start_agent(
-                ctx,
-                stack,
-                AgentJob {
-                    snapshot_object: &snap_name,
-                    ..agent(*o, node, st.revision)
-                },
-            )
-            .await?;
-        }
-        if found.iter().any(|(_, j)| j.is_none()) {
-            continue;
-        }
-        let mut outcomes = vec![];
-        for (o, j) in &found {
-            outcomes.push((*o, job_outcome(client, &ns, j.expect("all found")).await?));
-        }
-        match replicas::combine(outcomes) {
-            Combined::Running => {}
-            Combined::Ok(results) => {
-                let mut next = st.clone();
+            lifecycle::Step::Complete(results) => {
+                let mut next = st;
                 next.phase = Some(SnapshotPhase::Completed);
                 record_results(&mut next, &results);
                 next.completed_at = Some(crate::context::now());
@@ -418,13 +406,13 @@ pub async fn sync(
                 }
                 set_status(client, snap, next).await?;
             }
-            Combined::Failed {
+            lifecycle::Step::Fail {
                 message,
                 kind,
                 completed,
             } => {
                 record_failure(ctx, &store, "snapshot", kind);
-                let mut next = st.clone();
+                let mut next = st;
                 // The replicas that did complete are in the repository: recorded, so
                 // retention forgets them with this object.
                 record_results(&mut next, &completed);

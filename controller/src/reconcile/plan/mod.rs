@@ -9,6 +9,7 @@
 
 mod forward;
 pub mod housekeeping;
+pub mod lifecycle;
 mod operations;
 mod rollback;
 #[cfg(test)]

@@ -1,8 +1,13 @@
 //! A deterministic simulation of the planner, in the spirit of FoundationDB's simulator
 //! and TigerBeetle's VOPR: a seeded world plays a stack (db with data, api depending on
 //! it) through random spec changes, gate results, agent Job outcomes (success, failure,
-//! still running), other agents busy on the same data, snapshots that fail, operations
-//! of every kind and restarts, and checks the data invariants after every step.
+//! still running), other agents busy on the same data, scheduled snapshots falling due
+//! (their Jobs started by the snapshot lifecycle's decisions, `lifecycle::steps`, as the
+//! controller starts them), snapshots that fail, operations of every kind and restarts,
+//! and checks the data invariants after every step: nothing starts on data still to be
+//! restored, a restore or a snapshot starts only while no other agent works on that
+//! data, a rollback ends with every restore settled, and a failed restore always has its
+//! ways out.
 //!
 //! A restart keeps only what status holds: the planner is a pure function of the world
 //! and the status, so every step *is* a restart; the world here never keeps anything
@@ -102,16 +107,32 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
                 }
                 event = format!("operation {name}");
             }
-            20..=25 if agent_left == 0 => {
+            20..=22 => {
+                // Its agent Job starts when the lifecycle's rules let it.
+                let name = format!("shop-db-s{step}");
+                w.data.snapshots.insert(
+                    name.clone(),
+                    SnapshotObserved {
+                        component: "db".into(),
+                        phase: None,
+                        message: None,
+                        digest: None,
+                        corrupt: false,
+                        verified: false,
+                    },
+                );
+                event = format!("scheduled snapshot {name} of db falls due");
+            }
+            23..=25 if agent_left == 0 => {
                 agent_left = 1 + rng.below(4) as u32;
                 w.data.agents.insert(
                     "db".into(),
                     vec![AgentRun {
-                        operation: "snapshot".into(),
-                        job: format!("shop-db-snapshot-sched{step}"),
+                        operation: "verify".into(),
+                        job: format!("shop-db-verify-{step}"),
                     }],
                 );
-                event = format!("a scheduled snapshot of db runs for {agent_left} steps");
+                event = format!("a verification of db runs for {agent_left} steps");
             }
             _ => {}
         }
@@ -178,6 +199,22 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
         }
         now += 1 + rng.below(15) as i64;
     }
+    let scheduled = |phase: SnapshotPhase, waiting: bool| {
+        w.data
+            .snapshots
+            .iter()
+            .filter(|(n, s)| {
+                n.starts_with("shop-db-s")
+                    && s.phase == Some(phase)
+                    && (!waiting || s.message.as_deref().is_some_and(|m| m.contains("waiting")))
+            })
+            .count()
+    };
+    log.push(format!(
+        "scheduled snapshots: {} completed, {} waiting",
+        scheduled(SnapshotPhase::Completed, false),
+        scheduled(SnapshotPhase::Pending, true)
+    ));
     Ok(log)
 }
 
@@ -214,13 +251,46 @@ fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> 
                         return Err(format!("restore of {component} started while {c} runs"));
                     }
                 }
-                if let Some(runs) = before.data.agents.get(component) {
+                if let Some(runs) = before.agents_now().get(component) {
                     return Err(format!(
                         "restore of {component} started while {runs:?} works on its data"
                     ));
                 }
             }
             _ => {}
+        }
+    }
+    // A snapshot's Job starts only while nothing else works on its component's data: no
+    // other agent, no restore running or about to run.
+    for (name, s) in &w.data.snapshots {
+        let was = before.data.snapshots.get(name).and_then(|b| b.phase);
+        if s.phase != Some(SnapshotPhase::Running) || was == Some(SnapshotPhase::Running) {
+            continue;
+        }
+        let mut others = before.agents_now().remove(&s.component).unwrap_or_default();
+        others.extend(w.agents_now().remove(&s.component).unwrap_or_default());
+        others.retain(|r| &r.job != name);
+        if let Some(r) = others.first() {
+            return Err(format!(
+                "snapshot {name} of {} started while the {} Job {} works on its data",
+                s.component, r.operation, r.job
+            ));
+        }
+        if let Some(r) = w
+            .status
+            .rollback
+            .iter()
+            .flat_map(|rb| &rb.restores)
+            .find(|r| {
+                r.component == s.component
+                    && !r.phase.is_settled()
+                    && r.phase != RestorePhase::Failed
+            })
+        {
+            return Err(format!(
+                "snapshot {name} of {} started while its restore is {:?}",
+                s.component, r.phase
+            ));
         }
     }
     // A rollback ends only once every restore is settled, and leaves nothing stopped.
@@ -297,11 +367,15 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
         .unwrap_or(1500);
     let mut rolled_back = 0;
     let mut failed_restores = 0;
+    let (mut scheduled_done, mut scheduled_waiting) = (0, 0);
     for seed in 0..seeds {
         match run(seed, false) {
             Ok(log) => {
                 rolled_back += usize::from(log.iter().any(|l| l.contains("RolledBack")));
                 failed_restores += usize::from(log.iter().any(|l| l.contains("operation accept")));
+                let last = log.last().expect("a summary line");
+                scheduled_done += usize::from(!last.contains(": 0 completed"));
+                scheduled_waiting += usize::from(!last.contains(", 0 waiting"));
             }
             Err(e) => panic!(
                 "seed {seed} broke an invariant (replay: DEPLOYCTL_SIM_SEED={seed} cargo test -p deployctl-controller --lib simulation):\n{e}"
@@ -314,4 +388,12 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
         "only {rolled_back} of {seeds} seeds reached a rollback"
     );
     assert!(failed_restores > 0, "no seed tried a way out");
+    assert!(
+        scheduled_done as u64 > seeds / 4,
+        "only {scheduled_done} of {seeds} seeds completed a scheduled snapshot"
+    );
+    assert!(
+        scheduled_waiting > 0,
+        "no scheduled snapshot ever had to wait for another agent"
+    );
 }

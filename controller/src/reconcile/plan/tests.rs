@@ -2,6 +2,7 @@
 //! it asked for, time moves on.
 
 use super::*;
+use crate::reconcile::replicas::{Failure, Finished};
 use deployctl_api::conditions::{READY, RECONCILING, STALLED};
 use deployctl_api::{
     ComponentPhase, GatePhase, MeasurementOutcome, RestorePhase, RolloutStep, StackPhase,
@@ -71,7 +72,112 @@ impl World {
         self.spec = spec;
     }
 
+    /// The agent Jobs running on each component's data, as the I/O layer lists them: the
+    /// ones a test put in `data.agents`, the snapshots running and the restores running.
+    pub(super) fn agents_now(&self) -> BTreeMap<String, Vec<AgentRun>> {
+        let mut agents = self.data.agents.clone();
+        for (name, s) in &self.data.snapshots {
+            if s.phase == Some(SnapshotPhase::Running) {
+                agents
+                    .entry(s.component.clone())
+                    .or_default()
+                    .push(AgentRun {
+                        operation: "snapshot".into(),
+                        job: name.clone(),
+                    });
+            }
+        }
+        for r in self.status.rollback.iter().flat_map(|rb| &rb.restores) {
+            if let Some(job) = &r.job {
+                if self.data.restore_jobs.get(job) == Some(&JobOutcome::Running) {
+                    agents
+                        .entry(r.component.clone())
+                        .or_default()
+                        .push(AgentRun {
+                            operation: "restore".into(),
+                            job: job.clone(),
+                        });
+                }
+            }
+        }
+        agents
+    }
+
+    /// The I/O layer's pass over unfinished snapshots, decided by [`lifecycle::steps`]:
+    /// Jobs that were running end as `snapshot_result` says, waiting ones start when the
+    /// planner's rules let them.
+    fn snapshot_lifecycle(&mut self) {
+        let mut agents = self.agents_now();
+        let repository_exists = self
+            .data
+            .snapshots
+            .values()
+            .any(|s| s.phase == Some(SnapshotPhase::Completed));
+        let outcome = match self.snapshot_result {
+            Some(SnapshotPhase::Completed) => {
+                let mut r =
+                    crate::agent::AgentResult::new(crate::agent::AgentOp::Snapshot, true, 1.0);
+                r.digest = Some("d".into());
+                Finished::Ok(r)
+            }
+            Some(_) => Finished::Failed("store unreachable".into(), Failure::Store),
+            None => Finished::Running,
+        };
+        let unfinished: Vec<lifecycle::Unfinished<'_>> = self
+            .data
+            .snapshots
+            .iter()
+            .filter(|(_, s)| !s.phase.is_some_and(SnapshotPhase::is_final))
+            .map(|(name, s)| {
+                let running = s.phase == Some(SnapshotPhase::Running);
+                lifecycle::Unfinished {
+                    name: name.clone(),
+                    component: s.component.clone(),
+                    status: deployctl_api::StackSnapshotStatus {
+                        phase: s.phase,
+                        message: s.message.clone(),
+                        ..Default::default()
+                    },
+                    spec: self.desired.component(&s.component),
+                    job: name.clone(),
+                    jobs: vec![(0, running.then(|| outcome.clone()))],
+                }
+            })
+            .collect();
+        let steps = lifecycle::steps(
+            unfinished,
+            &mut agents,
+            self.status.rollback.as_ref(),
+            &self.observed,
+            repository_exists,
+        );
+        for (name, step) in steps {
+            let s = self.data.snapshots.get_mut(&name).expect("listed above");
+            match step {
+                lifecycle::Step::Nothing => {}
+                lifecycle::Step::Wait(why) => {
+                    s.phase = Some(SnapshotPhase::Pending);
+                    s.message = Some(why);
+                }
+                lifecycle::Step::Start { .. } => {
+                    s.phase = Some(SnapshotPhase::Running);
+                    s.message = None;
+                }
+                lifecycle::Step::Complete(_) => {
+                    s.phase = Some(SnapshotPhase::Completed);
+                    s.digest = Some("d".into());
+                }
+                lifecycle::Step::Fail { message, .. } | lifecycle::Step::Reject(message) => {
+                    s.phase = Some(SnapshotPhase::Failed);
+                    s.message = Some(message);
+                }
+            }
+        }
+    }
+
     pub(super) fn step(&mut self, now: i64) -> Plan {
+        let mut data = self.data.clone();
+        data.agents = self.agents_now();
         let p = plan(PlanInput {
             spec: &self.spec,
             generation: Some(self.desired.number),
@@ -80,20 +186,11 @@ impl World {
             observed: &self.observed,
             measurements: &self.measurements,
             operations: &self.ops,
-            data: &self.data,
+            data: &data,
             stack: "shop",
             previous: &self.status,
             now: t(now),
         });
-        // Snapshot Jobs that were running end as configured (the I/O layer's work).
-        for s in self.data.snapshots.values_mut() {
-            if s.phase == Some(SnapshotPhase::Running) {
-                s.phase = self.snapshot_result.or(s.phase);
-                if s.phase == Some(SnapshotPhase::Failed) {
-                    s.message = Some("store unreachable".into());
-                }
-            }
-        }
         for j in self.data.restore_jobs.values_mut() {
             if *j == JobOutcome::Running {
                 *j = self.restore_result.clone();
@@ -132,24 +229,14 @@ impl World {
                 Action::Snapshot {
                     component, name, ..
                 } => {
-                    // A quiesced component must be stopped before its Job starts.
-                    let quiet = self.observed.get(component).is_some_and(|w| w.stopped);
-                    let needs_quiet = self
-                        .desired
-                        .component(component)
-                        .and_then(|c| c.data.as_ref())
-                        .is_some_and(|d| d.quiesces());
+                    // Its Job starts below, when the lifecycle's rules let it.
                     self.data.snapshots.insert(
                         name.clone(),
                         SnapshotObserved {
                             component: component.clone(),
-                            phase: Some(if needs_quiet && !quiet {
-                                SnapshotPhase::Pending
-                            } else {
-                                SnapshotPhase::Running
-                            }),
+                            phase: None,
                             message: None,
-                            digest: Some("d".into()),
+                            digest: None,
                             corrupt: false,
                             verified: false,
                         },
@@ -161,11 +248,6 @@ impl World {
                     w.drained = true;
                     w.available = true;
                     w.replicas = 0;
-                    for s in self.data.snapshots.values_mut() {
-                        if &s.component == component && s.phase == Some(SnapshotPhase::Pending) {
-                            s.phase = Some(SnapshotPhase::Running);
-                        }
-                    }
                 }
                 Action::Restore { job, .. } => {
                     assert!(
@@ -178,6 +260,7 @@ impl World {
                 }
             }
         }
+        self.snapshot_lifecycle();
         p
     }
 
@@ -1283,8 +1366,20 @@ fn a_restore_waits_for_another_agent_on_the_same_data_and_starts_when_it_ends() 
     let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
     let mut now = w.settle(0, true);
     w.change(data_spec("db:2", "api:2", SQLITE), 2);
-    // A scheduled snapshot of db starts while the rollout runs, and is still running
-    // when the rollback wants to restore db.
+    // Once the pre-rollout snapshot is taken, a scheduled snapshot of db starts while the
+    // rollout runs, and is still running when the rollback wants to restore db.
+    for _ in 0..10 {
+        if w.data
+            .snapshots
+            .values()
+            .any(|s| s.phase == Some(SnapshotPhase::Completed))
+        {
+            break;
+        }
+        w.step(now);
+        now += 1;
+    }
+    assert!(w.status.rollout.is_some() && w.status.rollback.is_none());
     w.data.agents.insert(
         "db".into(),
         vec![AgentRun {

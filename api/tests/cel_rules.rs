@@ -1080,3 +1080,75 @@ fn every_rule_is_cheap_enough_for_the_api_server() {
     // `cargo test -p deployctl-api --test cel_rules -- --nocapture` shows the estimates.
     println!("{}", report.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// The same tables on a real API server.
+
+/// Every invalid case is refused by the harness's API server (Kubernetes 1.37, server-side
+/// dry run, so nothing is stored) with its rule's message, naming the field the rule sits
+/// on; every valid case is accepted. What the offline evaluation above says is what a
+/// user's `kubectl apply` meets.
+#[tokio::test]
+async fn a_real_api_server_refuses_each_invalid_case_with_its_rule_and_accepts_the_valid_ones() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::discovery::ApiResource;
+    let env = deployctl_harness::shared();
+    let client = deployctl_harness::crds::install_crds(env).await;
+    let ns = env.namespace("cel").await;
+    let resource = |kind: Kind| {
+        let (k, plural) = match kind {
+            Kind::Stack => ("ProductionStack", "productionstacks"),
+            Kind::Operation => ("StackOperation", "stackoperations"),
+        };
+        ApiResource {
+            group: "deployctl.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "deployctl.dev/v1alpha1".into(),
+            kind: k.into(),
+            plural: plural.into(),
+        }
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let create = |kind: Kind, object: &Value| {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns.name(), &resource(kind));
+        let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+        let dry_run = dry_run.clone();
+        async move { api.create(&dry_run, &object).await }
+    };
+    let mut failures = Vec::new();
+    for case in invalid_cases() {
+        match create(case.kind, &case.object).await {
+            Ok(_) => failures.push(format!("{}: the API server accepted it", case.name)),
+            Err(kube::Error::Api(s)) => {
+                let fields: Vec<String> = s
+                    .details
+                    .iter()
+                    .flat_map(|d| &d.causes)
+                    .map(|c| c.field.clone())
+                    .collect();
+                // The server names the rule's field as CEL paths are written there
+                // (`spec.components[0]`), or the list it sits under.
+                let field_named = fields
+                    .iter()
+                    .any(|f| at_or_under(f, case.cel_path) || at_or_under(case.cel_path, f));
+                if s.code != 422 || !s.message.contains(case.cel_message) || !field_named {
+                    failures.push(format!(
+                        "{}: expected 422 with {:?} at {}, got {} {:?} at {fields:?}",
+                        case.name, case.cel_message, case.cel_path, s.code, s.message
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+        }
+    }
+    for (name, kind, object) in valid_cases() {
+        if let Err(e) = create(kind, &object).await {
+            failures.push(format!("valid case {name}: the API server refused it: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

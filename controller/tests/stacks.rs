@@ -332,9 +332,9 @@ async fn a_spec_change_makes_a_new_revision_and_updates_only_what_changed() {
     assert_eq!(stack_revisions.items.len(), 2);
 }
 
-/// Specs the schema accepts but the controller must refuse, each with the field path the
-/// message must name.
-fn invalid_cases() -> Vec<(&'static str, String, &'static str)> {
+/// Specs the controller must refuse, each with the field path its message must name, and,
+/// for those the CRD's CEL rules already refuse at admission, what the API server says.
+fn invalid_cases() -> Vec<(&'static str, String, &'static str, Option<&'static str>)> {
     let t = demo_template("v1", "");
     let plain = "{spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}";
     vec![
@@ -342,49 +342,65 @@ fn invalid_cases() -> Vec<(&'static str, String, &'static str)> {
             "cycle",
             format!("  components:\n  - {{name: a, dependsOn: [b], template: {plain}}}\n  - {{name: b, dependsOn: [a], template: {plain}}}\n"),
             "dependency cycle",
+            None,
         ),
         (
             "unknown-dep",
             format!("  components:\n  - {{name: a, dependsOn: [search], template: {plain}}}\n"),
             "spec.components[0].dependsOn[0]: unknown component \"search\"",
+            Some("every dependsOn entry must be the name of a component of this stack"),
         ),
         (
             "duplicate",
             format!("  components:\n  - {{name: a, template: {plain}}}\n  - {{name: a, template: {plain}}}\n"),
             "spec.components[1].name: duplicate component name",
+            Some("component names must be unique"),
         ),
         (
             "ports",
             format!("  components:\n  - {{name: a, template: {plain}, service: {{ports: [{{name: http, port: 80}}, {{name: web, port: 80}}]}}}}\n"),
             "spec.components[0].service.ports[1].port: port 80/TCP conflicts",
+            Some("each port and protocol may appear once in ports"),
         ),
         (
             "claim-unmounted",
             format!("  components:\n  - {{name: a, template: {plain}, volumeClaims: [{{name: data, size: 1Mi}}]}}\n"),
             "spec.components[0].volumeClaims[0].name: no container mounts",
+            None,
         ),
         (
             "zero-deadline",
             format!("  rollout: {{progressDeadline: 0s}}\n  components:\n  - {{name: a, template: {t}, volumeClaims: [{{name: data, size: 1Mi}}]}}\n"),
             "spec.rollout.progressDeadline: must be longer than 0s",
+            Some("progressDeadline must be longer than 0s"),
         ),
     ]
 }
 
 #[tokio::test]
-async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() {
+async fn invalid_specs_are_refused_or_stalled_with_the_field_path_and_nothing_is_applied() {
     let env = shared();
     let client = install_crd(env).await;
     let ns = env.namespace("invalid").await;
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    for (name, body, _) in invalid_cases() {
-        stacks
+    for (name, body, _, refusal) in invalid_cases() {
+        let created = stacks
             .create(&PostParams::default(), &stack_yaml(name, &body))
-            .await
-            .unwrap_or_else(|e| panic!("{name}: the API server accepts the object: {e}"));
+            .await;
+        match (refusal, created) {
+            (None, Ok(_)) => {}
+            (None, Err(e)) => panic!("{name}: the API server refused it: {e}"),
+            (Some(expected), Err(kube::Error::Api(s))) => {
+                assert_eq!(s.code, 422, "{name}: {s:?}");
+                assert!(s.message.contains(expected), "{name}: {}", s.message);
+            }
+            (Some(_), other) => panic!("{name}: the CRD's rules should refuse it: {other:?}"),
+        }
     }
-    for (name, _, expected) in invalid_cases() {
+    // The controller's own layer: what the schema cannot express is Stalled, naming the
+    // field. (The same layer refuses the others too, for objects stored before the rules.)
+    for (name, _, expected, _) in invalid_cases().into_iter().filter(|c| c.3.is_none()) {
         let s = wait_stack(&stacks, name, "Stalled", Duration::from_secs(30), |s| {
             s.status.as_ref().is_some_and(|st| st.is_true("Stalled"))
         })
@@ -447,7 +463,8 @@ async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() 
                 .collect();
             invalid_cases()
                 .iter()
-                .all(|(name, _, _)| {
+                .filter(|c| c.3.is_none())
+                .all(|(name, _, _, _)| {
                     warnings
                         .iter()
                         .any(|e| e.involved_object.name.as_deref() == Some(*name))
@@ -456,7 +473,7 @@ async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() 
         },
     )
     .await;
-    for (name, _, expected) in invalid_cases() {
+    for (name, _, expected, _) in invalid_cases().into_iter().filter(|c| c.3.is_none()) {
         let e = warnings
             .iter()
             .find(|e| e.involved_object.name.as_deref() == Some(name))
@@ -492,17 +509,19 @@ async fn invalid_specs_are_stalled_with_the_field_path_and_nothing_is_applied() 
     );
 
     // Fixing the spec makes the stack go on.
-    let mut fixed = stacks.get("unknown-dep").await.unwrap();
+    let mut fixed = stacks.get("cycle").await.unwrap();
     fixed.spec.components[0].depends_on.clear();
-    fixed.spec.components[0].replicas = Some(0);
+    for c in &mut fixed.spec.components {
+        c.replicas = Some(0);
+    }
     fixed.metadata.managed_fields = None;
     stacks
-        .replace("unknown-dep", &PostParams::default(), &fixed)
+        .replace("cycle", &PostParams::default(), &fixed)
         .await
         .unwrap();
     let s = wait_stack(
         &stacks,
-        "unknown-dep",
+        "cycle",
         "Ready after the fix",
         Duration::from_secs(30),
         is_ready,

@@ -17,8 +17,11 @@ use crate::kubeconfig;
 use crate::node::{self, NodeRuntime, NodeSpec};
 use crate::process::{self, ManagedProcess, Reaper, POLL_INTERVAL};
 
-/// The Kubernetes version `scripts/install-platform.sh` builds.
-pub const KUBERNETES_VERSION: &str = "1.20.2";
+/// The Kubernetes version the tests run on: the one `scripts/install-platform.sh` builds
+/// from Go modules (`scripts/install-k8s-current.sh`), with etcd [`ETCD_VERSION`].
+pub const KUBERNETES_VERSION: &str = "1.37.2";
+/// The etcd built with it.
+pub const ETCD_VERSION: &str = "3.7.3";
 
 /// How a [`Cluster`] is started. `ClusterOptions { node_count: 1, ..Default::default() }`
 /// is the usual form.
@@ -68,17 +71,67 @@ impl Default for ClusterOptions {
     }
 }
 
-/// `$DEPLOYCTL_CACHE/k8s-1.20.2/bin` (default cache `~/.cache/deployctl`).
-pub fn control_plane_bin_dir() -> PathBuf {
-    let cache = std::env::var_os("DEPLOYCTL_CACHE")
+/// The install scripts' cache: `$DEPLOYCTL_CACHE`, default `~/.cache/deployctl`.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("DEPLOYCTL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/root"))
                 .join(".cache/deployctl")
-        });
-    cache.join(format!("k8s-{KUBERNETES_VERSION}")).join("bin")
+        })
+}
+
+/// The Kubernetes version to test on: `$DEPLOYCTL_KUBERNETES` (the binaries of another
+/// version put in `$DEPLOYCTL_CACHE/k8s-<version>/bin` by hand), default
+/// [`KUBERNETES_VERSION`].
+pub fn kubernetes_version() -> String {
+    std::env::var("DEPLOYCTL_KUBERNETES")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| KUBERNETES_VERSION.to_string())
+}
+
+/// `$DEPLOYCTL_CACHE/k8s-<version>/bin` for [`kubernetes_version`].
+pub fn control_plane_bin_dir() -> PathBuf {
+    cache_dir()
+        .join(format!("k8s-{}", kubernetes_version()))
+        .join("bin")
+}
+
+/// The etcd to run: the one built with the control plane
+/// (`$DEPLOYCTL_CACHE/etcd-3.7.3/bin/etcd`), else `etcd` on `PATH`.
+fn default_etcd() -> PathBuf {
+    let built = cache_dir()
+        .join(format!("etcd-{ETCD_VERSION}"))
+        .join("bin/etcd");
+    if built.is_file() {
+        return built;
+    }
+    find_on_path("etcd").unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+/// The minor version `kube-apiserver --version` reports (`Kubernetes v1.37.2` → 37).
+fn minor_version(apiserver: &Path) -> Result<u32> {
+    let out = std::process::Command::new(apiserver)
+        .arg("--version")
+        .output()
+        .map_err(|e| HarnessError::io("running kube-apiserver --version", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("Kubernetes v")
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| {
+            HarnessError::io(
+                "reading the Kubernetes version",
+                std::io::Error::other(format!(
+                    "{} --version printed {text:?}",
+                    apiserver.display()
+                )),
+            )
+        })
 }
 
 /// The `kubectl` to run in tests: the one built with the control plane
@@ -99,6 +152,8 @@ struct Binaries {
     apiserver: PathBuf,
     controller_manager: PathBuf,
     scheduler: PathBuf,
+    /// Kubernetes' minor version: flags removed since 1.20 are left out from 1.24 on.
+    minor: u32,
 }
 
 impl Binaries {
@@ -116,11 +171,13 @@ impl Binaries {
         };
         let etcd = match &opts.etcd {
             Some(path) => path.clone(),
-            None => find_on_path("etcd").unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
+            None => default_etcd(),
         };
+        let apiserver = existing("kube-apiserver", dir.join("kube-apiserver"))?;
         Ok(Self {
             etcd: existing("etcd", etcd)?,
-            apiserver: existing("kube-apiserver", dir.join("kube-apiserver"))?,
+            minor: minor_version(&apiserver)?,
+            apiserver,
             controller_manager: existing(
                 "kube-controller-manager",
                 dir.join("kube-controller-manager"),
@@ -152,9 +209,23 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 /// Controllers of kube-controller-manager that cannot work, or are not wanted, without
 /// real nodes and a cloud: everything else, including `nodelifecycle` (which lifts the
-/// `not-ready` taint from Ready simulated nodes), runs.
-const CONTROLLERS: &str = "*,-nodeipam,-attachdetach,-persistentvolume-expander,-csrsigning,\
--bootstrapsigner,-tokencleaner,-cloud-node-lifecycle";
+/// `not-ready` taint from Ready simulated nodes), runs. (Newer versions no longer know
+/// `cloud-node-lifecycle`: it runs in the cloud controller manager.)
+fn controllers(minor: u32) -> String {
+    let mut c = "*,-nodeipam,-attachdetach,-persistentvolume-expander,-csrsigning,\
+-bootstrapsigner,-tokencleaner"
+        .to_string();
+    if minor < 24 {
+        c.push_str(",-cloud-node-lifecycle");
+    }
+    c
+}
+
+/// `--port=0` (no insecure port) for a controller manager or scheduler that still has the
+/// flag (gone since 1.24).
+fn insecure_port_off(minor: u32) -> Option<String> {
+    (minor < 24).then(|| "--port=0".to_string())
+}
 
 /// A running throwaway cluster. Dropping it stops every process and removes its state dir.
 #[derive(Debug)]
@@ -172,6 +243,8 @@ pub struct Cluster {
     node: Option<NodeRuntime>,
     reaper: Option<Reaper>,
     startup_time: Duration,
+    /// Kubernetes' minor version.
+    minor: u32,
 }
 
 impl Cluster {
@@ -219,6 +292,7 @@ impl Cluster {
             node: None,
             reaper: None,
             startup_time: Duration::ZERO,
+            minor: 0,
         };
         cluster.reaper = Some(Reaper::start(&cluster.data_dir)?);
         if let Some(dir) = &cluster.log_dir {
@@ -241,6 +315,7 @@ impl Cluster {
         );
         certs::write_file(&cluster.kubeconfig_path, &cluster.kubeconfig_text, 0o600)?;
 
+        cluster.minor = bins.minor;
         cluster.start_apiserver(
             &bins.apiserver,
             &files,
@@ -335,9 +410,6 @@ impl Cluster {
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             format!("--secure-port={port}"),
             "--bind-address=127.0.0.1".into(),
-            // 1.20 still opens an unauthenticated port 8080 unless told not to; two
-            // clusters would also collide on it.
-            "--insecure-port=0".into(),
             format!("--advertise-address={advertise}"),
             // With a loopback bind address the reconciler would publish an endpoint
             // that pods cannot reach.
@@ -357,6 +429,11 @@ impl Cluster {
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
         ];
+        if self.minor < 24 {
+            // 1.20 still opens an unauthenticated port 8080 unless told not to; two
+            // clusters would also collide on it. (The flag is gone since 1.24.)
+            args.push("--insecure-port=0".into());
+        }
         args.extend(extra.iter().cloned());
         self.spawn("kube-apiserver", program, args)
     }
@@ -402,10 +479,10 @@ impl Cluster {
                 "--use-service-account-credentials=true".into(),
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
-                "--port=0".into(),
-                format!("--controllers={CONTROLLERS}"),
+                format!("--controllers={}", controllers(self.minor)),
             ]
             .into_iter()
+            .chain(insecure_port_off(self.minor))
             .chain(extra.iter().cloned())
             .collect(),
         )
@@ -425,9 +502,11 @@ impl Cluster {
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
                 "--leader-elect=false".into(),
-                "--port=0".into(),
                 "--secure-port=0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(insecure_port_off(self.minor))
+            .collect(),
         )
     }
 
@@ -476,6 +555,11 @@ impl Cluster {
         }
     }
 
+    /// Kubernetes' minor version (37 for 1.37.2).
+    pub fn minor_version(&self) -> u32 {
+        self.minor
+    }
+
     async fn wait_default_service_account(
         &mut self,
         client: &kube::Client,
@@ -484,12 +568,14 @@ impl Cluster {
         let started = Instant::now();
         loop {
             self.check_processes()?;
-            if service_account_ready(client, "default", true).await? {
+            // Before 1.24 pods are refused until the token Secret exists; since then
+            // tokens come from the TokenRequest API.
+            if service_account_ready(client, "default", self.minor < 24).await? {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(HarnessError::Timeout {
-                    what: "ServiceAccount default/default and its token".into(),
+                    what: "ServiceAccount default/default (and, before 1.24, its token)".into(),
                     waited: started.elapsed(),
                     detail: self.log_tail_of("kube-controller-manager"),
                 });

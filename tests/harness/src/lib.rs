@@ -29,7 +29,10 @@ pub mod shared;
 pub mod volumes;
 
 pub use apply::apply_yaml;
-pub use cluster::{control_plane_bin_dir, kubectl_binary, Cluster, ClusterOptions};
+pub use cluster::{
+    control_plane_bin_dir, kubectl_binary, kubernetes_version, Cluster, ClusterOptions,
+    KUBERNETES_VERSION,
+};
 pub use controller::{ControllerProcess, FAILOVER_LEASE};
 pub use crds::install_crds;
 pub use error::HarnessError;

@@ -142,7 +142,7 @@ async fn start_env(runtime: tokio::runtime::Handle) -> Result<(SharedEnv, Option
         kubeconfig: cluster.kubeconfig_path().to_owned(),
         node_names: cluster.node_names().to_vec(),
         has_sim_node: cluster.has_sim_node(),
-        legacy_sa_tokens: true,
+        legacy_sa_tokens: cluster.minor_version() < 24,
         runtime,
         startup_time: Some(cluster.startup_time()),
     };

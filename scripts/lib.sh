@@ -3,9 +3,12 @@
 # things and which versions, and the one way Debian packages are installed. The cache is
 # $DEPLOYCTL_CACHE (default ~/.cache/deployctl).
 CACHE="${DEPLOYCTL_CACHE:-$HOME/.cache/deployctl}"
-K8S_VERSION=1.20.2
-# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (install-platform.sh).
+# The control plane the sandbox and the tests run (install-platform.sh builds it from Go
+# modules): kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, and etcd.
+K8S_VERSION=1.37.2
 K8S_BIN_DIR="$CACHE/k8s-$K8S_VERSION/bin"
+ETCD_VERSION=3.7.3
+ETCD_BIN_DIR="$CACHE/etcd-$ETCD_VERSION/bin"
 # Pinned: a new version is a reviewed change, not something a CI run picks up.
 CARGO_DENY_VERSION=0.20.2
 CARGO_DENY_DIR="$CACHE/cargo-deny-$CARGO_DENY_VERSION"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sandbox: a local Kubernetes 1.20 control plane with a simulated node (pods run as
+# The sandbox: a local Kubernetes 1.37 control plane with a simulated node (pods run as
 # local processes), the deployctl controller, and the demo stack. Then a walkthrough: a
 # good upgrade, and a bad one (its database migration included) that deployctl rolls back
 # by itself, data and all.
@@ -16,7 +16,7 @@ ROOT=$PWD
 STATE="$ROOT/.sandbox"
 export KUBECONFIG="$STATE/kubeconfig"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
-# The control plane's own kubectl (1.20, built with it), then this workspace's binaries.
+# The control plane's own kubectl (1.37, built with it), then this workspace's binaries.
 export PATH="$K8S_BIN_DIR:$BIN:$PATH"
 START=$(date +%s)
 say() { printf '\n\033[1m==> %s\033[0m (+%ss)\n' "$*" "$(( $(date +%s) - START ))"; }

@@ -15,7 +15,7 @@ START=$(date +%s)
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 say() { printf '\n[test +%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
-say "installing the platform (Debian packages, Kubernetes 1.20 control plane; cached after the first run)"
+say "installing the platform (Debian packages, Kubernetes 1.37 control plane and etcd; cached after the first run)"
 bash scripts/install-platform.sh
 say "installing the test tools (promtool, shellcheck, cargo-deny, Garage; cached after the first run)"
 bash scripts/install-test-tools.sh

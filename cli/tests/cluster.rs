@@ -448,8 +448,9 @@ async fn rollback_creates_an_operation_and_waits_for_the_stack_to_roll_back() {
     assert_eq!(op.spec.action, OperationAction::Rollback);
     assert_eq!(op.spec.to_revision, None);
     assert_eq!(op.spec.reason.as_deref(), Some("bad deploy"));
-    // Kubernetes 1.20 has no SelfSubjectReview: the kubeconfig's user name it is.
-    assert_eq!(op.spec.requested_by.as_deref(), Some("deployctl-test"));
+    // Who the API server says the caller is (SelfSubjectReview): the harness certificate's
+    // user, not the kubeconfig's user entry name (deployctl-test).
+    assert_eq!(op.spec.requested_by.as_deref(), Some("deployctl-admin"));
     assert_eq!(op.status.as_ref().unwrap().target_revision, Some(1));
 
     let out = run(kc, ns.name(), &["status", "shop"]).await.expect_code(0);
@@ -514,7 +515,7 @@ async fn pause_and_resume_are_recorded_with_who_and_why() {
         .manual_pause
         .expect("manualPause is set");
     assert_eq!(pause.reason.as_deref(), Some("investigating"));
-    assert_eq!(pause.requested_by.as_deref(), Some("deployctl-test"));
+    assert_eq!(pause.requested_by.as_deref(), Some("deployctl-admin"));
     let out = run(kc, ns.name(), &["status", "shop"]).await.expect_code(0);
     assert!(
         out.stdout

@@ -326,7 +326,7 @@ async fn snapshots_are_taken_listed_verified_and_restored() {
     assert_eq!(op.spec.action, OperationAction::Restore);
     assert_eq!(op.spec.snapshot.as_deref(), Some(name.as_str()));
     assert_eq!(op.spec.reason.as_deref(), Some("bad import"));
-    assert_eq!(op.spec.requested_by.as_deref(), Some("deployctl-test"));
+    assert_eq!(op.spec.requested_by.as_deref(), Some("deployctl-admin"));
     let op_name = op.metadata.name.clone().unwrap();
 
     // status tells which snapshot went into which component.

@@ -1017,6 +1017,138 @@ async fn every_replica_of_a_statefulset_gets_its_own_data_back_on_rollback() {
     assert_eq!(st.size_bytes, Some(sizes));
 }
 
+/// `s` made to run under the `restricted` Pod Security level: every component as user
+/// and group 1000 with fsGroup 1000, no privilege escalation, no capability, the
+/// runtime's seccomp profile.
+fn restricted(mut s: ProductionStack) -> ProductionStack {
+    for c in &mut s.spec.components {
+        let pod = c.template.spec.as_mut().unwrap();
+        pod.security_context = Some(
+            serde_json::from_value(serde_json::json!({
+                "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }))
+            .unwrap(),
+        );
+        for container in &mut pod.containers {
+            container.security_context = Some(
+                serde_json::from_value(serde_json::json!({
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                }))
+                .unwrap(),
+            );
+        }
+    }
+    s
+}
+
+/// Sets Pod Security admission's `enforce` level of namespace `ns`.
+async fn enforce(client: &Client, ns: &str, level: &str) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": level,
+            }}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn in_a_restricted_namespace_the_agent_runs_as_the_components_user_and_rolls_data_back() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("restricted").await;
+    enforce(&client, ns.name(), "restricted").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    apply_stack(&stacks, restricted(stack("v1", ""))).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    let dir = db_dir(&client, ns.name()).await;
+    let before = checksum(&dir);
+
+    apply_stack(
+        &stacks,
+        restricted(stack("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")),
+    )
+    .await;
+    let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::RolledBack) && is_settled(s)
+    })
+    .await;
+    let last = s.status.unwrap().last_rollback.unwrap();
+    assert_eq!(last.restores[0].phase, RestorePhase::Restored, "{last:?}");
+    assert_eq!(checksum(&dir), before, "the migration was undone");
+    // The snapshot and restore Jobs ran as the component's user, with no capability.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns.name());
+    let agent_jobs = jobs
+        .list(&kube::api::ListParams::default().labels("deployctl.dev/data-operation"))
+        .await
+        .unwrap()
+        .items;
+    let ops: std::collections::BTreeSet<String> = agent_jobs
+        .iter()
+        .filter_map(|j| j.labels().get("deployctl.dev/data-operation").cloned())
+        .collect();
+    assert!(
+        ops.contains("snapshot") && ops.contains("restore"),
+        "{ops:?}"
+    );
+    for j in &agent_jobs {
+        let pod = j.spec.clone().unwrap().template.spec.unwrap();
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_user, Some(1000), "{}", j.name_any());
+        assert_eq!(pod.security_context.unwrap().fs_group, Some(1000));
+    }
+    // And the data files are still the component's: v1 serves them again.
+    assert!(files_under(&dir).iter().all(|f| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(f).unwrap().uid() == 1000
+    }));
+}
+
+#[tokio::test]
+async fn an_agent_pod_the_namespace_refuses_fails_its_snapshot_saying_why() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("refused").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    // db runs as root (its pods were admitted before the namespace was tightened), so its
+    // agent is root too, which the restricted level refuses.
+    apply_stack(&stacks, stack("v1", "")).await;
+    wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
+    enforce(&client, ns.name(), "restricted").await;
+    let st = take_snapshot(&snaps, "refused").await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Failed), "{st:?}");
+    let msg = st.message.unwrap_or_default();
+    assert!(
+        msg.contains("refused the pod") && msg.contains("PodSecurity") && msg.contains("runAsUser"),
+        "{msg}"
+    );
+    // Nothing is left retrying: the refused Job is gone, and the next snapshot can run.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns.name());
+    let left = jobs
+        .list(&kube::api::ListParams::default().labels("deployctl.dev/data-operation=snapshot"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        left.is_empty(),
+        "{:?}",
+        left.iter().map(|j| j.name_any()).collect::<Vec<_>>()
+    );
+    enforce(&client, ns.name(), "baseline").await;
+    let st = take_snapshot(&snaps, "allowed").await;
+    assert_eq!(st.phase, Some(SnapshotPhase::Completed), "{st:?}");
+}
+
 /// The demo database as an `Exec` component: `demo-app dump` is its dump command and
 /// `demo-app load` its restore command, like `pg_dump` and `psql` for PostgreSQL.
 fn exec_stack(tag: &str, env: &str, dump: &[&str]) -> ProductionStack {

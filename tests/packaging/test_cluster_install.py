@@ -3,7 +3,7 @@ rendered object passes a server-side dry run, and the API server's own RBAC auth
 answers what the controller and people may do.
 
 Needs DEPLOYCTL_TEST_KUBECONFIG: a kubeconfig with cluster-admin rights on a throwaway
-cluster. `tests/packaging/with-sandbox.sh` starts one (deployctl-sandbox, Kubernetes 1.20)
+cluster. `tests/packaging/with-sandbox.sh` starts one (deployctl-sandbox, Kubernetes 1.37)
 and runs the whole suite against it. Without it these tests FAIL: a packaging change that
 was never tried on an API server is not tested."""
 
@@ -65,9 +65,7 @@ def test_helm_installs_the_chart_and_its_crds(kube, release):
     assert deploy["spec"]["replicas"] == 2
     for role in ("viewer", "operator", "admin", "controller"):
         assert kube.exists(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}-{role}")
-    # The PodDisruptionBudget follows what the API server serves: policy/v1 from 1.21,
-    # policy/v1beta1 before.
-    pdb_version = "policy/v1" if kube.serves("policy/v1", "PodDisruptionBudget") else "policy/v1beta1"
+    pdb_version = "policy/v1"
     manifest = release["installed"]["manifest"]
     assert f"apiVersion: {pdb_version}\nkind: PodDisruptionBudget" in manifest
     assert kube.exists(f"/apis/{pdb_version}/namespaces/{ns}/poddisruptionbudgets/{name}")
@@ -83,7 +81,7 @@ def test_helm_upgrades_and_keeps_history(kube, release):
     assert deploy["spec"]["replicas"] == 1
     assert "--lease-duration=20s" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     # One replica: the PodDisruptionBudget would block every drain, so it is gone.
-    pdb_version = "policy/v1" if kube.serves("policy/v1", "PodDisruptionBudget") else "policy/v1beta1"
+    pdb_version = "policy/v1"
     assert not kube.exists(f"/apis/{pdb_version}/namespaces/{ns}/poddisruptionbudgets/{name}")
     assert [r["revision"] for r in cfg.history(name)] == [1, 2]
 
@@ -265,10 +263,6 @@ def test_the_plain_install_manifests_pass_a_server_side_dry_run(kube, namespace)
             d["metadata"]["namespace"] = namespace
         for s in d.get("subjects", []):
             s["namespace"] = namespace
-        # The plain manifests are for Kubernetes 1.21+ (policy/v1); on an older test
-        # server check the same spec as policy/v1beta1.
-        if d["kind"] == "PodDisruptionBudget" and not kube.serves("policy/v1", "PodDisruptionBudget"):
-            d["apiVersion"] = "policy/v1beta1"
         moved.append(d)
     assert dry_run_all(kube, moved, namespace) == []
 

@@ -2,8 +2,8 @@
 does not exist yet, no Debian package installed, no deb-src entry.
 
 The real builds take most of an hour, so the programs that do them are stubs on PATH
-(apt-get, dpkg-query, make, go, cargo, python3): each records how it was called and makes
-what the real one would (a source tarball, the built binaries, an installed package). The
+(apt-get, dpkg-query, go, cargo, python3): each records how it was called and makes what
+the real one would (a downloaded module, the built binaries, an installed package). The
 scripts themselves, and every other program they call (tar, install, grep, ...), are real.
 What is asserted is what a new user relies on: the script ends 0, creates what it
 promises where it promises, installs only what its part needs, and a second run is a
@@ -35,32 +35,37 @@ STUBS = {
         case "$1" in
           update) ;;
           install) for a in "$@"; do case "$a" in -*|install) ;; *) echo "$a" >>"$STUB_STATE/installed" ;; esac; done ;;
-          source)
-            # The kubernetes source package: a tarball with a vendored reflect2 to replace.
-            d=$(mktemp -d); top="$d/kubernetes-1.20.2"
-            mkdir -p "$top/vendor/github.com/modern-go/reflect2"
-            echo old >"$top/vendor/github.com/modern-go/reflect2/reflect2.go"
-            echo 'all:' >"$top/Makefile"
-            tar -czf kubernetes_1.20.5+really1.20.2.orig.tar.gz -C "$d" kubernetes-1.20.2
-            rm -rf "$d" ;;
           *) echo "stub apt-get: unexpected $*" >&2; exit 2 ;;
         esac
     """,
-    "make": """
-        # Called as Kubernetes' build wants it: WHAT= only (a GOFLAGS with a second flag
-        # broke its code generators on a real first run).
-        for w in "$@"; do case "$w" in WHAT=*) ;; *) echo "unexpected make argument: $w" >&2; exit 2 ;; esac; done
-        # The vendored reflect2 must have been replaced by Debian's before the build.
-        grep -qx new vendor/github.com/modern-go/reflect2/reflect2.go || { echo "old reflect2" >&2; exit 3; }
-        for w in "$@"; do case "$w" in WHAT=*)
-          for t in ${w#WHAT=}; do
-            echo "+++ [1205 10:00:00] Building go targets for linux/amd64:"
-            echo "    $t"
-            mkdir -p _output/local/bin/linux/amd64
-            printf '#!/bin/sh\\necho %s\\n' "${t#cmd/}" >"_output/local/bin/linux/amd64/${t#cmd/}"
-            chmod +x "_output/local/bin/linux/amd64/${t#cmd/}"
-          done ;;
-        esac; done
+    # The go command: module downloads make a k8s.io/kubernetes module with its go.mod,
+    # builds make binaries that report the version they were built as.
+    "go": """
+        mod="$STUB_STATE/gomod/k8s.io/kubernetes@v1.37.2"
+        case "$1" in
+          env) echo go1.26.8 ;;
+          mod)
+            mkdir -p "$mod"
+            printf 'module k8s.io/kubernetes\n\ngo 1.26.0\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n)\n' >"$mod/go.mod"
+            printf '{\n\t"Path": "k8s.io/kubernetes",\n\t"Dir": "%s",\n}\n' "$mod" ;;
+          list)
+            case "$*" in
+              *-deps*) echo "go: downloading k8s.io/kubernetes v1.37.2" >&2 ;;
+              *-f*) echo 2026-11-01T00:00:00Z ;;
+            esac ;;
+          build)
+            [ -z "${STUB_GO_FAIL:-}" ] || { echo "compile error" >&2; exit 1; }
+            out=; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done
+            pkg="${@: -1}"
+            case "$pkg" in
+              *etcd*) v='etcd Version: 3.7.3' ;;
+              *kubectl) v='Client Version: v1.37.2' ;;
+              *) v='Kubernetes v1.37.2' ;;
+            esac
+            printf '#!/bin/sh\necho "%s"\n' "$v" >"$out"; chmod +x "$out"
+            echo "# $pkg" ;;
+          *) echo "stub go: unexpected $*" >&2; exit 2 ;;
+        esac
     """,
     "cargo": """
         [ "$1" = install ] || { echo "stub cargo: unexpected $*" >&2; exit 2; }
@@ -93,24 +98,15 @@ def machine(tmp_path: Path) -> dict:
         path.write_text("#!/bin/bash\nset -eu\necho \"" + name + " $*\" >>\"$STUB_STATE/calls\"\n"
                         + textwrap.dedent(body))
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    go_root = tmp_path / "go"
-    (go_root / "bin").mkdir(parents=True)
-    (go_root / "bin/go").write_text("#!/bin/sh\necho 'go version go1.19.8 linux/amd64'\n")
-    (go_root / "bin/go").chmod(0o755)
-    reflect2 = tmp_path / "reflect2"
-    reflect2.mkdir()
-    (reflect2 / "reflect2.go").write_text("new\n")
     cache = tmp_path / "no-such-dir" / "cache"
     env = {
         "PATH": f"{stubs}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(tmp_path / "home"),
         "STUB_STATE": str(state),
         "DEPLOYCTL_CACHE": str(cache),
-        "DEPLOYCTL_APT_DIR": str(tmp_path / "etc-apt"),
-        "DEPLOYCTL_GO_ROOT": str(go_root),
-        "DEPLOYCTL_REFLECT2_DIR": str(reflect2),
+        "DEPLOYCTL_GO": str(stubs / "go"),
     }
-    return {"env": env, "cache": cache, "state": state, "apt": tmp_path / "etc-apt"}
+    return {"env": env, "cache": cache, "state": state}
 
 
 def run(machine: dict, script: str) -> tuple[str, list[str]]:
@@ -129,18 +125,26 @@ def installed(machine: dict) -> set[str]:
 
 def test_install_platform_first_run_builds_the_control_plane_into_a_new_cache(machine):
     out, calls = run(machine, "install-platform.sh")
-    bin_dir = machine["cache"] / "k8s-1.20.2" / "bin"
+    bin_dir = machine["cache"] / "k8s-1.37.2" / "bin"
     for b in K8S_BINARIES:
         path = bin_dir / b
         assert path.is_file() and os.access(path, os.X_OK), f"{path} missing; output:\n{out}"
-    assert {"etcd-server", "iproute2", "golang-go", "make"} <= installed(machine)
-    assert (machine["apt"] / "sources.list.d/deployctl-deb-src.sources").is_file()
-    assert not (machine["cache"] / "build").exists(), "the build directory is removed after success"
+    etcd = machine["cache"] / "etcd-3.7.3" / "bin" / "etcd"
+    assert etcd.is_file() and os.access(etcd, os.X_OK), out
+    assert {"iproute2", "jq"} <= installed(machine)
+    # The build module replaces each staging module by its release.
+    go_mod = (machine["cache"] / "go-current" / "k8s-build-1.37.2" / "go.mod").read_text()
+    assert "require k8s.io/kubernetes v1.37.2" in go_mod
+    assert "k8s.io/client-go => k8s.io/client-go v0.37.2" in go_mod, go_mod
+    builds = [c for c in calls if c.startswith("go build")]
+    assert len(builds) == 5 and all("-X k8s.io/component-base/version.gitVersion=v1.37.2" in c
+                                    for c in builds if "etcd" not in c), builds
+    assert not (machine["cache"] / "go-current" / "build").exists(), "the 4 GB build cache goes"
     # The sandbox's part builds neither Garage nor cargo-deny, and installs no test tool.
     assert not [c for c in calls if c.startswith(("cargo ", "python3 "))], calls
     assert not {"prometheus", "shellcheck", "lua5.4"} & installed(machine)
-    # Progress: each phase of the long build is shown, with how long it takes.
-    assert "about 5-6 minutes" in out and "Building go targets" in out and "cmd/kube-apiserver" in out
+    # Progress: each binary's build is announced with how long it takes, then its time.
+    assert "building kube-apiserver (about 6 min" in out and "kube-apiserver done in" in out
 
     out, calls = run(machine, "install-platform.sh")
     assert [c.split()[0] for c in calls] == ["dpkg-query"] * len(calls), f"second run did work: {calls}"
@@ -164,9 +168,10 @@ def test_install_test_tools_first_run_installs_garage_and_cargo_deny_once(machin
 
 
 def test_a_failed_build_says_where_its_log_is_and_leaves_no_binaries(machine):
-    (Path(machine["env"]["DEPLOYCTL_REFLECT2_DIR"]) / "reflect2.go").write_text("old\n")
-    out = subprocess.run(["bash", "scripts/install-platform.sh"], cwd=REPO, env=machine["env"],
+    env = dict(machine["env"], STUB_GO_FAIL="1")
+    out = subprocess.run(["bash", "scripts/install-platform.sh"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "build.log" in out.stderr, out.stderr
-    assert not (machine["cache"] / "k8s-1.20.2" / "bin").exists()
+    bin_dir = machine["cache"] / "k8s-1.37.2" / "bin"
+    assert not [p for p in bin_dir.glob("*") if not p.name.startswith(".")], list(bin_dir.glob("*"))

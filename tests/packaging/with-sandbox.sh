@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the packaging tests against a throwaway Kubernetes 1.20 cluster (deployctl-sandbox
+# Runs the packaging tests against a throwaway Kubernetes 1.37 cluster (deployctl-sandbox
 # with one simulated node, which runs the workspace's binaries as the images
 # deployctl.dev/deployctl and deployctl.dev/demo-app), then stops it. Extra arguments go
 # to pytest.

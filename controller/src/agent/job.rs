@@ -10,8 +10,9 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -186,6 +187,55 @@ pub struct JobRequest<'a> {
     pub forget: Vec<String>,
     /// Kill the Job after this long.
     pub active_deadline_seconds: Option<i64>,
+    /// Whom the agent runs as ([`agent_identity`]); `None`: root.
+    pub identity: Option<AgentIdentity>,
+}
+
+/// The user a component's data belongs to, which the agent then runs as: the component's
+/// own non-root user, group and `fsGroup`. The agent reads and writes the files as the
+/// component does and passes the `restricted` Pod Security level wherever the component
+/// does; files are restored owned by that user (which is who wrote them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub uid: i64,
+    pub gid: Option<i64>,
+    pub fs_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+}
+
+/// The non-root identity of `component`'s container that mounts the data's volume (else
+/// its first container): `runAsUser` and `runAsGroup` of the container over the pod's, and
+/// the pod's `fsGroup` and `supplementalGroups`. `None` when it runs as root or its user
+/// is only the image's (`runAsNonRoot` without `runAsUser`): the agent then runs as root
+/// with `CHOWN`, `DAC_OVERRIDE` and `FOWNER`, which the `baseline` level allows and
+/// `restricted` refuses.
+pub fn agent_identity(component: &Component, data: &ComponentData) -> Option<AgentIdentity> {
+    let pod = component.template.spec.as_ref()?;
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| {
+            data.volume
+                .as_deref()
+                .is_some_and(|v| c.volume_mounts.iter().flatten().any(|m| m.name == v))
+        })
+        .or_else(|| pod.containers.first());
+    let psc = pod.security_context.as_ref();
+    let csc = container.and_then(|c| c.security_context.as_ref());
+    let uid = csc
+        .and_then(|c| c.run_as_user)
+        .or(psc.and_then(|p| p.run_as_user))
+        .filter(|u| *u != 0)?;
+    Some(AgentIdentity {
+        uid,
+        gid: csc
+            .and_then(|c| c.run_as_group)
+            .or(psc.and_then(|p| p.run_as_group)),
+        fs_group: psc.and_then(|p| p.fs_group),
+        supplemental_groups: psc
+            .and_then(|p| p.supplemental_groups.clone())
+            .unwrap_or_default(),
+    })
 }
 
 /// The `--data` directory: the claim's mount, or the `path` inside it.
@@ -297,9 +347,29 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// Root, so files of any owner can be read and restored with their owners, but with
-/// only the capabilities that takes and nothing else writable.
-fn security_context() -> SecurityContext {
+/// As the component's own user when it has one (no capability at all: what `restricted`
+/// asks), else root, so files of any owner can be read and restored with their owners,
+/// with only the capabilities that takes. Nothing else writable either way.
+fn security_context(identity: Option<&AgentIdentity>) -> SecurityContext {
+    if let Some(id) = identity {
+        return SecurityContext {
+            run_as_user: Some(id.uid),
+            run_as_group: id.gid,
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        };
+    }
     SecurityContext {
         run_as_user: Some(0),
         run_as_group: Some(0),
@@ -516,7 +586,7 @@ pub fn build(req: &JobRequest) -> Job {
         env: (!env.is_empty()).then_some(env),
         volume_mounts: Some(mounts),
         resources: Some(resources()),
-        security_context: Some(security_context()),
+        security_context: Some(security_context(req.identity.as_ref())),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("File".into()),
         ..Default::default()
@@ -525,7 +595,18 @@ pub fn build(req: &JobRequest) -> Job {
     // snapshot before the restore command may read it. Each step is a container that must
     // succeed before the next starts, so a failed dump or a corrupt snapshot ends the pod
     // there.
-    let mut pod_security_context = None;
+    // The component's fsGroup, so the agent can write the claim as the component can.
+    let mut pod_security_context = req.identity.as_ref().map(|id| PodSecurityContext {
+        fs_group: id.fs_group,
+        supplemental_groups: (!id.supplemental_groups.is_empty())
+            .then(|| id.supplemental_groups.clone()),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    });
     let mut image_pull_secrets = None;
     let (init_containers, containers) = match exec {
         None => (None, vec![container]),
@@ -642,6 +723,7 @@ mod tests {
             keep_daily: Some(7),
             forget: vec![],
             active_deadline_seconds: Some(600),
+            identity: None,
         }
     }
 
@@ -1084,5 +1166,54 @@ data: {volume: data, method: Exec, exec: {container: app, dump: [db, dump, --all
         assert_eq!(expr.key, "kubernetes.io/hostname");
         assert_eq!(expr.operator, "In");
         assert_eq!(expr.values, Some(vec!["node-3".to_string()]));
+    }
+
+    #[test]
+    fn the_agent_runs_as_the_components_non_root_user_and_passes_restricted() {
+        let component: Component = serde_yaml_ng::from_str(
+            "{name: db, template: {spec: {securityContext: {runAsUser: 1000, fsGroup: 2000, runAsNonRoot: true},
+              containers: [{name: side, image: x, securityContext: {runAsUser: 7}},
+                           {name: app, image: x, securityContext: {runAsGroup: 3000}, volumeMounts: [{name: data, mountPath: /d}]}]}},
+              volumeClaims: [{name: data, size: 1Gi}], data: {volume: data}}",
+        )
+        .unwrap();
+        let data = component.data.clone().unwrap();
+        let id = agent_identity(&component, &data).expect("a non-root user");
+        assert_eq!(
+            id,
+            AgentIdentity {
+                uid: 1000,
+                gid: Some(3000),
+                fs_group: Some(2000),
+                supplemental_groups: vec![],
+            },
+            "the container that mounts the data, over the pod"
+        );
+        let mut req = request(AgentOp::Restore, &data);
+        req.identity = Some(id);
+        let job = build(&req);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.fs_group, Some(2000));
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        // What the restricted level checks: non-root, no escalation, every capability
+        // dropped and none added, a seccomp profile.
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root),
+            (Some(1000), Some(true))
+        );
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(caps.add, None);
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        // A root component (or one whose user only its image knows): the agent is root.
+        let root: Component = serde_yaml_ng::from_str(
+            "{name: db, template: {spec: {securityContext: {runAsNonRoot: true}, containers: [{name: app, image: x}]}},
+              volumeClaims: [{name: data, size: 1Gi}], data: {volume: data}}",
+        )
+        .unwrap();
+        assert_eq!(agent_identity(&root, &data), None);
     }
 }

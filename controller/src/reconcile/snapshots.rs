@@ -227,6 +227,7 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         keep_daily: None,
         forget: j.forget,
         active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
+        identity: job::agent_identity(j.component, j.data),
     };
     let mut job = job::build(&req);
     let annotations = job
@@ -1025,6 +1026,46 @@ pub fn running_agents(jobs: &[Job]) -> BTreeMap<String, Vec<AgentRun>> {
     out
 }
 
+/// Why the namespace refuses the pod of agent Job `job`, which then never starts (Pod
+/// Security admission, a quota, an admission policy), from the Job controller's
+/// `FailedCreate` Event. The Job is deleted: it would retry for as long as it lives and
+/// count as an agent working on the data.
+async fn pod_refused(client: &Client, ns: &str, job: &Job) -> Result<Option<String>> {
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Job,involvedObject.name={},reason=FailedCreate",
+            job.name_any()
+        )))
+        .await?;
+    let Some(message) = events
+        .items
+        .iter()
+        .filter(|e| e.involved_object.uid.as_deref() == job.metadata.uid.as_deref())
+        .find_map(|e| e.message.clone())
+    else {
+        return Ok(None);
+    };
+    match Api::<Job>::namespaced(client.clone(), ns)
+        .delete(&job.name_any(), &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let hint = if message.contains("PodSecurity") {
+        " The agent runs as the component's own user when the component sets a non-root \
+         securityContext.runAsUser (the restricted level then admits it); a component whose \
+         user only its image knows gets a root agent, which needs the baseline level."
+    } else {
+        ""
+    };
+    Ok(Some(format!(
+        "the namespace refused the pod of agent Job {}: {message}.{hint}",
+        job.name_any()
+    )))
+}
+
 /// Reads a Job's outcome and, once it ended, the agent's result from its pod's
 /// termination message.
 async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
@@ -1036,6 +1077,11 @@ async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<Finished> {
         .find(|c| c.type_ == "Failed" && c.status == "True");
     let done = st.succeeded.unwrap_or(0) > 0;
     if job_running(job) {
+        if st.active.unwrap_or(0) == 0 {
+            if let Some(why) = pod_refused(client, ns, job).await? {
+                return Ok(Finished::Failed(why, Failure::Other));
+            }
+        }
         return Ok(Finished::Running);
     }
     let pods = Api::<Pod>::namespaced(client.clone(), ns)

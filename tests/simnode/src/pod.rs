@@ -627,8 +627,13 @@ impl Worker {
             .as_deref()
             .filter(|p| !p.is_empty())
             .unwrap_or("/dev/termination-log");
+        // World-writable, as a kubelet makes it, so a non-root container can write it.
+        let created = std::fs::write(&termination_log, b"").and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&termination_log, std::fs::Permissions::from_mode(0o666))
+        });
         match rootfs::normalize_container_path(termination_target) {
-            Ok(target) if std::fs::write(&termination_log, b"").is_ok() => {
+            Ok(target) if created.is_ok() => {
                 mounts.push(MountSpec {
                     source: termination_log,
                     target,
@@ -653,6 +658,14 @@ impl Worker {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let argv = env::command_line(&spec, &format!("/image/bin/{exe_name}"), &env);
+        let user = match run_as(&self.pod, &spec) {
+            Ok(u) => u,
+            Err(message) => {
+                self.event(true, "Failed", format!("Error: {message}"));
+                self.slots[i].config_error(now, "CreateContainerConfigError", message);
+                return;
+            }
+        };
         let scratch = self.dir.join("rootfs").join(&spec.name);
         let script_path = self.dir.join(format!("{}.sh", spec.name));
         let marker = self.dir.join(format!("{}.started", spec.name));
@@ -665,6 +678,7 @@ impl Worker {
             working_dir: &working_dir,
             layout: &self.ctx.layout,
             started_marker: &marker,
+            user: user.as_ref(),
         });
         let written =
             std::fs::create_dir_all(&scratch).and_then(|()| std::fs::write(&script_path, script));
@@ -1185,4 +1199,50 @@ impl Worker {
             sandbox.destroy(&self.node.net).await;
         }
     }
+}
+
+/// Whom `container` runs as, from its and its pod's securityContext, as a kubelet decides:
+/// the container's settings over the pod's; `fsGroup` and `supplementalGroups` as
+/// supplementary groups. `runAsNonRoot` without a non-zero `runAsUser` is refused (the
+/// images run as root; a kubelet reads the image's user, here always root).
+pub(crate) fn run_as(
+    pod: &Pod,
+    container: &k8s_openapi::api::core::v1::Container,
+) -> std::result::Result<Option<crate::rootfs::RunAs>, String> {
+    let p = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let c = container.security_context.as_ref();
+    let uid = c
+        .and_then(|c| c.run_as_user)
+        .or(p.and_then(|p| p.run_as_user));
+    let gid = c
+        .and_then(|c| c.run_as_group)
+        .or(p.and_then(|p| p.run_as_group));
+    let non_root = c
+        .and_then(|c| c.run_as_non_root)
+        .or(p.and_then(|p| p.run_as_non_root))
+        .unwrap_or(false);
+    if non_root && uid.unwrap_or(0) == 0 {
+        return Err(match uid {
+            Some(_) => "container's runAsUser breaks non-root policy".to_string(),
+            None => "container has runAsNonRoot and image will run as root".to_string(),
+        });
+    }
+    let mut groups: Vec<i64> = p
+        .into_iter()
+        .flat_map(|p| {
+            p.fs_group
+                .into_iter()
+                .chain(p.supplemental_groups.iter().flatten().copied())
+        })
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if uid.is_none() && gid.is_none() && groups.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::rootfs::RunAs {
+        uid: uid.unwrap_or(0),
+        gid: gid.unwrap_or(0),
+        groups,
+    }))
 }

@@ -123,6 +123,17 @@ pub(crate) struct RootSpec<'a> {
     /// A host file created right before the final `exec`: the node's sign that setup
     /// succeeded and the command started (it is on the host, outside the new root).
     pub(crate) started_marker: &'a Path,
+    /// The user the command runs as (`runAsUser`, `runAsGroup`, supplementary groups with
+    /// `fsGroup`); `None`: root, the images' own user.
+    pub(crate) user: Option<&'a RunAs>,
+}
+
+/// Whom a container's command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunAs {
+    pub(crate) uid: i64,
+    pub(crate) gid: i64,
+    pub(crate) groups: Vec<i64>,
 }
 
 /// Normalizes an absolute container path (`mountPath`, `workingDir`): collapses `.` and
@@ -251,11 +262,23 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> String {
         s,
         "/usr/sbin/chroot \"$R\" /usr/bin/mkdir -p -- {wd} 2>/dev/null || true\n\
          : > {}\n\
-         exec /usr/sbin/chroot \"$R\" /bin/sh -c {} {INIT_MARKER} {wd} \"$@\"",
+         exec /usr/sbin/chroot{} \"$R\" /bin/sh -c {} {INIT_MARKER} {wd} \"$@\"",
         quote_path(spec.started_marker),
+        spec.user.map(userspec).unwrap_or_default(),
         quote(INIT)
     );
     s
+}
+
+/// `chroot`'s options that run the command as `u` (numeric ids: the images have no
+/// passwd entries, as distroless images have none).
+fn userspec(u: &RunAs) -> String {
+    let mut out = format!(" --userspec={}:{}", u.uid, u.gid);
+    if !u.groups.is_empty() {
+        let groups: Vec<String> = u.groups.iter().map(i64::to_string).collect();
+        out.push_str(&format!(" --groups={}", groups.join(",")));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -328,6 +351,7 @@ mod tests {
             working_dir: "/data",
             layout: &l,
             started_marker: Path::new("/state/pods/p/c.started"),
+            user: None,
         });
         let data = script
             .find("vol '/state/v/data' '/data' d rw")

@@ -201,6 +201,33 @@ pub(crate) struct VolumeContext<'a> {
     pub(crate) pv_root: &'a Path,
 }
 
+/// What a kubelet does to a volume for a pod's `fsGroup` (`fsGroupChangePolicy: Always`):
+/// every file and directory gets group `gid`, group read and write (and execute where the
+/// owner has it), and directories the set-group-ID bit, so new files get the group too.
+fn give_to_group(path: &Path, gid: i64) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let gid = u32::try_from(gid).map_err(|_| std::io::Error::other("fsGroup out of range"))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    let mode = meta.mode() & 0o7777;
+    let mut want = mode | 0o060 | if mode & 0o100 != 0 { 0o010 } else { 0 };
+    if meta.is_dir() {
+        want |= 0o2010;
+    }
+    if want != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            give_to_group(&e?.path(), i64::from(gid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes every volume of `pod` under `pod_dir/volumes`. An error is the message a kubelet
 /// would put in a `FailedMount` event; the caller retries.
 pub(crate) async fn prepare(
@@ -210,6 +237,11 @@ pub(crate) async fn prepare(
     pod_dir: &Path,
 ) -> Result<BTreeMap<String, PreparedVolume>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|c| c.fs_group);
     let mut prepared = BTreeMap::new();
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let dir = pod_dir.join("volumes").join(&volume.name);
@@ -225,6 +257,11 @@ pub(crate) async fn prepare(
             continue;
         } else if let Some(src) = &volume.persistent_volume_claim {
             let path = claim_path(cx, ns, &src.claim_name).await?;
+            if let Some(gid) = fs_group {
+                give_to_group(&path, gid).map_err(|e| {
+                    format!("applying fsGroup {gid} to claim {}: {e}", src.claim_name)
+                })?;
+            }
             prepared.insert(
                 volume.name.clone(),
                 PreparedVolume {

@@ -21,7 +21,8 @@ NAMESPACE = "deployctl-system"
 KIND_ORDER = [
     "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
     "RoleBinding", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy",
-    "ServiceMonitor", "PrometheusRule",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ServiceMonitor",
+    "PrometheusRule",
 ]
 
 HEADER = f"""\

@@ -5,6 +5,7 @@ does server-side apply (optionally as a dry run) and SubjectAccessReviews."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import ssl
@@ -76,6 +77,12 @@ class Kube:
         except urllib.error.HTTPError as e:
             raise ApiError(method, path, e.code, e.read().decode()) from None
         return json.loads(text) if text else None
+
+    def as_user(self, user: str) -> "Kube":
+        """This client impersonating `user` (the kubeconfig's user must be allowed to)."""
+        other = copy.copy(self)
+        other.headers = {**self.headers, "Impersonate-User": user}
+        return other
 
     def get(self, path: str):
         return self.request("GET", path)

@@ -207,7 +207,8 @@ CONTROLLER_NEEDS = {
     ("", "endpoints"): {"get", "list", "watch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "events"): {"create", "patch"},
+    # list: the Job controller's FailedCreate Event says why an agent pod was refused.
+    ("", "events"): {"create", "patch", "list"},
 }
 
 
@@ -491,6 +492,8 @@ CASES = {
     "userRoles.aggregateToDefaultRoles": (False, {}, lambda d: (
         aggregation(d, "viewer") == set() and aggregation(d, "admin") == set())),
     "podDisruptionBudget.enabled": (False, {}, lambda d: not of_kind(d, "PodDisruptionBudget")),
+    "admissionPolicy.enabled": (False, {}, lambda d: not of_kind(d, "ValidatingAdmissionPolicy")
+                                and not of_kind(d, "ValidatingAdmissionPolicyBinding")),
     "podDisruptionBudget.minAvailable": (2, {"replicaCount": 3}, lambda d: (
         one(d, "PodDisruptionBudget")["spec"]["minAvailable"] == 2)),
     "resources": ({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}, {},
@@ -623,7 +626,8 @@ def test_optional_monitoring_objects_are_off_by_default():
 
 def test_every_object_is_labelled_and_namespaced():
     docs = render({"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for d in docs:
         labels = d["metadata"].get("labels", {})
         assert labels.get("app.kubernetes.io/part-of") == "deployctl", d["metadata"]

@@ -86,6 +86,58 @@ def test_helm_upgrades_and_keeps_history(kube, release):
     assert [r["revision"] for r in cfg.history(name)] == [1, 2]
 
 
+# --- the admission policy -----------------------------------------------------------------
+
+def test_requested_by_must_be_the_callers_own_name(kube, release, run_id):
+    """The chart's ValidatingAdmissionPolicy, with two users the operator role is bound to:
+    each may record themselves as who asked, or nobody; never the other."""
+    name = release["name"]
+    ns = f"pkg-vap-{run_id}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        for user in ("alice", "bob"):
+            kube.apply({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": f"{user}-operator", "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": f"{name}-operator"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                              "name": user}],
+            })
+        path = f"/apis/deployctl.dev/v1alpha1/namespaces/{ns}/stackoperations"
+
+        def op(op_name: str, requested_by: str | None) -> dict:
+            spec = {"stack": "shop", "action": "Pause", "reason": "test"}
+            if requested_by is not None:
+                spec["requestedBy"] = requested_by
+            return {"apiVersion": "deployctl.dev/v1alpha1", "kind": "StackOperation",
+                    "metadata": {"name": op_name}, "spec": spec}
+
+        alice, bob = kube.as_user("alice"), kube.as_user("bob")
+        # The policy's binding may take a moment to be served.
+        wait_for("the admission policy to refuse a forged requestedBy", lambda: _refused(
+            alice, path, op("forged", "bob")), timeout=30)
+        with pytest.raises(ApiError) as refused:
+            alice.request("POST", path, op("forged", "bob"))
+        assert refused.value.status in (403, 422), refused.value
+        assert "must be your own user name (alice)" in str(refused.value), refused.value
+        assert alice.request("POST", path, op("by-alice", "alice"))["spec"]["requestedBy"] == "alice"
+        assert "requestedBy" not in bob.request("POST", path, op("unsigned", None))["spec"]
+        with pytest.raises(ApiError):
+            bob.request("POST", path, op("forged-2", "alice"))
+    finally:
+        kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+
+
+def _refused(client, path: str, obj: dict) -> bool:
+    """Whether a dry-run create of `obj` is refused by the policy."""
+    try:
+        client.request("POST", path, obj, params={"dryRun": "All"})
+    except ApiError as e:
+        return "requestedBy" in str(e)
+    return False
+
+
 # --- what the API server's authorizer says ----------------------------------------------
 
 def sa(release) -> str:

@@ -195,8 +195,7 @@ def test_a_rollback_operation_is_accepted_and_carried_out(kube, running):
     op_name = "rollback-to-previous"
     kube.apply({"apiVersion": "deployctl.dev/v1alpha1", "kind": "StackOperation",
                 "metadata": {"name": op_name, "namespace": running["stacks"]},
-                "spec": {"stack": DEMO, "action": "Rollback", "reason": "packaging test",
-                         "requestedBy": "tests/packaging"}})
+                "spec": {"stack": DEMO, "action": "Rollback", "reason": "packaging test"}})
     op_path = f"{STACK_API}/namespaces/{running['stacks']}/stackoperations/{op_name}"
     op = wait_for("the operation to be processed",
                   lambda: (o := kube.get(op_path)).get("status", {}).get("phase") and o, timeout=60)

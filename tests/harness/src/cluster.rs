@@ -799,7 +799,8 @@ mod tests {
         stub(
             bins.path(),
             "kube-apiserver",
-            "echo starting; echo 'E0101 boom: invalid flag' >&2; exit 3",
+            "[ \"$1\" = --version ] && { echo 'Kubernetes v1.37.2'; exit 0; }\n\
+             echo starting; echo 'E0101 boom: invalid flag' >&2; exit 3",
         );
         stub(bins.path(), "kube-controller-manager", "exec sleep 60");
         stub(bins.path(), "kube-scheduler", "exec sleep 60");
@@ -826,6 +827,14 @@ mod tests {
 
     #[test]
     fn bin_dir_follows_the_cache_layout() {
-        assert!(control_plane_bin_dir().ends_with("k8s-1.20.2/bin"));
+        assert!(control_plane_bin_dir().ends_with("k8s-1.37.2/bin"));
+    }
+
+    #[test]
+    fn flags_removed_since_1_24_are_left_out() {
+        assert!(controllers(37).ends_with("-tokencleaner"));
+        assert!(controllers(20).ends_with("-cloud-node-lifecycle"));
+        assert_eq!(insecure_port_off(37), None);
+        assert_eq!(insecure_port_off(20).as_deref(), Some("--port=0"));
     }
 }

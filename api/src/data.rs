@@ -253,6 +253,14 @@ pub struct SnapshotPolicy {
     #[schemars(length(min = 9, max = 100))]
     pub schedule: Option<String>,
 
+    /// CPU and memory of this stack's snapshot agent Jobs (requests and limits), in place
+    /// of the controller's default (`--agent-resources`; the chart's `agent.resources`:
+    /// 100m CPU and 128Mi requested, 1Gi memory limit). More CPU restores a large
+    /// database faster (chunks are verified in parallel); a namespace's ResourceQuota
+    /// may require limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+
     /// Which snapshots to keep; the others are forgotten and the chunks no kept
     /// snapshot needs are garbage-collected. Snapshots the current rollout or rollback
     /// may restore are always kept.

@@ -519,7 +519,7 @@ async fn pause_and_resume_are_recorded_with_who_and_why() {
     let out = run(kc, ns.name(), &["status", "shop"]).await.expect_code(0);
     assert!(
         out.stdout
-            .contains("by deployctl-test (operation shop-pause-"),
+            .contains("by deployctl-admin (operation shop-pause-"),
         "{}",
         out.stdout
     );

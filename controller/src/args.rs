@@ -63,6 +63,17 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYCTL_AGENT_IMAGE", default_value = crate::context::DEFAULT_AGENT_IMAGE)]
     pub agent_image: String,
 
+    /// CPU and memory of the snapshot agent's Jobs, as the JSON of a container's
+    /// `resources` (a stack's `spec.snapshots.agentResources` takes its place). The chart
+    /// sets it from `agent.resources`.
+    #[arg(
+        long,
+        env = "DEPLOYCTL_AGENT_RESOURCES",
+        default_value = crate::context::DEFAULT_AGENT_RESOURCES,
+        value_parser = parse_resources
+    )]
+    pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
+
     /// Take a Lease before reconciling, so several replicas can run and only one writes.
     #[arg(long, env = "DEPLOYCTL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -126,4 +137,14 @@ impl RunArgs {
             format!("{host}-{}", std::process::id())
         })
     }
+}
+
+/// `--agent-resources`: a container's `resources` as JSON.
+fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| {
+        format!(
+            "not the JSON of a container's resources ({e}); e.g. \
+             {{\"requests\":{{\"cpu\":\"100m\",\"memory\":\"128Mi\"}},\"limits\":{{\"memory\":\"1Gi\"}}}}"
+        )
+    })
 }

@@ -9,6 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The agent image when none is configured: this build's release image.
+/// The agent Jobs' resources by default: enough for the engine's worker threads to
+/// verify chunks; memory bounded because a chunk buffer per worker is all it holds.
+pub const DEFAULT_AGENT_RESOURCES: &str =
+    r#"{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"1Gi"}}"#;
 pub const DEFAULT_AGENT_IMAGE: &str =
     concat!("deployctl.dev/deployctl:v", env!("CARGO_PKG_VERSION"));
 
@@ -27,6 +31,8 @@ pub struct Context {
     pub measurer: crate::gates::measure::Measurer,
     /// Image of the snapshot agent's Jobs: the controller's own build.
     pub agent_image: String,
+    /// The agent Jobs' resources unless a stack sets its own.
+    pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Reflector stores of what reconciles read; None reads from the API server.
     pub caches: Option<crate::cache::Caches>,
 }
@@ -49,6 +55,8 @@ impl Context {
             metrics,
             resync,
             agent_image: DEFAULT_AGENT_IMAGE.to_string(),
+            agent_resources: serde_json::from_str(DEFAULT_AGENT_RESOURCES)
+                .expect("the default agent resources parse"),
             caches: None,
         }
     }
@@ -60,6 +68,14 @@ impl Context {
     }
 
     /// The same context with the agent Jobs running `image`.
+    pub fn with_agent_resources(
+        mut self,
+        resources: k8s_openapi::api::core::v1::ResourceRequirements,
+    ) -> Self {
+        self.agent_resources = resources;
+        self
+    }
+
     pub fn with_agent_image(mut self, image: impl Into<String>) -> Self {
         self.agent_image = image.into();
         self

@@ -211,6 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         context::Context::new(client.clone(), metrics.clone(), &identity, resync)
             .with_agent_image(args.agent_image.clone())
+            .with_agent_resources(args.agent_resources.clone())
             .with_caches(caches),
     );
     let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {

@@ -1066,14 +1066,24 @@ async fn in_a_restricted_namespace_the_agent_runs_as_the_components_user_and_rol
     enforce(&client, ns.name(), "restricted").await;
     let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
-    apply_stack(&stacks, restricted(stack("v1", ""))).await;
+    // The stack's own agent resources, in place of the controller's default.
+    let with_agent = |mut s: ProductionStack| {
+        s.spec.snapshots = Some(
+            serde_json::from_value(serde_json::json!({
+                "agentResources": {"requests": {"cpu": "200m", "memory": "96Mi"}},
+            }))
+            .unwrap(),
+        );
+        restricted(s)
+    };
+    apply_stack(&stacks, with_agent(stack("v1", ""))).await;
     wait_stack(&stacks, "shop", "Healthy", T, is_ready).await;
     let dir = db_dir(&client, ns.name()).await;
     let before = checksum(&dir);
 
     apply_stack(
         &stacks,
-        restricted(stack("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")),
+        with_agent(stack("v2", ", {name: FAULT_ERROR_RATE, value: '1.0'}")),
     )
     .await;
     let s = wait_stack(&stacks, "shop", "RolledBack", T, |s| {
@@ -1102,6 +1112,13 @@ async fn in_a_restricted_namespace_the_agent_runs_as_the_components_user_and_rol
         let pod = j.spec.clone().unwrap().template.spec.unwrap();
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.run_as_user, Some(1000), "{}", j.name_any());
+        let requests = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests["cpu"].0, "200m", "{}", j.name_any());
         assert_eq!(pod.security_context.unwrap().fs_group, Some(1000));
     }
     // And the data files are still the component's: v1 serves them again.

@@ -659,3 +659,75 @@ async fn a_repeated_event_is_counted_on_the_event_written_and_a_new_note_is_its_
         ]
     );
 }
+
+/// `kubectl explain --recursive` of an optional object lists its fields (on 1.20 the
+/// nullable objects were published without them): what a user reads before writing a
+/// stack.
+#[tokio::test]
+async fn kubectl_explain_lists_the_fields_of_every_optional_object() {
+    let env = shared();
+    install_crd(env).await;
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "productionstacks.spec.components.data",
+            &[
+                "volume",
+                "path",
+                "method",
+                "database",
+                "consistency",
+                "exec",
+                "restoreOnRollback",
+            ],
+        ),
+        (
+            "productionstacks.spec.snapshots",
+            &[
+                "beforeRollout",
+                "store",
+                "filesystem",
+                "s3",
+                "encryption",
+                "schedule",
+                "retention",
+                "keepLast",
+                "verifySchedule",
+            ],
+        ),
+        (
+            "productionstacks.spec.components.service",
+            &["ports", "port", "targetPort"],
+        ),
+        (
+            "stacksnapshots.status",
+            &["digest", "replicas", "ordinal", "verification"],
+        ),
+        (
+            "stackoperations.spec",
+            &["action", "toRevision", "snapshot", "requestedBy"],
+        ),
+    ];
+    for (path, fields) in cases {
+        let out = std::process::Command::new(deployctl_harness::kubectl_binary())
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig_path())
+            .args(["explain", path, "--recursive"])
+            .output()
+            .expect("kubectl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Field lines: the name, then its type.
+        let listed: std::collections::BTreeSet<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("FIELDS:"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for f in fields {
+            assert!(listed.contains(f), "{path} does not list {f}:\n{text}");
+        }
+    }
+}

@@ -142,7 +142,9 @@ def test_controller_runs_with_leader_election_and_probes():
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["DEPLOYCTL_AGENT_IMAGE"] == {"name": "DEPLOYCTL_AGENT_IMAGE",
                                             "value": "deployctl.dev/deployctl:0.1.0"}
-    assert set(env) == {"POD_NAME", "POD_NAMESPACE", "DEPLOYCTL_AGENT_IMAGE"}
+    assert set(env) == {"POD_NAME", "POD_NAMESPACE", "DEPLOYCTL_AGENT_IMAGE", "DEPLOYCTL_AGENT_RESOURCES"}
+    assert json.loads(env["DEPLOYCTL_AGENT_RESOURCES"]["value"]) == {
+        "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
     assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -425,7 +427,7 @@ def values_yaml_leaves(node, prefix=""):
     return out
 
 
-FREE_FORM = {"resources", "podSecurityContext", "securityContext", "affinity"}
+FREE_FORM = {"resources", "agent.resources", "podSecurityContext", "securityContext", "affinity"}
 
 
 def ctl(docs):
@@ -492,6 +494,8 @@ CASES = {
     "userRoles.aggregateToDefaultRoles": (False, {}, lambda d: (
         aggregation(d, "viewer") == set() and aggregation(d, "admin") == set())),
     "podDisruptionBudget.enabled": (False, {}, lambda d: not of_kind(d, "PodDisruptionBudget")),
+    "agent.resources": ({"requests": {"cpu": "2"}}, {}, lambda d: json.loads(
+        env_of(d)["DEPLOYCTL_AGENT_RESOURCES"])["requests"]["cpu"] == "2"),
     "admissionPolicy.enabled": (False, {}, lambda d: not of_kind(d, "ValidatingAdmissionPolicy")
                                 and not of_kind(d, "ValidatingAdmissionPolicyBinding")),
     "podDisruptionBudget.minAvailable": (2, {"replicaCount": 3}, lambda d: (

@@ -129,6 +129,49 @@ def test_requested_by_must_be_the_callers_own_name(kube, release, run_id):
         kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
 
+def test_the_controller_may_change_only_a_stacks_finalizers(kube, release, run_id):
+    """The chart's second policy, acting as the controller's ServiceAccount: adding a
+    finalizer passes, a spec or label change is refused, and a person may still change
+    the spec."""
+    name, release_ns = release["name"], release["namespace"]
+    ns = f"pkg-fin-{run_id}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        stack = yaml.safe_load((REPO / "examples/demo-stack/stack.yaml").read_text())
+        stack["metadata"] = {"name": "shop", "namespace": ns}
+        kube.apply(stack)
+        path = f"/apis/deployctl.dev/v1alpha1/namespaces/{ns}/productionstacks/shop"
+        controller = kube.as_user(f"system:serviceaccount:{release_ns}:{name}")
+
+        def patch(client, body):
+            return client.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+        wait_for("the policy to refuse the controller a spec change", lambda: _patch_refused(
+            controller, path, {"spec": {"components": []}}), timeout=30)
+        done = patch(controller, {"metadata": {"finalizers": ["deployctl.dev/cleanup"]}})
+        assert done["metadata"]["finalizers"] == ["deployctl.dev/cleanup"]
+        for change in ({"spec": {"rollout": {"progressDeadline": "1m"}}},
+                       {"metadata": {"labels": {"team": "x"}}}):
+            with pytest.raises(ApiError) as refused:
+                patch(controller, change)
+            assert "may change only metadata.finalizers" in str(refused.value), refused.value
+        patch(controller, {"metadata": {"finalizers": None}})
+        # A person is not held by it.
+        assert patch(kube, {"metadata": {"labels": {"team": "x"}}})["metadata"]["labels"]["team"] == "x"
+    finally:
+        kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+
+
+def _patch_refused(client, path: str, body: dict) -> bool:
+    """Whether a dry-run merge patch is refused by the policy."""
+    try:
+        client.request("PATCH", path, body, content_type="application/merge-patch+json",
+                       params={"dryRun": "All"})
+    except ApiError as e:
+        return "finalizers" in str(e)
+    return False
+
+
 def _refused(client, path: str, obj: dict) -> bool:
     """Whether a dry-run create of `obj` is refused by the policy."""
     try:

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
     Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +188,8 @@ pub struct JobRequest<'a> {
     pub active_deadline_seconds: Option<i64>,
     /// Whom the agent runs as ([`agent_identity`]); `None`: root.
     pub identity: Option<AgentIdentity>,
+    /// The agent container's CPU and memory.
+    pub resources: ResourceRequirements,
 }
 
 /// The user a component's data belongs to, which the agent then runs as: the component's
@@ -413,18 +414,6 @@ fn node_affinity(node: &str) -> Affinity {
 /// Requests small enough to schedule next to a busy component; memory is bounded by the
 /// engine's pipeline (a few chunks of at most 4 MiB per thread). No CPU limit: throttling
 /// would only stretch the window the component is stopped for.
-fn resources() -> ResourceRequirements {
-    let q = |s: &str| Quantity(s.into());
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_string(), q("100m")),
-            ("memory".to_string(), q("128Mi")),
-        ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), q("1Gi"))])),
-        ..Default::default()
-    }
-}
-
 /// `/bin/sh -c 'exec "$@" <redirection>' sh <argv...>`: the argv is run as given (no
 /// shell parses it), with only the stream redirected.
 fn shell_wrapped(redirection: &str, argv: &[String]) -> Vec<String> {
@@ -585,7 +574,7 @@ pub fn build(req: &JobRequest) -> Job {
         args: Some(agent_args(req)),
         env: (!env.is_empty()).then_some(env),
         volume_mounts: Some(mounts),
-        resources: Some(resources()),
+        resources: Some(req.resources.clone()),
         security_context: Some(security_context(req.identity.as_ref())),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("File".into()),
@@ -724,6 +713,7 @@ mod tests {
             forget: vec![],
             active_deadline_seconds: Some(600),
             identity: None,
+            resources: serde_json::from_str(crate::context::DEFAULT_AGENT_RESOURCES).unwrap(),
         }
     }
 

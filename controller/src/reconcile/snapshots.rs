@@ -228,6 +228,12 @@ async fn start_agent(ctx: &Context, stack: &ProductionStack, j: AgentJob<'_>) ->
         forget: j.forget,
         active_deadline_seconds: Some(JOB_DEADLINE_SECONDS),
         identity: job::agent_identity(j.component, j.data),
+        resources: stack
+            .spec
+            .snapshots
+            .as_ref()
+            .and_then(|p| p.agent_resources.clone())
+            .unwrap_or_else(|| ctx.agent_resources.clone()),
     };
     let mut job = job::build(&req);
     let annotations = job

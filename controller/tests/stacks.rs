@@ -707,13 +707,28 @@ async fn kubectl_explain_lists_the_fields_of_every_optional_object() {
             &["action", "toRevision", "snapshot", "requestedBy"],
         ),
     ];
-    for (path, fields) in cases {
-        let out = std::process::Command::new(deployctl_harness::kubectl_binary())
+    let explain = |path: &str| {
+        std::process::Command::new(deployctl_harness::kubectl_binary())
             .arg("--kubeconfig")
             .arg(env.kubeconfig_path())
             .args(["explain", path, "--recursive"])
             .output()
-            .expect("kubectl runs");
+            .expect("kubectl runs")
+    };
+    // The API server publishes a new CRD's OpenAPI a moment after it is established.
+    wait_until(
+        "the CRDs' OpenAPI to be published",
+        Duration::from_secs(60),
+        || async {
+            explain("productionstacks.spec")
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    for (path, fields) in cases {
+        let out = explain(path);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

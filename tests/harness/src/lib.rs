@@ -1,4 +1,4 @@
-//! Test harness of deployctl: throwaway Kubernetes 1.20 control planes (etcd,
+//! Test harness of deployctl: throwaway Kubernetes 1.37 control planes (etcd,
 //! kube-apiserver, kube-controller-manager, kube-scheduler built by
 //! `scripts/install-platform.sh`) with the simulated node of `deployctl-simnode`, one shared
 //! cluster per test binary with a namespace per test, and server-side apply of YAML files.

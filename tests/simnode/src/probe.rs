@@ -310,7 +310,7 @@ pub(crate) async fn execute(spec: &ProbeSpec, target: &ProbeTarget) -> Result<()
                 .http
                 .get(&url)
                 .timeout(spec.timeout)
-                .header("User-Agent", "kube-probe/1.20");
+                .header("User-Agent", "kube-probe/1.37");
             for (name, value) in headers {
                 request = request.header(name.as_str(), value.as_str());
             }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use deployctl_harness::{apply_yaml, Cluster, ClusterOptions};
 
-/// Run a throwaway Kubernetes 1.20 cluster with simulated nodes until interrupted.
+/// Run a throwaway Kubernetes 1.37 cluster with simulated nodes until interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "deployctl-sandbox", version)]
 struct Args {

@@ -146,8 +146,9 @@ def test_the_controller_may_change_only_a_stacks_finalizers(kube, release, run_i
         def patch(client, body):
             return client.request("PATCH", path, body, content_type="application/merge-patch+json")
 
+        # (A change the schema accepts: validation runs before admission policies.)
         wait_for("the policy to refuse the controller a spec change", lambda: _patch_refused(
-            controller, path, {"spec": {"components": []}}), timeout=30)
+            controller, path, {"spec": {"rollout": {"progressDeadline": "7m"}}}), timeout=30)
         done = patch(controller, {"metadata": {"finalizers": ["deployctl.dev/cleanup"]}})
         assert done["metadata"]["finalizers"] == ["deployctl.dev/cleanup"]
         for change in ({"spec": {"rollout": {"progressDeadline": "1m"}}},

@@ -262,23 +262,31 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> String {
         s,
         "/usr/sbin/chroot \"$R\" /usr/bin/mkdir -p -- {wd} 2>/dev/null || true\n\
          : > {}\n\
-         exec /usr/sbin/chroot{} \"$R\" /bin/sh -c {} {INIT_MARKER} {wd} \"$@\"",
+         exec /usr/sbin/chroot \"$R\" /bin/sh -c {} {INIT_MARKER} {wd}{} \"$@\"",
         quote_path(spec.started_marker),
-        spec.user.map(userspec).unwrap_or_default(),
-        quote(INIT)
+        quote(INIT),
+        spec.user.map(run_as_prefix).unwrap_or_default(),
     );
     s
 }
 
-/// `chroot`'s options that run the command as `u` (numeric ids: the images have no
-/// passwd entries, as distroless images have none).
-fn userspec(u: &RunAs) -> String {
-    let mut out = format!(" --userspec={}:{}", u.uid, u.gid);
-    if !u.groups.is_empty() {
+/// The words before the command that run it as `u`: `setpriv` inside the new root, so
+/// only the command changes user. The init stays root: changing credentials clears a
+/// process's parent-death signal, and the init's is what kills the container (and its
+/// PID namespace, and so the pod's network namespace) when the node's `unshare` parent
+/// dies; a non-root init outlived its node. Numeric ids: the images have no passwd
+/// entries, as distroless images have none.
+fn run_as_prefix(u: &RunAs) -> String {
+    let groups = if u.groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
         let groups: Vec<String> = u.groups.iter().map(i64::to_string).collect();
-        out.push_str(&format!(" --groups={}", groups.join(",")));
-    }
-    out
+        format!("--groups={}", groups.join(","))
+    };
+    format!(
+        " /usr/bin/setpriv --reuid={} --regid={} {groups} --",
+        u.uid, u.gid
+    )
 }
 
 #[cfg(test)]
@@ -377,5 +385,31 @@ mod tests {
         let q = quote(INIT);
         assert!(q.starts_with('\'') && q.ends_with('\''));
         assert!(q.contains(r"'\''kill -TERM"));
+    }
+
+    #[test]
+    fn a_user_runs_the_command_only_and_the_init_stays_root() {
+        let l = layout();
+        let user = RunAs {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![2000],
+        };
+        let script = setup_script(&RootSpec {
+            title: "ns/p container c",
+            scratch: Path::new("/state/pods/p/rootfs/c"),
+            executable: Path::new("/work/target/debug/demo-app"),
+            mounts: &[],
+            working_dir: "/",
+            layout: &l,
+            started_marker: Path::new("/state/pods/p/c.started"),
+            user: Some(&user),
+        });
+        let last = script.lines().last().unwrap();
+        assert!(!last.contains("--userspec"), "{last}");
+        assert!(
+            last.ends_with("/usr/bin/setpriv --reuid=1000 --regid=1000 --groups=2000 -- \"$@\""),
+            "{last}"
+        );
     }
 }

@@ -243,10 +243,14 @@ fn join(r: Result<Result<(), RunError>, tokio::task::JoinError>) -> Result<(), R
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(cfg: ServeConfig) -> Result<(), RunError> {
     let delay = cfg.shutdown_delay;
+    // Listening for the signals before anything is served: registered only once the
+    // server was up, a SIGTERM that came in between (a busy machine, a pod deleted as it
+    // starts) killed the process with no graceful shutdown.
+    let signals = TerminationSignals::register();
     let mut server = Server::start(cfg).await?;
     tokio::select! {
         res = &mut server.task => return join(res),
-        signal = termination_signal() => {
+        signal = signals.next() => {
             tracing::info!(signal, drain_ms = delay.as_millis() as u64, "shutting down gracefully");
         }
     }
@@ -266,21 +270,33 @@ pub async fn run(cfg: ServeConfig) -> Result<(), RunError> {
     server.wait().await
 }
 
-async fn termination_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot listen for signals; only a kill stops this");
-            return pending().await;
+/// SIGTERM and SIGINT, listened for from the moment this is made.
+struct TerminationSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl TerminationSignals {
+    fn register() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => TerminationSignals(Some((t, i))),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for signals; only a kill stops this");
+                TerminationSignals(None)
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    }
+
+    /// The name of the first signal that arrives.
+    async fn next(mut self) -> &'static str {
+        let Some((term, int)) = self.0.as_mut() else {
+            return pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

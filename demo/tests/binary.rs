@@ -285,6 +285,19 @@ async fn env_fault_switches_apply() {
     assert_eq!(code, 0, "{log}");
 }
 
+/// A SIGTERM as soon as the app says it listens (a pod deleted while it starts) is a
+/// graceful shutdown, not a kill: the handler is in place before anything is served.
+#[tokio::test]
+async fn sigterm_right_after_start_is_a_graceful_shutdown() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Running::spawn(demo_app().arg("--data-dir").arg(dir.path())).await;
+        let (code, log) = run.sigterm_and_wait().await;
+        assert_eq!(code, 0, "{log}");
+        assert!(log.contains("shutting down gracefully"), "{log}");
+    }
+}
+
 #[tokio::test]
 async fn crash_faults_exit_with_code_3() {
     let dir = tempfile::tempdir().unwrap();

@@ -646,7 +646,7 @@ fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
         // Every other round on a store that cannot refuse a second create, as S3 servers
         // that ignore `If-None-Match` (Garage): every agent's config write lands.
         let store: Arc<dyn Store> = if round % 2 == 1 {
-            Arc::new(NoConditionalCreate { inner: fs })
+            Arc::new(Misbehaving::overwriting(fs))
         } else {
             fs
         };
@@ -701,59 +701,46 @@ fn first_snapshots_in_parallel_share_one_repository_and_all_restore() {
     }
 }
 
-/// A store whose "create only" overwrites, as an S3 server that ignores `If-None-Match`.
+/// A store that misbehaves as real ones do: its "create only" may overwrite (an S3
+/// server that ignores `If-None-Match`), and its first read of the config may answer "not
+/// found" (a store read just before another agent created the repository).
 #[derive(Debug)]
-struct NoConditionalCreate {
+struct Misbehaving {
     inner: Arc<dyn Store>,
-}
-
-impl Store for NoConditionalCreate {
-    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(kind, name, data)
-    }
-    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
-        self.inner.put(kind, name, data).map(|()| true)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
-        self.inner.get(kind, name)
-    }
-    fn get_range(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
-        self.inner.delete(kind, name)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-}
-
-/// A store whose first read of the config answers "not found", as a store read just
-/// before another agent created the repository does.
-#[derive(Debug)]
-struct StaleFirstRead {
-    inner: Arc<dyn Store>,
+    overwrites_on_create: bool,
     stale: std::sync::atomic::AtomicBool,
 }
 
-impl Store for StaleFirstRead {
+impl Misbehaving {
+    fn overwriting(inner: Arc<dyn Store>) -> Self {
+        Misbehaving {
+            inner,
+            overwrites_on_create: true,
+            stale: false.into(),
+        }
+    }
+
+    fn stale_first_read(inner: Arc<dyn Store>) -> Self {
+        Misbehaving {
+            inner,
+            overwrites_on_create: false,
+            stale: true.into(),
+        }
+    }
+}
+
+impl Store for Misbehaving {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
         self.inner.put(kind, name, data)
     }
     fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool, StoreError> {
+        if self.overwrites_on_create {
+            return self.inner.put(kind, name, data).map(|()| true);
+        }
         self.inner.put_new(kind, name, data)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
     }
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
         if kind == ObjectKind::Config && self.stale.swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -793,10 +780,7 @@ fn an_agent_that_loses_the_race_to_create_the_repository_opens_the_winners() {
         let key = MasterKey::new([4; 32]);
         let winner = Repository::open_or_init(inner.clone(), Some(&key)).unwrap();
         let config = inner.get(ObjectKind::Config, "config").unwrap();
-        let loser: Arc<dyn Store> = Arc::new(StaleFirstRead {
-            inner: inner.clone(),
-            stale: true.into(),
-        });
+        let loser: Arc<dyn Store> = Arc::new(Misbehaving::stale_first_read(inner.clone()));
         let repo = Repository::open_or_init(loser, Some(&key)).unwrap();
         assert_eq!(
             inner.get(ObjectKind::Config, "config").unwrap(),

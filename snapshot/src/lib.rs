@@ -58,12 +58,13 @@ pub use id::{ChunkId, SnapshotId};
 pub use manifest::{Entry, EntryKind, Manifest, MethodKind, SnapshotInfo, SnapshotMeta, Source};
 pub use methods::{CommandSpec, Method};
 pub use progress::{NoProgress, Phase, Progress, ProgressUpdate};
-pub use repo::{Repository, SnapshotListing};
+pub use repo::{RepoUsage, Repository, SnapshotListing};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use retention::{plan_retention, GcOptions, GcReport, RetentionPlan, RetentionPolicy};
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
-    FsStore, MemStore, ObjectInfo, ObjectKind, S3Config, S3Store, Store, StoreError, StoreSpec,
+    FsStore, MemStore, ObjectInfo, ObjectKind, S3Config, S3Store, Space, Store, StoreError,
+    StoreSpec,
 };
 pub use swap::recover as recover_interrupted_restore;
 pub use swap::{DataDirLock, TryLock};

@@ -354,6 +354,18 @@ impl Store for FsStore {
         Ok(removed)
     }
 
+    fn space(&self) -> Result<Option<super::Space>, StoreError> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| StoreError::Io {
+            key: self.root.display().to_string(),
+            source: e.into(),
+        })?;
+        let frag = st.fragment_size() as u64;
+        Ok(Some(super::Space {
+            total_bytes: st.blocks() as u64 * frag,
+            available_bytes: st.blocks_available() as u64 * frag,
+        }))
+    }
+
     fn concurrency(&self) -> usize {
         // Writes are page-cache copies plus a rename; a few threads hide the syscall latency.
         4

@@ -218,6 +218,22 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn concurrency(&self) -> usize {
         4
     }
+
+    /// The space of the file system under the store, when there is one (`statvfs` of a
+    /// volume). `None` for object stores: S3 has no free space to ask for, so a quota is
+    /// configured instead (see the controller's `spec.snapshots.store.*.quota`).
+    fn space(&self) -> Result<Option<Space>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Size and free space of the file system a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes the file system holds in all.
+    pub total_bytes: u64,
+    /// Bytes an unprivileged writer can still use (`f_bavail`: root's reserve excluded).
+    pub available_bytes: u64,
 }
 
 #[cfg(test)]

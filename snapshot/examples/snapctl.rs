@@ -5,7 +5,12 @@
 //! snapctl snapshot REPO ROOT [KEYFILE]     prints the snapshot id
 //! snapctl restore  REPO ID ROOT [KEYFILE]
 //! snapctl verify   REPO ID [KEYFILE]
+//! snapctl usage    REPO [KEYFILE]                  prints the bytes and objects stored
 //! ```
+//!
+//! A new repository gets the engine's defaults; for measurements, `SNAPCTL_ZSTD_LEVEL`
+//! (`off` for none) and `SNAPCTL_PAGE_CHUNK` (bytes, `off` for content-defined chunks only)
+//! override them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,9 +22,40 @@ fn key(path: Option<&String>) -> Option<MasterKey> {
     Some(MasterKey::from_secret_bytes(&bytes).expect("key file: 32 bytes or 64 hex digits"))
 }
 
+/// Repository parameters for a new repository, from the environment.
+fn params() -> RepoParams {
+    let mut p = RepoParams::default();
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match var("SNAPCTL_ZSTD_LEVEL").as_deref() {
+        None => {}
+        Some("off") => p.compression = None,
+        Some(level) => {
+            let level = level.parse().expect("SNAPCTL_ZSTD_LEVEL: a number or off");
+            p.compression = Some(Compression {
+                level,
+                page_level: level,
+                ..Compression::default()
+            })
+        }
+    }
+    match var("SNAPCTL_PAGE_CHUNK").as_deref() {
+        None => {}
+        Some("off") => p.page_chunk = None,
+        Some(n) => p.page_chunk = Some(n.parse().expect("SNAPCTL_PAGE_CHUNK: bytes or off")),
+    }
+    p
+}
+
+fn open_or_init(store: Arc<FsStore>, key: Option<&MasterKey>) -> Result<Repository> {
+    match Repository::open(store.clone(), key) {
+        Err(Error::NotInitialized) => Repository::init_with(store, key, params()),
+        other => other,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: snapctl snapshot REPO ROOT [KEYFILE] | restore REPO ID ROOT [KEYFILE] | verify REPO ID [KEYFILE]";
+    let usage = "usage: snapctl snapshot REPO ROOT [KEYFILE] | restore REPO ID ROOT [KEYFILE] | verify REPO ID [KEYFILE] | usage REPO [KEYFILE]";
     let (Some(cmd), Some(repo_dir)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         return std::process::ExitCode::from(2);
@@ -30,7 +66,7 @@ fn main() -> std::process::ExitCode {
         match cmd.as_str() {
             "snapshot" => {
                 let k = key(args.get(3));
-                let repo = Repository::open_or_init(store, k.as_ref())?;
+                let repo = open_or_init(store, k.as_ref())?;
                 let root = args.get(2).expect("ROOT");
                 let r = repo.snapshot(
                     &Source::new("bench", "data", "r"),
@@ -39,12 +75,13 @@ fn main() -> std::process::ExitCode {
                     &NoProgress,
                 )?;
                 Ok(format!(
-                    "{} files={} bytes={} new_chunks={} new_bytes={} reused_chunks={}",
+                    "{} files={} bytes={} new_chunks={} new_bytes={} stored_bytes={} reused_chunks={}",
                     r.info.id,
                     r.info.meta.file_count,
                     r.info.meta.total_size,
                     r.new_chunks,
                     r.new_bytes,
+                    r.stored_bytes,
                     r.reused_chunks
                 ))
             }
@@ -70,6 +107,13 @@ fn main() -> std::process::ExitCode {
                 Ok(format!(
                     "verified {} chunks, {} bytes",
                     r.unique_chunks, r.bytes
+                ))
+            }
+            "usage" => {
+                let u = Repository::open(store, key(args.get(2)).as_ref())?.usage()?;
+                Ok(format!(
+                    "stored_bytes={} objects={}",
+                    u.stored_bytes, u.objects
                 ))
             }
             _ => Err(Error::Config(usage.into())),

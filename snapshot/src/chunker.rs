@@ -83,6 +83,13 @@ enum Repr {
     Owned(Vec<u8>),
 }
 
+impl Chunk {
+    /// A chunk that owns its bytes (fixed-size page chunks).
+    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
+        Chunk(Repr::Owned(bytes))
+    }
+}
+
 impl Deref for Chunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -18,6 +18,8 @@ pub enum ChunkFault {
     LengthMismatch,
     /// Authenticated decryption failed: flipped bits, truncation or another key.
     Undecryptable,
+    /// A compressed chunk is not a valid zstd frame of the recorded length.
+    Undecompressable,
 }
 
 impl std::fmt::Display for ChunkFault {
@@ -26,6 +28,7 @@ impl std::fmt::Display for ChunkFault {
             ChunkFault::HashMismatch => "content does not match its hash",
             ChunkFault::LengthMismatch => "length differs from the manifest",
             ChunkFault::Undecryptable => "authenticated decryption failed",
+            ChunkFault::Undecompressable => "compressed data is damaged (does not decompress)",
         })
     }
 }

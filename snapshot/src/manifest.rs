@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 
-/// Manifest format version.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Manifest format of snapshots in a format-1 repository (no compression).
+pub const MANIFEST_FORMAT_V1: u32 = 1;
+/// Manifest format of snapshots in a format-2 repository: chunk references may carry
+/// `zlen` (stored compressed). An engine that knows only format 1 refuses these with
+/// "unsupported manifest format" rather than misreading a compressed chunk.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// Top-level names starting with this are the engine's own (staging, swap journal) and are
 /// neither snapshotted nor restored.
@@ -127,6 +131,11 @@ pub struct ChunkRef {
     /// creation on a volume, or 10,000 requests on S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack: Option<PackLoc>,
+    /// Set when the chunk is stored zstd-compressed (format 2): the length of the
+    /// compressed frame, which is what is sealed and stored. Absent: stored as it is (data
+    /// that does not compress). The id and `len` are always those of the plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zlen: Option<u32>,
 }
 
 /// One file system entry.
@@ -263,7 +272,7 @@ pub fn validate(m: &Manifest, snapshot: SnapshotId) -> Result<()> {
         path: path.to_string(),
         reason,
     };
-    if m.format != MANIFEST_FORMAT {
+    if m.format != MANIFEST_FORMAT && m.format != MANIFEST_FORMAT_V1 {
         return Err(Error::ManifestCorrupt {
             snapshot,
             reason: format!("unsupported manifest format {}", m.format),
@@ -325,6 +334,29 @@ pub fn validate(m: &Manifest, snapshot: SnapshotId) -> Result<()> {
                             &e.path,
                             format!("chunk {} has length {}", c.id, c.len),
                         ));
+                    }
+                    match c.zlen {
+                        Some(z) if m.format == MANIFEST_FORMAT_V1 => {
+                            return Err(unsafe_entry(
+                                &e.path,
+                                format!(
+                                    "chunk {} compressed ({z} bytes) in a format-1 manifest",
+                                    c.id
+                                ),
+                            ))
+                        }
+                        // zstd never expands by more than a small bound; a frame longer than
+                        // the plaintext would have been stored plain.
+                        Some(z) if z == 0 || z >= c.len => {
+                            return Err(unsafe_entry(
+                                &e.path,
+                                format!(
+                                    "chunk {} of length {} has compressed length {z}",
+                                    c.id, c.len
+                                ),
+                            ))
+                        }
+                        _ => {}
                     }
                     sum += u64::from(c.len);
                 }

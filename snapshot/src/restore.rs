@@ -416,8 +416,7 @@ fn restore_files(
                 s.min(fetched)..(s + at.len as usize).min(fetched)
             };
             let e = &m.entries[entries[k]];
-            let p = repo.check_chunk(id, &e.path, 0, chunk(k), &mut buf[raw.clone()])?;
-            plain[k] = raw.start + p.start..raw.start + p.end;
+            plain[k] = repo.check_chunk(id, &e.path, 0, chunk(k), buf, raw)?;
         }
         i = j;
     }

@@ -153,7 +153,7 @@ impl Repository {
         // any chunk in it is referenced; packs are not rewritten).
         let objects: HashSet<ChunkId> = referenced
             .iter()
-            .map(|(id, pack)| pack.map_or(*id, |p| p.object))
+            .map(|(id, c)| c.pack.map_or(*id, |p| p.object))
             .collect();
         let mut report = GcReport {
             snapshots: listing.snapshots.len() as u64,

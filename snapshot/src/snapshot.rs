@@ -11,20 +11,19 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use crossbeam_channel::{bounded, unbounded};
 
 use crate::chunker::{Chunk, ChunkBuffers, Chunker, ChunkerParams};
+use crate::compress::ChunkCompressor;
 use crate::error::{io_err, Error, Result};
 use crate::id::ChunkId;
 use crate::lock::{self, LockGuard, LockKind, DEFAULT_STALE_AFTER};
 use crate::manifest::PackLoc;
-use crate::manifest::{
-    ChunkRef, Entry, EntryKind, Manifest, SnapshotInfo, SnapshotMeta, Source, MANIFEST_FORMAT,
-};
+use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, SnapshotInfo, SnapshotMeta, Source};
 use crate::methods::{self, Method};
 use crate::progress::{Phase, Progress, ProgressUpdate, REPORT_EVERY};
 use crate::repo::Repository;
@@ -105,22 +104,93 @@ enum Msg {
     Failed(Error),
 }
 
+/// The first bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The page size of a SQLite database from its header (bytes 16-17, big-endian; 1 means
+/// 65536), or `None` if `header` is not the start of one.
+pub(crate) fn sqlite_page_size(header: &[u8]) -> Option<u32> {
+    if header.len() < 18 || &header[..16] != SQLITE_MAGIC {
+        return None;
+    }
+    let raw = u32::from(u16::from_be_bytes([header[16], header[17]]));
+    let size = if raw == 1 { 65536 } else { raw };
+    (size.is_power_of_two() && (512..=65536).contains(&size)).then_some(size)
+}
+
+/// Reads into `buf` until it is full or the source ends; returns the bytes read.
+fn read_full(source: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match source.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Cuts one input into chunks and hands them to `emit` (which returns false to stop);
+/// returns how many were emitted.
+///
+/// A page-structured file (a SQLite database, recognised by its header) is cut into fixed
+/// runs of whole pages, `page_chunk` bytes or one page if pages are larger: its pages are
+/// updated in place and never shift, so fixed cuts put each update in one small chunk, where
+/// content-defined cuts of 1 MiB on average would rewrite a whole megabyte around every
+/// changed row.
 fn read_input(
     input: Input,
     params: ChunkerParams,
+    page_chunk: Option<u32>,
     buffers: &mut ChunkBuffers,
-    mut emit: impl FnMut(usize, Chunk) -> bool,
+    mut emit: impl FnMut(usize, Chunk, bool) -> bool,
 ) -> std::io::Result<usize> {
-    let source: Box<dyn Read + Send> = match input {
+    let mut source: Box<dyn Read + Send> = match input {
         Input::Path(p) => Box::new(std::fs::File::open(p)?),
         Input::Stream(s) => s,
     };
+    if let Some(page_chunk) = page_chunk {
+        let mut header = vec![0u8; 100];
+        let n = read_full(&mut source, &mut header)?;
+        header.truncate(n);
+        if let Some(page) = sqlite_page_size(&header) {
+            let size = page_chunk.max(page) as usize;
+            let mut first = header;
+            first.resize(size, 0);
+            let mut filled = n;
+            let mut seq = 0;
+            loop {
+                let mut chunk = if seq == 0 {
+                    std::mem::take(&mut first)
+                } else {
+                    filled = 0;
+                    vec![0u8; size]
+                };
+                filled += read_full(&mut source, &mut chunk[filled..])?;
+                if filled == 0 {
+                    return Ok(seq);
+                }
+                chunk.truncate(filled);
+                if !emit(seq, Chunk::owned(chunk), true) {
+                    return Ok(seq);
+                }
+                seq += 1;
+                if filled < size {
+                    return Ok(seq);
+                }
+            }
+        }
+        // Not page-structured: the header goes first into the content-defined chunker.
+        source = Box::new(std::io::Cursor::new(header).chain(source));
+    }
     let mut chunker = Chunker::with_buffers(source, params, std::mem::take(buffers));
     let mut seq = 0;
     let result = loop {
         match chunker.next_chunk() {
             Ok(Some(data)) => {
-                if !emit(seq, data) {
+                if !emit(seq, data, false) {
                     break Ok(seq);
                 }
                 seq += 1;
@@ -170,76 +240,135 @@ impl PackBuffer {
     }
 }
 
-/// Hashes one chunk and stores it unless an equal chunk is already stored or on its way.
-/// Returns its reference and, if this call stored it, its stored size.
-fn store_piece(
-    repo: &Repository,
-    seen: &Mutex<HashMap<ChunkId, Option<PackLoc>>>,
-    pack: &mut PackBuffer,
-    data: &[u8],
-    small_below: u32,
-    scratch: &mut Vec<u8>,
-) -> Result<(ChunkRef, Option<u64>)> {
-    let id = repo.chunk_id(data);
-    let len = data.len() as u32;
-    if len < small_below {
-        let stored = if repo.is_encrypted() {
-            scratch.clear();
-            repo.seal_chunk_into(id, data, scratch);
-            &scratch[..]
-        } else {
-            data
-        };
-        let (loc, fresh) = {
-            let mut seen = seen.lock().expect("poisoned");
-            match seen.get(&id) {
-                Some(loc) => (*loc, false),
-                None => {
-                    // Appended under the lock so a duplicate on another worker finds it.
-                    let loc = Some(pack.append(stored));
-                    seen.insert(id, loc);
-                    (loc, true)
+/// What the snapshot knows about a chunk id.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    /// Stored, by an earlier snapshot or by this one: reuse the reference.
+    Stored(ChunkRef),
+    /// Being compressed and stored by another worker right now.
+    InFlight,
+}
+
+/// Chunks known to this snapshot, shared by its workers.
+struct SeenChunks {
+    map: Mutex<HashMap<ChunkId, Seen>>,
+    /// Signalled whenever an in-flight chunk is stored (or given up).
+    stored: Condvar,
+}
+
+/// One worker's reusable state: its pack, compressor and sealing buffer.
+struct Worker<'r> {
+    repo: &'r Repository,
+    pack: PackBuffer,
+    compressor: Option<ChunkCompressor>,
+    /// For page chunks, at the repository's page level.
+    page_compressor: Option<ChunkCompressor>,
+    sealed: Vec<u8>,
+}
+
+impl<'r> Worker<'r> {
+    fn new(repo: &'r Repository) -> Self {
+        Worker {
+            repo,
+            pack: PackBuffer::default(),
+            compressor: repo.compression().map(|c| ChunkCompressor::new(c.level)),
+            page_compressor: repo
+                .compression()
+                .map(|c| ChunkCompressor::new(c.page_level)),
+            sealed: Vec::new(),
+        }
+    }
+
+    /// Hashes one chunk and stores it unless an equal chunk is already stored. Returns its
+    /// reference and, if this call stored it, its stored size.
+    ///
+    /// The map is looked up before compressing, so the unchanged chunks of an incremental
+    /// snapshot cost a hash and nothing else. A chunk another worker is storing right now
+    /// (two equal files) is waited for, never stored twice: compression runs outside the
+    /// lock, and the wait is one chunk's compression at most.
+    fn store_piece(
+        &mut self,
+        seen: &SeenChunks,
+        data: &[u8],
+        paged: bool,
+        small_below: u32,
+    ) -> Result<(ChunkRef, Option<u64>)> {
+        let id = self.repo.chunk_id(data);
+        {
+            let mut map = seen.map.lock().expect("poisoned");
+            loop {
+                match map.get(&id) {
+                    Some(Seen::Stored(c)) => return Ok((*c, None)),
+                    Some(Seen::InFlight) => map = seen.stored.wait(map).expect("poisoned"),
+                    None => {
+                        map.insert(id, Seen::InFlight);
+                        break;
+                    }
                 }
             }
+        }
+        let result = self.encode_and_store(id, data, paged, small_below);
+        let mut map = seen.map.lock().expect("poisoned");
+        match &result {
+            Ok((cref, _)) => map.insert(id, Seen::Stored(*cref)),
+            // A waiter then stores it itself (or the snapshot is being cancelled anyway).
+            Err(_) => map.remove(&id),
         };
-        if pack.buf.len() >= PACK_TARGET {
-            pack.flush(repo)?;
-        }
-        return Ok((
-            ChunkRef { id, len, pack: loc },
-            fresh.then_some(stored.len() as u64),
-        ));
+        drop(map);
+        seen.stored.notify_all();
+        result
     }
-    let existing = {
-        let mut seen = seen.lock().expect("poisoned");
-        match seen.get(&id) {
-            Some(loc) => Some(*loc),
-            None => {
-                seen.insert(id, None);
-                None
-            }
+
+    fn encode_and_store(
+        &mut self,
+        id: ChunkId,
+        data: &[u8],
+        paged: bool,
+        small_below: u32,
+    ) -> Result<(ChunkRef, Option<u64>)> {
+        let repo = self.repo;
+        let len = data.len() as u32;
+        // Compress, then seal: ids and `len` stay those of the plaintext.
+        let compressor = if paged {
+            self.page_compressor.as_mut()
+        } else {
+            self.compressor.as_mut()
+        };
+        let compressed = compressor.and_then(|c| c.compress(data));
+        let zlen = compressed.map(|z| z.len() as u32);
+        let plain_side = compressed.unwrap_or(data);
+        let stored: &[u8] = if repo.is_encrypted() {
+            self.sealed.clear();
+            repo.seal_chunk_into(id, plain_side, &mut self.sealed);
+            &self.sealed
+        } else {
+            plain_side
+        };
+        let size = stored.len() as u64;
+        let pack = if len < small_below {
+            Some(self.pack.append(stored))
+        } else {
+            repo.store
+                .put(crate::store::ObjectKind::Chunk, &id.to_hex(), stored)?;
+            None
+        };
+        let cref = ChunkRef {
+            id,
+            len,
+            pack,
+            zlen,
+        };
+        if self.pack.buf.len() >= PACK_TARGET {
+            self.pack.flush(repo)?;
         }
-    };
-    match existing {
-        Some(loc) => Ok((ChunkRef { id, len, pack: loc }, None)),
-        None => {
-            let size = repo.put_chunk(id, data, scratch)?;
-            Ok((
-                ChunkRef {
-                    id,
-                    len,
-                    pack: None,
-                },
-                Some(size),
-            ))
-        }
+        Ok((cref, Some(size)))
     }
 }
 
 /// Runs the pipeline over `inputs`; returns each input's chunk list.
 fn ingest(
     repo: &Repository,
-    known: HashMap<ChunkId, Option<PackLoc>>,
+    known: HashMap<ChunkId, ChunkRef>,
     inputs: Vec<(PathBuf, Input)>,
     total: u64,
     workers: usize,
@@ -254,10 +383,19 @@ fn ingest(
         in_tx.send((i, label, input)).expect("receiver alive");
     }
     drop(in_tx);
-    let (piece_tx, piece_rx) = bounded::<(usize, usize, Chunk)>(workers * 2);
+    let (piece_tx, piece_rx) = bounded::<(usize, usize, Chunk, bool)>(workers * 2);
     let (msg_tx, msg_rx) = unbounded::<Msg>();
     let cancel = AtomicBool::new(false);
-    let seen = Mutex::new(known);
+    let seen = SeenChunks {
+        map: Mutex::new(
+            known
+                .into_iter()
+                .map(|(id, c)| (id, Seen::Stored(c)))
+                .collect(),
+        ),
+        stored: Condvar::new(),
+    };
+    let page_chunk = repo.page_chunk();
     let small_below = params.min;
 
     std::thread::scope(|s| {
@@ -270,9 +408,16 @@ fn ingest(
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let sent = read_input(input, params, &mut buffers, |seq, data| {
-                        !cancel.load(Ordering::Relaxed) && piece_tx.send((i, seq, data)).is_ok()
-                    });
+                    let sent = read_input(
+                        input,
+                        params,
+                        page_chunk,
+                        &mut buffers,
+                        |seq, data, paged| {
+                            !cancel.load(Ordering::Relaxed)
+                                && piece_tx.send((i, seq, data, paged)).is_ok()
+                        },
+                    );
                     let msg = match sent {
                         Ok(count) => Msg::Finished { input: i, count },
                         Err(e) => Msg::Failed(io_err("read", label)(e)),
@@ -286,14 +431,13 @@ fn ingest(
             let (piece_rx, msg_tx, cancel, seen) =
                 (piece_rx.clone(), msg_tx.clone(), &cancel, &seen);
             s.spawn(move || {
-                let mut pack = PackBuffer::default();
-                let mut scratch = Vec::new();
-                while let Ok((input, seq, data)) = piece_rx.recv() {
+                let mut worker = Worker::new(repo);
+                while let Ok((input, seq, data, paged)) = piece_rx.recv() {
                     // Keep draining after a failure so readers never block on a full channel.
                     if cancel.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match store_piece(repo, seen, &mut pack, &data, small_below, &mut scratch) {
+                    match worker.store_piece(seen, &data, paged, small_below) {
                         Ok((cref, stored)) => {
                             let _ = msg_tx.send(Msg::Chunk {
                                 input,
@@ -310,7 +454,7 @@ fn ingest(
                 }
                 // The last, partly filled pack: written before the collector can finish.
                 if !cancel.load(Ordering::Relaxed) {
-                    if let Err(e) = pack.flush(repo) {
+                    if let Err(e) = worker.pack.flush(repo) {
                         cancel.store(true, Ordering::Relaxed);
                         let _ = msg_tx.send(Msg::Failed(e));
                     }
@@ -447,7 +591,7 @@ impl Repository {
             chunk_count: files.iter().map(|e| e.chunks.len() as u64).sum(),
         };
         let manifest = Manifest {
-            format: MANIFEST_FORMAT,
+            format: self.manifest_format(),
             meta: meta.clone(),
             entries,
         };

@@ -201,6 +201,9 @@ pub enum Error {
 impl Error {
     /// A bounded category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
+        if self.is_no_space() {
+            return "no_space";
+        }
         match self {
             Error::Store(StoreError::NotFound { .. }) => "store_not_found",
             Error::Store(_) => "store",
@@ -220,6 +223,20 @@ impl Error {
             Error::LockLost { .. } => "lock_lost",
             Error::Internal(_) => "internal",
         }
+    }
+
+    /// True when a write failed for lack of room: a full volume (`ENOSPC`) or an exhausted
+    /// quota (`EDQUOT`), under the repository or under the data being restored. Nothing is
+    /// lost (a snapshot without its manifest is not a snapshot; a restore swaps nothing in
+    /// until all is written), but the operator must make room, so it gets its own category.
+    pub fn is_no_space(&self) -> bool {
+        let os = match self {
+            Error::Store(StoreError::Io { source, .. }) | Error::Io { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        };
+        matches!(os, Some(libc_errno) if libc_errno == nix::libc::ENOSPC || libc_errno == nix::libc::EDQUOT)
     }
 
     /// True for refusals caused by data that failed verification (as opposed to an

@@ -29,6 +29,20 @@ fn small_tree(root: &Path) {
     ] {
         fs::write(root.join(name), rng.bytes(size)).unwrap();
     }
+    // Text compresses: chunks stored as zstd frames, alone and in packs, get damaged too.
+    let text = |n: usize, seed: u64| {
+        let mut r = Rng(seed);
+        let words = ["stack", "rollback", "revision", "gate", "snapshot", "\n"];
+        let mut out = String::new();
+        while out.len() < n {
+            out.push_str(words[r.below(words.len() as u64) as usize]);
+            out.push(' ');
+        }
+        out.truncate(n);
+        out
+    };
+    fs::write(root.join("sub/notes.txt"), text(900, 5)).unwrap();
+    fs::write(root.join("log.txt"), text(40_000, 6)).unwrap();
     std::os::unix::fs::symlink("sub/three-k", root.join("link")).unwrap();
 }
 
@@ -56,6 +70,17 @@ impl Fixture {
             )
             .unwrap();
         let manifest = repo.load_manifest(report.info.id).unwrap();
+        // The damage below lands on compressed chunks too, alone and in packs.
+        let compressed: Vec<bool> = manifest
+            .files()
+            .flat_map(|e| &e.chunks)
+            .filter(|c| c.zlen.is_some())
+            .map(|c| c.pack.is_some())
+            .collect();
+        assert!(
+            compressed.contains(&true) && compressed.contains(&false),
+            "{compressed:?}"
+        );
         let pristine = store.dump();
         Fixture {
             store,
@@ -76,7 +101,7 @@ impl Fixture {
 
     /// The object holding a chunk and the chunk's byte range in it.
     fn locate(&self, c: &manifest::ChunkRef) -> (String, usize, usize) {
-        let stored = c.len as usize
+        let stored = c.zlen.unwrap_or(c.len) as usize
             + if self.key.is_some() {
                 crypto::OVERHEAD
             } else {
@@ -259,12 +284,11 @@ fn run_case(
         7 => {
             let mut v = serde_json::to_value(&fx.manifest).unwrap();
             edit_field(&mut v, rng);
+            // Stored as the engine stores a manifest (compressed), so what is caught is the
+            // edit, not the form.
+            let edited = zstd::bulk::compress(&serde_json::to_vec(&v).unwrap(), 3).unwrap();
             store
-                .put(
-                    ObjectKind::Snapshot,
-                    &snap_name,
-                    &serde_json::to_vec(&v).unwrap(),
-                )
+                .put(ObjectKind::Snapshot, &snap_name, &edited)
                 .unwrap();
             (
                 "edited manifest field",
@@ -275,8 +299,9 @@ fn run_case(
             let forged = forge_unsafe(&fx.manifest, rng);
             let bytes = forged.to_bytes();
             target = SnapshotId(Sha256::digest(&bytes).into());
+            let stored = zstd::bulk::compress(&bytes, 3).unwrap();
             store
-                .put(ObjectKind::Snapshot, &target.to_hex(), &bytes)
+                .put(ObjectKind::Snapshot, &target.to_hex(), &stored)
                 .unwrap();
             (
                 "self-consistent unsafe manifest",
@@ -492,9 +517,10 @@ fn damage_to_files_on_disk_is_refused() {
     let m = repo.load_manifest(s.info.id).unwrap();
     let mut rng = Rng(99);
     for round in 0..20 {
+        // Chunks stored as objects of their own (packs are damaged in the test above).
         let all: Vec<ChunkId> = m
             .files()
-            .flat_map(|e| e.chunks.iter().map(|c| c.id))
+            .flat_map(|e| e.chunks.iter().filter(|c| c.pack.is_none()).map(|c| c.id))
             .collect();
         let victim = all[rng.below(all.len() as u64) as usize];
         let path = store

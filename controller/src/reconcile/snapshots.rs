@@ -540,7 +540,7 @@ async fn newest_measurement(
         })
         .filter(|(_, done)| since.is_none_or(|s| done.0 > s.0))
         .collect();
-    finished.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    finished.sort_by_key(|(_, done)| std::cmp::Reverse(done.0));
     for (job, at) in finished {
         let Finished::Ok(r) = job_outcome(client, ns, job).await? else {
             continue;
@@ -1245,7 +1245,7 @@ fn outcome(
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
     let result = message.as_deref().map(parse_termination_message);
     match (done, result) {
-        (true, Some(Ok(r))) if r.ok => Finished::Ok(r),
+        (true, Some(Ok(r))) if r.ok => Finished::Ok(Box::new(r)),
         (_, Some(Ok(r))) => {
             let kind = if r.is_corruption() {
                 Failure::Corrupt

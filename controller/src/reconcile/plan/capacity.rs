@@ -113,7 +113,7 @@ pub fn estimate(snapshots: &BTreeMap<String, SnapshotObserved>, components: &[St
             .iter()
             .filter(|(_, s)| &s.component == c && s.phase == Some(SnapshotPhase::Completed))
             .collect();
-        complete.sort_by(|a, b| newest_first(a, b));
+        complete.sort_by(newest_first);
         let largest = complete
             .iter()
             .take(ESTIMATE_WINDOW)

@@ -143,7 +143,7 @@ impl World {
                 let mut r =
                     crate::agent::AgentResult::new(crate::agent::AgentOp::Snapshot, true, 1.0);
                 r.digest = Some("d".into());
-                Finished::Ok(r)
+                Finished::Ok(Box::new(r))
             }
             Some(_) => Finished::Failed("store unreachable".into(), Failure::Store),
             None => Finished::Running,

@@ -22,6 +22,9 @@ pub mod reason {
     pub const SNAPSHOT_CORRUPT: &str = "SnapshotCorrupt";
     /// A pre-rollout snapshot could not be taken; the rollout does not start.
     pub const SNAPSHOT_FAILED: &str = "SnapshotFailed";
+    /// A rollout's pre-rollout snapshots do not fit in the snapshot store (its quota or
+    /// the claim's free space); the rollout does not start until they do.
+    pub const SNAPSHOT_STORE_FULL: &str = "SnapshotStoreFull";
     /// A data restore failed; the live data was left as it was.
     pub const RESTORE_FAILED: &str = "RestoreFailed";
     /// The spec has a problem the schema could not catch; the message names the field.

@@ -16,6 +16,10 @@ const RELATIVE_PATH: CelRule = CelRule {
     message: "must be a relative path without '..' segments: remove the leading '/' and any '..'",
 };
 
+/// The pattern of the store's byte sizes (`size`, `quota`): a Kubernetes quantity in
+/// bytes, such as `10Gi` or `500M`.
+const BYTES_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+
 /// Where a component keeps its state, and how deployctl copies it consistently.
 ///
 /// deployctl snapshots it before every rollout and, when the rollout fails, restores it
@@ -280,6 +284,23 @@ impl SnapshotPolicy {
     pub fn before_rollout(&self) -> bool {
         self.before_rollout.unwrap_or(true)
     }
+
+    /// Whether retention may forget older snapshots to make room for a rollout's.
+    pub fn prune_to_fit(&self) -> bool {
+        self.retention
+            .as_ref()
+            .and_then(|r| r.prune_to_fit)
+            .unwrap_or(false)
+    }
+
+    /// The store's quota in bytes, when one is set and valid (validation refuses the
+    /// others).
+    pub fn quota_bytes(&self) -> Option<u64> {
+        self.store
+            .as_ref()
+            .and_then(SnapshotStore::quota)
+            .and_then(|q| parse_bytes(q).ok())
+    }
 }
 
 /// A snapshot repository: exactly one of `filesystem` or `s3`.
@@ -313,8 +334,18 @@ pub struct FilesystemStore {
 
     /// Size of the claim deployctl creates, e.g. `10Gi`. Defaults to `10Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[schemars(regex(pattern = BYTES_PATTERN))]
     pub size: Option<String>,
+
+    /// The most this stack's repository may take on the claim, e.g. `8Gi`, when it must
+    /// leave room for other files or share the claim. Optional: the claim's free space
+    /// (measured by every snapshot, verify and prune) is always a limit; the room for new
+    /// snapshots is the smaller of that free space and the quota less what the repository
+    /// takes. A rollout whose pre-rollout snapshots do not fit does not start (`Stalled`,
+    /// reason `SnapshotStoreFull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = BYTES_PATTERN))]
+    pub quota: Option<String>,
 
     /// StorageClass of the claim deployctl creates; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,6 +380,95 @@ pub struct S3Store {
     /// `secretAccessKey`.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
+
+    /// The most this stack's repository may take in the bucket, e.g. `200Gi` (bytes as
+    /// stored, after compression and encryption). S3 has no free space to ask for, so
+    /// without a quota deployctl cannot tell whether a snapshot fits and never holds a
+    /// rollout for room. With one, a rollout whose pre-rollout snapshots would take the
+    /// repository past it does not start (`Stalled`, reason `SnapshotStoreFull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = BYTES_PATTERN))]
+    pub quota: Option<String>,
+}
+
+impl SnapshotStore {
+    /// The configured quota (of whichever kind is set), as written.
+    pub fn quota(&self) -> Option<&str> {
+        match (&self.filesystem, &self.s3) {
+            (_, Some(s3)) => s3.quota.as_deref(),
+            (Some(fs), None) => fs.quota.as_deref(),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `n` bytes as people read them: binary units (`512 B`, `1.5 KiB`, `340 MiB`), one
+/// decimal below ten so small differences still show.
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    // 9.96 would print as "10.0": switch to whole numbers where the rounding does.
+    if value < 9.95 {
+        format!("{value:.1} {}", UNITS[unit])
+    } else {
+        format!("{value:.0} {}", UNITS[unit])
+    }
+}
+
+/// Bytes of a Kubernetes quantity as the store's fields take it (`10Gi`, `1.5G`, `500`):
+/// binary (`Ki` to `Ei`) or decimal (`k` to `E`) suffixes, rounded up to a whole byte as
+/// Kubernetes does. Errors say what is wrong and what a valid value looks like.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let hint = "give bytes as a quantity such as 20Gi, 500Mi or 1T";
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u128.pow(2),
+        "G" => 1000u128.pow(3),
+        "T" => 1000u128.pow(4),
+        "P" => 1000u128.pow(5),
+        "E" => 1000u128.pow(6),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        other => return Err(format!("{s:?}: unknown suffix {other:?}; {hint}")),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_ok = |d: &str| d.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() || !digits_ok(whole) || !digits_ok(fraction) || fraction.len() > 9 {
+        return Err(format!("{s:?} is not a quantity; {hint}"));
+    }
+    let too_big = || format!("{s:?} is too large (at most 8Ei); {hint}");
+    let whole: u128 = whole.parse().map_err(|_| too_big())?;
+    let scale = 10u128.pow(fraction.len() as u32);
+    let fraction: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| too_big())?
+    };
+    let numerator = (whole * scale + fraction)
+        .checked_mul(multiplier)
+        .ok_or_else(too_big)?;
+    let bytes = numerator.div_ceil(scale);
+    u64::try_from(bytes)
+        .ok()
+        .filter(|b| *b <= i64::MAX as u64)
+        .ok_or_else(too_big)
 }
 
 /// Encryption at rest of a snapshot repository.
@@ -385,6 +505,18 @@ pub struct SnapshotRetention {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
     pub keep_daily: Option<u32>,
+
+    /// When a rollout's pre-rollout snapshots would not fit in the store (its quota, or
+    /// the claim's free space), forget older snapshots first instead of stalling: the
+    /// oldest complete ones, beyond what `keepLast` and `keepDaily` keep if need be,
+    /// until what they added to the repository covers the shortfall. Never the newest
+    /// complete snapshot of a component, nor one a rollout, a rollback or a pending
+    /// Restore may restore. The controller prunes once per rollout, then measures the
+    /// repository again; if the snapshots still do not fit, the rollout stalls
+    /// (`SnapshotStoreFull`). Defaults to false: snapshots are only forgotten by the
+    /// rules above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_to_fit: Option<bool>,
 }
 
 /// One snapshot of one component's data. deployctl creates them before rollouts and on
@@ -462,9 +594,14 @@ pub struct StackSnapshotStatus {
     /// Chunks the snapshot references.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<i64>,
-    /// Bytes this snapshot added to the repository (the rest was already stored).
+    /// Bytes of data this snapshot added to the repository (the rest was already stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_bytes: Option<i64>,
+    /// What this snapshot added to the store, as stored (its new chunks after compression
+    /// and encryption): the figure the controller's capacity check estimates the next
+    /// snapshot of this component from. Unset for snapshots taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<i64>,
     /// Where the repository is: `pvc://<claim>` or `s3://<bucket>/<prefix>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
@@ -488,7 +625,8 @@ pub struct StackSnapshotStatus {
     pub message: Option<String>,
     /// For a StatefulSet component: each replica's data, by ordinal (the claim of
     /// ordinal N is `<volume>-<stack>-<component>-N`). `digest` is then ordinal 0's,
-    /// and `sizeBytes`, `files`, `chunks` and `newBytes` are totals over the replicas.
+    /// and `sizeBytes`, `files`, `chunks`, `newBytes` and `storedBytes` are totals over
+    /// the replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub replicas: Vec<ReplicaSnapshot>,
@@ -556,4 +694,29 @@ pub enum VerificationResult {
     Verified,
     /// Something does not; the snapshot will not be restored.
     Corrupt,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_bytes_rounded_up_like_kubernetes() {
+        assert_eq!(parse_bytes("500"), Ok(500));
+        assert_eq!(parse_bytes("20Gi"), Ok(20 << 30));
+        assert_eq!(parse_bytes("1.5Ki"), Ok(1536));
+        assert_eq!(parse_bytes("2k"), Ok(2000));
+        assert_eq!(parse_bytes("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("0.001k"), Ok(1));
+        assert_eq!(
+            parse_bytes("0.0001k"),
+            Ok(1),
+            "a fraction of a byte is a byte"
+        );
+        assert_eq!(parse_bytes("7Ei"), Ok(7 << 60));
+        assert!(parse_bytes("8Ei").unwrap_err().contains("too large"));
+        assert!(parse_bytes("1GB").unwrap_err().contains("unknown suffix"));
+        assert!(parse_bytes(".5Gi").unwrap_err().contains("not a quantity"));
+        assert!(parse_bytes("").unwrap_err().contains("not a quantity"));
+    }
 }

@@ -90,10 +90,76 @@ pub struct ProductionStackStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_operations: Vec<String>,
 
+    /// What the stack's snapshot repository takes and the room left for new snapshots,
+    /// as last measured by an agent Job (every snapshot, verify and prune measures it).
+    /// Unset until the first measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_repository: Option<SnapshotRepositoryStatus>,
+
     /// `Ready`, `Reconciling` and `Stalled`, in the kstatus convention that Argo CD and
     /// Flux read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The snapshot repository's use and room, from its last measurement and the spec's
+/// quota. Sizes are bytes as stored (after compression and encryption).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRepositoryStatus {
+    /// Bytes the repository takes in its store: every chunk, manifest, lock and its
+    /// config, as stored.
+    pub used_bytes: i64,
+
+    /// Objects (files, or S3 objects) the repository holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<i64>,
+
+    /// For a filesystem store: the size of the volume under the claim (`statvfs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_bytes: Option<i64>,
+
+    /// For a filesystem store: bytes still free on the volume for an unprivileged writer
+    /// (`statvfs` `f_bavail`), shared with anything else on the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_available_bytes: Option<i64>,
+
+    /// The store's `quota` in bytes, when the spec sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
+
+    /// The most the repository can grow to: the quota, or the volume's size, whichever
+    /// is smaller. Unset when neither is known (S3 without a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<i64>,
+
+    /// Room left for new snapshots: the volume's free space, or the quota less
+    /// `usedBytes`, whichever is smaller (never below 0). Unset when unknown (S3 without
+    /// a quota): the controller then never holds a rollout for room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<i64>,
+
+    /// What the next rollout's pre-rollout snapshots are estimated to add: per component
+    /// with data, the most any of its last 5 complete snapshots added (`storedBytes`, or
+    /// `newBytes` for older ones). Components never snapshotted have no estimate and add
+    /// nothing to it (named in `unestimated`). Unset when no component has an estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rollout_bytes: Option<i64>,
+
+    /// Components with data whose next snapshot has no estimate (never snapshotted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unestimated: Vec<String>,
+
+    /// When the agent measured the repository.
+    pub measured_at: Time,
+
+    /// The agent Job that measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_by: Option<String>,
+
+    /// What that Job did: `snapshot`, `verify` or `prune`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// Life-cycle phase of a stack.
@@ -204,6 +270,27 @@ pub struct RolloutState {
     /// rollback restores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<DataSnapshotRef>,
+
+    /// Set when `retention.pruneToFit` forgot older snapshots to make room for this
+    /// rollout's: at most once per rollout (a `Retry` starts a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_to_fit: Option<PruneToFit>,
+}
+
+/// Snapshots forgotten to make room for a rollout's pre-rollout snapshots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneToFit {
+    /// When the prune was decided; the rollout waits for a measurement taken after it.
+    pub at: Time,
+    /// The prune Jobs (one per component whose snapshots were forgotten).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
+    /// The StackSnapshots forgotten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// Bytes the room was short by when it was decided.
+    pub shortfall_bytes: i64,
 }
 
 /// A component's snapshot, by the name of its `StackSnapshot`.

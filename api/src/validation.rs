@@ -563,6 +563,25 @@ fn validate_snapshot_policy(policy: &SnapshotPolicy, err: &mut impl FnMut(String
             ),
             _ => {}
         }
+        let quotas = [
+            (
+                "filesystem",
+                store.filesystem.as_ref().and_then(|f| f.quota.as_ref()),
+            ),
+            ("s3", store.s3.as_ref().and_then(|s| s.quota.as_ref())),
+        ];
+        for (kind, quota) in quotas {
+            let Some(q) = quota else { continue };
+            let path = format!("spec.snapshots.store.{kind}.quota");
+            match crate::data::parse_bytes(q) {
+                Ok(0) => err(
+                    path,
+                    "must be more than 0 bytes: give the most the repository may take, e.g. 20Gi (or remove it)".into(),
+                ),
+                Ok(_) => {}
+                Err(e) => err(path, e),
+            }
+        }
         if let Some(s3) = &store.s3 {
             if let Some(prefix) = &s3.prefix {
                 if prefix.starts_with('/') || prefix.split('/').any(|p| p == "..") {
@@ -686,6 +705,40 @@ mod tests {
 
     fn paths(e: InvalidSpec) -> Vec<String> {
         e.0.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn a_store_quota_must_be_a_positive_quantity_and_is_refused_at_its_field() {
+        let with_store = |store: &str| {
+            spec(&format!(
+                "components: [{{name: a, template: {CONTAINER}}}]\nsnapshots: {{store: {store}}}"
+            ))
+        };
+        assert!(validate("shop", &with_store("{filesystem: {quota: 20Gi}}")).is_ok());
+        assert!(validate(
+            "shop",
+            &with_store(
+                "{s3: {endpoint: 'http://s3', bucket: bkt, credentialsSecret: c, quota: 1.5T}}"
+            )
+        )
+        .is_ok());
+        let e = validate("shop", &with_store("{filesystem: {quota: '0Gi'}}")).unwrap_err();
+        assert_eq!(
+            paths(e.clone()),
+            vec!["spec.snapshots.store.filesystem.quota"]
+        );
+        assert!(e.to_string().contains("more than 0 bytes"), "{e}");
+        let e = validate(
+            "shop",
+            &with_store(
+                "{s3: {endpoint: 'http://s3', bucket: bkt, credentialsSecret: c, quota: 20GB}}",
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["spec.snapshots.store.s3.quota"]);
+        assert!(e.to_string().contains("unknown suffix \"GB\""), "{e}");
+        let e = validate("shop", &with_store("{filesystem: {quota: 9Ei}}")).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     #[test]

@@ -362,6 +362,20 @@ fn valid_cases() -> Vec<(&'static str, Kind, Value)> {
             Stack,
             with_spec("  snapshots: {store: {filesystem: {}, s3: null}}"),
         ),
+        (
+            "quotas on either store, and retention that prunes to fit",
+            Stack,
+            with_spec(
+                "  snapshots: {store: {filesystem: {quota: 20Gi}}, retention: {keepLast: 3, pruneToFit: true}}",
+            ),
+        ),
+        (
+            "an s3 store with a decimal quota",
+            Stack,
+            with_spec(
+                "  snapshots: {store: {s3: {endpoint: 'http://minio:9000', bucket: snaps, credentialsSecret: s3, quota: 1.5T}}}",
+            ),
+        ),
         ("rollback", Operation, operation("action: Rollback")),
         (
             "rollback to a revision",

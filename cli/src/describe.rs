@@ -336,6 +336,52 @@ status:
 "#,
         )
     }
+
+    /// A rollout held because its snapshot does not fit in the store's quota.
+    pub fn stalled_for_room() -> ProductionStack {
+        stack(
+            r#"
+apiVersion: deployctl.dev/v1alpha1
+kind: ProductionStack
+metadata: {name: shop, namespace: prod, generation: 9, creationTimestamp: "2024-04-30T12:00:00Z"}
+spec:
+  components:
+  - {name: db, kind: StatefulSet, data: {volume: data}, volumeClaims: [{name: data, size: 1Gi}], template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v5'}]}}}
+  - {name: search, kind: StatefulSet, data: {volume: data}, volumeClaims: [{name: data, size: 1Gi}], template: {spec: {containers: [{name: app, image: 'deployctl.dev/search:v2'}]}}}
+  snapshots: {store: {filesystem: {quota: 5Gi}}}
+status:
+  observedGeneration: 9
+  phase: Degraded
+  currentRevision: 5
+  stableRevision: 4
+  message: "the pre-rollout snapshots of revision 5 need about 600 MiB (db 600 MiB) but the snapshot store has 512 MiB left (quota 5.0 GiB with 4.5 GiB used, 7.0 GiB free on the claim); revision 5 was not rolled out and nothing was changed."
+  snapshotRepository:
+    usedBytes: 4831838208
+    objects: 1203
+    volumeBytes: 10737418240
+    volumeAvailableBytes: 7516192768
+    quotaBytes: 5368709120
+    capacityBytes: 5368709120
+    availableBytes: 536870912
+    nextRolloutBytes: 629145600
+    unestimated: [search]
+    measuredAt: "2024-05-01T11:57:00Z"
+    measuredBy: shop-db-snap-1a2b3c4d-0
+    operation: snapshot
+  conditions:
+  - {type: Stalled, status: "True", reason: SnapshotStoreFull, message: "see message", lastTransitionTime: "2024-05-01T11:59:50Z"}
+  rollout:
+    revision: 5
+    fromRevision: 4
+    step: Snapshotting
+    startedAt: "2024-05-01T11:59:50Z"
+    failure: "the pre-rollout snapshots of revision 5 need about 600 MiB (db 600 MiB) but the snapshot store has 512 MiB left"
+    snapshots:
+    - {component: db, snapshot: shop-db-r4-1714564790}
+    - {component: search, snapshot: shop-search-r4-1714564790}
+"#,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -167,6 +167,63 @@ pub fn size(st: Option<&StackSnapshotStatus>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// What the snapshot added to the store (`storedBytes`), or `-` (not complete, or taken
+/// before it was recorded).
+pub fn added(st: Option<&StackSnapshotStatus>) -> String {
+    st.and_then(|s| s.stored_bytes)
+        .map(bytes)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The repository's use and room in one line: `1.2 GiB used, 3.4 GiB left (quota 5.0
+/// GiB; 8.1 GiB free on the claim of 10 GiB); next rollout adds about 120 MiB; measured
+/// 3m ago by snapshot Job J`.
+pub fn repository_line(r: &deployctl_api::SnapshotRepositoryStatus, now: Timestamp) -> String {
+    let mut line = format!("{} used", bytes(r.used_bytes));
+    match r.available_bytes {
+        Some(a) => line.push_str(&format!(", {} left", bytes(a))),
+        None => line.push_str(", room unknown (no quota on S3)"),
+    }
+    let mut limits = vec![];
+    if let Some(q) = r.quota_bytes {
+        limits.push(format!("quota {}", bytes(q)));
+    }
+    if let (Some(free), Some(total)) = (r.volume_available_bytes, r.volume_bytes) {
+        limits.push(format!(
+            "{} free on the claim of {}",
+            bytes(free),
+            bytes(total)
+        ));
+    }
+    if !limits.is_empty() {
+        line.push_str(&format!(" ({})", limits.join("; ")));
+    }
+    match r.next_rollout_bytes {
+        Some(n) => line.push_str(&format!("; next rollout adds about {}", bytes(n))),
+        None => line.push_str("; next rollout: no estimate yet"),
+    }
+    if r.next_rollout_bytes.is_some() && !r.unestimated.is_empty() {
+        line.push_str(&format!(" (not counting {})", r.unestimated.join(", ")));
+    }
+    line.push_str(&format!("; measured {}", time::ago(&r.measured_at, now)));
+    if let (Some(op), Some(job)) = (&r.operation, &r.measured_by) {
+        line.push_str(&format!(" by {op} Job {job}"));
+    }
+    line
+}
+
+/// Whether the store is nearly full, as the alert judges it: under 15% of its capacity
+/// left, or less room than the next rollout's snapshots are estimated to add.
+pub fn repository_tight(r: &deployctl_api::SnapshotRepositoryStatus) -> bool {
+    let Some(room) = r.available_bytes else {
+        return false;
+    };
+    let low = r
+        .capacity_bytes
+        .is_some_and(|c| c > 0 && (room as f64) < 0.15 * c as f64);
+    low || r.next_rollout_bytes.is_some_and(|n| n > room)
+}
+
 /// The first 12 hex digits of the digest, or `-`.
 pub fn short_digest(st: Option<&StackSnapshotStatus>) -> String {
     st.and_then(|s| s.digest.as_deref())

@@ -169,15 +169,33 @@ async fn snapshots_are_taken_listed_verified_and_restored() {
         Some(digest.as_str())
     );
 
-    // list: the table, the wide table, the API objects.
+    // The snapshot measured the repository; the controller records it in the stack.
+    let stacks: Api<deployctl_api::ProductionStack> = Api::namespaced(client.clone(), ns);
+    wait_until(
+        "the stack's snapshot store to be measured",
+        std::time::Duration::from_secs(60),
+        || async {
+            stacks
+                .get("shop")
+                .await
+                .ok()?
+                .status?
+                .snapshot_repository
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // list: the table with the store under it, the wide table, the API objects.
     let out = run(kc, ns, &["snapshot", "list", "shop"])
         .await
         .expect_code(0);
     let rows: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    assert_eq!(rows.len(), 4, "{}", out.stdout);
     assert!(
         rows[0].starts_with("NAME ")
             && rows[0].contains("STACK   COMPONENT   REVISION   PHASE       SIZE")
+            && rows[0].contains("ADDED")
             && rows[0].contains("DIGEST         VERIFIED   AGE"),
         "{}",
         rows[0]
@@ -189,9 +207,20 @@ async fn snapshots_are_taken_listed_verified_and_restored() {
         "{}",
         rows[1]
     );
-    // SIZE is two words (`12 KiB`); then the short digest and no verification yet.
-    assert_eq!(cells[7], &digest[..12], "{}", rows[1]);
-    assert_eq!(cells[8], "-", "{}", rows[1]);
+    // SIZE and ADDED are two words each (`12 KiB`); then the short digest and no
+    // verification yet.
+    assert_eq!(cells[9], &digest[..12], "{}", rows[1]);
+    assert_eq!(cells[10], "-", "{}", rows[1]);
+    // The stack's store, measured by that snapshot's Job.
+    assert_eq!(rows[2], "", "{}", out.stdout);
+    assert!(
+        rows[3].starts_with(&format!("Snapshot store of {ns}/shop: "))
+            && rows[3].contains(" used, ")
+            && rows[3].contains(" free on the claim of ")
+            && rows[3].contains("by snapshot Job "),
+        "{}",
+        rows[3]
+    );
     let out = run(kc, ns, &["snapshot", "list", "-o", "wide"])
         .await
         .expect_code(0);

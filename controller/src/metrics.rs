@@ -1,5 +1,8 @@
 //! Prometheus metrics. Labels are bounded: results, error categories and phases; never
-//! stack names or error strings.
+//! error strings. The only per-stack series are the snapshot repository's gauges (one of
+//! each per stack with a measured repository, labelled `stack_namespace` and `stack`):
+//! their cardinality is the number of stacks, and an alert on a full store must say
+//! which stack's it is.
 
 use deployctl_api::StackPhase;
 use prometheus_client::encoding::text::encode;
@@ -54,6 +57,14 @@ struct StoreLabels {
     store: &'static str,
 }
 
+/// One stack. `stack_namespace`, not `namespace`: a ServiceMonitor adds `namespace` (the
+/// controller's) to every series, and the alerts group by it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StackLabels {
+    stack_namespace: String,
+    stack: String,
+}
+
 type DataHistograms = Family<DataOpLabels, Histogram, fn() -> Histogram>;
 
 fn data_histogram() -> Histogram {
@@ -82,6 +93,10 @@ pub struct Metrics {
     data_failures: Family<DataOpLabels, Counter>,
     verification_failures: Counter,
     store_errors: Family<StoreLabels, Counter>,
+    repository_used: Family<StackLabels, Gauge>,
+    repository_available: Family<StackLabels, Gauge>,
+    repository_capacity: Family<StackLabels, Gauge>,
+    repository_next_rollout: Family<StackLabels, Gauge>,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -180,6 +195,30 @@ impl Default for Metrics {
             "Snapshots found damaged by a verification or refused by a restore",
             verification_failures.clone(),
         );
+        let repository_used = Family::<StackLabels, Gauge>::default();
+        let repository_available = Family::<StackLabels, Gauge>::default();
+        let repository_capacity = Family::<StackLabels, Gauge>::default();
+        let repository_next_rollout = Family::<StackLabels, Gauge>::default();
+        registry.register(
+            "snapshot_repository_used_bytes",
+            "Bytes a stack's snapshot repository takes in its store, as last measured",
+            repository_used.clone(),
+        );
+        registry.register(
+            "snapshot_repository_available_bytes",
+            "Room left for a stack's new snapshots (free space on the claim, or quota less use, whichever is smaller); absent when unknown",
+            repository_available.clone(),
+        );
+        registry.register(
+            "snapshot_repository_capacity_bytes",
+            "The most a stack's snapshot repository can grow to (quota, or the claim's volume size, whichever is smaller); absent when unknown",
+            repository_capacity.clone(),
+        );
+        registry.register(
+            "snapshot_repository_next_rollout_bytes",
+            "What a stack's next pre-rollout snapshots are estimated to add to its repository; absent without an estimate",
+            repository_next_rollout.clone(),
+        );
         for operation in ["snapshot", "restore", "verify"] {
             let _ = data_duration.get_or_create(&DataOpLabels { operation });
             let _ = data_bytes.get_or_create(&DataOpLabels { operation });
@@ -224,6 +263,10 @@ impl Default for Metrics {
             data_failures,
             verification_failures,
             store_errors,
+            repository_used,
+            repository_available,
+            repository_capacity,
+            repository_next_rollout,
             phases: Mutex::new(HashMap::new()),
         }
     }
@@ -261,6 +304,42 @@ impl Metrics {
                 .get_or_create(&PhaseLabels { phase: p.as_str() })
                 .set(n as i64);
         }
+    }
+
+    /// Sets a stack's snapshot repository gauges from its status (None: the stack is
+    /// gone, or has no measurement; its series are removed). A figure that is not known
+    /// has no series rather than a 0 that would read as a full store.
+    pub fn set_repository(
+        &self,
+        namespace: &str,
+        stack: &str,
+        repo: Option<&deployctl_api::SnapshotRepositoryStatus>,
+    ) {
+        let labels = StackLabels {
+            stack_namespace: namespace.to_string(),
+            stack: stack.to_string(),
+        };
+        let set = |family: &Family<StackLabels, Gauge>, value: Option<i64>| match value {
+            Some(v) => {
+                family.get_or_create(&labels).set(v);
+            }
+            None => {
+                family.remove(&labels);
+            }
+        };
+        set(&self.repository_used, repo.map(|r| r.used_bytes));
+        set(
+            &self.repository_available,
+            repo.and_then(|r| r.available_bytes),
+        );
+        set(
+            &self.repository_capacity,
+            repo.and_then(|r| r.capacity_bytes),
+        );
+        set(
+            &self.repository_next_rollout,
+            repo.and_then(|r| r.next_rollout_bytes),
+        );
     }
 
     /// Records a gate measurement.
@@ -363,5 +442,43 @@ mod tests {
         assert!(text.contains("deployctl_stacks{phase=\"Healthy\"} 1"));
         assert!(text.contains("deployctl_reconcile_duration_seconds_count 2"));
         assert!(!text.contains("ns/a"), "no object names in labels");
+    }
+
+    #[test]
+    fn a_stacks_repository_has_one_series_per_figure_and_they_go_with_it() {
+        let m = Metrics::default();
+        let repo = deployctl_api::SnapshotRepositoryStatus {
+            used_bytes: 700,
+            available_bytes: Some(300),
+            capacity_bytes: Some(1000),
+            next_rollout_bytes: None,
+            objects: None,
+            volume_bytes: None,
+            volume_available_bytes: None,
+            quota_bytes: None,
+            unestimated: vec![],
+            measured_at: crate::context::now(),
+            measured_by: None,
+            operation: None,
+        };
+        m.set_repository("shop-ns", "shop", Some(&repo));
+        let text = m.encode();
+        let labels = r#"{stack_namespace="shop-ns",stack="shop"}"#;
+        for line in [
+            format!("deployctl_snapshot_repository_used_bytes{labels} 700"),
+            format!("deployctl_snapshot_repository_available_bytes{labels} 300"),
+            format!("deployctl_snapshot_repository_capacity_bytes{labels} 1000"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("deployctl_snapshot_repository_next_rollout_bytes{"),
+            "no estimate, no series: {text}"
+        );
+        m.set_repository("shop-ns", "shop", None);
+        assert!(
+            !m.encode().contains("shop-ns"),
+            "a deleted stack's series go"
+        );
     }
 }

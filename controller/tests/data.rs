@@ -3,7 +3,8 @@
 //! database's logical checksum equals the one taken before the upgrade (version 1 could
 //! not even start on the migrated data: it exits 4). The same when another component's
 //! release migrated the data through the database's API. Also a snapshot a person asks
-//! for, and a manual restore of it.
+//! for, and a manual restore of it; and a rollout held for room in the snapshot store
+//! until its quota is raised.
 
 mod support;
 
@@ -340,6 +341,108 @@ async fn an_invalid_spec_pushed_mid_rollback_does_not_stop_the_rollback() {
     let db = st.components.iter().find(|c| c.name == "db").unwrap();
     assert_eq!((db.revision, db.ready_replicas), (Some(1), 1), "{db:?}");
     assert_eq!(checksum(&dir), before);
+}
+
+/// `stack(db_tag, "")` with a filesystem store limited to `quota`.
+fn with_quota(db_tag: &str, quota: &str) -> ProductionStack {
+    let mut s = stack(db_tag, "");
+    s.spec.snapshots = Some(
+        serde_yaml_ng::from_str(&format!("{{store: {{filesystem: {{quota: '{quota}'}}}}}}"))
+            .unwrap(),
+    );
+    s
+}
+
+#[tokio::test]
+async fn a_rollout_whose_snapshot_does_not_fit_the_quota_stalls_untouched_until_it_is_raised() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("capacity").await;
+    let _controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let snaps: Api<StackSnapshot> = Api::namespaced(client.clone(), ns.name());
+    apply_stack(&stacks, with_quota("v1", "1Gi")).await;
+    wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(1)
+    })
+    .await;
+
+    // A snapshot measures the repository; the stack's status shows it.
+    let taken = take_snapshot(&snaps, "first").await;
+    assert_eq!(taken.phase, Some(SnapshotPhase::Completed), "{taken:?}");
+    let added = taken.stored_bytes.expect("the snapshot says what it added");
+    assert!(added > 0, "{taken:?}");
+    let s = wait_stack(&stacks, "shop", "the repository measured", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.snapshot_repository.as_ref())
+            .is_some_and(|r| r.next_rollout_bytes.is_some())
+    })
+    .await;
+    let repo = s.status.unwrap().snapshot_repository.unwrap();
+    assert!(repo.used_bytes >= added, "{repo:?}");
+    assert_eq!(repo.quota_bytes, Some(1 << 30));
+    assert_eq!(repo.next_rollout_bytes, Some(added));
+    assert!(
+        repo.volume_available_bytes.is_some_and(|v| v > 0),
+        "statvfs of the claim: {repo:?}"
+    );
+    assert_eq!(repo.operation.as_deref(), Some("snapshot"));
+
+    // Release 2 with a quota that leaves less room than db's snapshot adds.
+    let tight = repo.used_bytes + added / 2;
+    apply_stack(&stacks, with_quota("v2", &tight.to_string())).await;
+    let s = wait_stack(&stacks, "shop", "Stalled for room", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.condition("Stalled"))
+            .is_some_and(|c| c.status == "True" && c.reason == "SnapshotStoreFull")
+    })
+    .await;
+    let st = s.status.unwrap();
+    let msg = st.message.clone().unwrap_or_default();
+    assert!(msg.contains("nothing was changed"), "{msg}");
+    assert!(
+        msg.contains("spec.snapshots.store.filesystem.quota"),
+        "{msg}"
+    );
+    wait_event(&client, ns.name(), "SnapshotStoreFull").await;
+    // Nothing changed: no pre-rollout snapshot, db still runs revision 1 and serves.
+    let before_rollout = |list: &[StackSnapshot]| {
+        list.iter()
+            .filter(|s| s.spec.reason == deployctl_api::SnapshotReason::BeforeRollout)
+            .count()
+    };
+    assert_eq!(
+        before_rollout(&snaps.list(&Default::default()).await.unwrap().items),
+        0
+    );
+    for c in &st.components {
+        assert_eq!((c.revision, c.ready_replicas), (Some(1), 1), "{c:?}");
+    }
+    let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), ns.name())
+        .get("shop-db")
+        .await
+        .unwrap();
+    assert_eq!(
+        sts.annotations()
+            .get(deployctl_api::labels::REVISION)
+            .map(String::as_str),
+        Some("1"),
+        "the workload was not touched"
+    );
+
+    // Raising the quota is enough: the rollout starts with its snapshot and completes.
+    apply_stack(&stacks, with_quota("v2", "1Gi")).await;
+    let s = wait_stack(&stacks, "shop", "Healthy on revision 2", T, |s| {
+        is_ready(s) && s.status.as_ref().and_then(|st| st.stable_revision) == Some(2)
+    })
+    .await;
+    let list = snaps.list(&Default::default()).await.unwrap().items;
+    assert_eq!(before_rollout(&list), 1, "the rollout took its snapshot");
+    let repo = s.status.unwrap().snapshot_repository.unwrap();
+    assert!(repo.available_bytes.is_some_and(|a| a > 0), "{repo:?}");
 }
 
 /// The directory of the stack's snapshot repository (the store claim) on the node.

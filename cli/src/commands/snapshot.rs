@@ -16,7 +16,7 @@ use crate::error::{one_line, Call, CliError};
 use crate::output::progress::Progress;
 use crate::output::style::phase_color;
 use crate::output::table::Cell;
-use crate::output::{time, Style, Table};
+use crate::output::{time, Color, Style, Table};
 use crate::stack_snapshots::{self as snaps, SNAPSHOTS};
 use crate::stacks;
 use crate::watch::{self, Ended, Step};
@@ -49,8 +49,9 @@ pub struct SnapshotArgs {
 /// The `snapshot` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// List snapshots with their revision, phase, size, digest and verification, newest
-    /// first
+    /// List snapshots with their revision, phase, size, what each added to the store,
+    /// digest and verification, newest first; then each stack's snapshot store: used,
+    /// room left, quota and what the next rollout's snapshots are estimated to add
     List(ListArgs),
     /// Take a snapshot of a stack's data now: one per component that declares data
     Create(CreateArgs),
@@ -213,13 +214,25 @@ async fn run_list(args: ListArgs, ctx: &Ctx) -> Result<(), CliError> {
                 wide: wide == Some(ListFormat::Wide),
                 namespaces: args.all_namespaces,
             };
-            print(&table(&items, opts, Timestamp::now(), &ctx.style))
+            let now = Timestamp::now();
+            let mut out = table(&items, opts, now, &ctx.style);
+            // The stores the listed snapshots are in, from their stacks' status. A stack
+            // that cannot be read (gone, or not allowed) only loses its footer.
+            let stacks: Vec<ProductionStack> = match &args.stack {
+                Some(s) => stacks::get(&cluster, s).await.ok().into_iter().collect(),
+                None => stacks::list_raw(&cluster, args.all_namespaces)
+                    .await
+                    .map(|l| stacks::items(&l))
+                    .unwrap_or_default(),
+            };
+            out.push_str(&store_footer(&stacks, &items, now, &ctx.style));
+            print(&out)
         }
     }
 }
 
 /// The snapshots table: NAME, STACK, COMPONENT, REVISION (whose data), PHASE, SIZE,
-/// DIGEST (12 digits; all in wide), VERIFIED (result and age), AGE; `-A` adds NAMESPACE
+/// ADDED (what it added to the store), DIGEST (12 digits; all in wide), VERIFIED (result and age), AGE; `-A` adds NAMESPACE
 /// first, wide adds REASON, FILES, STORE and MESSAGE.
 pub fn table(
     snapshots: &[StackSnapshot],
@@ -235,7 +248,7 @@ pub fn table(
     if opts.wide {
         headers.push("REASON");
     }
-    headers.extend(["REVISION", "PHASE", "SIZE"]);
+    headers.extend(["REVISION", "PHASE", "SIZE", "ADDED"]);
     if opts.wide {
         headers.push("FILES");
     }
@@ -260,6 +273,7 @@ pub fn table(
         let phase = snaps::phase(s);
         row.push(Cell::colored(phase, phase_color(phase)));
         row.push(snaps::size(st).into());
+        row.push(snaps::added(st).into());
         if opts.wide {
             row.push(describe::opt_num(st.and_then(|s| s.files)).into());
             row.push(snaps::digest(st).into());
@@ -286,6 +300,47 @@ pub fn table(
         t.row(row);
     }
     t.render(style)
+}
+
+/// One line per stack of the listed snapshots with its snapshot store's use and room
+/// (from the stack's status), after a blank line; empty when none was measured.
+pub fn store_footer(
+    stacks: &[ProductionStack],
+    listed: &[StackSnapshot],
+    now: Timestamp,
+    style: &Style,
+) -> String {
+    let mut out = String::new();
+    for stack in stacks {
+        let shown = listed
+            .iter()
+            .any(|s| s.spec.stack == stack.name_any() && s.namespace() == stack.namespace());
+        let Some(repo) = stack
+            .status
+            .as_ref()
+            .and_then(|st| st.snapshot_repository.as_ref())
+            .filter(|_| shown)
+        else {
+            continue;
+        };
+        let line = format!(
+            "Snapshot store of {}/{}: {}\n",
+            stack.namespace().unwrap_or_default(),
+            stack.name_any(),
+            snaps::repository_line(repo, now)
+        );
+        let color = if snaps::repository_tight(repo) {
+            Color::Yellow
+        } else {
+            Color::Dim
+        };
+        out.push_str(&style.paint(&line, color));
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("\n{out}")
+    }
 }
 
 fn reason(r: SnapshotReason) -> &'static str {
@@ -940,6 +995,7 @@ status:
   method: Sqlite
   digest: "{}"
   sizeBytes: 1572864
+  storedBytes: 524288
   files: 1
   store: pvc://shop-snapshots
   completedAt: "2024-05-01T11:47:00Z"
@@ -992,6 +1048,29 @@ status: {phase: Failed, message: "the store shop-snapshots is full"}
     fn the_list_shows_revision_phase_size_digest_and_verification() {
         let out = table(&fixtures(), TableOptions::default(), now(), &Style::PLAIN);
         insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn the_list_ends_with_each_listed_stacks_snapshot_store() {
+        let shop = crate::describe::data_fixtures::stalled_for_room();
+        let out = store_footer(
+            std::slice::from_ref(&shop),
+            &fixtures(),
+            now(),
+            &Style::PLAIN,
+        );
+        assert_eq!(
+            out,
+            "\nSnapshot store of prod/shop: 4.5 GiB used, 512 MiB left (quota 5.0 GiB; 7.0 GiB free on the claim of 10 GiB); \
+             next rollout adds about 600 MiB (not counting search); measured 3m ago by snapshot Job shop-db-snap-1a2b3c4d-0\n"
+        );
+        // A stack none of whose snapshots is listed, or never measured, adds nothing.
+        assert_eq!(store_footer(&[shop], &[], now(), &Style::PLAIN), "");
+        let unmeasured = crate::describe::data_fixtures::snapshotting();
+        assert_eq!(
+            store_footer(&[unmeasured], &fixtures(), now(), &Style::PLAIN),
+            ""
+        );
     }
 
     #[test]

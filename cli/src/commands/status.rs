@@ -190,6 +190,15 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             &style.paint(&one_line(&c.message), Color::Red),
         );
     }
+    if let Some(repo) = &status.snapshot_repository {
+        let line = crate::stack_snapshots::repository_line(repo, now);
+        let color = if crate::stack_snapshots::repository_tight(repo) {
+            Color::Yellow
+        } else {
+            Color::Dim
+        };
+        kv(&mut out, "Store", &style.paint(&line, color));
+    }
     if let Some(r) = &status.rollout {
         let mut line = format!("revision {}", r.revision);
         if let Some(from) = r.from_revision {
@@ -441,6 +450,43 @@ mod tests {
             &Style::PLAIN,
         );
         insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn the_snapshot_store_shows_use_room_quota_and_the_next_rollouts_estimate() {
+        let out = render(
+            &crate::describe::data_fixtures::stalled_for_room(),
+            now(),
+            &Style::PLAIN,
+        );
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Store:"))
+            .unwrap_or_else(|| panic!("no store line in\n{out}"));
+        assert_eq!(
+            line,
+            "Store:         4.5 GiB used, 512 MiB left (quota 5.0 GiB; 7.0 GiB free on the claim of 10 GiB); \
+             next rollout adds about 600 MiB (not counting search); measured 3m ago by snapshot Job shop-db-snap-1a2b3c4d-0"
+        );
+        assert!(
+            out.contains("Conditions:    Stalled=True (SnapshotStoreFull)"),
+            "{out}"
+        );
+        // Coloured as a warning: the next rollout does not fit.
+        let style = Style {
+            color: true,
+            width: None,
+        };
+        let coloured = render(
+            &crate::describe::data_fixtures::stalled_for_room(),
+            now(),
+            &style,
+        );
+        let yellow = style.paint("4.5 GiB used", Color::Yellow);
+        assert!(
+            coloured.contains(&yellow[..yellow.len() - 4]),
+            "{coloured:?}"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::time::Instant;
 use deployctl_snapshot::store::{ACCESS_KEY_ENV, SECRET_KEY_ENV};
 use deployctl_snapshot::{
     plan_retention, recover_interrupted_restore, DataDirLock, Error as EngineError, GcOptions,
-    MasterKey, Method, Phase, ProgressUpdate, Repository, RestoreOptions, RetentionPolicy,
-    SnapshotId, SnapshotOptions, Source, StoreSpec, TryLock,
+    MasterKey, Method, Phase, ProgressUpdate, RepoUsage, Repository, RestoreOptions,
+    RetentionPolicy, SnapshotId, SnapshotOptions, Source, StoreSpec, TryLock,
 };
 
 use super::job::{AgentOp, TERMINATION_LOG};
@@ -160,7 +160,10 @@ struct Outcome {
     files: Option<u64>,
     chunks: Option<u64>,
     new_bytes: Option<u64>,
+    stored_bytes: Option<u64>,
     message: Option<String>,
+    /// The repository measured after the work, when it could be.
+    usage: Option<RepoUsage>,
 }
 
 /// Runs the agent: does the work, prints the result, writes the termination log.
@@ -197,7 +200,14 @@ pub fn run(args: &AgentArgs) -> AgentResult {
             r.files = o.files;
             r.chunks = o.chunks;
             r.new_bytes = o.new_bytes;
+            r.stored_bytes = o.stored_bytes;
             r.message = o.message;
+            if let Some(u) = o.usage {
+                r.repository_bytes = Some(u.stored_bytes);
+                r.repository_objects = Some(u.objects);
+                r.total_bytes = u.space.map(|s| s.total_bytes);
+                r.available_bytes = u.space.map(|s| s.available_bytes);
+            }
         }
         Err(f) => {
             r.category = Some(f.category.into());
@@ -473,8 +483,24 @@ fn snapshot(args: &AgentArgs) -> Result<Outcome, Failure> {
         files: Some(report.info.meta.file_count),
         chunks: Some(report.info.meta.chunk_count),
         new_bytes: Some(report.new_bytes),
+        stored_bytes: Some(report.stored_bytes),
         message: None,
+        usage: measure(&repo),
     })
+}
+
+/// What the repository takes and the room left under it, after a run that may have
+/// changed it, for the controller's capacity check. A listing of every object (one
+/// request per 1,000 on S3): cheap next to the run itself. A failure is only logged:
+/// the run succeeded, and the controller keeps its previous measurement.
+fn measure(repo: &Repository) -> Option<RepoUsage> {
+    match repo.usage() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            eprintln!("measuring the repository failed (the run itself succeeded): {e}");
+            None
+        }
+    }
 }
 
 /// What became of the live data after a failed restore. Every refusal before the swap
@@ -557,6 +583,7 @@ fn verify(args: &AgentArgs) -> Result<Outcome, Failure> {
         size_bytes: Some(m.meta.total_size),
         files: Some(report.files),
         chunks: Some(report.unique_chunks),
+        usage: measure(&repo),
         ..Outcome::default()
     })
 }
@@ -624,6 +651,7 @@ fn prune(args: &AgentArgs) -> Result<Outcome, Failure> {
             gc.deleted_bytes,
             gc.kept_young,
         )),
+        usage: measure(&repo),
         ..Outcome::default()
     })
 }

@@ -43,9 +43,27 @@ pub struct AgentResult {
     /// Chunks referenced (snapshot, restore) or distinct chunks re-hashed (verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u64>,
-    /// Bytes the snapshot added to the repository.
+    /// Bytes of data the snapshot added to the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_bytes: Option<u64>,
+    /// What the snapshot added to the store, as stored (its new chunks after
+    /// compression and encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
+    /// What the whole repository takes in its store after the run (snapshot, verify,
+    /// prune), as stored. Unset when the measurement failed (the run itself still
+    /// counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_bytes: Option<u64>,
+    /// Objects the repository holds after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_objects: Option<u64>,
+    /// Size of the volume under a filesystem repository (`statvfs`); unset for S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Free bytes of that volume for an unprivileged writer (`f_bavail`); unset for S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<u64>,
     /// Wall time of the run. Always set by the agent; optional on the wire so a result
     /// from an agent that died early can still be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +88,11 @@ impl AgentResult {
             files: None,
             chunks: None,
             new_bytes: None,
+            stored_bytes: None,
+            repository_bytes: None,
+            repository_objects: None,
+            total_bytes: None,
+            available_bytes: None,
             duration_seconds: Some(duration_seconds),
             message: None,
             category: None,
@@ -161,6 +184,34 @@ mod tests {
         assert!(line.len() <= MAX_ENCODED_BYTES, "{}", line.len());
         let back = parse_termination_message(&line).unwrap();
         assert!(back.message.unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn a_result_with_every_figure_at_its_largest_still_fits() {
+        let mut r = AgentResult::new(AgentOp::Snapshot, true, f64::MAX);
+        r.digest = Some("ab".repeat(32));
+        for field in [
+            &mut r.size_bytes,
+            &mut r.files,
+            &mut r.chunks,
+            &mut r.new_bytes,
+            &mut r.stored_bytes,
+            &mut r.repository_bytes,
+            &mut r.repository_objects,
+            &mut r.total_bytes,
+            &mut r.available_bytes,
+        ] {
+            *field = Some(u64::MAX);
+        }
+        r.category = Some("x".repeat(40));
+        r.message = Some("\u{1}".repeat(MAX_MESSAGE_BYTES));
+        let line = r.to_json_line();
+        assert!(line.len() <= MAX_ENCODED_BYTES, "{}", line.len());
+        let back = parse_termination_message(&line).unwrap();
+        assert_eq!(back.repository_bytes, Some(u64::MAX));
+        assert_eq!(back.available_bytes, Some(u64::MAX));
+        assert!(line.contains(r#""storedBytes":"#), "{line}");
+        assert!(line.contains(r#""repositoryBytes":"#), "{line}");
     }
 
     #[test]

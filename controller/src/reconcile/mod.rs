@@ -275,6 +275,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     // safe: re-planning notices what was not done.
     status::write(&ctx.client, stack, &previous, &decision.status).await?;
     ctx.metrics.set_phase(&key, decision.status.phase);
+    ctx.metrics
+        .set_repository(&ns, &name, decision.status.snapshot_repository.as_ref());
 
     // 8. Act.
     for action in &decision.actions {
@@ -349,6 +351,23 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                 )
                 .await?;
                 tracing::info!(stack = %key, component, snapshot = %snapshot, job = %job, "started restore");
+            }
+            plan::Action::Prune {
+                component,
+                job,
+                forget,
+                snapshots: forgotten,
+            } => {
+                let mut revisions: Vec<&plan::RevisionRef> = vec![&desired];
+                revisions.extend(history.values().rev());
+                snapshots::prune_to_fit(
+                    ctx,
+                    stack,
+                    &revisions,
+                    (component, job.as_deref(), forget, forgotten),
+                )
+                .await?;
+                tracing::info!(stack = %key, component, job = ?job, snapshots = ?forgotten, "pruning to fit");
             }
         }
     }

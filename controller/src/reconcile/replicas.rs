@@ -24,7 +24,8 @@ pub enum Failure {
 #[derive(Clone, Debug)]
 pub enum Finished {
     Running,
-    Ok(AgentResult),
+    /// The agent's result (boxed: it is large next to the other variants).
+    Ok(Box<AgentResult>),
     /// The message, and what kind of failure it was.
     Failed(String, Failure),
 }
@@ -99,7 +100,7 @@ pub fn combine(outcomes: Vec<(i32, Finished)>) -> Combined {
     for (ordinal, f) in outcomes {
         match f {
             Finished::Running => unreachable!("returned above"),
-            Finished::Ok(r) => completed.push((ordinal, r)),
+            Finished::Ok(r) => completed.push((ordinal, *r)),
             Finished::Failed(m, k) => {
                 kind = kind.max(Some(k));
                 failures.push(if several {
@@ -132,7 +133,7 @@ mod tests {
     fn ok(digest: &str) -> Finished {
         let mut r = AgentResult::new(AgentOp::Snapshot, true, 1.0);
         r.digest = Some(digest.into());
-        Finished::Ok(r)
+        Finished::Ok(Box::new(r))
     }
 
     #[test]

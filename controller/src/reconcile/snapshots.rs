@@ -12,7 +12,8 @@ use crate::reconcile::build::{self, owner_ref, Workload};
 use crate::reconcile::plan::snapshots::{agent_busy, job_name};
 use crate::reconcile::plan::{housekeeping, lifecycle};
 use crate::reconcile::plan::{
-    AgentRun, DataObserved, JobOutcome, RevisionRef, SnapshotObserved, WorkloadState,
+    AgentRun, DataObserved, JobOutcome, RepositoryMeasurement, RevisionRef, SnapshotObserved,
+    WorkloadState,
 };
 use crate::reconcile::replicas::{self, Combined, Failure, Finished};
 use deployctl_api::{
@@ -429,6 +430,13 @@ pub async fn sync(
         }
     }
 
+    // Before verification Jobs are recorded and deleted: they measure the repository too.
+    let since = stack
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot_repository.as_ref())
+        .map(|r| r.measured_at.clone());
+    let measurement = newest_measurement(client, &ns, &world.jobs, since.as_ref()).await?;
     record_verifications(ctx, &ns, &store, world).await?;
     let next = keep_house(ctx, stack, desired, world, &mut agents, requested).await?;
 
@@ -444,6 +452,10 @@ pub async fn sync(
                 digest: st.digest.clone(),
                 corrupt: st.verification == Some(VerificationResult::Corrupt),
                 verified: st.verification == Some(VerificationResult::Verified),
+                created: s.metadata.creation_timestamp.clone(),
+                digests: st.digests().into_iter().map(|(_, d)| d).collect(),
+                stored_bytes: st.stored_bytes,
+                new_bytes: st.new_bytes,
             },
         );
     }
@@ -498,7 +510,54 @@ pub async fn sync(
     }
     observed.agents = agents;
     observed.foreign = world.foreign.clone();
+    observed.repository = measurement;
     Ok((observed, next))
+}
+
+/// The newest measurement of the repository among the agent Jobs (snapshot, verify,
+/// prune) that succeeded after the measurement the status holds (`since`). Usually no
+/// Job qualifies and nothing is read; a Job that finished since is read once, as the
+/// planner then records its measurement. A Job whose agent reported none (the
+/// measurement failed) is read again on later passes until a newer one is recorded, at
+/// most for the day a finished Job is kept.
+async fn newest_measurement(
+    client: &Client,
+    ns: &str,
+    jobs: &[Job],
+    since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> Result<Option<RepositoryMeasurement>> {
+    let mut finished: Vec<(&Job, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)> = jobs
+        .iter()
+        .filter(|j| {
+            matches!(
+                j.labels().get(labels::DATA_OPERATION).map(String::as_str),
+                Some("snapshot" | "verify" | "prune")
+            )
+        })
+        .filter_map(|j| {
+            let done = j.status.as_ref()?.completion_time.clone()?;
+            Some((j, done))
+        })
+        .filter(|(_, done)| since.is_none_or(|s| done.0 > s.0))
+        .collect();
+    finished.sort_by_key(|(_, done)| std::cmp::Reverse(done.0));
+    for (job, at) in finished {
+        let Finished::Ok(r) = job_outcome(client, ns, job).await? else {
+            continue;
+        };
+        let Some(used) = r.repository_bytes else {
+            continue;
+        };
+        return Ok(Some(RepositoryMeasurement {
+            used_bytes: used,
+            objects: r.repository_objects,
+            volume: r.total_bytes.zip(r.available_bytes),
+            at,
+            job: job.name_any(),
+            operation: r.operation.as_str().to_string(),
+        }));
+    }
+    Ok(None)
 }
 
 /// The group an agent Job belongs to, the group's size and the Job's replica (a Job made
@@ -537,6 +596,7 @@ fn record_results(st: &mut StackSnapshotStatus, results: &[(i32, AgentResult)]) 
     st.files = total(|r| r.files);
     st.chunks = total(|r| r.chunks);
     st.new_bytes = total(|r| r.new_bytes);
+    st.stored_bytes = total(|r| r.stored_bytes);
     for (o, r) in results {
         if let Some(e) = st.replicas.iter_mut().find(|e| e.ordinal == *o) {
             e.digest = r.digest.clone();
@@ -731,18 +791,7 @@ async fn keep_house(
         .collect();
     let status = stack.status.clone().unwrap_or_default();
     // What a rollout, a rollback or a pending Restore operation may still restore.
-    let protected: std::collections::BTreeSet<String> = status
-        .rollout
-        .iter()
-        .flat_map(|r| r.snapshots.iter().map(|s| s.snapshot.clone()))
-        .chain(
-            status
-                .rollback
-                .iter()
-                .flat_map(|r| r.restores.iter().map(|s| s.snapshot.clone())),
-        )
-        .chain(requested.iter().cloned())
-        .collect();
+    let protected = housekeeping::protected(&status, requested.iter().map(String::as_str));
     let now = chrono::Utc::now();
     let stack_created = stack
         .metadata
@@ -862,24 +911,7 @@ async fn keep_house(
                 operation: "prune".into(),
                 job: job.clone(),
             });
-        start_agent(
-            ctx,
-            stack,
-            AgentJob {
-                op: AgentOp::Prune,
-                name: job,
-                component,
-                data,
-                snapshot_object: "",
-                digest: None,
-                revision: None,
-                node: None,
-                forget: forget.clone(),
-                ordinal: 0,
-                group_size: 1,
-            },
-        )
-        .await?;
+        start_prune(ctx, stack, component, data, &job, forget).await?;
     }
     let api: Api<StackSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     for snap_name in &plan.delete {
@@ -899,6 +931,67 @@ async fn keep_house(
         world.snapshots.retain(|s| &s.name_any() != snap_name);
     }
     Ok(plan.next)
+}
+
+/// Starts the prune Job `job` that forgets exactly the digests `forget` of `component`
+/// and garbage-collects the repository.
+async fn start_prune(
+    ctx: &Context,
+    stack: &ProductionStack,
+    component: &Component,
+    data: &ComponentData,
+    job: &str,
+    forget: &[String],
+) -> Result<()> {
+    start_agent(
+        ctx,
+        stack,
+        AgentJob {
+            op: AgentOp::Prune,
+            name: job.to_string(),
+            component,
+            data,
+            snapshot_object: "",
+            digest: None,
+            revision: None,
+            node: None,
+            forget: forget.to_vec(),
+            ordinal: 0,
+            group_size: 1,
+        },
+    )
+    .await
+}
+
+/// Carries out a prune to fit (the planner's `Prune`): the prune Job first, then the
+/// StackSnapshots it forgets. Prune before the objects go, as retention does: a
+/// controller that dies in between finds the same prune in the status and the Job
+/// already there.
+pub async fn prune_to_fit(
+    ctx: &Context,
+    stack: &ProductionStack,
+    revisions: &[&RevisionRef],
+    (component, job, forget, snapshots): (&str, Option<&str>, &[String], &[String]),
+) -> Result<()> {
+    if let Some(job) = job {
+        let Some((spec, data)) = revisions.iter().find_map(|r| {
+            r.component(component)
+                .and_then(|c| c.data.as_ref().map(|d| (c, d)))
+        }) else {
+            return Ok(());
+        };
+        start_prune(ctx, stack, spec, data, job, forget).await?;
+    }
+    let api: Api<StackSnapshot> =
+        Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    for name in snapshots {
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Counts a failed agent Job in the metrics.
@@ -1152,7 +1245,7 @@ fn outcome(
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
     let result = message.as_deref().map(parse_termination_message);
     match (done, result) {
-        (true, Some(Ok(r))) if r.ok => Finished::Ok(r),
+        (true, Some(Ok(r))) if r.ok => Finished::Ok(Box::new(r)),
         (_, Some(Ok(r))) => {
             let kind = if r.is_corruption() {
                 Failure::Corrupt

@@ -64,6 +64,7 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
         stack_analysed: false,
         step: (!snapshots.is_empty()).then_some(RolloutStep::Snapshotting),
         snapshots,
+        pruned_to_fit: None,
     });
 }
 

@@ -3,7 +3,7 @@
 //! drill that re-reads and re-hashes a snapshot), and retention (which snapshot objects
 //! go, and exactly which snapshots the repository forgets when the agent prunes it).
 
-use deployctl_api::{data, SnapshotPhase, SnapshotPolicy, SnapshotReason};
+use deployctl_api::{data, ProductionStackStatus, SnapshotPhase, SnapshotPolicy, SnapshotReason};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -51,6 +51,28 @@ pub struct Housekeeping {
     pub prune: BTreeMap<String, Vec<String>>,
     /// When to look again for the next scheduled snapshot or verification.
     pub next: Option<Duration>,
+}
+
+/// The snapshots neither retention nor a prune to fit may forget: those the rollout in
+/// progress took (its rollback restores them), those the rollback in progress restores,
+/// and those pending Restore operations name (`requested`). The one statement of this
+/// rule: both the housekeeping pass and the capacity check use it.
+pub fn protected<'a>(
+    status: &ProductionStackStatus,
+    requested: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<String> {
+    status
+        .rollout
+        .iter()
+        .flat_map(|r| r.snapshots.iter().map(|s| s.snapshot.clone()))
+        .chain(
+            status
+                .rollback
+                .iter()
+                .flat_map(|r| r.restores.iter().map(|s| s.snapshot.clone())),
+        )
+        .chain(requested.into_iter().map(str::to_string))
+        .collect()
 }
 
 /// Decides housekeeping for stack `stack` whose components with data are `components`.

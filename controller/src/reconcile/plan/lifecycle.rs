@@ -190,7 +190,7 @@ mod tests {
     }
 
     fn ok() -> Finished {
-        Finished::Ok(AgentResult::new(AgentOp::Snapshot, true, 1.0))
+        Finished::Ok(Box::new(AgentResult::new(AgentOp::Snapshot, true, 1.0)))
     }
 
     fn stopped(yes: bool) -> BTreeMap<String, WorkloadState> {

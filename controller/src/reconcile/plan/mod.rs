@@ -7,6 +7,7 @@
 //! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
 //! `operations`, `status` (phase and conditions).
 
+pub mod capacity;
 mod forward;
 pub mod housekeeping;
 pub mod lifecycle;
@@ -74,6 +75,26 @@ pub struct DataObserved {
     /// pre-rollout snapshots of this stack (another stack's, a person's, a schedule's): a
     /// pre-rollout snapshot never adopts one of these names.
     pub foreign: std::collections::BTreeSet<String>,
+    /// The newest measurement of the repository by an agent Job that the status does not
+    /// hold yet, if any.
+    pub repository: Option<RepositoryMeasurement>,
+}
+
+/// What an agent Job measured of the stack's repository after its run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepositoryMeasurement {
+    /// Bytes of every object of the repository, as stored.
+    pub used_bytes: u64,
+    /// Objects it holds.
+    pub objects: Option<u64>,
+    /// The volume under a filesystem repository: (size, bytes available).
+    pub volume: Option<(u64, u64)>,
+    /// When the Job finished.
+    pub at: Time,
+    /// The Job.
+    pub job: String,
+    /// What it did (`snapshot`, `verify`, `prune`).
+    pub operation: String,
 }
 
 /// A running agent Job.
@@ -86,7 +107,7 @@ pub struct AgentRun {
 }
 
 /// One StackSnapshot, as far as planning needs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SnapshotObserved {
     /// Component whose data it holds.
     pub component: String,
@@ -100,6 +121,14 @@ pub struct SnapshotObserved {
     pub corrupt: bool,
     /// Whether a verification found it sound.
     pub verified: bool,
+    /// When the object was created (orders a component's snapshots).
+    pub created: Option<Time>,
+    /// The digests it names in the repository (one per replica).
+    pub digests: Vec<String>,
+    /// What it added to the store, as stored (`storedBytes`).
+    pub stored_bytes: Option<i64>,
+    /// What it added in data bytes (`newBytes`), for snapshots older than `storedBytes`.
+    pub new_bytes: Option<i64>,
 }
 
 /// Where a data Job is.
@@ -235,6 +264,19 @@ pub enum Action {
         /// Name of the Job.
         job: String,
     },
+    /// Forget snapshots of a component to make room (`retention.pruneToFit`): start the
+    /// prune Job that forgets exactly `forget`, then delete the StackSnapshots.
+    Prune {
+        /// Component name.
+        component: String,
+        /// Name of the prune Job; None when every digest is also named by a snapshot
+        /// that stays (only the objects go).
+        job: Option<String>,
+        /// Digests the repository forgets.
+        forget: Vec<String>,
+        /// StackSnapshots deleted with them.
+        snapshots: Vec<String>,
+    },
 }
 
 /// An Event to record.
@@ -330,6 +372,8 @@ struct Planner<'a> {
     quiescing: BTreeMap<String, String>,
     /// Set when the pre-rollout snapshots are not all complete.
     snapshotting: bool,
+    /// Set while the rollout waits for room in the snapshot store (a prune to fit).
+    capacity_wait: Option<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -501,8 +545,10 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         rollback_ran: false,
         quiescing: BTreeMap::new(),
         snapshotting: false,
+        capacity_wait: None,
     };
     p.quiescing = snapshots::quiescing(&p);
+    capacity::record(&mut p);
 
     operations::apply(&mut p);
 

@@ -7,7 +7,11 @@
 //! and checks the data invariants after every step: nothing starts on data still to be
 //! restored, a restore or a snapshot starts only while no other agent works on that
 //! data, a rollback ends with every restore settled, and a failed restore always has its
-//! ways out.
+//! ways out. Half the seeds give the store a small quota (raised now and then), half of
+//! those with `retention.pruneToFit`: a rollout's snapshots are asked for only when they
+//! fit, nothing of a revision is applied while it waits for room, and a prune to fit
+//! never forgets a snapshot a rollout, rollback or restore needs, nor a component's
+//! newest (the world refuses such a prune).
 //!
 //! A restart keeps only what status holds: the planner is a pure function of the world
 //! and the status, so every step *is* a restart; the world here never keeps anything
@@ -62,9 +66,27 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
     let method = [SQLITE, SQLITE, EXEC, FILES, FORWARD_ONLY][rng.below(5) as usize];
     let exec = method == EXEC;
     let mut w = World::new(data_spec("db:1", "api:1", method));
+    // The store: unmeasured and unbounded, or a small quota each snapshot eats into.
+    let mut quota = [None, None, Some(250), Some(450)][rng.below(4) as usize];
+    let prune_to_fit = quota.is_some() && rng.chance(50);
+    let policy = |quota: Option<i64>| -> Option<deployctl_api::SnapshotPolicy> {
+        quota.map(|q| {
+            serde_yaml_ng::from_str(&format!(
+                "{{store: {{filesystem: {{quota: '{q}'}}}}, retention: {{pruneToFit: {prune_to_fit}}}}}"
+            ))
+            .expect("a valid policy")
+        })
+    };
+    if quota.is_some() {
+        w.repo_used = Some(0);
+        w.snapshot_adds = 60 + rng.below(80) as i64;
+    }
+    w.spec.snapshots = policy(quota);
     let mut now = w.settle(0, true);
     let mut revision = 1;
-    let mut log = vec![format!("seed {seed}: method {method}")];
+    let mut log = vec![format!(
+        "seed {seed}: method {method}, quota {quota:?}, pruneToFit {prune_to_fit}"
+    )];
     let mut agent_left = 0u32;
     for step in 0..STEPS {
         let mut event = String::new();
@@ -78,6 +100,7 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
                 };
                 event = format!("new revision {revision} ({db}, api:{revision})");
                 w.change(data_spec(&db, &format!("api:{revision}"), method), revision);
+                w.spec.snapshots = policy(quota);
             }
             10..=19 => {
                 let (name, action, to) = match rng.below(6) {
@@ -119,9 +142,15 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
                         digest: None,
                         corrupt: false,
                         verified: false,
+                        ..Default::default()
                     },
                 );
                 event = format!("scheduled snapshot {name} of db falls due");
+            }
+            26..=27 if quota.is_some() => {
+                quota = quota.map(|q| q + 200);
+                w.spec.snapshots = policy(quota);
+                event = format!("the quota is raised to {quota:?}");
             }
             23..=25 if agent_left == 0 => {
                 agent_left = 1 + rng.below(4) as u32;
@@ -188,8 +217,14 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
             }
         };
         log.push(format!(
-            "step {step} (t={now}): {event} -> {:?} / {:?}",
-            p.actions, w.status.phase
+            "step {step} (t={now}): {event} -> {:?} / {:?}{}",
+            p.actions,
+            w.status.phase,
+            if stalled_for_room(&w) {
+                " (waiting for room)"
+            } else {
+                ""
+            }
         ));
         if verbose {
             eprintln!("{}", log.last().expect("just pushed"));
@@ -218,6 +253,15 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
     Ok(log)
 }
 
+/// Whether the stack waits for room in the snapshot store.
+fn stalled_for_room(w: &World) -> bool {
+    w.status
+        .condition(deployctl_api::conditions::STALLED)
+        .is_some_and(|c| {
+            c.status == "True" && c.reason == deployctl_api::conditions::reason::SNAPSHOT_STORE_FULL
+        })
+}
+
 /// The invariants, after one step from `before` that planned `p` and led to `w`.
 fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> {
     let unsettled = |w: &World| -> Vec<String> {
@@ -231,6 +275,19 @@ fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> 
     };
     for a in &p.actions {
         match a {
+            // Nothing of a revision waiting for room in the store is applied.
+            Action::Apply {
+                component,
+                revision,
+            } if stalled_for_room(w)
+                && *revision == w.desired.number
+                && before.running(component) != Some(*revision) =>
+            {
+                return Err(format!(
+                    "{component} applied at revision {revision} while the rollout waits for room: {:?}",
+                    w.status.message
+                ));
+            }
             // Old code never runs on data it cannot read: nothing that uses data still to
             // be restored starts.
             Action::Apply { component, .. } => {
@@ -238,6 +295,19 @@ fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> 
                     if held(&r).contains(&component.as_str()) {
                         return Err(format!(
                             "{component} started while the data of {r} is not restored"
+                        ));
+                    }
+                }
+            }
+            // A pre-rollout snapshot is asked for only when it fits, or room is unknown.
+            Action::Snapshot { name, .. } => {
+                let st = p.status.snapshot_repository.as_ref();
+                let room = st.and_then(|s| s.available_bytes);
+                let need = st.and_then(|s| s.next_rollout_bytes);
+                if let (Some(room), Some(need)) = (room, need) {
+                    if need > room {
+                        return Err(format!(
+                            "pre-rollout snapshot {name} asked for with {room} bytes of room for an estimated {need}"
                         ));
                     }
                 }
@@ -368,11 +438,14 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
     let mut rolled_back = 0;
     let mut failed_restores = 0;
     let (mut scheduled_done, mut scheduled_waiting) = (0, 0);
+    let (mut waited_for_room, mut pruned_to_fit) = (0, 0);
     for seed in 0..seeds {
         match run(seed, false) {
             Ok(log) => {
                 rolled_back += usize::from(log.iter().any(|l| l.contains("RolledBack")));
                 failed_restores += usize::from(log.iter().any(|l| l.contains("operation accept")));
+                waited_for_room += usize::from(log.iter().any(|l| l.contains("waiting for room")));
+                pruned_to_fit += usize::from(log.iter().any(|l| l.contains("Prune {")));
                 let last = log.last().expect("a summary line");
                 scheduled_done += usize::from(!last.contains(": 0 completed"));
                 scheduled_waiting += usize::from(!last.contains(", 0 waiting"));
@@ -395,5 +468,13 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
     assert!(
         scheduled_waiting > 0,
         "no scheduled snapshot ever had to wait for another agent"
+    );
+    assert!(
+        waited_for_room as u64 > seeds / 20,
+        "only {waited_for_room} of {seeds} seeds held a rollout for room in the store"
+    );
+    assert!(
+        pruned_to_fit as u64 > seeds / 50,
+        "only {pruned_to_fit} of {seeds} seeds pruned to fit"
     );
 }

@@ -127,8 +127,51 @@ pub(super) fn snapshotting(p: &mut Planner<'_>) -> bool {
     let Some(mut r) = p.status.rollout.clone() else {
         return false;
     };
-    if r.snapshots.is_empty() || r.failure.is_some() && r.step == Some(RolloutStep::Snapshotting) {
+    if r.snapshots.is_empty() {
         return r.step == Some(RolloutStep::Snapshotting);
+    }
+    // Before the first snapshot is asked for, nothing has changed: the check that they
+    // fit in the store runs here, on every pass, so the rollout starts as soon as there
+    // is room (a raised quota, a new measurement after a prune) without a retry.
+    let none_requested = r
+        .snapshots
+        .iter()
+        .all(|s| !p.input.data.snapshots.contains_key(&s.snapshot));
+    if r.step == Some(RolloutStep::Snapshotting)
+        && r.component.is_none()
+        && r.analysed.is_empty()
+        && none_requested
+    {
+        match super::capacity::check(p, &mut r) {
+            // Only the capacity check fails a rollout before any snapshot exists.
+            super::capacity::Room::Fits => r.failure = None,
+            super::capacity::Room::Making(note) => {
+                r.failure = None;
+                p.status.rollout = Some(r);
+                p.capacity_wait = Some(note);
+                p.requeue_in(std::time::Duration::from_secs(2));
+                return true;
+            }
+            super::capacity::Room::Full(msg) => {
+                let reported = p
+                    .input
+                    .previous
+                    .condition(conditions::STALLED)
+                    .is_some_and(|c| c.status == "True" && c.reason == reason::SNAPSHOT_STORE_FULL);
+                if !reported {
+                    p.event(true, reason::SNAPSHOT_STORE_FULL, msg.clone());
+                }
+                r.failure = Some(msg);
+                p.status.rollout = Some(r);
+                p.failure_reason = Some(reason::SNAPSHOT_STORE_FULL);
+                // A new measurement or a spec change wakes the stack; this is the backstop.
+                p.requeue_in(std::time::Duration::from_secs(60));
+                return true;
+            }
+        }
+    }
+    if r.failure.is_some() && r.step == Some(RolloutStep::Snapshotting) {
+        return true;
     }
     // Only before the first component moves: later, the snapshots are history (and may
     // have been pruned), not something to wait for.

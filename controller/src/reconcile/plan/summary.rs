@@ -98,7 +98,10 @@ pub(super) fn finish(p: &mut Planner<'_>) {
             (None, Some(step)) => format!(" ({step:?})"),
             (None, None) => String::new(),
         };
-        let msg = format!("rolling out revision {}{what}", r.revision);
+        let msg = match &p.capacity_wait {
+            Some(note) => format!("rolling out revision {}: {note}", r.revision),
+            None => format!("rolling out revision {}{what}", r.revision),
+        };
         (
             StackPhase::Progressing,
             false,

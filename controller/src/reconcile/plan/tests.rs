@@ -43,6 +43,14 @@ pub(super) struct World {
     pub(super) snapshot_result: Option<SnapshotPhase>,
     /// How the next restore Job ends.
     pub(super) restore_result: JobOutcome,
+    /// What the repository takes, once measured (None: never measured). Each snapshot
+    /// adds `snapshot_adds`, each prune frees what its snapshots added, and each
+    /// measures it again, as the agents do.
+    pub(super) repo_used: Option<i64>,
+    /// What each completed snapshot adds to the store.
+    pub(super) snapshot_adds: i64,
+    /// The time of the step in progress.
+    clock: i64,
 }
 
 impl World {
@@ -60,6 +68,23 @@ impl World {
             data: DataObserved::default(),
             snapshot_result: Some(SnapshotPhase::Completed),
             restore_result: JobOutcome::Succeeded,
+            repo_used: None,
+            snapshot_adds: 100,
+            clock: 0,
+        }
+    }
+
+    /// An agent measured the repository now (when it is measured at all).
+    fn measured(&mut self, job: &str, operation: &str) {
+        if let Some(used) = self.repo_used {
+            self.data.repository = Some(RepositoryMeasurement {
+                used_bytes: used as u64,
+                objects: None,
+                volume: None,
+                at: t(self.clock),
+                job: job.into(),
+                operation: operation.into(),
+            });
         }
     }
 
@@ -118,7 +143,7 @@ impl World {
                 let mut r =
                     crate::agent::AgentResult::new(crate::agent::AgentOp::Snapshot, true, 1.0);
                 r.digest = Some("d".into());
-                Finished::Ok(r)
+                Finished::Ok(Box::new(r))
             }
             Some(_) => Finished::Failed("store unreachable".into(), Failure::Store),
             None => Finished::Running,
@@ -166,6 +191,13 @@ impl World {
                 lifecycle::Step::Complete(_) => {
                     s.phase = Some(SnapshotPhase::Completed);
                     s.digest = Some("d".into());
+                    s.digests = vec![format!("digest-{name}")];
+                    s.stored_bytes = Some(self.snapshot_adds);
+                    s.created.get_or_insert(t(self.clock));
+                    if let Some(u) = self.repo_used.as_mut() {
+                        *u += self.snapshot_adds;
+                    }
+                    self.measured(&name, "snapshot");
                 }
                 lifecycle::Step::Fail { message, .. } | lifecycle::Step::Reject(message) => {
                     s.phase = Some(SnapshotPhase::Failed);
@@ -176,6 +208,7 @@ impl World {
     }
 
     pub(super) fn step(&mut self, now: i64) -> Plan {
+        self.clock = now;
         let mut data = self.data.clone();
         data.agents = self.agents_now();
         let p = plan(PlanInput {
@@ -239,6 +272,7 @@ impl World {
                             digest: None,
                             corrupt: false,
                             verified: false,
+                            ..Default::default()
                         },
                     );
                 }
@@ -248,6 +282,48 @@ impl World {
                     w.drained = true;
                     w.available = true;
                     w.replicas = 0;
+                }
+                Action::Prune {
+                    component,
+                    job,
+                    snapshots,
+                    ..
+                } => {
+                    let protected = housekeeping::protected(
+                        &p.status,
+                        self.ops.iter().filter_map(|o| o.snapshot.as_deref()),
+                    );
+                    let newest = self
+                        .data
+                        .snapshots
+                        .iter()
+                        .filter(|(_, s)| {
+                            &s.component == component && s.phase == Some(SnapshotPhase::Completed)
+                        })
+                        .max_by_key(|(n, s)| (s.created.as_ref().map(|t| t.0.as_second()), *n))
+                        .map(|(n, _)| n.clone());
+                    for name in snapshots {
+                        assert!(
+                            !protected.contains(name),
+                            "a prune to fit forgets {name}, which a rollout, rollback or restore may need"
+                        );
+                        assert_ne!(
+                            Some(name),
+                            newest.as_ref(),
+                            "a prune to fit forgets the newest snapshot of {component}"
+                        );
+                        let gone = self
+                            .data
+                            .snapshots
+                            .remove(name)
+                            .expect("forgets what exists");
+                        if let Some(u) = self.repo_used.as_mut() {
+                            *u -= gone.stored_bytes.unwrap_or(0);
+                        }
+                    }
+                    if let Some(job) = job {
+                        self.measured(job, "prune");
+                    }
                 }
                 Action::Restore { job, .. } => {
                     assert!(
@@ -1542,6 +1618,7 @@ fn another_snapshot_of_the_component_replaces_the_failed_one() {
             digest: Some("d2".into()),
             corrupt: false,
             verified: true,
+            ..Default::default()
         },
     );
     w.restore_result = JobOutcome::Succeeded;
@@ -1643,6 +1720,7 @@ fn an_exec_restore_keeps_the_component_running() {
             digest: Some("d".into()),
             corrupt: false,
             verified: false,
+            ..Default::default()
         },
     );
     w.restore_result = JobOutcome::Failed("the restore command exited with code 1".into());
@@ -1726,6 +1804,7 @@ fn a_restore_operation_restores_a_snapshot_on_a_stable_stack() {
             digest: Some("d".into()),
             corrupt: false,
             verified: true,
+            ..Default::default()
         },
     );
     w.ops.push(PendingOperation {
@@ -1897,4 +1976,173 @@ fn an_operation_with_a_field_its_action_does_not_use_is_refused_naming_the_field
     );
     assert!(w.status.manual_pause.is_none(), "nothing was acted on");
     assert_eq!(w.phase(), StackPhase::Healthy);
+}
+
+/// `data_spec` with a snapshot policy.
+fn with_policy(mut spec: ProductionStackSpec, policy: &str) -> ProductionStackSpec {
+    spec.snapshots = Some(serde_yaml_ng::from_str(policy).unwrap());
+    spec
+}
+
+/// A stack whose store has a quota: three rollouts after the install, each snapshot
+/// adding 100 bytes; returns the world and the time.
+fn filling(policy: &str) -> (World, i64) {
+    let mut w = World::new(with_policy(data_spec("db:1", "api:1", SQLITE), policy));
+    w.repo_used = Some(0);
+    let mut now = w.settle(0, true);
+    for n in 2..=3 {
+        w.change(
+            with_policy(data_spec(&format!("db:{n}"), "api:1", SQLITE), policy),
+            n,
+        );
+        now = w.settle(now, true);
+        assert_eq!(w.status.stable_revision, Some(n));
+    }
+    (w, now)
+}
+
+#[test]
+fn a_rollout_whose_snapshots_do_not_fit_stalls_with_nothing_changed_until_the_quota_is_raised() {
+    let policy = "{store: {filesystem: {quota: '250'}}}";
+    let (mut w, now) = filling(policy);
+    let repo = w.status.snapshot_repository.clone().unwrap();
+    assert_eq!(
+        (repo.used_bytes, repo.quota_bytes, repo.available_bytes),
+        (200, Some(250), Some(50))
+    );
+    assert_eq!(repo.next_rollout_bytes, Some(100), "db's snapshots add 100");
+    assert_eq!(repo.operation.as_deref(), Some("snapshot"));
+
+    w.change(with_policy(data_spec("db:4", "api:1", SQLITE), policy), 4);
+    let p = w.step(now);
+    assert!(
+        p.actions.is_empty(),
+        "no snapshot, no apply: {:?}",
+        p.actions
+    );
+    assert_eq!(w.phase(), StackPhase::Degraded);
+    let (status, why) = cond(&w.status, STALLED);
+    assert_eq!((status, why), ("True", "SnapshotStoreFull"));
+    let msg = w.status.message.clone().unwrap();
+    for part in [
+        "need about 100 B (db 100 B)",
+        "has 50 B left (quota 250 B with 200 B used)",
+        "nothing was changed",
+        "raise spec.snapshots.store.filesystem.quota",
+        "retention.pruneToFit",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from {msg}");
+    }
+    assert!(p
+        .events
+        .iter()
+        .any(|e| e.reason == "SnapshotStoreFull" && e.warning));
+    let p = w.step(now + 1);
+    assert!(p.actions.is_empty() && p.events.is_empty(), "reported once");
+    assert_eq!(w.running("db"), Some(3));
+    assert!(w.data.snapshots.len() == 2, "no snapshot object was made");
+
+    // Raising the quota is enough: no new measurement, no retry.
+    w.spec = with_policy(
+        data_spec("db:4", "api:1", SQLITE),
+        "{store: {filesystem: {quota: 1Ki}}}",
+    );
+    let p = w.step(now + 2);
+    assert!(
+        matches!(&p.actions[..], [Action::Snapshot { .. }]),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(cond(&w.status, STALLED).0, "False");
+    w.settle(now + 3, true);
+    assert_eq!(w.status.stable_revision, Some(4));
+    assert_eq!(w.status.snapshot_repository.unwrap().used_bytes, 300);
+}
+
+#[test]
+fn prune_to_fit_forgets_the_oldest_snapshot_then_the_rollout_goes_on() {
+    let policy = "{store: {filesystem: {quota: '250'}}, retention: {pruneToFit: true}}";
+    let (mut w, now) = filling(policy);
+    let mut names: Vec<String> = w.data.snapshots.keys().cloned().collect();
+    names.sort();
+    let (oldest, newest) = (names[0].clone(), names[1].clone());
+    w.change(with_policy(data_spec("db:4", "api:1", SQLITE), policy), 4);
+    let p = w.step(now);
+    assert_eq!(
+        p.actions,
+        vec![Action::Prune {
+            component: "db".into(),
+            job: Some(snapshots::job_name(
+                "shop-db",
+                "prune",
+                &format!("digest-{oldest}")
+            )),
+            forget: vec![format!("digest-{oldest}")],
+            snapshots: vec![oldest.clone()],
+        }]
+    );
+    assert!(p.events.iter().any(|e| e.reason == "PruningToFit"));
+    assert_eq!(
+        cond(&w.status, STALLED).0,
+        "False",
+        "making room is progress"
+    );
+    let pruned = w.status.rollout.clone().unwrap().pruned_to_fit.unwrap();
+    assert_eq!(
+        (pruned.shortfall_bytes, pruned.snapshots),
+        (50, vec![oldest.clone()])
+    );
+    assert!(w.status.message.clone().unwrap().contains("pruneToFit"));
+    // The prune's measurement shows room: the snapshot is asked for.
+    let p = w.step(now + 1);
+    assert!(
+        matches!(&p.actions[..], [Action::Snapshot { .. }]),
+        "{:?}",
+        p.actions
+    );
+    w.settle(now + 2, true);
+    assert_eq!(w.status.stable_revision, Some(4));
+    assert!(!w.data.snapshots.contains_key(&oldest));
+    assert!(w.data.snapshots.contains_key(&newest), "the newest stays");
+}
+
+#[test]
+fn prune_to_fit_forgets_nothing_when_it_cannot_make_enough_room() {
+    // One snapshot (the newest, kept) and no room for the next.
+    let policy = "{store: {filesystem: {quota: '150'}}, retention: {pruneToFit: true}}";
+    let mut w = World::new(with_policy(data_spec("db:1", "api:1", SQLITE), policy));
+    w.repo_used = Some(0);
+    let now = w.settle(0, true);
+    w.change(with_policy(data_spec("db:2", "api:1", SQLITE), policy), 2);
+    let now = w.settle(now, true);
+    w.change(with_policy(data_spec("db:3", "api:1", SQLITE), policy), 3);
+    let p = w.step(now);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(cond(&w.status, STALLED), ("True", "SnapshotStoreFull"));
+    assert!(w
+        .status
+        .message
+        .clone()
+        .unwrap()
+        .contains("found too little to forget"));
+}
+
+#[test]
+fn unknown_room_never_holds_a_rollout() {
+    // Measured, but S3 without a quota: no free space to compare with.
+    let policy = "{store: {s3: {endpoint: 'http://s3', bucket: bkt, credentialsSecret: c}}}";
+    let (mut w, now) = filling(policy);
+    let repo = w.status.snapshot_repository.clone().unwrap();
+    assert_eq!((repo.available_bytes, repo.capacity_bytes), (None, None));
+    assert_eq!(repo.next_rollout_bytes, Some(100));
+    w.change(with_policy(data_spec("db:4", "api:1", SQLITE), policy), 4);
+    w.settle(now, true);
+    assert_eq!(w.status.stable_revision, Some(4));
+    // Never measured at all: no repository status, and rollouts go on.
+    let mut w = World::new(data_spec("db:1", "api:1", SQLITE));
+    let now = w.settle(0, true);
+    w.change(data_spec("db:2", "api:1", SQLITE), 2);
+    w.settle(now, true);
+    assert_eq!(w.status.stable_revision, Some(2));
+    assert!(w.status.snapshot_repository.is_none());
 }

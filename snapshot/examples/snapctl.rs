@@ -75,14 +75,15 @@ fn main() -> std::process::ExitCode {
                     &NoProgress,
                 )?;
                 Ok(format!(
-                    "{} files={} bytes={} new_chunks={} new_bytes={} stored_bytes={} reused_chunks={}",
+                    "{} files={} bytes={} new_chunks={} new_bytes={} stored_bytes={} reused_chunks={} unchanged_files={}",
                     r.info.id,
                     r.info.meta.file_count,
                     r.info.meta.total_size,
                     r.new_chunks,
                     r.new_bytes,
                     r.stored_bytes,
-                    r.reused_chunks
+                    r.reused_chunks,
+                    r.unchanged_files
                 ))
             }
             "restore" => {

@@ -164,6 +164,41 @@ pub struct Entry {
     /// Symlink target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Format 2, regular files of the `files` method: the status-change time (ns) when
+    /// read. With `inode`, `size` and `mtime_ns` it tells the next snapshot the file is
+    /// unchanged, so its chunks are reused without reading it (as restic does): any write,
+    /// truncate, rename over it or chmod changes the ctime, which no program can set back.
+    /// Not restored (no file system lets it be set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
+    /// Format 2, regular files of the `files` method: the inode number when read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+}
+
+impl Entry {
+    /// True when `self` (just scanned, not read) is the same file, unchanged, as `parent`
+    /// (from the previous snapshot of the same data): same path, size, mtime, ctime and
+    /// inode, all known, and that ctime before `settled_before_ns`.
+    ///
+    /// The last condition is git's "racy clean" rule: file times come from a coarse clock
+    /// (one tick is milliseconds), so a write in the same tick as the one before it,
+    /// after the previous snapshot read the file, leaves every time as it was. A file whose
+    /// ctime is well before the previous snapshot started cannot have had such a write
+    /// (the clock had moved on), so only files changed shortly before it are read again.
+    pub(crate) fn unchanged_since(&self, parent: &Entry, settled_before_ns: i64) -> bool {
+        self.ctime_ns.is_some_and(|c| c < settled_before_ns)
+            && self.kind == EntryKind::File
+            && parent.kind == EntryKind::File
+            && self.path == parent.path
+            && self.size == parent.size
+            && self.mtime_ns.is_some()
+            && self.mtime_ns == parent.mtime_ns
+            && self.ctime_ns.is_some()
+            && self.ctime_ns == parent.ctime_ns
+            && self.inode.is_some()
+            && self.inode == parent.inode
+    }
 }
 
 /// A snapshot manifest.
@@ -388,6 +423,41 @@ pub fn validate(m: &Manifest, snapshot: SnapshotId) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_unchanged_only_if_every_stamp_matches_and_it_settled_before() {
+        let old = Entry {
+            path: "db/data".into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime_ns: Some(1_000),
+            size: 10,
+            chunks: vec![],
+            target: None,
+            ctime_ns: Some(2_000),
+            inode: Some(7),
+        };
+        assert!(old.unchanged_since(&old, 2_001));
+        // Changed within the racy margin before the previous snapshot: read again.
+        assert!(!old.unchanged_since(&old, 2_000));
+        let differs: [fn(&mut Entry); 7] = [
+            |e| e.size += 1,
+            |e| e.mtime_ns = Some(1_001),
+            |e| e.ctime_ns = Some(2_001),
+            |e| e.inode = Some(8),
+            |e| e.path = "db/other".into(),
+            |e| e.ctime_ns = None,
+            |e| e.kind = EntryKind::Symlink,
+        ];
+        for change in differs {
+            let mut now = old.clone();
+            change(&mut now);
+            assert!(!now.unchanged_since(&old, i64::MAX), "{now:?}");
+            assert!(!old.unchanged_since(&now, i64::MAX), "{now:?}");
+        }
+    }
 
     #[test]
     fn paths() {

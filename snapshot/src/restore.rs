@@ -83,15 +83,19 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// Writeback of a large file is started a window at a time (fewer, larger requests than
 /// one per chunk).
 const WRITEBACK_WINDOW: u64 = 8 << 20;
+/// Packed chunks of a large file restored by one job, up to this many bytes.
+const RUN_BYTES: u64 = 1 << 20;
 /// Chunks of one pack closer together than this are fetched with one read.
 const COALESCE_GAP: u64 = 64 << 10;
 
 enum Job<'m> {
-    /// One chunk of a file of several chunks (created up front), written at its offset.
-    Piece {
+    /// Consecutive chunks `chunks` of a file of several chunks (created up front), the
+    /// first at `offset`: one chunk stored alone, or a run of packed ones (a database's
+    /// page chunks), fetched together.
+    Run {
         entry: usize,
         offset: u64,
-        chunk: ChunkRef,
+        chunks: Range<usize>,
     },
     /// Files of one chunk each, all in directory `dir` (relative; "" for the top):
     /// created, written and finished by the job.
@@ -203,14 +207,26 @@ fn materialize(
                     .open(&path)
                     .map_err(io_err("create", &path))?;
                 f.set_len(e.size).map_err(io_err("truncate", &path))?;
-                let mut offset = 0;
-                for c in &e.chunks {
-                    pieces.push(Job::Piece {
+                let (mut offset, mut k) = (0, 0);
+                while k < e.chunks.len() {
+                    // Packed chunks go in runs of up to RUN_BYTES: 65,536 page chunks of a
+                    // 1 GiB database are then 512 jobs of a few reads each, not 65,536.
+                    let (start, mut bytes) = (k, 0);
+                    while k < e.chunks.len()
+                        && (k == start
+                            || (e.chunks[k].pack.is_some()
+                                && e.chunks[start].pack.is_some()
+                                && bytes + u64::from(e.chunks[k].len) <= RUN_BYTES))
+                    {
+                        bytes += u64::from(e.chunks[k].len);
+                        k += 1;
+                    }
+                    pieces.push(Job::Run {
                         entry: i,
                         offset,
-                        chunk: *c,
+                        chunks: start..k,
                     });
-                    offset += u64::from(c.len);
+                    offset += bytes;
                 }
             }
         }
@@ -239,13 +255,13 @@ fn materialize(
     let shared = SharedProgress::new(progress, Phase::Restore, total);
     let run = |job: &Job, scratch: &mut Scratch| -> Result<()> {
         let bytes = match job {
-            Job::Piece {
+            Job::Run {
                 entry,
                 offset,
-                chunk,
+                chunks,
             } => {
                 let e = &m.entries[*entry];
-                write_piece(repo, id, e, staging, *offset, chunk, &mut scratch.buf)?
+                write_run(repo, id, e, staging, *offset, chunks.clone(), scratch)?
             }
             Job::Files { dir, entries } => {
                 restore_files(repo, id, m, staging, dir, entries, own, scratch)?
@@ -318,65 +334,76 @@ fn sync_fs(f: &File, dir: &Path) -> Result<()> {
     })
 }
 
-/// Fetches, verifies and writes one chunk of a file of several chunks at its offset;
-/// returns its length.
-fn write_piece(
+/// Fetches, verifies and writes consecutive chunks of a file of several chunks, the first
+/// at `offset`; returns the bytes written.
+fn write_run(
     repo: &Repository,
     id: SnapshotId,
     e: &Entry,
     staging: &Path,
     offset: u64,
-    chunk: &ChunkRef,
-    buf: &mut Vec<u8>,
-) -> Result<u64> {
-    let path = staging.join(&e.path);
-    let plain = repo.read_chunk_into(id, &e.path, offset, chunk, buf)?;
-    let len = plain.len() as u64;
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(io_err("open", &path))?;
-    f.write_all_at(&buf[plain], offset)
-        .map_err(io_err("write", &path))?;
-    // One window behind the chunk that crosses into the next, so that chunks of that window
-    // still in flight on other workers are mostly written by then; stragglers go with the
-    // final sync.
-    let w = WRITEBACK_WINDOW;
-    let (w0, w1) = (offset / w, (offset + len) / w);
-    if w1 > w0 && w0 >= 1 {
-        crate::store::fs::start_writeback(&f, (w0 - 1) * w, w);
-    }
-    if offset + len == e.size {
-        crate::store::fs::start_writeback(&f, w0.saturating_sub(1) * w, 0);
-    }
-    Ok(len)
-}
-
-/// Restores a batch of single-chunk files of directory `dir`: fetches their chunks with as
-/// few reads as possible, verifies every one, then creates, writes and finishes the files.
-/// Returns the bytes written.
-#[allow(clippy::too_many_arguments)]
-fn restore_files(
-    repo: &Repository,
-    id: SnapshotId,
-    m: &Manifest,
-    staging: &Path,
-    dir: &str,
-    entries: &[usize],
-    own: bool,
+    chunks: Range<usize>,
     scratch: &mut Scratch,
 ) -> Result<u64> {
     let Scratch { buf, items, plain } = scratch;
     buf.clear();
     items.clear();
     plain.clear();
-    let chunk = |k: usize| &m.entries[entries[k]].chunks[0];
-    items.extend((0..entries.len()).map(|k| (k, repo.stored_at(chunk(k)))));
-    items.sort_by_key(|(_, at)| (at.object, at.offset));
-    plain.resize(entries.len(), 0..0);
+    let run = &e.chunks[chunks];
+    let mut offsets = Vec::with_capacity(run.len());
+    let mut at = offset;
+    for c in run {
+        offsets.push(at);
+        at += u64::from(c.len);
+    }
+    items.extend(run.iter().enumerate().map(|(k, c)| (k, repo.stored_at(c))));
+    plain.resize(run.len(), 0..0);
+    fetch_checked(
+        repo,
+        id,
+        items,
+        |k| (e.path.as_str(), offsets[k], &run[k]),
+        buf,
+        plain,
+    )?;
+    let path = staging.join(&e.path);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    for (k, range) in plain.iter().enumerate() {
+        f.write_all_at(&buf[range.clone()], offsets[k])
+            .map_err(io_err("write", &path))?;
+    }
+    let len = at - offset;
+    // One window behind the run that crosses into the next, so that runs of that window
+    // still in flight on other workers are mostly written by then; stragglers go with the
+    // final sync.
+    let w = WRITEBACK_WINDOW;
+    let (w0, w1) = (offset / w, at / w);
+    if w1 > w0 && w0 >= 1 {
+        crate::store::fs::start_writeback(&f, (w0 - 1) * w, w);
+    }
+    if at == e.size {
+        crate::store::fs::start_writeback(&f, w0.saturating_sub(1) * w, 0);
+    }
+    Ok(len)
+}
 
-    // Fetch runs of neighbouring chunks of one pack with one read each, then check each
-    // chunk where it landed. A chunk listed twice (equal files) is checked once.
+/// Fetches the stored bytes of `items` (chunk index, where) with as few reads as possible,
+/// neighbouring ranges of one pack with one read, and checks every chunk where it landed
+/// (decrypting in place, decompressing to the end of `buf`). Then `plain[k]` is where chunk
+/// `k`'s verified plaintext is in `buf`. `chunk(k)` gives the file, offset and reference of
+/// chunk `k` (for errors). A chunk listed twice (equal files) is checked once.
+fn fetch_checked<'m>(
+    repo: &Repository,
+    id: SnapshotId,
+    items: &mut [(usize, StoredAt)],
+    chunk: impl Fn(usize) -> (&'m str, u64, &'m ChunkRef),
+    buf: &mut Vec<u8>,
+    plain: &mut [Range<usize>],
+) -> Result<()> {
+    items.sort_by_key(|(_, at)| (at.object, at.offset));
     let mut i = 0;
     while i < items.len() {
         let (k0, first) = items[i];
@@ -397,15 +424,16 @@ fn restore_files(
         match repo.fetch_stored(&first, end - first.offset, buf) {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {
-                let e0 = &m.entries[entries[k0]];
-                return Err(Repository::chunk_missing(id, &e0.path, 0, chunk(k0)));
+                let (path, offset, c) = chunk(k0);
+                return Err(Repository::chunk_missing(id, path, offset, c));
             }
             Err(e) => return Err(e.into()),
         }
         let fetched = buf.len();
         for n in i..j {
             let (k, at) = items[n];
-            if n > i && at == items[n - 1].1 && chunk(k) == chunk(items[n - 1].0) {
+            let (path, offset, c) = chunk(k);
+            if n > i && at == items[n - 1].1 && c == chunk(items[n - 1].0).2 {
                 plain[k] = plain[items[n - 1].0].clone();
                 continue;
             }
@@ -415,11 +443,41 @@ fn restore_files(
                 let s = base + (at.offset - first.offset) as usize;
                 s.min(fetched)..(s + at.len as usize).min(fetched)
             };
-            let e = &m.entries[entries[k]];
-            plain[k] = repo.check_chunk(id, &e.path, 0, chunk(k), buf, raw)?;
+            plain[k] = repo.check_chunk(id, path, offset, c, buf, raw)?;
         }
         i = j;
     }
+    Ok(())
+}
+
+/// Restores a batch of single-chunk files of directory `dir`: fetches their chunks with as
+/// few reads as possible, verifies every one, then creates, writes and finishes the files.
+/// Returns the bytes written.
+#[allow(clippy::too_many_arguments)]
+fn restore_files(
+    repo: &Repository,
+    id: SnapshotId,
+    m: &Manifest,
+    staging: &Path,
+    dir: &str,
+    entries: &[usize],
+    own: bool,
+    scratch: &mut Scratch,
+) -> Result<u64> {
+    let Scratch { buf, items, plain } = scratch;
+    buf.clear();
+    items.clear();
+    plain.clear();
+    let chunk = |k: usize| {
+        (
+            m.entries[entries[k]].path.as_str(),
+            0,
+            &m.entries[entries[k]].chunks[0],
+        )
+    };
+    items.extend((0..entries.len()).map(|k| (k, repo.stored_at(chunk(k).2))));
+    plain.resize(entries.len(), 0..0);
+    fetch_checked(repo, id, items, chunk, buf, plain)?;
 
     let dir_path = staging.join(dir);
     let dir_fd = File::open(&dir_path).map_err(io_err("open", &dir_path))?;

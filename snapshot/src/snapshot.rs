@@ -23,10 +23,18 @@ use crate::error::{io_err, Error, Result};
 use crate::id::ChunkId;
 use crate::lock::{self, LockGuard, LockKind, DEFAULT_STALE_AFTER};
 use crate::manifest::PackLoc;
-use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, SnapshotInfo, SnapshotMeta, Source};
+use crate::manifest::{
+    ChunkRef, Entry, EntryKind, Manifest, MethodKind, SnapshotInfo, SnapshotMeta, Source,
+};
 use crate::methods::{self, Method};
 use crate::progress::{Phase, Progress, ProgressUpdate, REPORT_EVERY};
-use crate::repo::Repository;
+use crate::repo::{Repository, SnapshotListing};
+
+/// Files changed less than this before the previous snapshot started are read again even
+/// if their times look unchanged (see [`Entry::unchanged_since`]): a coarse clock tick is
+/// at most 10 ms, and the rest allows for a file system on another machine (NFS) whose
+/// clock is slightly ahead.
+pub const RACY_MARGIN: Duration = Duration::from_secs(1);
 
 /// Tuning for [`Repository::snapshot`].
 #[derive(Debug, Clone)]
@@ -36,6 +44,10 @@ pub struct SnapshotOptions {
     pub workers: Option<usize>,
     /// Locks older than this are treated as abandoned.
     pub stale_lock_after: Duration,
+    /// Read every file, even those the previous snapshot of the same data shows unchanged
+    /// (same size, mtime, ctime and inode), which are otherwise not read again. For file
+    /// systems whose ctime or inode numbers cannot be trusted.
+    pub read_unchanged_files: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -43,6 +55,7 @@ impl Default for SnapshotOptions {
         SnapshotOptions {
             workers: None,
             stale_lock_after: DEFAULT_STALE_AFTER,
+            read_unchanged_files: false,
         }
     }
 }
@@ -60,6 +73,8 @@ pub struct SnapshotReport {
     pub stored_bytes: u64,
     /// Chunk references satisfied by chunks already stored.
     pub reused_chunks: u64,
+    /// Files not read because the previous snapshot of the same data shows them unchanged.
+    pub unchanged_files: u64,
     /// Wall time.
     pub duration: Duration,
 }
@@ -534,6 +549,29 @@ fn ingest(
 }
 
 impl Repository {
+    /// The newest complete `files` snapshot of the same stack and component, whose entries
+    /// tell which files are unchanged since.
+    fn parent_manifest(
+        &self,
+        listing: &SnapshotListing,
+        source: &Source,
+    ) -> Result<Option<Manifest>> {
+        let newest = listing.snapshots.iter().rev().find(|s| {
+            s.meta.method == MethodKind::Files
+                && s.meta.source.stack == source.stack
+                && s.meta.source.component == source.component
+        });
+        match newest {
+            None => Ok(None),
+            // Gone since the listing (forgotten): read everything.
+            Some(s) => match self.load_manifest(s.id) {
+                Ok(m) => Ok(Some(m)),
+                Err(Error::SnapshotNotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     /// Takes a snapshot of `method`'s data, labelled with `source`. The caller quiesces the
     /// data for the `files` method; `sqlite` and `exec` are consistent by construction.
     pub fn snapshot(
@@ -551,7 +589,13 @@ impl Repository {
             "snapshot",
             options.stale_lock_after,
         )?;
-        let (known, _) = self.referenced_chunks()?;
+        let (known, listing) = self.referenced_chunks()?;
+        let parent = match method.kind() {
+            MethodKind::Files if !options.read_unchanged_files => {
+                self.parent_manifest(&listing, source)?
+            }
+            _ => None,
+        };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = options
             .workers
@@ -563,8 +607,36 @@ impl Repository {
         let Prepared {
             mut entries,
             inputs,
-            total,
+            mut total,
         } = prepared;
+        let (mut unchanged_files, mut unchanged_chunks) = (0, 0);
+        let inputs: Vec<(usize, Input)> = match &parent {
+            None => inputs,
+            Some(p) => {
+                let before: HashMap<&str, &Entry> =
+                    p.files().map(|e| (e.path.as_str(), e)).collect();
+                let settled = p.meta.created.timestamp_nanos_opt().unwrap_or(i64::MIN)
+                    - RACY_MARGIN.as_nanos() as i64;
+                inputs
+                    .into_iter()
+                    .filter(|(idx, _)| {
+                        let e = &mut entries[*idx];
+                        match before.get(e.path.as_str()) {
+                            Some(old) if e.unchanged_since(old, settled) => {
+                                // Its chunks are referenced by a complete snapshot, which
+                                // our shared lock keeps from any gc.
+                                e.chunks = old.chunks.clone();
+                                total = total.saturating_sub(e.size);
+                                unchanged_files += 1;
+                                unchanged_chunks += e.chunks.len() as u64;
+                                false
+                            }
+                            _ => true,
+                        }
+                    })
+                    .collect()
+            }
+        };
         let (slots, inputs): (Vec<usize>, Vec<(PathBuf, Input)>) = inputs
             .into_iter()
             .map(|(idx, input)| (idx, (PathBuf::from(&entries[idx].path), input)))
@@ -577,6 +649,12 @@ impl Repository {
             let e = &mut entries[idx];
             e.size = chunks.iter().map(|c| u64::from(c.len)).sum();
             e.chunks = chunks;
+        }
+        if self.manifest_format() == crate::manifest::MANIFEST_FORMAT_V1 {
+            // Fields an engine that knows only format 1 would refuse.
+            for e in &mut entries {
+                (e.ctime_ns, e.inode) = (None, None);
+            }
         }
         let files: Vec<&Entry> = entries
             .iter()
@@ -608,7 +686,8 @@ impl Repository {
             new_chunks: stats.new_chunks,
             new_bytes: stats.new_bytes,
             stored_bytes: stats.stored_bytes,
-            reused_chunks: stats.reused_chunks,
+            reused_chunks: stats.reused_chunks + unchanged_chunks,
+            unchanged_files,
             duration: started.elapsed(),
         })
     }

@@ -276,3 +276,58 @@ fn a_repository_of_a_newer_format_is_refused_with_what_to_do() {
     assert_eq!(e.category(), "config");
     assert!(e.to_string().contains("upgrade the agent"), "{e}");
 }
+
+#[test]
+fn a_damaged_page_chunk_inside_a_pack_is_named_and_never_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, live) = (dir.path().join("data"), dir.path().join("live"));
+    fs::create_dir_all(&data).unwrap();
+    make_db(&data.join("shop.db"), 2000);
+    let store = Arc::new(FsStore::new(dir.path().join("repo")).unwrap());
+    let repo = Repository::open_or_init(store.clone(), None).unwrap();
+    let s = snapshot(&repo, &Method::Files { root: data.clone() });
+    let m = repo.load_manifest(s.info.id).unwrap();
+    let chunks = &m.files().next().unwrap().chunks;
+    assert!(chunks.len() > 100 && chunks.iter().all(|c| c.pack.is_some()));
+    // Damage one page chunk in the middle of its pack (its neighbours are fetched with it).
+    let k = chunks.len() / 2;
+    let victim = chunks[k];
+    let pack = victim.pack.unwrap();
+    let path = store
+        .object_path(ObjectKind::Chunk, &pack.object.to_hex())
+        .unwrap();
+    let mut raw = fs::read(&path).unwrap();
+    let at = pack.offset as usize + victim.zlen.unwrap_or(victim.len) as usize / 2;
+    raw[at] ^= 0x40;
+    fs::write(&path, &raw).unwrap();
+
+    fs::create_dir_all(&live).unwrap();
+    fs::write(live.join("shop.db"), b"live").unwrap();
+    let before = fingerprint(&live);
+    for e in [
+        repo.restore(
+            s.info.id,
+            &Method::Files { root: live.clone() },
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .map(|_| ())
+        .unwrap_err(),
+        repo.verify(s.info.id, &NoProgress).map(|_| ()).unwrap_err(),
+    ] {
+        match e {
+            Error::ChunkCorrupt {
+                chunk,
+                offset,
+                ref file,
+                ..
+            } => {
+                assert_eq!(chunk, victim.id, "{e}");
+                assert_eq!(offset, k as u64 * u64::from(DEFAULT_PAGE_CHUNK), "{e}");
+                assert_eq!(file, "shop.db");
+            }
+            other => panic!("expected a corrupt chunk, got {other}"),
+        }
+    }
+    assert_eq!(fingerprint(&live), before, "live data untouched");
+}

@@ -43,6 +43,19 @@ fn small_tree(root: &Path) {
     };
     fs::write(root.join("sub/notes.txt"), text(900, 5)).unwrap();
     fs::write(root.join("log.txt"), text(40_000, 6)).unwrap();
+    // A database: fixed page chunks (stored alone with these small test bounds; packed page
+    // chunks restored in runs are damaged in tests/compression.rs).
+    let db = rusqlite::Connection::open(root.join("sub/app.db")).unwrap();
+    db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT);")
+        .unwrap();
+    for i in 0..60 {
+        db.execute(
+            "INSERT INTO t VALUES (?1, ?2)",
+            rusqlite::params![i, text(1000, 100 + i as u64)],
+        )
+        .unwrap();
+    }
+    drop(db);
     std::os::unix::fs::symlink("sub/three-k", root.join("link")).unwrap();
 }
 

@@ -64,8 +64,8 @@ fn a_repository_volume_that_fills_up_mid_snapshot_stays_consistent() {
     let mut rng = Rng(21);
     fs::write(data.join("small"), rng.bytes(300_000)).unwrap();
     with_small_volume(&repo_dir, 4 << 20, || {
-        let repo = Repository::open_or_init(Arc::new(FsStore::new(&repo_dir).unwrap()), None)
-            .unwrap();
+        let repo =
+            Repository::open_or_init(Arc::new(FsStore::new(&repo_dir).unwrap()), None).unwrap();
         let first = snap(&repo, &data).unwrap();
         // Random bytes do not compress: 8 MiB cannot fit in what is left of 4 MiB.
         fs::write(data.join("big"), rng.bytes(8 << 20)).unwrap();
@@ -73,11 +73,18 @@ fn a_repository_volume_that_fills_up_mid_snapshot_stays_consistent() {
         let e = snap(&repo, &data).unwrap_err();
         assert_eq!(e.category(), "no_space", "{e}");
         assert!(e.to_string().contains("No space left on device"), "{e}");
-        assert_eq!(fingerprint(&data), live, "the data snapshotted is only read");
+        assert_eq!(
+            fingerprint(&data),
+            live,
+            "the data snapshotted is only read"
+        );
 
         // Consistent: the earlier snapshot is the only one, and whole.
         let snaps = repo.list_snapshots().unwrap();
-        assert_eq!(snaps.iter().map(|s| s.id).collect::<Vec<_>>(), [first.info.id]);
+        assert_eq!(
+            snaps.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [first.info.id]
+        );
         repo.verify(first.info.id, &NoProgress).unwrap();
         // The failed snapshot's chunks are garbage a gc collects, which makes the room for
         // a snapshot that fits.
@@ -94,7 +101,10 @@ fn a_repository_volume_that_fills_up_mid_snapshot_stays_consistent() {
         repo.verify(second.info.id, &NoProgress).unwrap();
         let usage = repo.usage().unwrap();
         let space = usage.space.expect("a volume store knows its space");
-        assert!(space.total_bytes <= 4 << 20 && space.available_bytes < 2 << 20, "{usage:?}");
+        assert!(
+            space.total_bytes <= 4 << 20 && space.available_bytes < 2 << 20,
+            "{usage:?}"
+        );
         assert!(usage.stored_bytes > 2 << 20, "{usage:?}");
     });
 }

@@ -82,6 +82,8 @@ fn stream_prepared(stream: Box<dyn Read + Send>, total: u64) -> Prepared {
         size: 0,
         chunks: vec![],
         target: None,
+        ctime_ns: None,
+        inode: None,
     };
     Prepared {
         entries: vec![entry],

@@ -27,9 +27,16 @@ fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
         uid: m.uid(),
         gid: m.gid(),
         mtime_ns: (kind != EntryKind::Symlink).then(|| mtime_ns(m)),
-        size: 0,
+        // The scanned size, replaced by what is read (or by the reused chunks' sum).
+        size: if kind == EntryKind::File { m.len() } else { 0 },
         chunks: vec![],
         target: None,
+        ctime_ns: (kind == EntryKind::File).then(|| {
+            m.ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec())
+        }),
+        inode: (kind == EntryKind::File).then(|| m.ino()),
     }
 }
 

@@ -111,6 +111,8 @@ pub(crate) fn backup(db: &Path) -> Result<(Prepared, Finisher)> {
         size: 0,
         chunks: vec![],
         target: None,
+        ctime_ns: None,
+        inode: None,
     };
     let prepared = Prepared {
         entries: vec![entry],

@@ -23,7 +23,8 @@ ROUNDS=${ROUNDS:-1}
 for tool in restic rustic python3; do
   command -v "$tool" >/dev/null || { echo "$tool is not installed (see the header of $0)" >&2; exit 1; }
 done
-TREE=${TREE:-$(ls -d "${RUSTUP_HOME:-$HOME/.rustup}"/toolchains/stable-* 2>/dev/null | head -n 1)}
+toolchains=("${RUSTUP_HOME:-$HOME/.rustup}"/toolchains/stable-*)
+TREE=${TREE:-${toolchains[0]}}
 [ -d "$TREE" ] || { echo "no real tree to copy: set TREE=/path/to/a/directory" >&2; exit 1; }
 (cd "$ROOT" && cargo build -q --release -p deployctl-snapshot --example snapctl)
 SNAPCTL="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/snapctl"
@@ -56,8 +57,9 @@ timed() {
 }
 size_mib() { du -sb "$1" | awk '{ printf "%.0f", $1 / 1048576 }'; }
 
-ours_snapshot() { "$SNAPCTL" snapshot "$1" "$2"; }
-ours_restore() { "$SNAPCTL" restore "$1" "$(ls -t "$1/snapshots" | head -n 1)" "$2"; }
+# snapctl prints the new snapshot's id first; the restore takes the last one.
+ours_snapshot() { "$SNAPCTL" snapshot "$1" "$2" | tee "$1.last"; }
+ours_restore() { "$SNAPCTL" restore "$1" "$(cut -d' ' -f1 "$1.last")" "$2"; }
 restic_snapshot() { restic -r "$1" backup -q "$2"; }
 restic_restore() { restic -r "$1" restore -q latest --target "$2"; }
 rustic_snapshot() { rustic -r "$1" --no-progress --cache-dir "$WORK/rustic-cache" backup "$2"; }
@@ -113,7 +115,6 @@ check_sqlite() { cmp -s "$(find_restored "$1" orders.sqlite)" "$WORK/data/orders
 prepare_files() { cp -a "$TREE" "$WORK/data"; }
 change_files() { python3 "$ROOT/benches/snapshot/datagen.py" touch "$WORK/data" 1 >/dev/null; }
 check_files() {
-  local top
   local bin
   bin=$(dirname "$(find "$1" -path '*/bin/rustc' -print -quit)")   # bin/ of the toolchain
   diff -r --no-dereference "$(dirname "$bin")" "$WORK/data" >/dev/null

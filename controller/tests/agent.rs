@@ -681,3 +681,83 @@ fn bad_invocations_are_reported_as_results() {
     assert!(!env.path("store/config").exists());
     assert_eq!(AgentOp::Verify.as_str(), "verify");
 }
+
+/// Runs `f` on a thread with a private mount namespace in which `dir` is a tmpfs of
+/// `size` bytes: the agent processes it starts inherit the namespace, and nothing is
+/// mounted outside the test (`unshare(CLONE_NEWNS)` is per thread). Needs root, as the
+/// suite does.
+fn with_small_volume(dir: &Path, size: u64, f: impl FnOnce() + Send) {
+    use nix::mount::{mount, MsFlags};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .expect("unshare a mount namespace (run as root)");
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some(format!("size={size}").as_str()),
+            )
+            .expect("mount a size-limited tmpfs");
+            f();
+        })
+        .join()
+        .unwrap()
+    });
+}
+
+#[test]
+fn a_store_that_fills_up_mid_snapshot_fails_with_no_space_and_loses_nothing() {
+    let env = Env::new();
+    let data = files_data(&env);
+    with_small_volume(&env.path("store"), 5 << 20, || {
+        let first = snapshot_files(&env, &data, "1");
+        let digest = first.digest.clone().unwrap();
+        // The measurement a capacity check uses: the volume and the room left on it.
+        assert!(first.total_bytes.is_some_and(|t| t <= 5 << 20), "{first:?}");
+        assert!(
+            first.available_bytes.is_some_and(|a| a < 2 << 20),
+            "{first:?}"
+        );
+
+        std::fs::write(data.join("more.bin"), noise(4 << 20, 8)).unwrap();
+        let before = tree(&data);
+        let args = [
+            "--data",
+            data.to_str().unwrap(),
+            "--revision",
+            "2",
+            "--method",
+            "files",
+            "--stack",
+            "shop",
+            "--component",
+            "db",
+        ];
+        let failed = env.fails("snapshot", &args);
+        assert_eq!(failed.category.as_deref(), Some("no_space"), "{failed:?}");
+        let msg = failed.message.clone().unwrap();
+        assert!(msg.contains("No space left on device"), "{msg}");
+        assert!(!failed.is_corruption());
+        assert_eq!(tree(&data), before, "the data snapshotted is only read");
+
+        // The repository is consistent: the first snapshot is whole and restores.
+        env.ok("verify", &["--snapshot", &digest]);
+        let restored = env.path("restored");
+        std::fs::create_dir_all(&restored).unwrap();
+        let r = restore_files(&env, &restored, &digest);
+        assert_eq!(r.code, 0, "{:?}\n{}", r.result, r.stderr);
+        std::fs::remove_file(data.join("more.bin")).unwrap();
+        assert_eq!(tree(&restored), tree(&data));
+    });
+}

@@ -548,6 +548,22 @@ fn ingest(
     })
 }
 
+/// The newest `files` snapshot of `source`'s stack and component (any revision). The
+/// listing is in the store's order, not by time.
+fn newest_files_snapshot<'a>(
+    snapshots: &'a [SnapshotInfo],
+    source: &Source,
+) -> Option<&'a SnapshotInfo> {
+    snapshots
+        .iter()
+        .filter(|s| {
+            s.meta.method == MethodKind::Files
+                && s.meta.source.stack == source.stack
+                && s.meta.source.component == source.component
+        })
+        .max_by(|a, b| a.meta.created.cmp(&b.meta.created).then(a.id.cmp(&b.id)))
+}
+
 impl Repository {
     /// The newest complete `files` snapshot of the same stack and component, whose entries
     /// tell which files are unchanged since.
@@ -556,12 +572,7 @@ impl Repository {
         listing: &SnapshotListing,
         source: &Source,
     ) -> Result<Option<Manifest>> {
-        let newest = listing.snapshots.iter().rev().find(|s| {
-            s.meta.method == MethodKind::Files
-                && s.meta.source.stack == source.stack
-                && s.meta.source.component == source.component
-        });
-        match newest {
+        match newest_files_snapshot(&listing.snapshots, source) {
             None => Ok(None),
             // Gone since the listing (forgotten): read everything.
             Some(s) => match self.load_manifest(s.id) {
@@ -690,5 +701,59 @@ impl Repository {
             unchanged_files,
             duration: started.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SnapshotId;
+    use chrono::TimeZone;
+
+    fn info(n: u8, component: &str, method: MethodKind, second: u32) -> SnapshotInfo {
+        SnapshotInfo {
+            // Ids in the opposite order of times, as a store's listing may well be.
+            id: SnapshotId([255 - n; 32]),
+            meta: SnapshotMeta {
+                source: Source::new("shop", component, format!("r{n}")),
+                method,
+                created: Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, second).unwrap(),
+                total_size: 0,
+                file_count: 0,
+                chunk_count: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_parent_is_the_newest_files_snapshot_of_the_component_whatever_the_listing_order() {
+        let listing = vec![
+            info(3, "db", MethodKind::Files, 30),
+            info(5, "db", MethodKind::Sqlite, 50),
+            info(4, "api", MethodKind::Files, 40),
+            info(1, "db", MethodKind::Files, 10),
+            info(2, "db", MethodKind::Files, 20),
+        ];
+        let src = Source::new("shop", "db", "r9");
+        assert_eq!(
+            newest_files_snapshot(&listing, &src)
+                .unwrap()
+                .meta
+                .source
+                .revision,
+            "r3"
+        );
+        let mut reversed = listing.clone();
+        reversed.reverse();
+        assert_eq!(
+            newest_files_snapshot(&reversed, &src)
+                .unwrap()
+                .meta
+                .source
+                .revision,
+            "r3"
+        );
+        assert!(newest_files_snapshot(&listing, &Source::new("shop", "cache", "r1")).is_none());
+        assert!(newest_files_snapshot(&listing, &Source::new("other", "db", "r1")).is_none());
     }
 }

@@ -174,12 +174,18 @@ pub struct Entry {
     /// Format 2, regular files of the `files` method: the inode number when read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inode: Option<u64>,
+    /// Format 2, regular files of the `files` method: the device (file system) the file
+    /// was on. Inode numbers are unique only within one file system: the replicas of a
+    /// StatefulSet share a component, and two volumes filled alike can give the same path
+    /// the same inode and times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u64>,
 }
 
 impl Entry {
     /// True when `self` (just scanned, not read) is the same file, unchanged, as `parent`
     /// (from the previous snapshot of the same data): same path, size, mtime, ctime and
-    /// inode, all known, and that ctime before `settled_before_ns`.
+    /// inode on the same device, all known, and that ctime before `settled_before_ns`.
     ///
     /// The last condition is git's "racy clean" rule: file times come from a coarse clock
     /// (one tick is milliseconds), so a write in the same tick as the one before it,
@@ -198,6 +204,8 @@ impl Entry {
             && self.ctime_ns == parent.ctime_ns
             && self.inode.is_some()
             && self.inode == parent.inode
+            && self.device.is_some()
+            && self.device == parent.device
     }
 }
 
@@ -438,11 +446,13 @@ mod tests {
             target: None,
             ctime_ns: Some(2_000),
             inode: Some(7),
+            device: Some(64),
         };
         assert!(old.unchanged_since(&old, 2_001));
         // Changed within the racy margin before the previous snapshot: read again.
         assert!(!old.unchanged_since(&old, 2_000));
-        let differs: [fn(&mut Entry); 7] = [
+        let differs: [fn(&mut Entry); 8] = [
+            |e| e.device = Some(65),
             |e| e.size += 1,
             |e| e.mtime_ns = Some(1_001),
             |e| e.ctime_ns = Some(2_001),

@@ -45,7 +45,7 @@ pub struct SnapshotOptions {
     /// Locks older than this are treated as abandoned.
     pub stale_lock_after: Duration,
     /// Read every file, even those the previous snapshot of the same data shows unchanged
-    /// (same size, mtime, ctime and inode), which are otherwise not read again. For file
+    /// (same size, mtime, ctime, inode and device), which are otherwise not read again. For file
     /// systems whose ctime or inode numbers cannot be trusted.
     pub read_unchanged_files: bool,
 }
@@ -664,7 +664,7 @@ impl Repository {
         if self.manifest_format() == crate::manifest::MANIFEST_FORMAT_V1 {
             // Fields an engine that knows only format 1 would refuse.
             for e in &mut entries {
-                (e.ctime_ns, e.inode) = (None, None);
+                (e.ctime_ns, e.inode, e.device) = (None, None, None);
             }
         }
         let files: Vec<&Entry> = entries

@@ -84,6 +84,7 @@ fn stream_prepared(stream: Box<dyn Read + Send>, total: u64) -> Prepared {
         target: None,
         ctime_ns: None,
         inode: None,
+        device: None,
     };
     Prepared {
         entries: vec![entry],

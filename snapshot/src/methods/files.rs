@@ -37,6 +37,7 @@ fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
                 .saturating_add(m.ctime_nsec())
         }),
         inode: (kind == EntryKind::File).then(|| m.ino()),
+        device: (kind == EntryKind::File).then(|| m.dev()),
     }
 }
 

@@ -113,6 +113,7 @@ pub(crate) fn backup(db: &Path) -> Result<(Prepared, Finisher)> {
         target: None,
         ctime_ns: None,
         inode: None,
+        device: None,
     };
     let prepared = Prepared {
         entries: vec![entry],

@@ -548,39 +548,78 @@ fn ingest(
     })
 }
 
-/// The newest `files` snapshot of `source`'s stack and component (any revision). The
+/// `files` snapshots of `source`'s stack and component (any revision), newest first. The
 /// listing is in the store's order, not by time.
-fn newest_files_snapshot<'a>(
+fn files_snapshots_newest_first<'a>(
     snapshots: &'a [SnapshotInfo],
     source: &Source,
-) -> Option<&'a SnapshotInfo> {
-    snapshots
+) -> Vec<&'a SnapshotInfo> {
+    let mut found: Vec<&SnapshotInfo> = snapshots
         .iter()
         .filter(|s| {
             s.meta.method == MethodKind::Files
                 && s.meta.source.stack == source.stack
                 && s.meta.source.component == source.component
         })
-        .max_by(|a, b| a.meta.created.cmp(&b.meta.created).then(a.id.cmp(&b.id)))
+        .collect();
+    found.sort_by(|a, b| b.meta.created.cmp(&a.meta.created).then(b.id.cmp(&a.id)));
+    found
+}
+
+/// How many of a component's newest snapshots are looked at for the one taken from the
+/// same volume (a StatefulSet's replicas take theirs at about the same time).
+const PARENT_CANDIDATES: usize = 8;
+/// How many scanned files are tried to recognise the volume a snapshot was taken from.
+const VOLUME_PROBES: usize = 64;
+
+/// True when `parent` was taken from the volume `scanned` is on: one of the first scanned
+/// files is in it with the same path, device and inode (a file rewritten since has a new
+/// inode, so several are tried).
+fn same_volume(scanned: &[Entry], parent: &Manifest) -> bool {
+    let probes: Vec<&Entry> = scanned
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.inode.is_some() && e.device.is_some())
+        .take(VOLUME_PROBES)
+        .collect();
+    if probes.is_empty() {
+        return true;
+    }
+    let by_path: HashMap<&str, &Entry> = parent.files().map(|e| (e.path.as_str(), e)).collect();
+    probes.iter().any(|p| {
+        by_path
+            .get(p.path.as_str())
+            .is_some_and(|e| e.inode == p.inode && e.device == p.device)
+    })
 }
 
 impl Repository {
-    /// The newest complete `files` snapshot of the same stack and component, whose entries
-    /// tell which files are unchanged since.
+    /// The snapshot whose entries tell which of the `scanned` files are unchanged: the
+    /// newest complete `files` snapshot of the same stack and component taken from the
+    /// same volume (a StatefulSet's replicas are one component on several volumes), else
+    /// the newest one (whose files then simply do not match).
     fn parent_manifest(
         &self,
         listing: &SnapshotListing,
         source: &Source,
+        scanned: &[Entry],
     ) -> Result<Option<Manifest>> {
-        match newest_files_snapshot(&listing.snapshots, source) {
-            None => Ok(None),
-            // Gone since the listing (forgotten): read everything.
-            Some(s) => match self.load_manifest(s.id) {
-                Ok(m) => Ok(Some(m)),
-                Err(Error::SnapshotNotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            },
+        let mut newest = None;
+        for s in files_snapshots_newest_first(&listing.snapshots, source)
+            .into_iter()
+            .take(PARENT_CANDIDATES)
+        {
+            let m = match self.load_manifest(s.id) {
+                Ok(m) => m,
+                // Forgotten since the listing.
+                Err(Error::SnapshotNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if same_volume(scanned, &m) {
+                return Ok(Some(m));
+            }
+            newest.get_or_insert(m);
         }
+        Ok(newest)
     }
 
     /// Takes a snapshot of `method`'s data, labelled with `source`. The caller quiesces the
@@ -601,12 +640,6 @@ impl Repository {
             options.stale_lock_after,
         )?;
         let (known, listing) = self.referenced_chunks()?;
-        let parent = match method.kind() {
-            MethodKind::Files if !options.read_unchanged_files => {
-                self.parent_manifest(&listing, source)?
-            }
-            _ => None,
-        };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = options
             .workers
@@ -620,6 +653,12 @@ impl Repository {
             inputs,
             mut total,
         } = prepared;
+        let parent = match method.kind() {
+            MethodKind::Files if !options.read_unchanged_files => {
+                self.parent_manifest(&listing, source, &entries)?
+            }
+            _ => None,
+        };
         let (mut unchanged_files, mut unchanged_chunks) = (0, 0);
         let inputs: Vec<(usize, Input)> = match &parent {
             None => inputs,
@@ -735,25 +774,17 @@ mod tests {
             info(2, "db", MethodKind::Files, 20),
         ];
         let src = Source::new("shop", "db", "r9");
-        assert_eq!(
-            newest_files_snapshot(&listing, &src)
-                .unwrap()
-                .meta
-                .source
-                .revision,
-            "r3"
-        );
+        let revisions = |l: &[SnapshotInfo], src: &Source| -> Vec<String> {
+            files_snapshots_newest_first(l, src)
+                .iter()
+                .map(|s| s.meta.source.revision.clone())
+                .collect()
+        };
+        assert_eq!(revisions(&listing, &src), ["r3", "r2", "r1"]);
         let mut reversed = listing.clone();
         reversed.reverse();
-        assert_eq!(
-            newest_files_snapshot(&reversed, &src)
-                .unwrap()
-                .meta
-                .source
-                .revision,
-            "r3"
-        );
-        assert!(newest_files_snapshot(&listing, &Source::new("shop", "cache", "r1")).is_none());
-        assert!(newest_files_snapshot(&listing, &Source::new("other", "db", "r1")).is_none());
+        assert_eq!(revisions(&reversed, &src), ["r3", "r2", "r1"]);
+        assert!(revisions(&listing, &Source::new("shop", "cache", "r1")).is_empty());
+        assert!(revisions(&listing, &Source::new("other", "db", "r1")).is_empty());
     }
 }

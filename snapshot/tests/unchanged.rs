@@ -113,3 +113,46 @@ fn unchanged_files_are_reused_without_reading_and_every_change_is_caught() {
     assert_eq!(all.unchanged_files, 0, "{all:?}");
     assert_eq!(all.info.meta.total_size, changed.info.meta.total_size);
 }
+
+/// A StatefulSet's replicas are one component with a volume each; their snapshots
+/// interleave. Each replica's next snapshot still finds its own previous one.
+#[test]
+fn each_replica_finds_its_own_previous_snapshot_among_its_siblings() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = [dir.path().join("data-0"), dir.path().join("data-1")];
+    for (i, r) in replicas.iter().enumerate() {
+        // The same layout and sizes, different content.
+        make_tree(r, 40 + i as u64);
+    }
+    let files = fingerprint(&replicas[0])
+        .values()
+        .filter(|v| v.starts_with("file"))
+        .count() as u64;
+    let repo = Repository::open_or_init(
+        Arc::new(FsStore::new(dir.path().join("repo")).unwrap()),
+        None,
+    )
+    .unwrap();
+    for r in &replicas {
+        wait_until_settled(r);
+    }
+    // Taken after settling, so the next ones can trust them.
+    snap(&repo, &replicas[0], false);
+    snap(&repo, &replicas[1], false);
+    // Replica 1's snapshot is the newest of the component, yet replica 0 reuses its own.
+    let again0 = snap(&repo, &replicas[0], false);
+    assert_eq!(again0.unchanged_files, files, "{again0:?}");
+    let again1 = snap(&repo, &replicas[1], false);
+    assert_eq!(again1.unchanged_files, files, "{again1:?}");
+
+    // And nothing of one replica ends up in the other's snapshot.
+    let back = dir.path().join("back");
+    repo.restore(
+        again0.info.id,
+        &Method::Files { root: back.clone() },
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(fingerprint(&back), fingerprint(&replicas[0]));
+}

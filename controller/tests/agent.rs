@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use deployctl_controller::agent::{parse_termination_message, AgentOp, AgentResult};
+use deployctl_snapshot::testing::with_small_volume;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
@@ -680,40 +681,6 @@ fn bad_invocations_are_reported_as_results() {
     assert_eq!(r.category.as_deref(), Some("config"));
     assert!(!env.path("store/config").exists());
     assert_eq!(AgentOp::Verify.as_str(), "verify");
-}
-
-/// Runs `f` on a thread with a private mount namespace in which `dir` is a tmpfs of
-/// `size` bytes: the agent processes it starts inherit the namespace, and nothing is
-/// mounted outside the test (`unshare(CLONE_NEWNS)` is per thread). Needs root, as the
-/// suite does.
-fn with_small_volume(dir: &Path, size: u64, f: impl FnOnce() + Send) {
-    use nix::mount::{mount, MsFlags};
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-                .expect("unshare a mount namespace (run as root)");
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .unwrap();
-            std::fs::create_dir_all(dir).unwrap();
-            mount(
-                Some("tmpfs"),
-                dir,
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some(format!("size={size}").as_str()),
-            )
-            .expect("mount a size-limited tmpfs");
-            f();
-        })
-        .join()
-        .unwrap()
-    });
 }
 
 #[test]

@@ -114,6 +114,16 @@ struct Scratch {
     plain: Vec<Range<usize>>,
 }
 
+impl Scratch {
+    /// Empties every buffer, keeping their allocations, for the next job.
+    fn cleared(&mut self) -> &mut Self {
+        self.buf.clear();
+        self.items.clear();
+        self.plain.clear();
+        self
+    }
+}
+
 fn split_parent(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("", path))
 }
@@ -345,10 +355,7 @@ fn write_run(
     chunks: Range<usize>,
     scratch: &mut Scratch,
 ) -> Result<u64> {
-    let Scratch { buf, items, plain } = scratch;
-    buf.clear();
-    items.clear();
-    plain.clear();
+    let Scratch { buf, items, plain } = scratch.cleared();
     let run = &e.chunks[chunks];
     let mut offsets = Vec::with_capacity(run.len());
     let mut at = offset;
@@ -464,10 +471,7 @@ fn restore_files(
     own: bool,
     scratch: &mut Scratch,
 ) -> Result<u64> {
-    let Scratch { buf, items, plain } = scratch;
-    buf.clear();
-    items.clear();
-    plain.clear();
+    let Scratch { buf, items, plain } = scratch.cleared();
     let chunk = |k: usize| {
         (
             m.entries[entries[k]].path.as_str(),

@@ -11,39 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{fingerprint, Rng};
+use deployctl_snapshot::testing::with_small_volume;
 use deployctl_snapshot::*;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-
-/// Runs `f` on a thread of its own with a private mount namespace in which `dir` is a
-/// tmpfs of `size` bytes.
-fn with_small_volume(dir: &Path, size: u64, f: impl FnOnce() + Send) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace (run as root)");
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .unwrap();
-            fs::create_dir_all(dir).unwrap();
-            mount(
-                Some("tmpfs"),
-                dir,
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some(format!("size={size}").as_str()),
-            )
-            .expect("mount a size-limited tmpfs");
-            f();
-        })
-        .join()
-        .unwrap()
-    });
-}
 
 fn snap(repo: &Repository, root: &Path) -> Result<SnapshotReport> {
     repo.snapshot(

@@ -241,7 +241,18 @@ async fn serves_metrics_health_and_json_logs() {
         "{body}"
     );
     assert!(body.contains("deployctl_leader 1"), "{body}");
-    assert!(!body.contains("tiny"), "no stack names in metric labels");
+    // The stack's name appears only in the per-stack series, as its `stack` label.
+    let info = format!(
+        "deployctl_stack_info{{stack_namespace=\"{}\",stack=\"tiny\",phase=\"Healthy\",revision=\"1\",stable_revision=\"1\"}} 1",
+        ns.name()
+    );
+    assert!(body.contains(&info), "{info} missing from\n{body}");
+    for line in body.lines().filter(|l| l.contains("tiny")) {
+        assert!(
+            line.starts_with("deployctl_stack_") && line.contains("stack=\"tiny\""),
+            "a stack name outside a per-stack series: {line}"
+        );
+    }
     assert_eq!(http_get(&c.metrics_addr, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(&c.metrics_addr, "/readyz").await.unwrap().0, 200);
     let log = c.log();

@@ -263,8 +263,17 @@ def test_the_leader_serves_metrics(kube, running):
     for trigger in ("manual", "gate"):
         assert f'trigger="{trigger}"' in "\n".join(
             l for l in text.splitlines() if l.startswith("deployctl_rollbacks_total")), trigger
+    # The same, by stack: the alerts name the demo stack from these.
+    stack = f'stack_namespace="{running["stacks"]}",stack="{DEMO}"'
+    for trigger in ("manual", "gate"):
+        line = f'deployctl_stack_rollbacks_total{{{stack},trigger="{trigger}",outcome="completed"}} 1'
+        assert line in text, f"{line} missing from\n{text}"
+    assert f'deployctl_stack_info{{{stack},phase="RolledBack"' in text, text
     standby = next(p for n, p in by_name.items() if n != lead)
-    assert "deployctl_leader 0" in metrics(standby)
+    standby_text = metrics(standby)
+    assert "deployctl_leader 0" in standby_text
+    assert "deployctl_stack_info" not in standby_text.replace("# HELP deployctl_stack_info", "").replace(
+        "# TYPE deployctl_stack_info", ""), "a standby has no per-stack series"
 
 
 def test_killing_the_leader_hands_over(kube, running):

@@ -115,7 +115,12 @@ def test_dashboard_is_well_formed():
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     assert d["uid"] == "deployctl"
-    assert {v["name"] for v in d["templating"]["list"]} == {"datasource", "namespace"}
+    assert {v["name"] for v in d["templating"]["list"]} == {
+        "datasource", "namespace", "stack_namespace", "stack"}
+    # Every per-stack query follows the stack variables.
+    for e in dashboard_exprs():
+        if "deployctl_stack_" in e or "deployctl_snapshot_repository_" in e:
+            assert 'stack=~"$stack"' in e and 'stack_namespace=~"$stack_namespace"' in e, e
     for p in d["panels"]:
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
@@ -156,9 +161,9 @@ def test_every_metric_used_by_alerts_and_dashboard_is_documented():
 
 
 def registered_in_code() -> set[str]:
-    """deployctl_* names the controller registers (controller/src/metrics.rs), with the
+    """deployctl_* names the controller registers (controller/src/metrics/), with the
     `_total` that prometheus-client adds to counters."""
-    src = (REPO / "controller/src/metrics.rs").read_text()
+    src = "\n".join(p.read_text() for p in sorted((REPO / "controller/src/metrics").glob("*.rs")))
     types = {}
     for m in re.finditer(r"(\w+):\s*(Family<\w+,\s*(Counter|Gauge|Histogram)|Counter|Gauge|Histogram)\b", src):
         types[m.group(1)] = m.group(3) or m.group(2)
@@ -173,6 +178,6 @@ def registered_in_code() -> set[str]:
 def test_every_metric_the_controller_registers_is_documented():
     code = registered_in_code()
     assert "deployctl_leader" in code and "deployctl_reconcile_total" in code, (
-        f"could not read controller/src/metrics.rs: {sorted(code)}")
+        f"could not read controller/src/metrics/: {sorted(code)}")
     missing = code - documented()
     assert not missing, f"document in docs/metrics.md: {sorted(missing)}"

@@ -63,8 +63,7 @@ pub async fn cleanup(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    ctx.metrics.set_phase(&format!("{ns}/{name}"), None);
-    ctx.metrics.set_repository(&ns, &name, None);
+    ctx.metrics.set_stack(&ns, &name, None);
     ctx.event(
         stack,
         false,

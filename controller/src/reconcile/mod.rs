@@ -111,7 +111,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     let refused = |invalid: validation::InvalidSpec| {
         let previous = &previous;
         let now = &now;
-        let key = &key;
+        let (ns, name) = (&ns, &name);
         async move {
             let (new_status, event) = plan::invalid(
                 previous,
@@ -123,7 +123,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             if let Some(e) = event {
                 ctx.event(stack, e.warning, e.reason, e.note).await;
             }
-            ctx.metrics.set_phase(key, new_status.phase);
+            ctx.metrics.set_stack(ns, name, Some(&new_status));
             Ok::<_, Error>(Action::await_change())
         }
     };
@@ -248,8 +248,11 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             epoch,
         };
         if let Some(m) = ctx.measurer.measure(subject, gate).await {
-            ctx.metrics
-                .gate_measured(crate::gates::analysis::kind(gate), m.outcome);
+            ctx.metrics.gate_measured(
+                (&ns, &name, component, &gate.name),
+                crate::gates::analysis::kind(gate),
+                m.outcome,
+            );
             measurements.insert(plan::gate_key(component, &gate.name), m);
         }
     }
@@ -274,7 +277,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     // the failed revision again in the middle of its rollback). Acting after recording is
     // safe: re-planning notices what was not done.
     status::write(&ctx.client, stack, &previous, &decision.status).await?;
-    ctx.metrics.set_phase(&key, decision.status.phase);
+    ctx.metrics.set_stack(&ns, &name, Some(&decision.status));
     ctx.metrics
         .set_repository(&ns, &name, decision.status.snapshot_repository.as_ref());
 
@@ -395,7 +398,7 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         ctx.event(stack, e.warning, e.reason, e.note).await;
     }
     for o in &decision.outcomes {
-        ctx.metrics.outcome(o);
+        ctx.metrics.outcome(&ns, &name, o);
     }
 
     let resync = ctx.resync;

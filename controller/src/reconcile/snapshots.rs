@@ -479,6 +479,7 @@ pub async fn sync(
                         && !j.annotations().contains_key(labels::RECORDED)
                     {
                         ctx.metrics.snapshot_operation("restore", d, r.size_bytes);
+                        ctx.metrics.stack_restore(&ns, &stack.name_any(), true);
                         mark_recorded(client, &ns, j).await?;
                     }
                 }
@@ -486,6 +487,7 @@ pub async fn sync(
             Finished::Failed(_, kind) => {
                 if !j.annotations().contains_key(labels::RECORDED) {
                     record_failure(ctx, &store, "restore", *kind);
+                    ctx.metrics.stack_restore(&ns, &stack.name_any(), false);
                     mark_recorded(client, &ns, j).await?;
                 }
             }

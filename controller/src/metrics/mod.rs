@@ -1,8 +1,9 @@
 //! Prometheus metrics. Labels are bounded: results, error categories and phases; never
-//! error strings. The only per-stack series are the snapshot repository's gauges (one of
-//! each per stack with a measured repository, labelled `stack_namespace` and `stack`):
-//! their cardinality is the number of stacks, and an alert on a full store must say
-//! which stack's it is.
+//! error strings. Per-stack series (labelled `stack_namespace` and `stack`) are the
+//! snapshot repository's gauges and those of `stacks.rs`: their cardinality is the number
+//! of stacks, and an alert must be able to say which stack.
+
+mod stacks;
 
 use deployctl_api::StackPhase;
 use prometheus_client::encoding::text::encode;
@@ -97,6 +98,7 @@ pub struct Metrics {
     repository_available: Family<StackLabels, Gauge>,
     repository_capacity: Family<StackLabels, Gauge>,
     repository_next_rollout: Family<StackLabels, Gauge>,
+    per_stack: stacks::StackSeries,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -246,7 +248,9 @@ impl Default for Metrics {
         for p in StackPhase::ALL {
             let _ = stacks.get_or_create(&PhaseLabels { phase: p.as_str() });
         }
+        let per_stack = stacks::StackSeries::register(&mut registry);
         Metrics {
+            per_stack,
             registry,
             reconciles,
             errors,
@@ -291,8 +295,35 @@ impl Metrics {
         }
     }
 
-    /// Records a stack's phase (`None` when it is gone).
-    pub fn set_phase(&self, key: &str, phase: Option<StackPhase>) {
+    /// Records a stack as its status now says (`None` when it is gone: every series of the
+    /// stack goes).
+    pub fn set_stack(
+        &self,
+        namespace: &str,
+        stack: &str,
+        status: Option<&deployctl_api::ProductionStackStatus>,
+    ) {
+        self.set_phase(
+            &format!("{namespace}/{stack}"),
+            status.and_then(|s| s.phase),
+        );
+        match status {
+            Some(s) => self.per_stack.set_info(
+                namespace,
+                stack,
+                s.phase,
+                s.current_revision,
+                s.stable_revision,
+            ),
+            None => {
+                self.per_stack.remove(namespace, stack);
+                self.set_repository(namespace, stack, None);
+            }
+        }
+    }
+
+    /// Records a stack's phase in the count by phase (`None` when it is gone).
+    fn set_phase(&self, key: &str, phase: Option<StackPhase>) {
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
         match phase {
             Some(p) => phases.insert(key.to_string(), p),
@@ -342,8 +373,17 @@ impl Metrics {
         );
     }
 
-    /// Records a gate measurement.
-    pub fn gate_measured(&self, kind: &'static str, outcome: deployctl_api::MeasurementOutcome) {
+    /// Records a measurement of a stack's gate (`component` None for the stack's own).
+    pub fn gate_measured(
+        &self,
+        (namespace, stack, component, gate): (&str, &str, Option<&str>, &str),
+        kind: &'static str,
+        outcome: deployctl_api::MeasurementOutcome,
+    ) {
+        if outcome == deployctl_api::MeasurementOutcome::Failure {
+            self.per_stack
+                .gate_failed(namespace, stack, component, gate);
+        }
         let outcome = match outcome {
             deployctl_api::MeasurementOutcome::Success => "success",
             deployctl_api::MeasurementOutcome::Failure => "failure",
@@ -384,8 +424,13 @@ impl Metrics {
         }
     }
 
-    /// Records a rollout or rollback outcome.
-    pub fn outcome(&self, o: &crate::reconcile::plan::Outcome) {
+    /// Records a finished restore Job of a stack.
+    pub fn stack_restore(&self, namespace: &str, stack: &str, completed: bool) {
+        self.per_stack.restore(namespace, stack, completed);
+    }
+
+    /// Records a rollout or rollback outcome of a stack.
+    pub fn outcome(&self, namespace: &str, stack: &str, o: &crate::reconcile::plan::Outcome) {
         use crate::reconcile::plan::Outcome;
         match o {
             Outcome::Rollout(outcome) => {
@@ -404,6 +449,8 @@ impl Metrics {
                     .inc();
                 self.rollback_duration.observe(*seconds);
                 self.rollback_deadline.set(*deadline_seconds);
+                self.per_stack
+                    .rollback(namespace, stack, trigger, outcome, *seconds);
             }
         }
     }
@@ -479,6 +526,95 @@ mod tests {
         assert!(
             !m.encode().contains("shop-ns"),
             "a deleted stack's series go"
+        );
+    }
+
+    fn status(
+        phase: StackPhase,
+        revision: i64,
+        stable: i64,
+    ) -> deployctl_api::ProductionStackStatus {
+        deployctl_api::ProductionStackStatus {
+            phase: Some(phase),
+            current_revision: Some(revision),
+            stable_revision: Some(stable),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_stack_has_one_info_series_and_its_counters_go_with_it() {
+        use crate::reconcile::plan::Outcome;
+        use deployctl_api::MeasurementOutcome;
+        let m = Metrics::default();
+        m.set_stack("ns", "shop", Some(&status(StackPhase::Progressing, 2, 1)));
+        m.set_stack("ns", "shop", Some(&status(StackPhase::RolledBack, 2, 1)));
+        m.set_stack("other", "blog", Some(&status(StackPhase::Healthy, 4, 4)));
+        m.gate_measured(
+            ("ns", "shop", Some("api"), "errors"),
+            "error_rate",
+            MeasurementOutcome::Failure,
+        );
+        m.gate_measured(
+            ("ns", "shop", Some("api"), "errors"),
+            "error_rate",
+            MeasurementOutcome::Failure,
+        );
+        m.gate_measured(
+            ("ns", "shop", None, "slo"),
+            "prometheus",
+            MeasurementOutcome::Success,
+        );
+        m.outcome(
+            "ns",
+            "shop",
+            &Outcome::Rollback {
+                trigger: "gate",
+                outcome: "completed",
+                seconds: 6.5,
+                deadline_seconds: 300.0,
+            },
+        );
+        m.stack_restore("ns", "shop", true);
+        let text = m.encode();
+        let mut info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("deployctl_stack_info{"))
+            .collect();
+        info.sort();
+        assert_eq!(
+            info,
+            [
+                r#"deployctl_stack_info{stack_namespace="ns",stack="shop",phase="RolledBack",revision="2",stable_revision="1"} 1"#,
+                r#"deployctl_stack_info{stack_namespace="other",stack="blog",phase="Healthy",revision="4",stable_revision="4"} 1"#,
+            ],
+            "one series per stack, the old phase replaced"
+        );
+        for line in [
+            r#"deployctl_stack_gate_failures_total{stack_namespace="ns",stack="shop",component="api",gate="errors"} 2"#,
+            r#"deployctl_stack_rollbacks_total{stack_namespace="ns",stack="shop",trigger="gate",outcome="completed"} 1"#,
+            r#"deployctl_stack_last_rollback_duration_seconds{stack_namespace="ns",stack="shop"} 6.5"#,
+            r#"deployctl_stack_restores_total{stack_namespace="ns",stack="shop",outcome="completed"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains(r#"gate="slo""#),
+            "a success is not a failure: {text}"
+        );
+        m.set_stack("ns", "shop", None);
+        let text = m.encode();
+        assert!(
+            !text.contains(r#"stack="shop""#),
+            "a deleted stack's series go: {text}"
+        );
+        assert!(
+            text.contains(r#"stack="blog""#),
+            "another stack's stay: {text}"
+        );
+        assert!(
+            text.contains(r#"deployctl_stacks{phase="Healthy"} 1"#),
+            "{text}"
         );
     }
 }

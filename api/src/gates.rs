@@ -103,7 +103,8 @@ pub struct ReadinessGate {
 pub struct HttpTarget {
     /// A full URL (in a real cluster, e.g. the Service's DNS name). When unset, every
     /// ready pod of the component is checked at its pod IP, found through the Service's
-    /// Endpoints.
+    /// Endpoints. A URL must be under a prefix the cluster administrator allows (chart
+    /// value `gates.allowedUrlPrefixes`); any other makes the stack Invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
@@ -193,7 +194,9 @@ pub struct ErrorRateGate {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusGate {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`. It
+    /// must be one the cluster administrator allows (chart value
+    /// `gates.allowedPrometheusAddresses`); any other makes the stack Invalid.
     pub address: String,
     /// A PromQL instant query that returns one number (a scalar or a one-element vector).
     pub query: String,

@@ -104,6 +104,27 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", hide = true)]
     pub pod_namespace: Option<String>,
 
+    /// URL prefixes that `http` and `errorRate` gates may name in `url` (repeat the flag,
+    /// or separate with commas), e.g. `https://status.example.com/checks/`. A prefix covers
+    /// its scheme, host and port and the paths below its path. Without any, gates reach
+    /// only the component's own pods; a stack naming another URL is Invalid.
+    #[arg(
+        long = "gate-allowed-url-prefix",
+        env = "DEPLOYCTL_GATE_ALLOWED_URL_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub gate_allowed_url_prefixes: Vec<String>,
+
+    /// Prometheus servers (base URLs) that `prometheus` gates may name in `address`
+    /// (repeat the flag, or separate with commas). Without any, a stack with a prometheus
+    /// gate is Invalid.
+    #[arg(
+        long = "gate-allowed-prometheus",
+        env = "DEPLOYCTL_GATE_ALLOWED_PROMETHEUS",
+        value_delimiter = ','
+    )]
+    pub gate_allowed_prometheus: Vec<String>,
+
     /// How often a Healthy stack is re-checked even without a change.
     #[arg(long, env = "DEPLOYCTL_RESYNC", default_value = "5m")]
     pub resync: deployctl_api::Duration,

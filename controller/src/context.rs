@@ -29,6 +29,8 @@ pub struct Context {
     pub resync: Duration,
     /// Takes gate measurements.
     pub measurer: crate::gates::measure::Measurer,
+    /// Where gates may send requests besides the component's pods.
+    pub gate_policy: crate::gates::policy::GatePolicy,
     /// Image of the snapshot agent's Jobs: the controller's own build.
     pub agent_image: String,
     /// The agent Jobs' resources unless a stack sets its own.
@@ -50,7 +52,11 @@ impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str, resync: Duration) -> Self {
         Context {
             recorder: Recorder::new(client.clone(), "deployctl-controller", identity),
-            measurer: crate::gates::measure::Measurer::new(client.clone()),
+            measurer: crate::gates::measure::Measurer::new(
+                client.clone(),
+                crate::gates::policy::GatePolicy::default(),
+            ),
+            gate_policy: crate::gates::policy::GatePolicy::default(),
             client,
             metrics,
             resync,
@@ -59,6 +65,13 @@ impl Context {
                 .expect("the default agent resources parse"),
             caches: None,
         }
+    }
+
+    /// The same context with gates allowed to reach what `policy` lists.
+    pub fn with_gate_policy(mut self, policy: crate::gates::policy::GatePolicy) -> Self {
+        self.measurer = crate::gates::measure::Measurer::new(self.client.clone(), policy.clone());
+        self.gate_policy = policy;
+        self
     }
 
     /// The same context reading through `caches`.

@@ -67,6 +67,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = client(&args).await?;
     let identity = args.identity();
     let resync = args.resync.parse().context("--resync")?;
+    let gate_policy = gates::policy::GatePolicy::new(
+        &args.gate_allowed_url_prefixes,
+        &args.gate_allowed_prometheus,
+    )?;
     let lease_duration = args.lease_duration.parse().context("--lease-duration")?;
 
     let stacks: Api<ProductionStack> = match &args.namespace {
@@ -212,6 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         context::Context::new(client.clone(), metrics.clone(), &identity, resync)
             .with_agent_image(args.agent_image.clone())
             .with_agent_resources(args.agent_resources.clone())
+            .with_gate_policy(gate_policy)
             .with_caches(caches),
     );
     let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {

@@ -7,6 +7,7 @@ mod support;
 
 use deployctl_api::{ProductionStack, RollbackTrigger, StackPhase};
 use deployctl_harness::{require_sim_node, shared};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -179,8 +180,13 @@ async fn a_prometheus_gate_reads_the_demo_apps_own_metrics() {
     require_sim_node!(env);
     let client = install_crd(env).await;
     let ns = env.namespace("prom-gate").await;
-    let _c = ControllerProcess::start(env, ns.name(), "c1", &[]);
     let prom = Prometheus::start();
+    let _c = ControllerProcess::start(
+        env,
+        ns.name(),
+        "c1",
+        &["--gate-allowed-prometheus", &prom.url],
+    );
     let follower = prom.follow_pods(client.clone(), ns.name());
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
     // Traffic comes from an http gate that accepts 500s too; the Prometheus gate fails
@@ -232,4 +238,86 @@ async fn a_prometheus_gate_reads_the_demo_apps_own_metrics() {
         "Prometheus scraped the pods: {up}"
     );
     follower.abort();
+}
+
+/// Anyone who may edit a stack in one namespace must not be able to make the controller
+/// request another namespace's pods or the cloud's metadata address. With no allow-list
+/// (the default), a stack whose gates name either is Invalid, each named by its field, no
+/// workload of it is created, and the other namespace's pod receives no request.
+#[tokio::test]
+async fn a_gate_cannot_reach_another_namespaces_pod_or_a_link_local_address() {
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("gate-proxy").await;
+    let other = env.namespace("gate-victim").await;
+    let _c = ControllerProcess::start(env, ns.name(), "c1", &[]);
+
+    // A pod in another namespace, as another team's service would be.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), other.name());
+    let victim: Pod = serde_yaml_ng::from_str(
+        "metadata: {name: victim}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: 'deployctl.dev/demo-app:v1'
+    env: [{name: DATA_DIR, value: /data}, {name: SEED_ITEMS, value: '3'}]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, emptyDir: {}}]",
+    )
+    .unwrap();
+    pods.create(&Default::default(), &victim).await.unwrap();
+    let ip = wait_until("the other namespace's pod to be ready", T, || async {
+        let p = pods.get("victim").await.ok()?;
+        let st = p.status?;
+        let ready = st
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(st.pod_ip?)
+    })
+    .await;
+
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let gates = format!(
+        "[{{name: other-team, http: {{url: 'http://{ip}:8080/api/items', bodyContains: secret}}}},
+          {{name: metadata, errorRate: {{url: 'http://169.254.169.254/latest/meta-data/'}}}},
+          {{name: own-pods, http: {{path: /readyz, port: http}}}}]"
+    );
+    apply(&stacks, &stack("1", "", &gates, "2s")).await;
+    let s = wait_stack(&stacks, "shop", "Invalid", T, |s| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(StackPhase::Invalid)
+    })
+    .await;
+    let message = s.status.unwrap().message.unwrap_or_default();
+    for field in [
+        "spec.components[0].gates[0].http.url",
+        "spec.components[0].gates[1].errorRate.url",
+    ] {
+        assert!(message.contains(field), "{field} not named in: {message}");
+    }
+    assert!(
+        !message.contains("gates[2]"),
+        "the component's own pods are always allowed: {message}"
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), ns.name());
+    assert!(
+        deployments.get_opt("shop-api").await.unwrap().is_none(),
+        "nothing of an invalid stack is applied"
+    );
+    // The other team's pod counts its requests by route: none reached /api/items.
+    let metrics = reqwest::get(format!("http://{ip}:8080/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("path=\"/api/items\""),
+        "the controller requested the other namespace's pod:\n{metrics}"
+    );
 }

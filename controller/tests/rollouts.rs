@@ -380,14 +380,16 @@ async fn a_flapping_gate_fails_the_rollout() {
 #[tokio::test]
 async fn an_unreachable_gate_is_inconclusive_and_pauses_then_a_late_target_passes() {
     require_sim_node!(shared());
-    let e = setup("inconclusive").await;
-    e.apply(&stack("", "[]", "")).await;
-    e.healthy_on(1).await;
     // A URL gate whose target does not listen yet. Its port is bound now, without
     // listening, so connections are refused and no other process can take it meanwhile.
     let reserved = tokio::net::TcpSocket::new_v4().unwrap();
     reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = reserved.local_addr().unwrap().port();
+    // The administrator allows that target (gates reach only the pods otherwise).
+    let allowed = format!("http://127.0.0.1:{port}/");
+    let e = setup_with("inconclusive", &["--gate-allowed-url-prefix", &allowed]).await;
+    e.apply(&stack("", "[]", "")).await;
+    e.healthy_on(1).await;
     let gate = format!(
         "[{{name: smoke, interval: 300ms, errorLimit: 3, http: {{url: 'http://127.0.0.1:{port}/ok'}}}}]"
     );

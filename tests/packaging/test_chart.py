@@ -390,9 +390,12 @@ def test_network_policy_allows_only_metrics_in_and_dns_api_gates_out():
     dns, api, gates = spec["egress"]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
     assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
-    assert api["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    # Any address on the API server's ports, but never the cloud's metadata service.
+    assert api["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}}]
     assert [p["port"] for p in api["ports"]] == [443, 6443]
-    assert gates == {"to": [{"namespaceSelector": {}, "podSelector": {}}]}
+    # Gates reach the components' pods only (and what the administrator adds).
+    assert gates == {"to": [{"namespaceSelector": {}, "podSelector": {
+        "matchExpressions": [{"key": "deployctl.dev/stack", "operator": "Exists"}]}}]}
 
 
 def test_gate_egress_follows_the_watched_namespace():
@@ -540,6 +543,14 @@ CASES = {
         one(d, "NetworkPolicy")["spec"]["egress"][2]["to"][0]["podSelector"] == {"matchLabels": {"app": "x"}})),
     "networkPolicy.gateTargets.ports": ([{"port": 8080, "protocol": "TCP"}], {}, lambda d: (
         one(d, "NetworkPolicy")["spec"]["egress"][2]["ports"] == [{"port": 8080, "protocol": "TCP"}])),
+    "networkPolicy.prometheus.to": ([{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}], {}, lambda d: (
+        one(d, "NetworkPolicy")["spec"]["egress"][3] == {"to": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]})),
+    "networkPolicy.prometheus.ports": ([{"port": 9090, "protocol": "TCP"}], {"networkPolicy.prometheus.to": [{"podSelector": {}}]},
+                                       lambda d: one(d, "NetworkPolicy")["spec"]["egress"][3]["ports"] == [{"port": 9090, "protocol": "TCP"}]),
+    "gates.allowedUrlPrefixes": (["https://status.example.com/checks/", "http://smoke.qa:8080/"], {}, lambda d: (
+        env_of(d).get("DEPLOYCTL_GATE_ALLOWED_URL_PREFIXES") == "https://status.example.com/checks/,http://smoke.qa:8080/")),
+    "gates.allowedPrometheusAddresses": (["http://prometheus-operated.monitoring:9090"], {}, lambda d: (
+        env_of(d).get("DEPLOYCTL_GATE_ALLOWED_PROMETHEUS") == "http://prometheus-operated.monitoring:9090")),
     "networkPolicy.extraEgress": ([{"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}], "ports": [{"port": 9090}]}], {},
                                   lambda d: one(d, "NetworkPolicy")["spec"]["egress"][3]["ports"] == [{"port": 9090}]),
     "serviceMonitor.enabled": (True, {}, lambda d: (

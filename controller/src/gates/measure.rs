@@ -26,6 +26,7 @@ pub const RETRIES: usize = 3;
 pub struct Measurer {
     client: Client,
     http: reqwest::Client,
+    policy: super::policy::GatePolicy,
 }
 
 /// Where a gate's measurement is aimed.
@@ -66,16 +67,22 @@ fn outcome(o: MeasurementOutcome, value: Option<f64>, message: impl Into<String>
 }
 
 impl Measurer {
-    /// A measurer using `client` for pods and Jobs.
-    pub fn new(client: Client) -> Self {
+    /// A measurer using `client` for pods and Jobs, sending gate requests only where
+    /// `policy` allows.
+    pub fn new(client: Client, policy: super::policy::GatePolicy) -> Self {
         // reqwest is built without a default TLS provider: the workspace uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(4)
             .no_proxy()
+            .redirect(policy.redirects())
             .build()
             .expect("an HTTP client with default settings builds");
-        Measurer { client, http }
+        Measurer {
+            client,
+            http,
+            policy,
+        }
     }
 
     /// Takes one measurement. `None` means none is available yet (a Job still running).
@@ -186,6 +193,13 @@ impl Measurer {
     async fn targets(&self, s: Subject<'_>, t: &HttpTarget) -> Result<Vec<String>, String> {
         let path = t.path.clone().unwrap_or_else(|| "/".into());
         if let Some(url) = &t.url {
+            // Refused at validation already; checked again here so that no path (a
+            // rollback going on under an invalid spec) sends it anyway.
+            if !self.policy.allows_url(url) {
+                return Err(format!(
+                    "{url} is not on the controller's list of gate targets"
+                ));
+            }
             return Ok(vec![url.clone()]);
         }
         let pods = self
@@ -361,6 +375,16 @@ impl Measurer {
         let timeout =
             crate::gates::analysis::duration_or(p.timeout.as_ref(), Duration::from_secs(5));
         let url = format!("{}/api/v1/query", p.address.trim_end_matches('/'));
+        if !self.policy.allows_prometheus(&url) {
+            return outcome(
+                MeasurementOutcome::Error,
+                None,
+                format!(
+                    "{} is not on the controller's list of Prometheus servers",
+                    p.address
+                ),
+            );
+        }
         let query = || async {
             self.http
                 .get(&url)

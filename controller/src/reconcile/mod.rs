@@ -127,7 +127,11 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             Ok::<_, Error>(Action::await_change())
         }
     };
-    let (desired, generation) = match validation::validate(&name, &stack.spec) {
+    // The schema's rules, then the administrator's: gates reach only what the controller
+    // allows (gates::policy).
+    let validated = validation::validate(&name, &stack.spec)
+        .and_then(|order| ctx.gate_policy.check(&stack.spec).map(|()| order));
+    let (desired, generation) = match validated {
         Ok(_) => {
             // 2. The revision the spec maps to (created once, found again after a crash).
             let revision = revisions::ensure_current(ctx, stack).await?;

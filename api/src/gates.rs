@@ -199,12 +199,110 @@ pub struct PrometheusGate {
     /// `gates.allowedPrometheusAddresses`); any other makes the stack Invalid.
     pub address: String,
     /// A PromQL instant query that returns one number (a scalar or a one-element vector).
+    /// `{{ namespace }}`, `{{ stack }}`, `{{ component }}` (empty for a stack's gate) and
+    /// `{{ revision }}` (the revision under analysis) are replaced before it is sent, so a
+    /// query can select the new revision's pods by their `deployctl.dev/revision` label,
+    /// e.g. `sum(rate(http_requests_total{namespace="{{ namespace }}",revision="{{ revision }}",code=~"5.."}[1m]))`.
     pub query: String,
     /// What the number must satisfy.
     pub condition: Comparison,
     /// Time after which a query counts as an error. Defaults to `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// A Secret in the stack's namespace with what the Prometheus API needs: key `token`
+    /// (sent as `Authorization: Bearer`), or keys `username` and `password` (basic auth),
+    /// and optionally `ca.crt`, a PEM bundle of the CAs that sign an `https` address's
+    /// certificate (in addition to the system's). The controller reads it at each query;
+    /// its content never appears in status, Events or logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretName>,
+    /// More request headers, e.g. `X-Scope-OrgID` for a Mimir, Cortex or Thanos tenant.
+    /// Credentials belong in `secretRef`, not here: `Authorization` is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeader>,
+}
+
+/// A Secret named in the stack's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretName {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An HTTP request header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+// The usual spellings only: a case-insensitive match costs more than the API server's
+// budget allows at this depth; validation.rs refuses every spelling.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.name != 'Authorization' && self.name != 'authorization' && self.name != 'AUTHORIZATION'",
+    "message": "credentials go in secretRef (key token, or username and password), not in headers: remove the Authorization header"
+}]))]
+pub struct HttpHeader {
+    /// Header name, e.g. `X-Scope-OrgID`.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    /// Header value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Names a Prometheus gate's query may use as `{{ name }}`.
+pub const QUERY_PLACEHOLDERS: [&str; 4] = ["namespace", "stack", "component", "revision"];
+
+/// What a Prometheus gate's query placeholders stand for.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryVars<'a> {
+    /// The stack's namespace.
+    pub namespace: &'a str,
+    /// The stack's name.
+    pub stack: &'a str,
+    /// The component, empty for a stack's gate.
+    pub component: &'a str,
+    /// The revision under analysis.
+    pub revision: i64,
+}
+
+/// The query with its `{{ name }}` placeholders replaced (spaces inside the braces are
+/// optional). An unknown name is an error naming it, so a typo is not sent as PromQL.
+pub fn render_query(query: &str, vars: Option<QueryVars<'_>>) -> Result<String, String> {
+    let mut out = String::with_capacity(query.len());
+    let mut rest = query;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err("a {{ without its }}: close it, e.g. {{ namespace }}".into());
+        };
+        let name = after[..end].trim();
+        let value = match (name, vars) {
+            (n, _) if !QUERY_PLACEHOLDERS.contains(&n) => {
+                return Err(format!(
+                    "unknown placeholder {{{{ {name} }}}}: use one of {}",
+                    QUERY_PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{{ {p} }}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            (_, None) => String::new(),
+            ("namespace", Some(v)) => v.namespace.to_string(),
+            ("stack", Some(v)) => v.stack.to_string(),
+            ("component", Some(v)) => v.component.to_string(),
+            (_, Some(v)) => v.revision.to_string(),
+        };
+        out.push_str(&value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A comparison of a measured number with a bound.
@@ -343,4 +441,34 @@ pub struct GateStatus {
     /// Why it is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_gets_the_stack_component_and_revision() {
+        let vars = QueryVars {
+            namespace: "shop-prod",
+            stack: "shop",
+            component: "api",
+            revision: 7,
+        };
+        assert_eq!(
+            render_query(
+                r#"sum(up{namespace="{{ namespace }}",stack="{{stack}}",component="{{  component }}",revision="{{ revision }}"})"#,
+                Some(vars)
+            )
+            .unwrap(),
+            r#"sum(up{namespace="shop-prod",stack="shop",component="api",revision="7"})"#
+        );
+        assert_eq!(render_query("vector(1)", Some(vars)).unwrap(), "vector(1)");
+        let err = render_query("up{ns=\"{{ namespce }}\"}", Some(vars)).unwrap_err();
+        assert!(
+            err.contains("namespce") && err.contains("{{ namespace }}"),
+            "{err}"
+        );
+        assert!(render_query("up{{ revision", None).is_err());
+    }
 }

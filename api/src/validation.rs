@@ -499,6 +499,25 @@ fn validate_gates(path: &str, gates: &[Gate], err: &mut impl FnMut(String, Strin
             g.prometheus.is_some(),
             g.job.is_some(),
         ];
+        if let Some(p) = &g.prometheus {
+            if let Err(e) = crate::gates::render_query(&p.query, None) {
+                err(format!("{gpath}.prometheus.query"), e);
+            }
+            at_most(
+                &format!("{gpath}.prometheus.headers"),
+                p.headers.len(),
+                16,
+                err,
+            );
+            for (h, header) in p.headers.iter().enumerate() {
+                if header.name.eq_ignore_ascii_case("authorization") {
+                    err(
+                        format!("{gpath}.prometheus.headers[{h}].name"),
+                        "credentials go in secretRef (key token, or username and password), not in headers: remove the Authorization header".into(),
+                    );
+                }
+            }
+        }
         if checks.iter().filter(|&&set| set).count() != 1 {
             err(
                 gpath,

@@ -427,6 +427,22 @@ fn invalid_cases() -> Vec<Invalid> {
     let c0 = "spec.components[0]";
     vec![
         case(
+            "credentials in a Prometheus gate's headers",
+            Stack,
+            stack("{name: api, template: TEMPLATE, gates: [{name: slo, prometheus: {address: 'http://prom:9090', query: '1', condition: {operator: '<', value: 2}, headers: [{name: X-Scope-OrgID, value: shop}, {name: authorization, value: 'Bearer x'}]}}]}"),
+            "spec.components[0].gates[0].prometheus.headers[1]",
+            "credentials go in secretRef",
+            "spec.components[0].gates[0].prometheus.headers[1].name",
+        ),
+        case(
+            "credentials in a stack gate's headers",
+            Stack,
+            with_spec("  gates: [{name: slo, prometheus: {address: 'http://prom:9090', query: '1', condition: {operator: '<', value: 2}, headers: [{name: Authorization, value: 'Basic x'}]}}]"),
+            "spec.gates[0].prometheus.headers[0]",
+            "credentials go in secretRef",
+            "spec.gates[0].prometheus.headers[0].name",
+        ),
+        case(
             "two components with one name",
             Stack,
             stack("{name: a, template: TEMPLATE}, {name: a, template: TEMPLATE}"),

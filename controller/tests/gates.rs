@@ -99,8 +99,41 @@ struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// A CA and a serving certificate for 127.0.0.1 signed by it, as PEM.
+struct TestPki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    TestPki {
+        ca: ca_cert.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// The bcrypt hash (cost 4) of `gate-test-password`, as Prometheus's web config wants it.
+const PASSWORD_HASH: &str = "$2b$04$ywGoLpKk7O6BQxR98BX56eU/FJXDuXmCOQswp2N0yRsuMghOrJaA2";
+
 impl Prometheus {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Serving HTTPS with `pki` and requiring basic auth (user `gate`) when given.
+    fn start_with(pki: Option<&TestPki>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = deployctl_harness::controller::free_port();
         let targets = dir.path().join("targets.json");
@@ -114,6 +147,24 @@ scrape_configs:
             targets.display()
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let mut web = Vec::new();
+        if let Some(pki) = pki {
+            std::fs::write(dir.path().join("tls.crt"), &pki.cert).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &pki.key).unwrap();
+            std::fs::write(
+                dir.path().join("web.yml"),
+                format!(
+                    "tls_server_config: {{cert_file: '{}', key_file: '{}'}}\nbasic_auth_users: {{gate: '{PASSWORD_HASH}'}}\n",
+                    dir.path().join("tls.crt").display(),
+                    dir.path().join("tls.key").display()
+                ),
+            )
+            .unwrap();
+            web.push(format!(
+                "--web.config.file={}",
+                dir.path().join("web.yml").display()
+            ));
+        }
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "/usr/bin/prometheus"])
@@ -126,13 +177,15 @@ scrape_configs:
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(&web)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .expect("prometheus starts (Debian package `prometheus`)");
+        let scheme = if pki.is_some() { "https" } else { "http" };
         Prometheus {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             targets,
             _dir: dir,
         }
@@ -148,13 +201,27 @@ scrape_configs:
                     .list(&kube::api::ListParams::default().labels("app=demo"))
                     .await
                 {
-                    let ips: Vec<String> = list
+                    // One target group per pod, labelled as a Kubernetes service discovery
+                    // relabelling would: namespace, stack, component and revision.
+                    let groups: Vec<serde_json::Value> = list
                         .items
                         .iter()
-                        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-                        .map(|ip| format!("{ip}:8080"))
+                        .filter_map(|p| {
+                            let ip = p.status.as_ref()?.pod_ip.clone()?;
+                            let l = p.metadata.labels.clone().unwrap_or_default();
+                            let label = |k: &str| l.get(k).cloned().unwrap_or_default();
+                            Some(serde_json::json!({
+                                "targets": [format!("{ip}:8080")],
+                                "labels": {
+                                    "namespace": p.metadata.namespace.clone().unwrap_or_default(),
+                                    "stack": label("deployctl.dev/stack"),
+                                    "component": label("deployctl.dev/component"),
+                                    "revision": label("deployctl.dev/revision"),
+                                },
+                            }))
+                        })
                         .collect();
-                    let json = serde_json::json!([{"targets": ips}]).to_string();
+                    let json = serde_json::Value::Array(groups).to_string();
                     let tmp = path.with_extension("tmp");
                     if std::fs::write(&tmp, json).is_ok() {
                         let _ = std::fs::rename(&tmp, &path);
@@ -320,4 +387,75 @@ spec:
         !metrics.contains("path=\"/api/items\""),
         "the controller requested the other namespace's pod:\n{metrics}"
     );
+}
+
+/// A Prometheus as monitoring stacks run it: HTTPS with a private CA and basic auth. The
+/// gate reads the credentials and the CA from a Secret, sends a tenant header, and its
+/// query is templated with the stack, component and namespace: it passes only if all of
+/// that reached Prometheus (the query counts the component's scraped pods, which exist
+/// under those labels only). The Secret's content appears nowhere in the stack's status.
+#[tokio::test]
+async fn a_prometheus_gate_with_tls_basic_auth_and_a_templated_query() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = shared();
+    require_sim_node!(env);
+    let client = install_crd(env).await;
+    let ns = env.namespace("prom-auth").await;
+    let pki = test_pki();
+    let prom = Prometheus::start_with(Some(&pki));
+    let _c = ControllerProcess::start(
+        env,
+        ns.name(),
+        "c1",
+        &["--gate-allowed-prometheus", &prom.url],
+    );
+    let follower = prom.follow_pods(client.clone(), ns.name());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), ns.name());
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "prom-access"},
+        "stringData": {"username": "gate", "password": "gate-test-password", "ca.crt": pki.ca},
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &secret).await.unwrap();
+
+    let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
+    let gates = format!(
+        "[{{name: scraped, interval: 1s, errorLimit: 60, prometheus: {{address: '{}', secretRef: {{name: prom-access}}, headers: [{{name: X-Scope-OrgID, value: shop}}], query: 'count(up{{namespace=\"{{{{ namespace }}}}\",stack=\"{{{{ stack }}}}\",component=\"{{{{component}}}}\"}} == 1)', condition: {{operator: '>=', value: 2}}}}}}]",
+        prom.url
+    );
+    apply(&stacks, &stack("1", "", &gates, "3s")).await;
+    // The analysis writes every measurement into the status; the watch sees each write.
+    let scraped = |s: &ProductionStack| {
+        s.status
+            .as_ref()?
+            .components
+            .first()?
+            .gates
+            .iter()
+            .find(|g| g.name == "scraped")
+            .cloned()
+    };
+    let s = wait_stack(&stacks, "shop", "the gate to pass a measurement", T, |s| {
+        scraped(s).is_some_and(|g| g.successes >= 1)
+    })
+    .await;
+    let gate = scraped(&s).unwrap();
+    let value = gate.measurements.iter().rev().find_map(|m| m.value);
+    assert_eq!(
+        value,
+        Some(2.0),
+        "both pods counted under the templated labels: {gate:?}"
+    );
+    let s = wait_stack(&stacks, "shop", "Healthy on revision 1", T, |s| {
+        on(s, StackPhase::Healthy, 1)
+    })
+    .await;
+    let status = s.status.unwrap();
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(
+        !text.contains("gate-test-password"),
+        "the password leaked into status"
+    );
+    follower.abort();
 }

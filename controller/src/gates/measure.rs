@@ -18,6 +18,19 @@ use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// Credentials for a Prometheus API, from a gate's Secret.
+enum Credentials {
+    Bearer(String),
+    Basic(String, String),
+}
+
+/// What a Prometheus gate's Secret gives a query.
+#[derive(Default)]
+struct PrometheusAccess {
+    credentials: Option<Credentials>,
+    ca: Option<Vec<u8>>,
+}
+
 /// Transport retries per request before the measurement counts as an error.
 pub const RETRIES: usize = 3;
 
@@ -94,7 +107,7 @@ impl Measurer {
         } else if let Some(e) = &gate.error_rate {
             Some(self.error_rate(s, e).await)
         } else if let Some(p) = &gate.prometheus {
-            Some(self.prometheus(p).await)
+            Some(self.prometheus(s, p).await)
         } else if let Some(j) = &gate.job {
             self.job(s, gate, j).await
         } else {
@@ -371,7 +384,7 @@ impl Measurer {
         }
     }
 
-    async fn prometheus(&self, p: &deployctl_api::PrometheusGate) -> Measurement {
+    async fn prometheus(&self, s: Subject<'_>, p: &deployctl_api::PrometheusGate) -> Measurement {
         let timeout =
             crate::gates::analysis::duration_or(p.timeout.as_ref(), Duration::from_secs(5));
         let url = format!("{}/api/v1/query", p.address.trim_end_matches('/'));
@@ -385,12 +398,58 @@ impl Measurer {
                 ),
             );
         }
+        let namespace = s.stack.namespace().unwrap_or_default();
+        let stack = s.stack.name_any();
+        let vars = deployctl_api::QueryVars {
+            namespace: &namespace,
+            stack: &stack,
+            component: s.component.map(|c| c.name.as_str()).unwrap_or_default(),
+            revision: s.revision,
+        };
+        let promql = match deployctl_api::render_query(&p.query, Some(vars)) {
+            Ok(q) => q,
+            Err(e) => return outcome(MeasurementOutcome::Error, None, e),
+        };
+        let access = match &p.secret_ref {
+            Some(r) => match self.prometheus_access(&namespace, &r.name).await {
+                Ok(a) => a,
+                Err(e) => return outcome(MeasurementOutcome::Error, None, e),
+            },
+            None => PrometheusAccess::default(),
+        };
+        let http = match &access.ca {
+            Some(pem) => match self.client_trusting(pem) {
+                Ok(c) => c,
+                Err(e) => {
+                    return outcome(
+                        MeasurementOutcome::Error,
+                        None,
+                        format!(
+                            "Secret {}: ca.crt: {e}",
+                            p.secret_ref
+                                .as_ref()
+                                .map(|r| r.name.as_str())
+                                .unwrap_or_default()
+                        ),
+                    )
+                }
+            },
+            None => self.http.clone(),
+        };
         let query = || async {
-            self.http
+            let mut req = http
                 .get(&url)
-                .query(&[("query", p.query.as_str())])
-                .timeout(timeout)
-                .send()
+                .query(&[("query", promql.as_str())])
+                .timeout(timeout);
+            for h in &p.headers {
+                req = req.header(h.name.as_str(), h.value.as_str());
+            }
+            req = match &access.credentials {
+                Some(Credentials::Bearer(token)) => req.bearer_auth(token),
+                Some(Credentials::Basic(user, password)) => req.basic_auth(user, Some(password)),
+                None => req,
+            };
+            req.send()
                 .await?
                 .error_for_status()?
                 .json::<serde_json::Value>()
@@ -434,6 +493,67 @@ impl Measurer {
             }
             Err(e) => outcome(MeasurementOutcome::Error, None, e),
         }
+    }
+
+    /// What a Prometheus gate's Secret holds. Its content goes only into the request,
+    /// never into a message: errors name the Secret and the key.
+    async fn prometheus_access(&self, ns: &str, name: &str) -> Result<PrometheusAccess, String> {
+        use k8s_openapi::api::core::v1::Secret;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = match api.get(name).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(format!("Secret {name} (secretRef) not found in namespace {ns}"))
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(format!(
+                    "the controller may not read Secret {name} (secretRef): grant it get on secrets in {ns}"
+                ))
+            }
+            Err(e) => return Err(format!("reading Secret {name}: {e}")),
+        };
+        let data = secret.data.unwrap_or_default();
+        let text = |key: &str| -> Result<Option<String>, String> {
+            data.get(key)
+                .map(|v| {
+                    String::from_utf8(v.0.clone())
+                        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                        .map_err(|_| format!("Secret {name}: key {key} is not UTF-8 text"))
+                })
+                .transpose()
+        };
+        let credentials = match (text("token")?, text("username")?, text("password")?) {
+            (Some(t), None, None) => Some(Credentials::Bearer(t)),
+            (None, Some(u), Some(p)) => Some(Credentials::Basic(u, p)),
+            (None, None, None) => None,
+            _ => {
+                return Err(format!(
+                    "Secret {name}: set either key token, or keys username and password"
+                ))
+            }
+        };
+        let ca = data.get("ca.crt").map(|v| v.0.clone());
+        if credentials.is_none() && ca.is_none() {
+            return Err(format!(
+                "Secret {name} has none of the keys token, username and password, ca.crt"
+            ));
+        }
+        Ok(PrometheusAccess { credentials, ca })
+    }
+
+    /// A client like the shared one that also trusts the CAs of `pem`.
+    fn client_trusting(&self, pem: &[u8]) -> Result<reqwest::Client, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no PEM certificate in it".into());
+        }
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(self.policy.redirects());
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+        b.build().map_err(|e| e.to_string())
     }
 
     async fn job(

@@ -58,6 +58,24 @@ pub struct GlobalArgs {
     /// is set)
     #[arg(long, global = true)]
     pub no_color: bool,
+
+    /// Act as this user (impersonation, as kubectl --as; needs the impersonate permission)
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+
+    /// Act with this group too (repeatable; with --as)
+    #[arg(
+        long = "as-group",
+        global = true,
+        value_name = "GROUP",
+        requires = "as_user"
+    )]
+    pub as_groups: Vec<String>,
+
+    /// How long one request to the API server may take before it fails (e.g. 10s; a long
+    /// wait is made of many requests and is bounded by its own --timeout)
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub request_timeout: Option<Timeout>,
 }
 
 /// A `--timeout` value: the user's text (kept for messages) and its length.
@@ -96,6 +114,39 @@ pub enum OutputFormat {
     Json,
     /// The objects exactly as the API server returns them, as YAML.
     Yaml,
+}
+
+/// Output formats of `get` and `list`, as kubectl spells them: `wide`, `json`, `yaml`,
+/// `name` or `jsonpath=TEMPLATE`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// A table format, or the objects as JSON or YAML.
+    Format(OutputFormat),
+    /// `productionstack.deployctl.dev/NAME`, one per line.
+    Name,
+    /// A kubectl JSONPath template applied to the object (or to the list).
+    JsonPath(crate::output::jsonpath::Template),
+}
+
+impl FromStr for Output {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use clap::ValueEnum;
+        if s == "name" {
+            return Ok(Output::Name);
+        }
+        if let Some(t) = s.strip_prefix("jsonpath=") {
+            return t.parse().map(Output::JsonPath);
+        }
+        OutputFormat::from_str(s, false)
+            .map(Output::Format)
+            .map_err(|_| {
+                format!(
+                    "unknown output format {s:?}: use wide, json, yaml, name or jsonpath=TEMPLATE"
+                )
+            })
+    }
 }
 
 /// Output formats of `history`.

@@ -64,15 +64,18 @@ pub async fn get_raw(cluster: &Cluster, name: &str) -> Result<serde_json::Value,
 pub async fn list_raw(
     cluster: &Cluster,
     all_namespaces: bool,
+    selector: Option<&str>,
 ) -> Result<serde_json::Value, CliError> {
     let ns = (!all_namespaces).then_some(cluster.namespace.as_str());
     let url = ProductionStack::url_path(&(), ns);
-    let req = Request::new(url)
-        .list(&ListParams::default())
-        .map_err(|e| CliError::Api {
-            action: "listing stacks".into(),
-            message: e.to_string(),
-        })?;
+    let mut params = ListParams::default();
+    if let Some(s) = selector {
+        params = params.labels(s);
+    }
+    let req = Request::new(url).list(&params).map_err(|e| CliError::Api {
+        action: "listing stacks".into(),
+        message: e.to_string(),
+    })?;
     match cluster.client.request::<serde_json::Value>(req).await {
         Ok(v) => Ok(v),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(CliError::ApiNotInstalled {

@@ -40,9 +40,14 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    /// Watches the object `name` of `api`.
-    pub fn new(api: Api<K>, name: &str) -> Self {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    /// Watches the object `name` of `api`; each watch request ends (and a new one starts)
+    /// within `request_timeout` when one is set.
+    pub fn new(api: Api<K>, name: &str, request_timeout: Option<std::time::Duration>) -> Self {
+        let mut config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        if let Some(t) = request_timeout {
+            // The server ends the watch cleanly before the client's read timeout would.
+            config = config.timeout((t.as_secs() as u32).saturating_sub(1).max(1));
+        }
         ObjectWatch {
             stream: watcher::watcher(api, config).default_backoff().boxed(),
             seen_in_init: false,
@@ -145,7 +150,7 @@ where
             Step::Continue => {}
         }
     }
-    let mut watch = ObjectWatch::new(api, name);
+    let mut watch = ObjectWatch::new(api, name, cluster.request_timeout);
     loop {
         let next = match tokio::time::timeout_at(deadline, watch.next()).await {
             Err(_) => return Ok(Err(Ended::TimedOut(last))),

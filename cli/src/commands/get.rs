@@ -2,7 +2,7 @@
 //! returns them (`-o json|yaml`), so scripts get the documented API objects unchanged.
 
 use super::{print, Ctx};
-use crate::args::OutputFormat;
+use crate::args::{Output, OutputFormat};
 use crate::describe::{self, opt_num};
 use crate::error::CliError;
 use crate::output::style::phase_color;
@@ -24,9 +24,14 @@ pub struct GetArgs {
     #[arg(short = 'A', long, conflicts_with = "stack")]
     pub all_namespaces: bool,
 
-    /// Output format: a wider table, or the API objects as JSON or YAML
+    /// Only stacks whose labels match this selector (e.g. team=shop,tier!=batch)
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "stack")]
+    pub selector: Option<String>,
+
+    /// Output format: wide, json, yaml (the API objects unchanged), name, or
+    /// jsonpath=TEMPLATE (kubectl's templates, e.g. jsonpath='{.status.phase}')
     #[arg(short = 'o', long, value_name = "FORMAT")]
-    pub output: Option<OutputFormat>,
+    pub output: Option<Output>,
 }
 
 /// Arguments of `list`.
@@ -36,9 +41,14 @@ pub struct ListArgs {
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
 
-    /// Output format: a wider table, or the API objects as JSON or YAML
+    /// Only stacks whose labels match this selector (e.g. team=shop,tier!=batch)
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Output format: wide, json, yaml (the API objects unchanged), name, or
+    /// jsonpath=TEMPLATE (kubectl's templates, e.g. jsonpath='{.items[*].metadata.name}')
     #[arg(short = 'o', long, value_name = "FORMAT")]
-    pub output: Option<OutputFormat>,
+    pub output: Option<Output>,
 }
 
 /// Runs `get`.
@@ -47,6 +57,7 @@ pub async fn run_get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
         return run_list(
             ListArgs {
                 all_namespaces: args.all_namespaces,
+                selector: args.selector,
                 output: args.output,
             },
             ctx,
@@ -55,50 +66,74 @@ pub async fn run_get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
     };
     let cluster = ctx.cluster().await?;
     let raw = stacks::get_raw(&cluster, &name).await?;
-    match args.output {
-        Some(OutputFormat::Json) => print(&to_json(&raw)),
-        Some(OutputFormat::Yaml) => print(&to_yaml(&raw)?),
-        wide => {
-            let stack: ProductionStack =
-                serde_json::from_value(raw).map_err(|e| CliError::Api {
-                    action: format!("reading stack \"{name}\""),
-                    message: format!("the object does not match this deployctl's API: {e}"),
-                })?;
-            let opts = TableOptions {
-                wide: wide == Some(OutputFormat::Wide),
-                namespaces: false,
-            };
-            print(&table(&[stack], opts, Timestamp::now(), &ctx.style))
-        }
-    }
+    let wide = match args.output {
+        Some(Output::Format(OutputFormat::Json)) => return print(&to_json(&raw)),
+        Some(Output::Format(OutputFormat::Yaml)) => return print(&to_yaml(&raw)?),
+        Some(Output::Name) => return print(&names(std::slice::from_ref(&raw))),
+        Some(Output::JsonPath(t)) => return print(&jsonpath(&t, &raw)?),
+        Some(Output::Format(f)) => Some(f),
+        None => None,
+    };
+    let stack: ProductionStack = serde_json::from_value(raw).map_err(|e| CliError::Api {
+        action: format!("reading stack \"{name}\""),
+        message: format!("the object does not match this deployctl's API: {e}"),
+    })?;
+    let opts = TableOptions {
+        wide: wide == Some(OutputFormat::Wide),
+        namespaces: false,
+    };
+    print(&table(&[stack], opts, Timestamp::now(), &ctx.style))
 }
 
 /// Runs `list`.
 pub async fn run_list(args: ListArgs, ctx: &Ctx) -> Result<(), CliError> {
     let cluster = ctx.cluster().await?;
-    let raw = stacks::list_raw(&cluster, args.all_namespaces).await?;
-    match args.output {
-        Some(OutputFormat::Json) => print(&to_json(&raw)),
-        Some(OutputFormat::Yaml) => print(&to_yaml(&raw)?),
-        wide => {
-            let items = stacks::items(&raw);
-            if items.is_empty() {
-                // Like kubectl: the table's absence is explained on stderr, stdout stays
-                // empty for scripts.
-                if args.all_namespaces {
-                    eprintln!("No stacks found.");
-                } else {
-                    eprintln!("No stacks found in namespace \"{}\".", cluster.namespace);
-                }
-                return Ok(());
-            }
-            let opts = TableOptions {
-                wide: wide == Some(OutputFormat::Wide),
-                namespaces: args.all_namespaces,
-            };
-            print(&table(&items, opts, Timestamp::now(), &ctx.style))
+    let raw = stacks::list_raw(&cluster, args.all_namespaces, args.selector.as_deref()).await?;
+    let wide = match args.output {
+        Some(Output::Format(OutputFormat::Json)) => return print(&to_json(&raw)),
+        Some(Output::Format(OutputFormat::Yaml)) => return print(&to_yaml(&raw)?),
+        Some(Output::Name) => {
+            let items = raw["items"].as_array().cloned().unwrap_or_default();
+            return print(&names(&items));
         }
+        Some(Output::JsonPath(t)) => return print(&jsonpath(&t, &raw)?),
+        Some(Output::Format(f)) => Some(f),
+        None => None,
+    };
+    let items = stacks::items(&raw);
+    if items.is_empty() {
+        // Like kubectl: the table's absence is explained on stderr, stdout stays empty for
+        // scripts.
+        if args.all_namespaces {
+            eprintln!("No stacks found.");
+        } else {
+            eprintln!("No stacks found in namespace \"{}\".", cluster.namespace);
+        }
+        return Ok(());
     }
+    let opts = TableOptions {
+        wide: wide == Some(OutputFormat::Wide),
+        namespaces: args.all_namespaces,
+    };
+    print(&table(&items, opts, Timestamp::now(), &ctx.style))
+}
+
+/// `-o name`: what kubectl prints, `<resource>.<group>/<name>`, one per line.
+fn names(objects: &[serde_json::Value]) -> String {
+    objects
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .map(|n| format!("productionstack.deployctl.dev/{n}\n"))
+        .collect()
+}
+
+fn jsonpath(
+    t: &crate::output::jsonpath::Template,
+    v: &serde_json::Value,
+) -> Result<String, CliError> {
+    t.render(v).map_err(|e| CliError::Failed {
+        message: format!("applying the jsonpath template: {e}"),
+    })
 }
 
 fn to_json(v: &serde_json::Value) -> String {

@@ -220,7 +220,7 @@ async fn run_list(args: ListArgs, ctx: &Ctx) -> Result<(), CliError> {
             // that cannot be read (gone, or not allowed) only loses its footer.
             let stacks: Vec<ProductionStack> = match &args.stack {
                 Some(s) => stacks::get(&cluster, s).await.ok().into_iter().collect(),
-                None => stacks::list_raw(&cluster, args.all_namespaces)
+                None => stacks::list_raw(&cluster, args.all_namespaces, None)
                     .await
                     .map(|l| stacks::items(&l))
                     .unwrap_or_default(),

@@ -41,7 +41,7 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> Result<(), CliError> {
     let no_color = ctx.global.no_color;
     let terminal = std::io::stdout().is_terminal();
     let api: Api<ProductionStack> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let mut watch = ObjectWatch::new(api, &args.stack);
+    let mut watch = ObjectWatch::new(api, &args.stack, cluster.request_timeout);
     let mut current = stack;
     let mut problem: Option<String> = None;
     let mut last_block = String::new();

@@ -35,6 +35,8 @@ pub struct Context {
     pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Reflector stores of what reconciles read; None reads from the API server.
     pub caches: Option<crate::cache::Caches>,
+    /// Which referenced objects are versioned with the revision.
+    pub versioned: crate::reconcile::resolve::Versioned,
 }
 
 impl std::fmt::Debug for Context {
@@ -58,7 +60,14 @@ impl Context {
             agent_resources: serde_json::from_str(DEFAULT_AGENT_RESOURCES)
                 .expect("the default agent resources parse"),
             caches: None,
+            versioned: Default::default(),
         }
+    }
+
+    /// Sets which referenced objects are versioned.
+    pub fn with_versioned(mut self, versioned: crate::reconcile::resolve::Versioned) -> Self {
+        self.versioned = versioned;
+        self
     }
 
     /// The same context reading through `caches`.

@@ -19,14 +19,16 @@ pub mod server;
 
 use anyhow::Context as _;
 use args::{LogFormat, RunArgs};
-use deployctl_api::{labels, ProductionStack, StackOperation, StackSnapshot};
+use deployctl_api::{labels, ConfigKind, ProductionStack, StackOperation, StackSnapshot};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{watcher, Controller};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -208,11 +210,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = stop.wait_for(|s| *s) => {}
         }
     }
+    let versioned = reconcile::resolve::Versioned {
+        secrets: args.version_secrets,
+    };
     let ctx = Arc::new(
         context::Context::new(client.clone(), metrics.clone(), &identity, resync)
             .with_agent_image(args.agent_image.clone())
             .with_agent_resources(args.agent_resources.clone())
-            .with_caches(caches),
+            .with_caches(caches)
+            .with_versioned(versioned),
     );
     let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {
         Some(ns) => (
@@ -223,9 +229,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
-    Controller::new(stacks, watcher::Config::default())
+    let controller = Controller::new(stacks, watcher::Config::default());
+    // With Secret versioning off the controller reads no Secret, not even their names.
+    // Metadata only: the content is read by the reconcile that needs it.
+    let (configmaps, secrets): (
+        Api<PartialObjectMeta<ConfigMap>>,
+        Api<PartialObjectMeta<Secret>>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let secret_changes = versioned
+        .secrets
+        .then(|| config_wakeups(secrets, ConfigKind::Secret, versioned, controller.store()));
+    let config_changes = futures::stream::select(
+        config_wakeups(configmaps, ConfigKind::ConfigMap, versioned, controller.store()),
+        futures::stream::iter(secret_changes).flatten(),
+    );
+    controller
         // Workloads and StackOperations: from the cache feeds, after the stores have them.
         .reconcile_on(woken)
+        // A referenced ConfigMap or Secret changed (or appeared): a new revision, or the
+        // end of a Stalled wait for it.
+        .reconcile_on(config_changes)
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
@@ -258,6 +287,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = server.await;
     Ok(())
+}
+
+/// The stacks to wake when a ConfigMap or Secret changes: those whose components reference
+/// it. Metadata only: the content is read by the reconcile, and a Secret's never sits in
+/// the controller's memory longer than that.
+fn config_wakeups<K>(
+    api: Api<PartialObjectMeta<K>>,
+    kind: ConfigKind,
+    versioned: reconcile::resolve::Versioned,
+    stacks: reflector::Store<ProductionStack>,
+) -> impl futures::Stream<Item = ObjectRef<ProductionStack>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    // deployctl's own copies are immutable and never referenced by a spec.
+    let config = watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
+    watcher(api, config)
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| async move { r.ok() })
+        .flat_map(move |meta| {
+            let ns = meta.metadata.namespace.clone();
+            let key = (kind, meta.metadata.name.clone().unwrap_or_default());
+            let woken: Vec<ObjectRef<ProductionStack>> = stacks
+                .state()
+                .iter()
+                .filter(|s| {
+                    s.metadata.namespace == ns
+                        && reconcile::resolve::referenced(&s.spec.components, versioned)
+                            .contains(&key)
+                })
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect();
+            futures::stream::iter(woken)
+        })
 }
 
 /// Waits (up to a minute) until ProductionStacks are served: a controller started together

@@ -1,5 +1,6 @@
 //! The reconcile pipeline for one `ProductionStack`:
-//! validate (pure) → revision (find or create) → observe (read the world) → plan (pure)
+//! validate (pure) → resolve config references (read, then pure) → revision (find or
+//! create, with its config copies) → observe (read the world) → plan (pure)
 //! → apply (at most one component) → status and Events.
 //!
 //! Every step is idempotent and the rollout state lives in the status, so a reconcile
@@ -8,10 +9,12 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod configs;
 pub mod observe;
 pub mod operations;
 pub mod plan;
 pub mod replicas;
+pub mod resolve;
 pub mod revisions;
 pub mod snapshots;
 pub mod status;
@@ -127,10 +130,25 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             Ok::<_, Error>(Action::await_change())
         }
     };
-    let (desired, generation) = match validation::validate(&name, &stack.spec) {
+    // 1b. Resolve: the components with their ConfigMap/Secret references pointing at
+    // copies of what the objects hold now. A missing required object refuses the spec
+    // like an invalid field (its watch wakes the stack once it exists).
+    let resolved = match validation::validate(&name, &stack.spec) {
         Ok(_) => {
-            // 2. The revision the spec maps to (created once, found again after a crash).
-            let revision = revisions::ensure_current(ctx, stack).await?;
+            let sources =
+                configs::read(&ctx.client, &ns, &stack.spec.components, ctx.versioned).await?;
+            resolve::resolve(&name, &stack.spec.components, &sources, ctx.versioned)
+        }
+        Err(invalid) => Err(invalid),
+    };
+    let (desired, generation) = match resolved {
+        Ok(resolved) => {
+            // 2. The revision the resolved components map to (created once, found again
+            // after a crash), and its config copies before the status records it.
+            let revision = revisions::ensure_current(ctx, stack, &resolved).await?;
+            if let Some(owner) = revision.owner.as_ref() {
+                configs::ensure_copies(&ctx.client, &ns, &resolved.copies, owner).await?;
+            }
             if revision.created {
                 // Recorded on the side: an Event is a request, and this one need not delay
                 // the rollout it announces.
@@ -140,9 +158,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                     ctx.event(&stack, false, "RevisionCreated", note).await;
                 });
             }
-            let desired =
-                plan::RevisionRef::new(&name, revision.number, stack.spec.components.clone())
-                    .expect("a validated spec makes a valid revision");
+            let desired = plan::RevisionRef::new(&name, revision.number, resolved.components)
+                .expect("a validated spec makes a valid revision");
             (desired, stack.metadata.generation)
         }
         Err(invalid) if previous.rollback.is_some() => {

@@ -26,8 +26,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, ObjectRef};
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
@@ -246,7 +246,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .secrets
         .then(|| config_wakeups(secrets, ConfigKind::Secret, versioned, controller.store()));
     let config_changes = futures::stream::select(
-        config_wakeups(configmaps, ConfigKind::ConfigMap, versioned, controller.store()),
+        config_wakeups(
+            configmaps,
+            ConfigKind::ConfigMap,
+            versioned,
+            controller.store(),
+        ),
         futures::stream::iter(secret_changes).flatten(),
     );
     controller
@@ -307,7 +312,8 @@ where
         + 'static,
 {
     // deployctl's own copies are immutable and never referenced by a spec.
-    let config = watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
+    let config =
+        watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
     watcher(api, config)
         .default_backoff()
         .touched_objects()

@@ -117,12 +117,13 @@ async fn a_bad_configmap_change_rolls_back_to_the_previous_content() {
     let copy = cms.get(&good_copy).await.unwrap();
     assert_eq!(copy.immutable, Some(true));
     assert_eq!(rate(&copy), "0.0");
-    let rev1 = revisions.get(&format!("shop-{}", {
-        let s = stacks.get("shop").await.unwrap();
-        s.status.unwrap().current_revision_hash.unwrap()
-    }))
-    .await
-    .unwrap();
+    let rev1 = revisions
+        .get(&format!("shop-{}", {
+            let s = stacks.get("shop").await.unwrap();
+            s.status.unwrap().current_revision_hash.unwrap()
+        }))
+        .await
+        .unwrap();
     assert_eq!(
         recorded(&rev1)
             .iter()
@@ -141,7 +142,11 @@ async fn a_bad_configmap_change_rolls_back_to_the_previous_content() {
     })
     .await;
     let st = s.status.unwrap();
-    assert_eq!(st.current_revision, Some(2), "the ConfigMap change was revision 2");
+    assert_eq!(
+        st.current_revision,
+        Some(2),
+        "the ConfigMap change was revision 2"
+    );
     assert_eq!(st.stable_revision, Some(1));
     let last = st.last_rollback.unwrap();
     assert_eq!((last.from_revision, last.to_revision), (2, 1));
@@ -175,7 +180,11 @@ async fn a_bad_configmap_change_rolls_back_to_the_previous_content() {
     })
     .await;
     wait_until("the copy only revision 2 used to be deleted", T, || async {
-        cms.get_opt(&bad_copy).await.unwrap().is_none().then_some(())
+        cms.get_opt(&bad_copy)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(cms.get_opt(&good_copy).await.unwrap().is_some());
@@ -206,10 +215,17 @@ async fn a_missing_required_configmap_stalls_until_it_exists() {
             .is_some_and(|c| c.status == "True")
     })
     .await;
-    let msg = s.status.unwrap().condition("Stalled").unwrap().message.clone();
+    let msg = s
+        .status
+        .unwrap()
+        .condition("Stalled")
+        .unwrap()
+        .message
+        .clone();
     assert!(
-        msg.contains("spec.components[0].template.spec.containers[0].env[1].valueFrom.configMapKeyRef")
-            && msg.contains("ConfigMap later"),
+        msg.contains(
+            "spec.components[0].template.spec.containers[0].env[1].valueFrom.configMapKeyRef"
+        ) && msg.contains("ConfigMap later"),
         "the condition names the field and the object: {msg}"
     );
     assert!(

@@ -49,7 +49,9 @@ pub async fn ensure_copies(
 ) -> Result<()> {
     for copy in copies {
         match &copy.object {
-            Source::ConfigMap(o) => ensure(&Api::namespaced(client.clone(), ns), o, revision).await?,
+            Source::ConfigMap(o) => {
+                ensure(&Api::namespaced(client.clone(), ns), o, revision).await?
+            }
             Source::Secret(o) => ensure(&Api::namespaced(client.clone(), ns), o, revision).await?,
         }
     }

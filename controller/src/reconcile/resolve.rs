@@ -227,12 +227,7 @@ fn visit(
         }
         if let Some(s) = volume.secret.as_mut() {
             if let Some(name) = s.secret_name.as_mut() {
-                call(
-                    ConfigKind::Secret,
-                    name,
-                    s.optional,
-                    format!("{at}.secret"),
-                );
+                call(ConfigKind::Secret, name, s.optional, format!("{at}.secret"));
             }
         }
         if let Some(p) = volume.projected.as_mut() {
@@ -317,7 +312,11 @@ pub fn copy_name(name: &str, hash: &str) -> String {
 pub fn copy_of(stack: &str, source: &Source) -> Copy {
     let hash = content_hash(source);
     let (kind, name, ns) = match source {
-        Source::ConfigMap(o) => (ConfigKind::ConfigMap, &o.metadata.name, &o.metadata.namespace),
+        Source::ConfigMap(o) => (
+            ConfigKind::ConfigMap,
+            &o.metadata.name,
+            &o.metadata.namespace,
+        ),
         Source::Secret(o) => (ConfigKind::Secret, &o.metadata.name, &o.metadata.namespace),
     };
     let name = name.clone().unwrap_or_default();
@@ -367,7 +366,10 @@ pub fn copy_of(stack: &str, source: &Source) -> Copy {
 /// Owner references a copy should have: the ones it has plus `revision`'s (never a
 /// controller reference: several revisions share a copy, and the garbage collector
 /// deletes it once the last of them is gone). None when it has it already.
-pub fn with_owner(existing: &[OwnerReference], revision: &OwnerReference) -> Option<Vec<OwnerReference>> {
+pub fn with_owner(
+    existing: &[OwnerReference],
+    revision: &OwnerReference,
+) -> Option<Vec<OwnerReference>> {
     if existing.iter().any(|o| o.uid == revision.uid) {
         return None;
     }
@@ -448,7 +450,9 @@ mod tests {
         list.into_iter()
             .map(|s| {
                 let key = match &s {
-                    Source::ConfigMap(o) => (ConfigKind::ConfigMap, o.metadata.name.clone().unwrap()),
+                    Source::ConfigMap(o) => {
+                        (ConfigKind::ConfigMap, o.metadata.name.clone().unwrap())
+                    }
                     Source::Secret(o) => (ConfigKind::Secret, o.metadata.name.clone().unwrap()),
                 };
                 (key, s)
@@ -459,19 +463,40 @@ mod tests {
     #[test]
     fn finds_every_kind_of_reference_with_its_path() {
         let refs = references(&components(ALL_KINDS), V);
-        let paths: Vec<(&str, &str)> = refs.iter().map(|r| (r.name.as_str(), r.path.as_str())).collect();
+        let paths: Vec<(&str, &str)> = refs
+            .iter()
+            .map(|r| (r.name.as_str(), r.path.as_str()))
+            .collect();
         let p = "spec.components[0].template.spec";
         assert_eq!(
             paths,
             vec![
-                ("db", &*format!("{p}.containers[0].env[1].valueFrom.secretKeyRef")),
-                ("settings", &*format!("{p}.containers[0].env[2].valueFrom.configMapKeyRef")),
-                ("settings", &*format!("{p}.containers[0].envFrom[0].configMapRef")),
-                ("db", &*format!("{p}.initContainers[0].envFrom[0].secretRef")),
+                (
+                    "db",
+                    &*format!("{p}.containers[0].env[1].valueFrom.secretKeyRef")
+                ),
+                (
+                    "settings",
+                    &*format!("{p}.containers[0].env[2].valueFrom.configMapKeyRef")
+                ),
+                (
+                    "settings",
+                    &*format!("{p}.containers[0].envFrom[0].configMapRef")
+                ),
+                (
+                    "db",
+                    &*format!("{p}.initContainers[0].envFrom[0].secretRef")
+                ),
                 ("files", &*format!("{p}.volumes[0].configMap")),
                 ("db", &*format!("{p}.volumes[1].secret")),
-                ("settings", &*format!("{p}.volumes[2].projected.sources[0].configMap")),
-                ("tls", &*format!("{p}.volumes[2].projected.sources[1].secret")),
+                (
+                    "settings",
+                    &*format!("{p}.volumes[2].projected.sources[0].configMap")
+                ),
+                (
+                    "tls",
+                    &*format!("{p}.volumes[2].projected.sources[1].secret")
+                ),
             ]
         );
         assert!(refs.iter().find(|r| r.name == "tls").unwrap().optional);
@@ -492,7 +517,11 @@ mod tests {
     #[test]
     fn references_point_at_content_addressed_copies() {
         let spec = components(ALL_KINDS);
-        let found = sources(vec![cm("settings", "info"), cm("files", "x"), secret("db", "hunter2")]);
+        let found = sources(vec![
+            cm("settings", "info"),
+            cm("files", "x"),
+            secret("db", "hunter2"),
+        ]);
         let r = resolve("s", &spec, &found, V).unwrap();
         let names = referenced(&r.components, V);
         let h = content_hash(&found[&(ConfigKind::ConfigMap, "settings".into())]);
@@ -516,7 +545,10 @@ mod tests {
         let again = resolve("s", &spec, &found, V).unwrap();
         assert_eq!(again.components, r.components);
         let mut changed = found.clone();
-        changed.insert((ConfigKind::ConfigMap, "settings".into()), cm("settings", "debug"));
+        changed.insert(
+            (ConfigKind::ConfigMap, "settings".into()),
+            cm("settings", "debug"),
+        );
         let other = resolve("s", &spec, &changed, V).unwrap();
         assert_ne!(
             crate::reconcile::revisions::revision_hash(&other.components),
@@ -538,7 +570,9 @@ mod tests {
                 "spec.components[0].template.spec.volumes[2].projected.sources[0].configMap",
             ]
         );
-        assert!(err.to_string().contains("ConfigMap settings does not exist"));
+        assert!(err
+            .to_string()
+            .contains("ConfigMap settings does not exist"));
     }
 
     #[test]
@@ -588,13 +622,18 @@ mod tests {
     fn secrets_left_as_written_when_not_versioned() {
         let spec = components(ALL_KINDS);
         let off = Versioned { secrets: false };
-        assert!(references(&spec, off).iter().all(|r| r.kind == ConfigKind::ConfigMap));
+        assert!(references(&spec, off)
+            .iter()
+            .all(|r| r.kind == ConfigKind::ConfigMap));
         // No Secret read, none missing, none rewritten.
         let found = sources(vec![cm("settings", "info"), cm("files", "x")]);
         let r = resolve("s", &spec, &found, off).unwrap();
         let names = referenced(&r.components, V);
         assert!(names.contains(&(ConfigKind::Secret, "db".into())));
-        assert!(r.copies.iter().all(|c| c.version.kind == ConfigKind::ConfigMap));
+        assert!(r
+            .copies
+            .iter()
+            .all(|c| c.version.kind == ConfigKind::ConfigMap));
     }
 
     #[test]

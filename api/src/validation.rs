@@ -120,7 +120,25 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
         if c.replicas.is_some_and(|r| r < 0) {
             err(format!("{path}.replicas"), "must be 0 or more".into());
         }
-        validate_component(&path, c, &mut err);
+        match &c.template_from {
+            None => validate_component(&path, c, &mut err),
+            Some(_) if c.template != Default::default() => err(
+                format!("{path}.templateFrom"),
+                "set exactly one of template and templateFrom: remove one".into(),
+            ),
+            // The template is checked once resolved, against what the workload holds.
+            Some(from) => {
+                if from.name.is_empty() || from.name.len() > 253 || !is_dns_subdomain(&from.name) {
+                    err(
+                        format!("{path}.templateFrom.name"),
+                        format!(
+                            "{:?} is not the name of a Deployment or StatefulSet",
+                            from.name
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     for (i, c) in spec.components.iter().enumerate() {
@@ -672,6 +690,11 @@ fn topological_order(spec: &ProductionStackSpec) -> Result<Vec<String>, Vec<Stri
         cur = next;
     }
     Err(path.iter().map(|&p| names[p].to_string()).collect())
+}
+
+/// A DNS subdomain: DNS labels joined by dots (what object names are).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.split('.').all(is_dns_label)
 }
 
 fn is_dns_label(s: &str) -> bool {

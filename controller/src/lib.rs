@@ -242,17 +242,70 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let secret_changes = versioned
-        .secrets
-        .then(|| config_wakeups(secrets, ConfigKind::Secret, versioned, controller.store()));
+    // deployctl's own config copies are immutable and never referenced by a spec.
+    let not_copies =
+        watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
+    // A stack with `templateFrom` may read config its spec does not name (the referenced
+    // template's): any change in its namespace wakes it.
+    let refers = move |kind: ConfigKind| {
+        move |s: &ProductionStack, name: &str| {
+            s.spec.components.iter().any(|c| c.template_from.is_some())
+                || reconcile::resolve::referenced(&s.spec.components, versioned)
+                    .contains(&(kind, name.to_string()))
+        }
+    };
+    let secret_changes = versioned.secrets.then(|| {
+        reference_wakeups(
+            secrets,
+            not_copies.clone(),
+            refers(ConfigKind::Secret),
+            controller.store(),
+        )
+    });
     let config_changes = futures::stream::select(
-        config_wakeups(
+        reference_wakeups(
             configmaps,
-            ConfigKind::ConfigMap,
-            versioned,
+            not_copies,
+            refers(ConfigKind::ConfigMap),
             controller.store(),
         ),
         futures::stream::iter(secret_changes).flatten(),
+    );
+    // Workloads that `templateFrom` names (never deployctl's own).
+    let (ref_deployments, ref_statefulsets): (
+        Api<PartialObjectMeta<Deployment>>,
+        Api<PartialObjectMeta<StatefulSet>>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let not_ours = watcher::Config::default().labels(&format!(
+        "{}!={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+    let takes_from = |kind: deployctl_api::WorkloadKind| {
+        move |s: &ProductionStack, name: &str| {
+            reconcile::resolve::templates_from(&s.spec.components)
+                .contains(&(kind, name.to_string()))
+        }
+    };
+    let workload_changes = futures::stream::select(
+        reference_wakeups(
+            ref_deployments,
+            not_ours.clone(),
+            takes_from(deployctl_api::WorkloadKind::Deployment),
+            controller.store(),
+        ),
+        reference_wakeups(
+            ref_statefulsets,
+            not_ours,
+            takes_from(deployctl_api::WorkloadKind::StatefulSet),
+            controller.store(),
+        ),
     );
     controller
         // Workloads and StackOperations: from the cache feeds, after the stores have them.
@@ -260,6 +313,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // A referenced ConfigMap or Secret changed (or appeared): a new revision, or the
         // end of a Stalled wait for it.
         .reconcile_on(config_changes)
+        // A workload a `templateFrom` names changed (or appeared).
+        .reconcile_on(workload_changes)
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
@@ -294,13 +349,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stacks to wake when a ConfigMap or Secret changes: those whose components reference
-/// it. Metadata only: the content is read by the reconcile, and a Secret's never sits in
-/// the controller's memory longer than that.
-fn config_wakeups<K>(
+/// The stacks to wake when an object they reference (a ConfigMap, a Secret, a workload
+/// `templateFrom` names) changes: those in its namespace for which `refers` says so.
+/// Metadata only: the content is read by the reconcile, and a Secret's never sits in the
+/// controller's memory longer than that.
+fn reference_wakeups<K>(
     api: Api<PartialObjectMeta<K>>,
-    kind: ConfigKind,
-    versioned: reconcile::resolve::Versioned,
+    config: watcher::Config,
+    refers: impl Fn(&ProductionStack, &str) -> bool + Send + 'static,
     stacks: reflector::Store<ProductionStack>,
 ) -> impl futures::Stream<Item = ObjectRef<ProductionStack>> + Send + 'static
 where
@@ -311,24 +367,17 @@ where
         + Send
         + 'static,
 {
-    // deployctl's own copies are immutable and never referenced by a spec.
-    let config =
-        watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
     watcher(api, config)
         .default_backoff()
         .touched_objects()
         .filter_map(|r| async move { r.ok() })
         .flat_map(move |meta| {
             let ns = meta.metadata.namespace.clone();
-            let key = (kind, meta.metadata.name.clone().unwrap_or_default());
+            let name = meta.metadata.name.clone().unwrap_or_default();
             let woken: Vec<ObjectRef<ProductionStack>> = stacks
                 .state()
                 .iter()
-                .filter(|s| {
-                    s.metadata.namespace == ns
-                        && reconcile::resolve::referenced(&s.spec.components, versioned)
-                            .contains(&key)
-                })
+                .filter(|s| s.metadata.namespace == ns && refers(s, &name))
                 .map(|s| ObjectRef::from_obj(&**s))
                 .collect();
             futures::stream::iter(woken)

@@ -100,7 +100,11 @@ fn assert_clean(what: &str, text: &str) {
                 .to_string()
         })
         .collect();
-    for s in SENTINELS.iter().copied().chain(encoded.iter().map(String::as_str)) {
+    for s in SENTINELS
+        .iter()
+        .copied()
+        .chain(encoded.iter().map(String::as_str))
+    {
         assert!(
             !text.contains(s),
             "a secret value ({s}) leaked into {what}:\n{}",
@@ -252,7 +256,10 @@ async fn secret_values_never_leave_their_secrets() {
         .await
         .unwrap()
         .items;
-    assert!(!copies.is_empty(), "the referenced Secret is copied per revision");
+    assert!(
+        !copies.is_empty(),
+        "the referenced Secret is copied per revision"
+    );
     assert!(copies.iter().all(|c| c.immutable == Some(true)));
     places.push((
         "StackSnapshots".into(),

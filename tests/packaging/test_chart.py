@@ -204,6 +204,9 @@ CONTROLLER_NEEDS = {
     ("deployctl.dev", "stacksnapshots/status"): {"get", "patch", "update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    # templateFrom: the referenced workload is scaled to 0 (replicas only).
+    ("apps", "deployments/scale"): {"patch"},
+    ("apps", "statefulsets/scale"): {"patch"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},

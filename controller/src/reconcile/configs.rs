@@ -1,16 +1,81 @@
-//! Config I/O around [`resolve`](super::resolve): reads the ConfigMaps and Secrets a
-//! stack's components reference, and creates their per-revision copies, owned by the
-//! ControllerRevisions that use them.
+//! Reference I/O around [`resolve`](super::resolve): reads the workloads `templateFrom`
+//! names and the ConfigMaps and Secrets the components reference, creates the per-revision
+//! config copies, owned by the ControllerRevisions that use them, and scales adopted
+//! workloads down.
 
 use super::resolve::{self, Copy, Source, Sources};
 use crate::error::Result;
-use deployctl_api::{Component, ConfigKind};
+use deployctl_api::{Component, ConfigKind, WorkloadKind};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The workloads the components' `templateFrom` name that exist now (one GET each).
+pub async fn read_workloads(
+    client: &Client,
+    ns: &str,
+    components: &[Component],
+) -> Result<resolve::Workloads> {
+    let mut out = resolve::Workloads::new();
+    for (kind, name) in resolve::templates_from(components) {
+        let found = match kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await?
+                .and_then(|d| d.spec)
+                .map(|s| (s.template, s.replicas)),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await?
+                .and_then(|d| d.spec)
+                .map(|s| (s.template, s.replicas)),
+        };
+        if let Some((template, replicas)) = found {
+            out.insert(
+                (kind, name),
+                resolve::Referenced {
+                    template,
+                    replicas: replicas.unwrap_or(1),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Field manager of the scale-downs of adopted workloads: a GitOps tool that owns
+/// `spec.replicas` sees who changed it.
+pub const ADOPT_FIELD_MANAGER: &str = "deployctl-adopt";
+
+/// Scales a referenced workload to 0 through its `scale` subresource.
+pub async fn scale_down(
+    client: &Client,
+    ns: &str,
+    s: &super::plan::adopt::ScaleDown,
+) -> Result<()> {
+    let patch = serde_json::json!({"spec": {"replicas": 0}});
+    let pp = PatchParams {
+        field_manager: Some(ADOPT_FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match s.kind {
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch_scale(&s.name, &pp, &Patch::Merge(&patch))
+                .await?;
+        }
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .patch_scale(&s.name, &pp, &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
 
 /// The referenced objects that exist now (one GET each; none for a stack that references
 /// nothing).

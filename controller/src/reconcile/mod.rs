@@ -133,11 +133,23 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     // 1b. Resolve: the components with their ConfigMap/Secret references pointing at
     // copies of what the objects hold now. A missing required object refuses the spec
     // like an invalid field (its watch wakes the stack once it exists).
+    // `templateFrom` is filled in first, so its template's config is versioned too; then
+    // the resolved components are checked as a revision (the referenced template was not
+    // checked with the spec).
+    let mut referenced_workloads = resolve::Workloads::new();
     let resolved = match validation::validate(&name, &stack.spec) {
         Ok(_) => {
-            let sources =
-                configs::read(&ctx.client, &ns, &stack.spec.components, ctx.versioned).await?;
-            resolve::resolve(&name, &stack.spec.components, &sources, ctx.versioned)
+            referenced_workloads =
+                configs::read_workloads(&ctx.client, &ns, &stack.spec.components).await?;
+            match resolve::fill_templates(&stack.spec.components, &referenced_workloads) {
+                Ok(filled) => {
+                    let sources = configs::read(&ctx.client, &ns, &filled, ctx.versioned).await?;
+                    resolve::resolve(&name, &filled, &sources, ctx.versioned).and_then(|r| {
+                        plan::RevisionRef::new(&name, 0, r.components.clone()).map(|_| r)
+                    })
+                }
+                Err(invalid) => Err(invalid),
+            }
         }
         Err(invalid) => Err(invalid),
     };
@@ -387,6 +399,29 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                 tracing::info!(stack = %key, component, job = ?job, snapshots = ?forgotten, "pruning to fit");
             }
         }
+    }
+    // Adopted workloads: scaled to 0 once deployctl's copy serves (the planner's call).
+    let referenced_replicas = referenced_workloads
+        .iter()
+        .map(|(k, w)| (k.clone(), w.replicas))
+        .collect();
+    for s in plan::adopt::scale_downs(&desired, &observed, &referenced_replicas) {
+        configs::scale_down(&ctx.client, &ns, &s).await?;
+        tracing::info!(stack = %key, component = %s.component, kind = %s.kind, workload = %s.name, "scaled the referenced workload to 0");
+        ctx.event(
+            stack,
+            false,
+            "ScaledDownReferenced",
+            format!(
+                "Scaled {} {} from {} to 0 replicas: component {} runs its template as {}; tell the tool that applies it to ignore spec.replicas, or set replicas: 0 there",
+                s.kind,
+                s.name,
+                s.from,
+                s.component,
+                deployctl_api::child_name(&name, &s.component)
+            ),
+        )
+        .await;
     }
     if decision.promoted {
         for orphan in apply::orphans(ctx, stack, &desired.order).await? {

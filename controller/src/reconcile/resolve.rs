@@ -1,5 +1,7 @@
-//! Resolve (pure): the spec's components with every ConfigMap and Secret reference replaced
-//! by the immutable per-revision copy of what it points at now. The revision records these
+//! Resolve (pure): the spec's components with every reference replaced by what it points
+//! at now: a `templateFrom` by the referenced workload's pod template (kept, to say where
+//! the template came from), and every ConfigMap and Secret reference by the immutable
+//! per-revision copy of the object's content. The revision records these
 //! resolved components, so a rollback brings back the config of its time even after the
 //! user's objects changed. A component that references nothing resolves to itself, byte
 //! for byte: existing stacks keep their revision hash.
@@ -7,8 +9,8 @@
 //! Reading the referenced objects and writing the copies is `configs`' job.
 
 use deployctl_api::validation::{FieldError, InvalidSpec};
-use deployctl_api::{labels, Component, ConfigKind, ConfigVersion};
-use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Secret};
+use deployctl_api::{labels, Component, ConfigKind, ConfigVersion, WorkloadKind};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
 use serde::Serialize;
@@ -63,6 +65,61 @@ pub enum Source {
 
 /// Present referenced objects by kind and name (absent ones are simply not in the map).
 pub type Sources = BTreeMap<(ConfigKind, String), Source>;
+
+/// A workload a `templateFrom` references, as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Referenced {
+    /// Its pod template (`spec.template`).
+    pub template: PodTemplateSpec,
+    /// Its `spec.replicas` (1 when unset, as the API server defaults it).
+    pub replicas: i32,
+}
+
+/// Present referenced workloads by kind and name.
+pub type Workloads = BTreeMap<(WorkloadKind, String), Referenced>;
+
+/// The workloads the components take their templates from.
+pub fn templates_from(components: &[Component]) -> BTreeSet<(WorkloadKind, String)> {
+    components
+        .iter()
+        .filter_map(|c| c.template_from.as_ref())
+        .map(|f| (f.kind, f.name.clone()))
+        .collect()
+}
+
+/// The components with each `templateFrom` filled in with the workload's template. A
+/// missing workload refuses the spec (nothing is applied, nothing deleted).
+pub fn fill_templates(
+    components: &[Component],
+    workloads: &Workloads,
+) -> Result<Vec<Component>, InvalidSpec> {
+    let mut missing = vec![];
+    let out = components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            if let Some(from) = &c.template_from {
+                match workloads.get(&(from.kind, from.name.clone())) {
+                    Some(w) => c.template = w.template.clone(),
+                    None => missing.push(FieldError {
+                        path: format!("spec.components[{i}].templateFrom"),
+                        message: format!(
+                            "{} {} does not exist in the stack's namespace: create it or fix the name (deployctl resumes by itself once it exists; the running workload is left as it is)",
+                            from.kind, from.name
+                        ),
+                    }),
+                }
+            }
+            c
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(InvalidSpec(missing))
+    }
+}
 
 /// What the revision records and what must exist before its pods start.
 #[derive(Clone, Debug, Default)]
@@ -634,6 +691,36 @@ mod tests {
             .copies
             .iter()
             .all(|c| c.version.kind == ConfigKind::ConfigMap));
+    }
+
+    #[test]
+    fn template_from_is_filled_in_and_kept() {
+        let spec = components("[{name: web, templateFrom: {kind: Deployment, name: web}}]");
+        let tpl: PodTemplateSpec = serde_yaml_ng::from_str(
+            "{spec: {containers: [{name: app, image: 'x:1', envFrom: [{configMapRef: {name: settings}}]}]}}",
+        )
+        .unwrap();
+        let workloads = Workloads::from([(
+            (WorkloadKind::Deployment, "web".to_string()),
+            Referenced {
+                template: tpl.clone(),
+                replicas: 3,
+            },
+        )]);
+        assert_eq!(templates_from(&spec).len(), 1);
+        let filled = fill_templates(&spec, &workloads).unwrap();
+        assert_eq!(filled[0].template, tpl);
+        assert!(
+            filled[0].template_from.is_some(),
+            "kept to show where it came from"
+        );
+        // Config resolution applies to the referenced template too.
+        let r = resolve("s", &filled, &sources(vec![cm("settings", "x")]), V).unwrap();
+        assert_eq!(r.configs["web"][0].name, "settings");
+        // A missing workload refuses, naming the field.
+        let err = fill_templates(&spec, &Workloads::new()).unwrap_err();
+        assert_eq!(err.0[0].path, "spec.components[0].templateFrom");
+        assert!(err.0[0].message.contains("Deployment web does not exist"));
     }
 
     #[test]

@@ -246,7 +246,8 @@ pub fn entries(
             (Some(cur), Some(prev)) => summarize(&prev, &cur),
             (Some(cur), None) => initial(&cur, rev.number > 1 && previous.is_none()),
         };
-        let config = config_changes(previous.map(|p| &p.configs), &rev.configs);
+        let mut config = template_sources(previous, rev);
+        config.extend(config_changes(previous.map(|p| &p.configs), &rev.configs));
         if !config.is_empty() && changes == ["no change in components (order only)"] {
             changes.clear();
         }
@@ -267,6 +268,23 @@ pub fn entries(
         previous = Some(rev);
     }
     out
+}
+
+/// Components whose `templateFrom` is new in this revision: where their template came from.
+fn template_sources(previous: Option<&Revision>, rev: &Revision) -> Vec<String> {
+    let Some(cur) = &rev.components else {
+        return vec![];
+    };
+    let before = previous.and_then(|p| p.components.as_ref());
+    cur.iter()
+        .filter_map(|c| {
+            let f = c.template_from.as_ref()?;
+            let same = before
+                .and_then(|b| b.iter().find(|p| p.name == c.name))
+                .is_some_and(|p| p.template_from.as_ref() == Some(f));
+            (!same).then(|| format!("{}: template from {} {}", c.name, f.kind, f.name))
+        })
+        .collect()
 }
 
 /// Short form of a config version: `settings@3f2a1b7c`.
@@ -706,6 +724,24 @@ mod tests {
             components: Some(comps(yaml)),
             configs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_referenced_workload_is_named() {
+        let yaml = "[{name: web, templateFrom: {kind: Deployment, name: web}, template: {spec: {containers: [{name: app, image: 'x:1'}]}}}]";
+        let e = entries(
+            &rolled_back(),
+            &[
+                revision(1, yaml, "2024-05-01T09:00:00Z"),
+                revision(2, &yaml.replace("x:1", "x:2"), "2024-05-01T10:00:00Z"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            e[0].changes,
+            vec!["components: web (x:1)", "web: template from Deployment web"]
+        );
+        assert_eq!(e[1].changes, vec!["web: x:1 → 2"]);
     }
 
     #[test]

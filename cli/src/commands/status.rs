@@ -394,6 +394,22 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             names.join(", ")
         ));
     }
+    let adopted: Vec<String> = stack
+        .spec
+        .components
+        .iter()
+        .filter_map(|c| {
+            let f = c.template_from.as_ref()?;
+            Some(format!(
+                "  {}: {} {} (its template, recorded per revision; deployctl scales it to 0 once {} serves)\n",
+                c.name, f.kind, f.name, c.name
+            ))
+        })
+        .collect();
+    if !adopted.is_empty() {
+        out.push_str("\nTemplates from:\n");
+        out.push_str(&adopted.concat());
+    }
     if !status.gates.is_empty() {
         out.push_str("\nStack gates:\n");
         out.push_str(&gates_table(&status.gates, now, style));
@@ -477,6 +493,22 @@ fn gates_table(gates: &[GateStatus], now: Timestamp, style: &Style) -> String {
 mod tests {
     use super::*;
     use crate::describe::fixtures::*;
+
+    #[test]
+    fn a_component_from_an_existing_workload_names_it() {
+        let mut stack = progressing();
+        assert!(!render(&stack, now(), &Style::PLAIN).contains("Templates from:"));
+        stack.spec.components[0].template_from = Some(deployctl_api::TemplateFrom {
+            kind: deployctl_api::WorkloadKind::Deployment,
+            name: "web".into(),
+        });
+        let name = stack.spec.components[0].name.clone();
+        let out = render(&stack, now(), &Style::PLAIN);
+        assert!(
+            out.contains(&format!("Templates from:\n  {name}: Deployment web (")),
+            "{out}"
+        );
+    }
 
     #[test]
     fn config_versions_of_the_current_and_the_stable_revision() {

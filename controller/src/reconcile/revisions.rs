@@ -374,6 +374,28 @@ mod tests {
     }
 
     #[test]
+    fn an_existing_component_hashes_as_before_the_upgrade() {
+        // The bytes a revision hash covers for a component written before `templateFrom`
+        // and config versioning: unchanged, so no stack rolls out after the upgrade.
+        let c = component("x:1");
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"name":"api","kind":"Deployment","template":{"spec":{"containers":[{"image":"x:1","name":"a"}]}}}"#
+        );
+        let resolved = crate::reconcile::resolve::resolve(
+            "s",
+            std::slice::from_ref(&c),
+            &Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            revision_hash(&resolved.components),
+            revision_hash(std::slice::from_ref(&c))
+        );
+    }
+
+    #[test]
     fn revisions_without_config_keep_their_old_form() {
         // Revisions written before config versioning decode, and a revision without
         // config references is written exactly as before.

@@ -136,6 +136,12 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
                             from.name
                         ),
                     );
+                } else if from.name == child {
+                    // deployctl would manage it, then scale its own workload to zero.
+                    err(
+                        format!("{path}.templateFrom.name"),
+                        format!("{child:?} is the workload deployctl creates for this component: reference the chart's own workload, or rename the component"),
+                    );
                 }
             }
         }
@@ -968,6 +974,28 @@ gates: [{{name: a, readiness: {{}}}}]"
         assert_eq!(
             refused("{stack: s, action: Abort, snapshot: x, toRevision: 1}"),
             vec!["spec.snapshot", "spec.toRevision"]
+        );
+    }
+
+    #[test]
+    fn template_from_is_exclusive_and_never_deployctls_own_workload() {
+        let ok = spec("components: [{name: api, templateFrom: {kind: Deployment, name: web}}]");
+        assert!(
+            validate("shop", &ok).is_ok(),
+            "the template is checked once resolved"
+        );
+        let both = spec(&format!(
+            "components: [{{name: api, template: {CONTAINER}, templateFrom: {{kind: Deployment, name: web}}}}]"
+        ));
+        assert_eq!(
+            paths(validate("shop", &both).unwrap_err()),
+            vec!["spec.components[0].templateFrom"]
+        );
+        let own =
+            spec("components: [{name: api, templateFrom: {kind: Deployment, name: shop-api}}]");
+        assert_eq!(
+            paths(validate("shop", &own).unwrap_err()),
+            vec!["spec.components[0].templateFrom.name"]
         );
     }
 

@@ -6,6 +6,7 @@
 //! them, and CI fails when the checked-in `manifests/crds/` drifts from it.
 
 pub mod conditions;
+pub mod config;
 pub mod data;
 pub mod duration;
 pub mod gates;
@@ -15,6 +16,7 @@ pub mod stack;
 pub mod status;
 pub mod validation;
 
+pub use config::{ConfigKind, ConfigVersion};
 pub use data::*;
 pub use duration::Duration;
 pub use gates::*;

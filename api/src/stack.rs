@@ -123,6 +123,10 @@ pub struct ProductionStackSpec {
         "message": "a component cannot depend on itself: remove its own name from dependsOn"
     },
     {
+        "rule": "has(self.template) != has(self.templateFrom)",
+        "message": "a component takes its pod template from exactly one place: set template or templateFrom, not both or neither"
+    },
+    {
         "rule": "self.kind != 'StatefulSet' || has(self.service)",
         "message": "a StatefulSet needs a service (its pods get stable names through it): add service.ports, or use kind: Deployment"
     },
@@ -165,7 +169,9 @@ pub struct Component {
 
     /// The pod template, as in a Deployment. deployctl adds the labels
     /// `deployctl.dev/stack` and `deployctl.dev/component` and the volumes of
-    /// `volumeClaims`; everything else is used as written.
+    /// `volumeClaims`; everything else is used as written. Exactly one of `template` and
+    /// `templateFrom` is set.
+    #[serde(default, skip_serializing_if = "template_unset")]
     pub template: PodTemplateSpec,
 
     /// A Service in front of the component's pods, named like the workload.
@@ -200,10 +206,48 @@ pub struct Component {
     /// when the rollout is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<ComponentData>,
+
+    /// Take the pod template from an existing Deployment or StatefulSet of the stack's
+    /// namespace (applied by a Helm chart, Argo CD, Flux) instead of `template`. Each
+    /// revision records the template as it was, so a change of the referenced workload's
+    /// template is a new revision and a rollback does not depend on it. Once deployctl's
+    /// own workload is Available, the referenced one is scaled to 0 replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_from: Option<TemplateFrom>,
+}
+
+/// True for a template left out (a component with `templateFrom`): not serialized, so
+/// specs that have one serialize exactly as before `templateFrom` existed.
+fn template_unset(t: &PodTemplateSpec) -> bool {
+    t == &PodTemplateSpec::default()
+}
+
+/// A workload a component takes its pod template from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: WorkloadKind,
+    /// Its name, in the stack's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Kind of workload a component runs as.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 pub enum WorkloadKind {
     /// An `apps/v1` Deployment.
     #[default]

@@ -120,7 +120,31 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
         if c.replicas.is_some_and(|r| r < 0) {
             err(format!("{path}.replicas"), "must be 0 or more".into());
         }
-        validate_component(&path, c, &mut err);
+        match &c.template_from {
+            None => validate_component(&path, c, &mut err),
+            Some(_) if c.template != Default::default() => err(
+                format!("{path}.templateFrom"),
+                "set exactly one of template and templateFrom: remove one".into(),
+            ),
+            // The template is checked once resolved, against what the workload holds.
+            Some(from) => {
+                if from.name.is_empty() || from.name.len() > 253 || !is_dns_subdomain(&from.name) {
+                    err(
+                        format!("{path}.templateFrom.name"),
+                        format!(
+                            "{:?} is not the name of a Deployment or StatefulSet",
+                            from.name
+                        ),
+                    );
+                } else if from.name == child {
+                    // deployctl would manage it, then scale its own workload to zero.
+                    err(
+                        format!("{path}.templateFrom.name"),
+                        format!("{child:?} is the workload deployctl creates for this component: reference the chart's own workload, or rename the component"),
+                    );
+                }
+            }
+        }
     }
 
     for (i, c) in spec.components.iter().enumerate() {
@@ -693,6 +717,11 @@ fn topological_order(spec: &ProductionStackSpec) -> Result<Vec<String>, Vec<Stri
     Err(path.iter().map(|&p| names[p].to_string()).collect())
 }
 
+/// A DNS subdomain: DNS labels joined by dots (what object names are).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.split('.').all(is_dns_label)
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -964,6 +993,28 @@ gates: [{{name: a, readiness: {{}}}}]"
         assert_eq!(
             refused("{stack: s, action: Abort, snapshot: x, toRevision: 1}"),
             vec!["spec.snapshot", "spec.toRevision"]
+        );
+    }
+
+    #[test]
+    fn template_from_is_exclusive_and_never_deployctls_own_workload() {
+        let ok = spec("components: [{name: api, templateFrom: {kind: Deployment, name: web}}]");
+        assert!(
+            validate("shop", &ok).is_ok(),
+            "the template is checked once resolved"
+        );
+        let both = spec(&format!(
+            "components: [{{name: api, template: {CONTAINER}, templateFrom: {{kind: Deployment, name: web}}}}]"
+        ));
+        assert_eq!(
+            paths(validate("shop", &both).unwrap_err()),
+            vec!["spec.components[0].templateFrom"]
+        );
+        let own =
+            spec("components: [{name: api, templateFrom: {kind: Deployment, name: shop-api}}]");
+        assert_eq!(
+            paths(validate("shop", &own).unwrap_err()),
+            vec!["spec.components[0].templateFrom.name"]
         );
     }
 

@@ -281,6 +281,11 @@ fn valid_cases() -> Vec<(&'static str, Kind, Value)> {
     vec![
         ("plain", Stack, stack("{name: api, template: TEMPLATE}")),
         (
+            "a template from an existing Deployment",
+            Stack,
+            stack("{name: web, templateFrom: {kind: Deployment, name: web}}"),
+        ),
+        (
             "dependencies in any order",
             Stack,
             stack(
@@ -475,6 +480,22 @@ fn invalid_cases() -> Vec<Invalid> {
             "spec.components[0].dependsOn",
             "dependsOn lists a component more than once",
             "spec.components[0].dependsOn[1]",
+        ),
+        case(
+            "both template and templateFrom",
+            Stack,
+            stack("{name: web, template: TEMPLATE, templateFrom: {kind: Deployment, name: web}}"),
+            c0,
+            "a component takes its pod template from exactly one place",
+            "spec.components[0].templateFrom",
+        ),
+        case(
+            "neither template nor templateFrom",
+            Stack,
+            stack("{name: web}"),
+            c0,
+            "a component takes its pod template from exactly one place",
+            "spec.components[0].template.spec.containers",
         ),
         case(
             "a StatefulSet without a service",

@@ -163,16 +163,70 @@ pub struct Revision {
     pub created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Its components; `None` if the data could not be read.
     pub components: Option<Vec<Component>>,
+    /// The ConfigMaps and Secrets each component reads at this revision (names and
+    /// digests), by component.
+    pub configs: std::collections::BTreeMap<String, Vec<deployctl_api::ConfigVersion>>,
 }
 
 #[derive(Deserialize)]
 struct RevisionData {
     components: Vec<Component>,
+    #[serde(default)]
+    configs: std::collections::BTreeMap<String, Vec<deployctl_api::ConfigVersion>>,
+}
+
+impl Revision {
+    /// Its components as the user wrote them: config references name the user's
+    /// objects again instead of their per-revision copies.
+    pub fn unresolved(&self) -> Option<Vec<Component>> {
+        let components = self.components.as_ref()?;
+        let copies: std::collections::BTreeMap<&str, &str> = self
+            .configs
+            .values()
+            .flatten()
+            .map(|v| (v.copy.as_str(), v.name.as_str()))
+            .collect();
+        if copies.is_empty() {
+            return Some(components.clone());
+        }
+        fn rename(v: &mut serde_json::Value, copies: &std::collections::BTreeMap<&str, &str>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m.iter_mut() {
+                        match x {
+                            serde_json::Value::String(s) if k == "name" || k == "secretName" => {
+                                if let Some(n) = copies.get(s.as_str()) {
+                                    *s = n.to_string();
+                                }
+                            }
+                            _ => rename(x, copies),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| rename(x, copies)),
+                _ => {}
+            }
+        }
+        components
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c).ok()?;
+                if let Some(t) = v.get_mut("template") {
+                    rename(t, &copies);
+                }
+                serde_json::from_value(v).ok()
+            })
+            .collect()
+    }
 }
 
 impl Revision {
     /// Reads a ControllerRevision written by the controller.
     pub fn from_controller_revision(r: &ControllerRevision) -> Revision {
+        let data = r
+            .data
+            .as_ref()
+            .and_then(|d| serde_json::from_value::<RevisionData>(d.0.clone()).ok());
         Revision {
             number: r.revision,
             name: r.name_any(),
@@ -182,11 +236,8 @@ impl Revision {
                 .get(labels::REVISION_GENERATION)
                 .and_then(|g| g.parse().ok()),
             created: r.metadata.creation_timestamp.clone(),
-            components: r
-                .data
-                .as_ref()
-                .and_then(|d| serde_json::from_value::<RevisionData>(d.0.clone()).ok())
-                .map(|d| d.components),
+            configs: data.as_ref().map(|d| d.configs.clone()).unwrap_or_default(),
+            components: data.map(|d| d.components),
         }
     }
 }

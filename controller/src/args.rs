@@ -128,6 +128,13 @@ pub struct RunArgs {
     /// How often a Healthy stack is re-checked even without a change.
     #[arg(long, env = "DEPLOYCTL_RESYNC", default_value = "5m")]
     pub resync: deployctl_api::Duration,
+
+    /// Version the Secrets components reference with their revision (per-revision
+    /// immutable copies), as ConfigMaps always are. Needs get/list/watch/create/patch on
+    /// Secrets; `false` leaves Secret references as written, and the controller then
+    /// reads no Secret at all.
+    #[arg(long, env = "DEPLOYCTL_VERSION_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub version_secrets: bool,
 }
 
 /// Log output format.

@@ -37,6 +37,8 @@ pub struct Context {
     pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Reflector stores of what reconciles read; None reads from the API server.
     pub caches: Option<crate::cache::Caches>,
+    /// Which referenced objects are versioned with the revision.
+    pub versioned: crate::reconcile::resolve::Versioned,
 }
 
 impl std::fmt::Debug for Context {
@@ -64,6 +66,7 @@ impl Context {
             agent_resources: serde_json::from_str(DEFAULT_AGENT_RESOURCES)
                 .expect("the default agent resources parse"),
             caches: None,
+            versioned: Default::default(),
         }
     }
 
@@ -71,6 +74,12 @@ impl Context {
     pub fn with_gate_policy(mut self, policy: crate::gates::policy::GatePolicy) -> Self {
         self.measurer = crate::gates::measure::Measurer::new(self.client.clone(), policy.clone());
         self.gate_policy = policy;
+        self
+    }
+
+    /// Sets which referenced objects are versioned.
+    pub fn with_versioned(mut self, versioned: crate::reconcile::resolve::Versioned) -> Self {
+        self.versioned = versioned;
         self
     }
 

@@ -19,14 +19,16 @@ pub mod server;
 
 use anyhow::Context as _;
 use args::{LogFormat, RunArgs};
-use deployctl_api::{labels, ProductionStack, StackOperation, StackSnapshot};
+use deployctl_api::{labels, ConfigKind, ProductionStack, StackOperation, StackSnapshot};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Config};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -212,12 +214,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = stop.wait_for(|s| *s) => {}
         }
     }
+    let versioned = reconcile::resolve::Versioned {
+        secrets: args.version_secrets,
+    };
     let ctx = Arc::new(
         context::Context::new(client.clone(), metrics.clone(), &identity, resync)
             .with_agent_image(args.agent_image.clone())
             .with_agent_resources(args.agent_resources.clone())
             .with_gate_policy(gate_policy)
-            .with_caches(caches),
+            .with_caches(caches)
+            .with_versioned(versioned),
     );
     let (snapshots, jobs): (Api<StackSnapshot>, Api<Job>) = match &args.namespace {
         Some(ns) => (
@@ -228,9 +234,92 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut stop = stop_rx.clone();
     tracing::info!(namespace = ?args.namespace, "controller started");
-    Controller::new(stacks, watcher::Config::default())
+    let controller = Controller::new(stacks, watcher::Config::default());
+    // With Secret versioning off the controller reads no Secret, not even their names.
+    // Metadata only: the content is read by the reconcile that needs it.
+    let (configmaps, secrets): (
+        Api<PartialObjectMeta<ConfigMap>>,
+        Api<PartialObjectMeta<Secret>>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // deployctl's own config copies are immutable and never referenced by a spec.
+    let not_copies =
+        watcher::Config::default().labels(&format!("!{}", deployctl_api::config::SOURCE_LABEL));
+    // A stack with `templateFrom` may read config its spec does not name (the referenced
+    // template's): any change in its namespace wakes it.
+    let refers = move |kind: ConfigKind| {
+        move |s: &ProductionStack, name: &str| {
+            s.spec.components.iter().any(|c| c.template_from.is_some())
+                || reconcile::resolve::referenced(&s.spec.components, versioned)
+                    .contains(&(kind, name.to_string()))
+        }
+    };
+    let secret_changes = versioned.secrets.then(|| {
+        reference_wakeups(
+            secrets,
+            not_copies.clone(),
+            refers(ConfigKind::Secret),
+            controller.store(),
+        )
+    });
+    let config_changes = futures::stream::select(
+        reference_wakeups(
+            configmaps,
+            not_copies,
+            refers(ConfigKind::ConfigMap),
+            controller.store(),
+        ),
+        futures::stream::iter(secret_changes).flatten(),
+    );
+    // Workloads that `templateFrom` names (never deployctl's own).
+    let (ref_deployments, ref_statefulsets): (
+        Api<PartialObjectMeta<Deployment>>,
+        Api<PartialObjectMeta<StatefulSet>>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let not_ours = watcher::Config::default().labels(&format!(
+        "{}!={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+    let takes_from = |kind: deployctl_api::WorkloadKind| {
+        move |s: &ProductionStack, name: &str| {
+            reconcile::resolve::templates_from(&s.spec.components)
+                .contains(&(kind, name.to_string()))
+        }
+    };
+    let workload_changes = futures::stream::select(
+        reference_wakeups(
+            ref_deployments,
+            not_ours.clone(),
+            takes_from(deployctl_api::WorkloadKind::Deployment),
+            controller.store(),
+        ),
+        reference_wakeups(
+            ref_statefulsets,
+            not_ours,
+            takes_from(deployctl_api::WorkloadKind::StatefulSet),
+            controller.store(),
+        ),
+    );
+    controller
         // Workloads and StackOperations: from the cache feeds, after the stores have them.
         .reconcile_on(woken)
+        // A referenced ConfigMap or Secret changed (or appeared): a new revision, or the
+        // end of a Stalled wait for it.
+        .reconcile_on(config_changes)
+        // A workload a `templateFrom` names changed (or appeared).
+        .reconcile_on(workload_changes)
         // Agent and gate Jobs: a finished one moves its stack on at once.
         .owns(jobs, children)
         // A StackSnapshot (a person's, or one of ours changing phase) wakes its stack.
@@ -263,6 +352,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = server.await;
     Ok(())
+}
+
+/// The stacks to wake when an object they reference (a ConfigMap, a Secret, a workload
+/// `templateFrom` names) changes: those in its namespace for which `refers` says so.
+/// Metadata only: the content is read by the reconcile, and a Secret's never sits in the
+/// controller's memory longer than that.
+fn reference_wakeups<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    refers: impl Fn(&ProductionStack, &str) -> bool + Send + 'static,
+    stacks: reflector::Store<ProductionStack>,
+) -> impl futures::Stream<Item = ObjectRef<ProductionStack>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| async move { r.ok() })
+        .flat_map(move |meta| {
+            let ns = meta.metadata.namespace.clone();
+            let name = meta.metadata.name.clone().unwrap_or_default();
+            let woken: Vec<ObjectRef<ProductionStack>> = stacks
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace == ns && refers(s, &name))
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect();
+            futures::stream::iter(woken)
+        })
 }
 
 /// Waits (up to a minute) until ProductionStacks are served: a controller started together

@@ -1,6 +1,8 @@
 //! Secrets stay secret: sentinel values in the snapshot encryption key, the S3 store's
-//! credentials and a component's Secret env var never appear in the controller's logs,
-//! the agent's output, Events, any status, Job objects, metrics or the CLI's output, while
+//! credentials and a component's Secret env var (a referenced Secret, versioned with the
+//! revision through a per-revision copy) never appear in the controller's logs, the
+//! agent's output, Events, any status, ControllerRevisions, Job objects, metrics or the
+//! CLI's output, in clear or base64, while
 //! the stack goes through a rollout, an encrypted snapshot, a rollback that restores it,
 //! and a snapshot that fails against an unreachable S3 store.
 
@@ -10,6 +12,7 @@ use deployctl_api::{
     ProductionStack, RestorePhase, SnapshotPhase, StackPhase, StackSnapshot, StackSnapshotSpec,
 };
 use deployctl_harness::{require_sim_node, shared};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -84,9 +87,24 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Panics naming `what` when `text` holds a sentinel.
+/// Panics naming `what` when `text` holds a sentinel, in clear or base64 (as a Secret's
+/// `data` would carry it).
 fn assert_clean(what: &str, text: &str) {
-    for s in SENTINELS {
+    let encoded: Vec<String> = SENTINELS
+        .iter()
+        .map(|s| {
+            serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for s in SENTINELS
+        .iter()
+        .copied()
+        .chain(encoded.iter().map(String::as_str))
+    {
         assert!(
             !text.contains(s),
             "a secret value ({s}) leaked into {what}:\n{}",
@@ -221,6 +239,28 @@ async fn secret_values_never_leave_their_secrets() {
         "ProductionStacks".into(),
         json(&stacks.list(&ListParams::default()).await.unwrap().items),
     ));
+    // The revisions record the referenced Secret by name and digest only.
+    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns.name())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let recorded = json(&revisions.items);
+    assert!(
+        recorded.contains("\"name\":\"creds\"") && recorded.contains("\"copy\":\"creds-"),
+        "the revision records the Secret's version: {recorded}"
+    );
+    places.push(("ControllerRevisions".into(), recorded));
+    // The copy is a Secret of its own, immutable, with the same content.
+    let copies = secrets
+        .list(&ListParams::default().labels("deployctl.dev/config-source=creds"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        !copies.is_empty(),
+        "the referenced Secret is copied per revision"
+    );
+    assert!(copies.iter().all(|c| c.immutable == Some(true)));
     places.push((
         "StackSnapshots".into(),
         json(&snaps.list(&ListParams::default()).await.unwrap().items),

@@ -30,6 +30,7 @@ VARIANTS = {
     "no RBAC, existing ServiceAccount": {"rbac": {"create": False},
                                          "serviceAccount": {"create": False, "name": "ctl"},
                                          "userRoles": {"create": False}},
+    "no Secret versioning": {"versionSecrets": False},
 }
 
 
@@ -136,6 +137,7 @@ def test_controller_runs_with_leader_election_and_probes():
         "--metrics-addr=0.0.0.0:8080",
         "--log-format=json",
         "--resync=5m",
+        "--version-secrets=true",
     ]
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -202,11 +204,18 @@ CONTROLLER_NEEDS = {
     ("deployctl.dev", "stacksnapshots/status"): {"get", "patch", "update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    # templateFrom: the referenced workload is scaled to 0 (replicas only).
+    ("apps", "deployments/scale"): {"patch"},
+    ("apps", "statefulsets/scale"): {"patch"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "endpoints"): {"get", "list", "watch"},
+    # Config versioned with the revision: read the referenced objects, create the
+    # per-revision copies, add owners to a reused copy. Never update or delete.
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("", "secrets"): {"get", "list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
     # list: the Job controller's FailedCreate Event says why an agent pod was refused.
@@ -223,21 +232,30 @@ def test_no_wildcards_in_any_rbac_rule(values):
             assert not any("*" in r for r in rule.get("resources", [])), rule
 
 
+SECRET_VERBS = {"get", "list", "watch", "create", "patch"}
+
+
 @ALL_VARIANT_DOCS
-def test_no_role_touches_secrets(values):
-    """The controller reads no Secret: snapshot Jobs mount the stacks' Secrets by
-    reference. No Role or ClusterRole of the chart (the controller's or people's) names
-    Secrets at all."""
+def test_only_the_controller_touches_secrets_and_only_to_version_them(values):
+    """Snapshot Jobs mount the stacks' Secrets by reference. The controller's ClusterRole
+    alone names Secrets, to copy the ones components reference (never update or delete),
+    and not at all with versionSecrets: false."""
+    versioned = values.get("versionSecrets", True)
     for role in roles(render(values)):
         for g, res, verb, names_ in grants(role["rules"]):
-            assert not (g == "" and res.split("/")[0] == "secrets"), (
+            if not (g == "" and res.split("/")[0] == "secrets"):
+                continue
+            assert versioned and role["metadata"]["name"].endswith("deployctl-controller") \
+                and verb in SECRET_VERBS, (
                 f"{role['kind']} {role['metadata']['name']} grants {verb} on Secrets {names_}")
 
 
 @ALL_VARIANT_DOCS
-def test_the_controller_account_is_bound_to_no_secret_access(values):
+def test_the_controller_account_never_changes_a_secret(values):
     """Whatever is bound to the controller's ServiceAccount, by any binding the chart
-    renders, grants no verb on Secrets, in any namespace."""
+    renders, grants no verb on Secrets but the copying ones (none at all with
+    versionSecrets: false), in any namespace."""
+    versioned = values.get("versionSecrets", True)
     docs = render(values)
     sa = deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
     by_name = {(r["kind"], r["metadata"]["name"]): r for r in roles(docs)}
@@ -248,6 +266,8 @@ def test_the_controller_account_is_bound_to_no_secret_access(values):
         role = by_name[(b["roleRef"]["kind"], b["roleRef"]["name"])]
         bound += 1
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"):
+            if versioned and verb in SECRET_VERBS:
+                continue
             assert not allows(role["rules"], "", "secrets", verb), (b["metadata"]["name"], verb)
             assert not allows(role["rules"], "", "secrets", verb, "any-secret")
     if values.get("rbac", {}).get("create", True):
@@ -262,6 +282,19 @@ def test_controller_cluster_role_is_exactly_what_it_needs():
         assert names_ == (), role["rules"]
         granted.setdefault((g, res), set()).add(verb)
     assert granted == CONTROLLER_NEEDS
+    off = one(render({"versionSecrets": False}), "ClusterRole", "deployctl-controller")
+    granted_off = {}
+    for g, res, verb, _ in grants(off["rules"]):
+        granted_off.setdefault((g, res), set()).add(verb)
+    assert granted_off == {k: v for k, v in CONTROLLER_NEEDS.items() if k != ("", "secrets")}
+    # Prometheus gates allowed, Secrets not versioned: the gates' secretRef is read, only.
+    prom = one(render({"versionSecrets": False,
+                       "gates": {"allowedPrometheusAddresses": ["https://prometheus.monitoring:9090"]}}),
+               "ClusterRole", "deployctl-controller")
+    granted_prom = {}
+    for g, res, verb, _ in grants(prom["rules"]):
+        granted_prom.setdefault((g, res), set()).add(verb)
+    assert granted_prom[("", "secrets")] == {"get"}
     binding = one(docs, "ClusterRoleBinding", "deployctl-controller")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                   "kind": "ClusterRole", "name": "deployctl-controller"}
@@ -476,6 +509,7 @@ CASES = {
         and one(d, "Role", "deployctl-leader-election")["rules"][1]["resourceNames"] == ["my-lease"])),
     "leaderElection.leaseDuration": ("30s", {}, lambda d: "--lease-duration=30s" in ctl(d)["args"]),
     "resync": ("10m", {}, lambda d: "--resync=10m" in ctl(d)["args"]),
+    "versionSecrets": (False, {}, lambda d: "--version-secrets=false" in ctl(d)["args"]),
     "logging.format": ("text", {}, lambda d: "--log-format=text" in ctl(d)["args"]),
     "logging.level": ("debug", {}, lambda d: env_of(d)["RUST_LOG"] == "debug"),
     "metrics.port": (9090, {}, lambda d: (
@@ -657,6 +691,7 @@ def test_notes_tell_how_to_check_and_bind():
     assert "--clusterrole=deployctl-operator" in text
     assert "deployctl-controller" in text
     assert "NOWHERE" in notes({"networkPolicy": {"gateTargets": {"enabled": False}}})
-    # Where the snapshot Secrets go, since the controller has none.
-    assert "the controller reads no Secret" in text
+    # Which Secrets the controller reads, and where the snapshot Secrets go.
+    assert "never reads snapshot Secrets" in text
+    assert "the controller reads no Secret" in notes({"versionSecrets": False})
     assert "spec.snapshots.encryption.keySecret" in text

@@ -208,13 +208,15 @@ def sa(release) -> str:
     ("list", "", "endpoints", None, True),
     ("delete", "", "pods", "anywhere", False),
     ("create", "events.k8s.io", "events", "anywhere", True),
-    # No Secret at all, anywhere: snapshot Jobs mount the stacks' Secrets by reference.
-    ("get", "", "secrets", "own", False),
-    ("get", "", "secrets", "anywhere", False),
-    ("list", "", "secrets", None, False),
-    ("watch", "", "secrets", "anywhere", False),
-    ("create", "", "secrets", "own", False),
-    ("get", "", "configmaps", "anywhere", False),
+    # Referenced ConfigMaps and Secrets are read and copied per revision; the user's
+    # objects are never changed (snapshot Jobs mount the stacks' Secrets by reference).
+    ("get", "", "secrets", "anywhere", True),
+    ("watch", "", "secrets", None, True),
+    ("create", "", "secrets", "anywhere", True),
+    ("update", "", "secrets", "anywhere", False),
+    ("delete", "", "secrets", "anywhere", False),
+    ("get", "", "configmaps", "anywhere", True),
+    ("delete", "", "configmaps", "anywhere", False),
     ("create", "", "namespaces", None, False),
 ])
 def test_the_controller_may_do_what_it_needs_and_no_more(kube, release, verb, group, resource,

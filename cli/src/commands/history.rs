@@ -14,8 +14,8 @@ use crate::output::{Color, Style, Table};
 use crate::stack_snapshots;
 use crate::stacks::{self, Revision};
 use deployctl_api::{
-    Component, ProductionStack, ProductionStackStatus, SnapshotReason, StackSnapshot,
-    StackSnapshotStatus,
+    Component, ConfigVersion, ProductionStack, ProductionStackStatus, SnapshotReason,
+    StackSnapshot, StackSnapshotStatus,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -109,6 +109,10 @@ pub struct Entry {
     /// revision's data, oldest first: what a rollback to it restores.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotEntry>,
+    /// The ConfigMaps and Secrets each component reads at this revision: the user's
+    /// object, its per-revision copy and the content digest (never the content).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, Vec<ConfigVersion>>,
     #[serde(skip)]
     created_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
@@ -236,14 +240,18 @@ pub fn entries(
     let mut out = Vec::new();
     let mut previous: Option<&Revision> = None;
     for rev in revisions {
-        let changes = match (
-            &rev.components,
-            previous.and_then(|p| p.components.as_ref()),
-        ) {
+        // Compared as written: a config change shows as one, not as a renamed reference.
+        let mut changes = match (rev.unresolved(), previous.and_then(|p| p.unresolved())) {
             (None, _) => vec!["(revision data unreadable)".to_string()],
-            (Some(cur), Some(prev)) => summarize(prev, cur),
-            (Some(cur), None) => initial(cur, rev.number > 1 && previous.is_none()),
+            (Some(cur), Some(prev)) => summarize(&prev, &cur),
+            (Some(cur), None) => initial(&cur, rev.number > 1 && previous.is_none()),
         };
+        let mut config = template_sources(previous, rev);
+        config.extend(config_changes(previous.map(|p| &p.configs), &rev.configs));
+        if !config.is_empty() && changes == ["no change in components (order only)"] {
+            changes.clear();
+        }
+        changes.extend(config);
         out.push(Entry {
             revision: rev.number,
             name: rev.name.clone(),
@@ -254,9 +262,62 @@ pub fn entries(
             changes,
             compared_with: previous.map(|p| p.number),
             snapshots: snapshot_entries(rev.number, snapshots, &status),
+            configs: rev.configs.clone(),
             created_time: rev.created.clone(),
         });
         previous = Some(rev);
+    }
+    out
+}
+
+/// Components whose `templateFrom` is new in this revision: where their template came from.
+fn template_sources(previous: Option<&Revision>, rev: &Revision) -> Vec<String> {
+    let Some(cur) = &rev.components else {
+        return vec![];
+    };
+    let before = previous.and_then(|p| p.components.as_ref());
+    cur.iter()
+        .filter_map(|c| {
+            let f = c.template_from.as_ref()?;
+            let same = before
+                .and_then(|b| b.iter().find(|p| p.name == c.name))
+                .is_some_and(|p| p.template_from.as_ref() == Some(f));
+            (!same).then(|| format!("{}: template from {} {}", c.name, f.kind, f.name))
+        })
+        .collect()
+}
+
+/// Short form of a config version: `settings@3f2a1b7c`.
+pub fn config_label(v: &ConfigVersion) -> String {
+    let short: String = v.hash.chars().take(8).collect();
+    format!("{}@{short}", v.name)
+}
+
+/// The config of a revision compared with the one before (all of it for the first).
+fn config_changes(
+    prev: Option<&BTreeMap<String, Vec<ConfigVersion>>>,
+    cur: &BTreeMap<String, Vec<ConfigVersion>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (component, versions) in cur {
+        let before = prev.and_then(|p| p.get(component));
+        let mut changed = Vec::new();
+        for v in versions {
+            let old = before.and_then(|b| b.iter().find(|o| o.kind == v.kind && o.name == v.name));
+            match old {
+                Some(o) if o.hash == v.hash => {}
+                Some(o) => changed.push(format!(
+                    "{} {} → {}",
+                    v.kind,
+                    config_label(o),
+                    v.hash.chars().take(8).collect::<String>()
+                )),
+                None => changed.push(format!("{} {}", v.kind, config_label(v))),
+            }
+        }
+        if !changed.is_empty() {
+            out.push(format!("{component}: config {}", changed.join(", ")));
+        }
     }
     out
 }
@@ -661,7 +722,57 @@ mod tests {
                 created.parse().unwrap(),
             )),
             components: Some(comps(yaml)),
+            configs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_referenced_workload_is_named() {
+        let yaml = "[{name: web, templateFrom: {kind: Deployment, name: web}, template: {spec: {containers: [{name: app, image: 'x:1'}]}}}]";
+        let e = entries(
+            &rolled_back(),
+            &[
+                revision(1, yaml, "2024-05-01T09:00:00Z"),
+                revision(2, &yaml.replace("x:1", "x:2"), "2024-05-01T10:00:00Z"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            e[0].changes,
+            vec!["components: web (x:1)", "web: template from Deployment web"]
+        );
+        assert_eq!(e[1].changes, vec!["web: x:1 → 2"]);
+    }
+
+    #[test]
+    fn a_config_change_reads_as_one() {
+        let v = |hash: &str| ConfigVersion {
+            kind: deployctl_api::ConfigKind::ConfigMap,
+            name: "settings".into(),
+            copy: format!("settings-{hash}"),
+            hash: hash.into(),
+        };
+        let tpl = |copy: &str| {
+            format!("[{{name: api, template: {{spec: {{containers: [{{name: app, image: 'x:1', envFrom: [{{configMapRef: {{name: {copy}}}}}]}}]}}}}}}]")
+        };
+        let mut r1 = revision(1, &tpl("settings-aaaaaaaaaa"), "2024-05-01T09:00:00Z");
+        r1.configs.insert("api".into(), vec![v("aaaaaaaaaa")]);
+        let mut r2 = revision(2, &tpl("settings-bbbbbbbbbb"), "2024-05-01T10:00:00Z");
+        r2.configs.insert("api".into(), vec![v("bbbbbbbbbb")]);
+        let e = entries(&rolled_back(), &[r1, r2], &[]);
+        assert_eq!(
+            e[0].changes,
+            vec![
+                "components: api (x:1)",
+                "api: config ConfigMap settings@aaaaaaaa"
+            ]
+        );
+        assert_eq!(
+            e[1].changes,
+            vec!["api: config ConfigMap settings@aaaaaaaa → bbbbbbbb"]
+        );
+        let json = serde_json::to_value(&e[1]).unwrap();
+        assert_eq!(json["configs"]["api"][0]["copy"], "settings-bbbbbbbbbb");
     }
 
     #[test]

@@ -36,7 +36,17 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> Result<(), CliError> {
     let cluster = ctx.cluster().await?;
     let stack = stacks::get(&cluster, &args.stack).await?;
     if !args.watch {
-        return print(&render(&stack, Timestamp::now(), &ctx.style));
+        let mut text = render(&stack, Timestamp::now(), &ctx.style);
+        // The config versions live in the revisions; the screen is still worth having
+        // without them.
+        match stacks::revisions(&cluster, &stack).await {
+            Ok(revisions) => text.push_str(&config_section(&stack, &revisions)),
+            Err(e) => eprintln!(
+                "note: config versions are not shown: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        }
+        return print(&text);
     }
     let no_color = ctx.global.no_color;
     let terminal = std::io::stdout().is_terminal();
@@ -106,6 +116,44 @@ fn change_key(stack: &ProductionStack) -> String {
         stack.metadata.generation,
         serde_json::to_string(&stack.status).unwrap_or_default()
     )
+}
+
+/// The ConfigMaps and Secrets the current revision's components read (and the stable
+/// revision's when it differs, as after a rollback): names and digests only.
+pub fn config_section(stack: &ProductionStack, revisions: &[stacks::Revision]) -> String {
+    let status = stack.status.clone().unwrap_or_default();
+    let mut shown = vec![];
+    let mut out = String::new();
+    for (n, what) in [
+        (status.current_revision, "current"),
+        (status.stable_revision, "stable"),
+    ] {
+        let Some(n) = n else { continue };
+        if shown.contains(&n) {
+            continue;
+        }
+        shown.push(n);
+        let Some(rev) = revisions.iter().find(|r| r.number == n) else {
+            continue;
+        };
+        if rev.configs.is_empty() {
+            continue;
+        }
+        let label = if status.current_revision == status.stable_revision {
+            "current, stable".to_string()
+        } else {
+            what.to_string()
+        };
+        out.push_str(&format!("\nConfig of revision {n} ({label}):\n"));
+        for (component, versions) in &rev.configs {
+            let list: Vec<String> = versions
+                .iter()
+                .map(|v| format!("{} {}", v.kind, super::history::config_label(v)))
+                .collect();
+            out.push_str(&format!("  {component}: {}\n", list.join(", ")));
+        }
+    }
+    out
 }
 
 /// Width of the labels of the header lines.
@@ -346,6 +394,22 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
             names.join(", ")
         ));
     }
+    let adopted: Vec<String> = stack
+        .spec
+        .components
+        .iter()
+        .filter_map(|c| {
+            let f = c.template_from.as_ref()?;
+            Some(format!(
+                "  {}: {} {} (its template, recorded per revision; deployctl scales it to 0 once {} serves)\n",
+                c.name, f.kind, f.name, c.name
+            ))
+        })
+        .collect();
+    if !adopted.is_empty() {
+        out.push_str("\nTemplates from:\n");
+        out.push_str(&adopted.concat());
+    }
     if !status.gates.is_empty() {
         out.push_str("\nStack gates:\n");
         out.push_str(&gates_table(&status.gates, now, style));
@@ -429,6 +493,56 @@ fn gates_table(gates: &[GateStatus], now: Timestamp, style: &Style) -> String {
 mod tests {
     use super::*;
     use crate::describe::fixtures::*;
+
+    #[test]
+    fn a_component_from_an_existing_workload_names_it() {
+        let mut stack = progressing();
+        assert!(!render(&stack, now(), &Style::PLAIN).contains("Templates from:"));
+        stack.spec.components[0].template_from = Some(deployctl_api::TemplateFrom {
+            kind: deployctl_api::WorkloadKind::Deployment,
+            name: "web".into(),
+        });
+        let name = stack.spec.components[0].name.clone();
+        let out = render(&stack, now(), &Style::PLAIN);
+        assert!(
+            out.contains(&format!("Templates from:\n  {name}: Deployment web (")),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn config_versions_of_the_current_and_the_stable_revision() {
+        let stack = rolled_back();
+        let st = stack.status.clone().unwrap();
+        let (cur, stable) = (st.current_revision.unwrap(), st.stable_revision.unwrap());
+        assert_ne!(cur, stable);
+        let rev = |n: i64, hash: &str| stacks::Revision {
+            number: n,
+            name: format!("shop-{n}"),
+            hash: None,
+            generation: None,
+            created: None,
+            components: Some(vec![]),
+            configs: [(
+                "api".to_string(),
+                vec![deployctl_api::ConfigVersion {
+                    kind: deployctl_api::ConfigKind::Secret,
+                    name: "creds".into(),
+                    copy: format!("creds-{hash}"),
+                    hash: hash.into(),
+                }],
+            )]
+            .into(),
+        };
+        let out = config_section(&stack, &[rev(stable, "1111111111"), rev(cur, "2222222222")]);
+        assert_eq!(
+            out,
+            format!(
+                "\nConfig of revision {cur} (current):\n  api: Secret creds@22222222\n\nConfig of revision {stable} (stable):\n  api: Secret creds@11111111\n"
+            )
+        );
+        assert_eq!(config_section(&stack, &[]), "", "nothing without config");
+    }
 
     #[test]
     fn the_story_of_a_rollout_in_progress() {

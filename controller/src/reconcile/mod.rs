@@ -1,5 +1,6 @@
 //! The reconcile pipeline for one `ProductionStack`:
-//! validate (pure) → revision (find or create) → observe (read the world) → plan (pure)
+//! validate (pure) → resolve config references (read, then pure) → revision (find or
+//! create, with its config copies) → observe (read the world) → plan (pure)
 //! → apply (at most one component) → status and Events.
 //!
 //! Every step is idempotent and the rollout state lives in the status, so a reconcile
@@ -8,10 +9,12 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod configs;
 pub mod observe;
 pub mod operations;
 pub mod plan;
 pub mod replicas;
+pub mod resolve;
 pub mod revisions;
 pub mod snapshots;
 pub mod status;
@@ -127,14 +130,40 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             Ok::<_, Error>(Action::await_change())
         }
     };
-    // The schema's rules, then the administrator's: gates reach only what the controller
-    // allows (gates::policy).
+    // 1b. Resolve: the components with their ConfigMap/Secret references pointing at
+    // copies of what the objects hold now. A missing required object refuses the spec
+    // like an invalid field (its watch wakes the stack once it exists).
+    // `templateFrom` is filled in first, so its template's config is versioned too; then
+    // the resolved components are checked as a revision (the referenced template was not
+    // checked with the spec). The schema's rules come first, then the administrator's:
+    // gates reach only what the controller allows (gates::policy).
+    let mut referenced_workloads = resolve::Workloads::new();
     let validated = validation::validate(&name, &stack.spec)
         .and_then(|order| ctx.gate_policy.check(&stack.spec).map(|()| order));
-    let (desired, generation) = match validated {
+    let resolved = match validated {
         Ok(_) => {
-            // 2. The revision the spec maps to (created once, found again after a crash).
-            let revision = revisions::ensure_current(ctx, stack).await?;
+            referenced_workloads =
+                configs::read_workloads(&ctx.client, &ns, &stack.spec.components).await?;
+            match resolve::fill_templates(&stack.spec.components, &referenced_workloads) {
+                Ok(filled) => {
+                    let sources = configs::read(&ctx.client, &ns, &filled, ctx.versioned).await?;
+                    resolve::resolve(&name, &filled, &sources, ctx.versioned).and_then(|r| {
+                        plan::RevisionRef::new(&name, 0, r.components.clone()).map(|_| r)
+                    })
+                }
+                Err(invalid) => Err(invalid),
+            }
+        }
+        Err(invalid) => Err(invalid),
+    };
+    let (desired, generation) = match resolved {
+        Ok(resolved) => {
+            // 2. The revision the resolved components map to (created once, found again
+            // after a crash), and its config copies before the status records it.
+            let revision = revisions::ensure_current(ctx, stack, &resolved).await?;
+            if let Some(owner) = revision.owner.as_ref() {
+                configs::ensure_copies(&ctx.client, &ns, &resolved.copies, owner).await?;
+            }
             if revision.created {
                 // Recorded on the side: an Event is a request, and this one need not delay
                 // the rollout it announces.
@@ -144,9 +173,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                     ctx.event(&stack, false, "RevisionCreated", note).await;
                 });
             }
-            let desired =
-                plan::RevisionRef::new(&name, revision.number, stack.spec.components.clone())
-                    .expect("a validated spec makes a valid revision");
+            let desired = plan::RevisionRef::new(&name, revision.number, resolved.components)
+                .expect("a validated spec makes a valid revision");
             (desired, stack.metadata.generation)
         }
         Err(invalid) if previous.rollback.is_some() => {
@@ -377,6 +405,29 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                 tracing::info!(stack = %key, component, job = ?job, snapshots = ?forgotten, "pruning to fit");
             }
         }
+    }
+    // Adopted workloads: scaled to 0 once deployctl's copy serves (the planner's call).
+    let referenced_replicas = referenced_workloads
+        .iter()
+        .map(|(k, w)| (k.clone(), w.replicas))
+        .collect();
+    for s in plan::adopt::scale_downs(&desired, &observed, &referenced_replicas) {
+        configs::scale_down(&ctx.client, &ns, &s).await?;
+        tracing::info!(stack = %key, component = %s.component, kind = %s.kind, workload = %s.name, "scaled the referenced workload to 0");
+        ctx.event(
+            stack,
+            false,
+            "ScaledDownReferenced",
+            format!(
+                "Scaled {} {} from {} to 0 replicas: component {} runs its template as {}; tell the tool that applies it to ignore spec.replicas, or set replicas: 0 there",
+                s.kind,
+                s.name,
+                s.from,
+                s.component,
+                deployctl_api::child_name(&name, &s.component)
+            ),
+        )
+        .await;
     }
     if decision.promoted {
         for orphan in apply::orphans(ctx, stack, &desired.order).await? {

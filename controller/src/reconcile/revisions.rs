@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -18,8 +18,13 @@ use std::collections::BTreeMap;
 /// What a ControllerRevision's `data` holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RevisionData {
-    /// The components of the stack at this revision.
+    /// The components of the stack at this revision, resolved: config references name
+    /// the per-revision copies.
     pub components: Vec<Component>,
+    /// The ConfigMaps and Secrets each component reads at this revision (names and
+    /// digests only). Absent in revisions of older controllers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, Vec<deployctl_api::ConfigVersion>>,
 }
 
 /// Digest of one component's spec; a workload annotated with the same digest needs no
@@ -48,7 +53,7 @@ pub fn revision_name(stack: &str, hash: &str) -> String {
 }
 
 /// The revision the spec asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CurrentRevision {
     /// Its number.
     pub number: i64,
@@ -56,13 +61,22 @@ pub struct CurrentRevision {
     pub hash: String,
     /// Whether this reconcile created it.
     pub created: bool,
+    /// An owner reference to its ControllerRevision, when this reconcile read or created
+    /// it (not on the fast path: the status records a revision only after its config
+    /// copies exist).
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
-/// Finds or creates the revision for the stack's current components, and prunes the
+/// Finds or creates the revision for the stack's resolved components, and prunes the
 /// history beyond the limit (the stable revision is always kept).
-pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<CurrentRevision> {
+pub async fn ensure_current(
+    ctx: &Context,
+    stack: &ProductionStack,
+    resolved: &crate::reconcile::resolve::Resolved,
+) -> Result<CurrentRevision> {
     let client = &ctx.client;
-    let hash = revision_hash(&stack.spec.components);
+    let components = &resolved.components;
+    let hash = revision_hash(components);
     let status = stack.status.clone().unwrap_or_default();
     // Fast path: the status already records this digest (written after the revision was
     // created), so no list call per reconcile.
@@ -72,6 +86,7 @@ pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<Cu
                 number,
                 hash,
                 created: false,
+                owner: None,
             });
         }
     }
@@ -85,11 +100,12 @@ pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<Cu
         .iter()
         .find(|r| r.labels().get(labels::REVISION_HASH) == Some(&hash))
     {
-        check_same(rev, &stack.spec.components)?;
+        check_same(rev, components)?;
         return Ok(CurrentRevision {
             number: rev.revision,
             hash,
             created: false,
+            owner: revision_owner(rev),
         });
     }
     let number = next_number(&existing, &status);
@@ -112,24 +128,27 @@ pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<Cu
             ..Default::default()
         },
         data: Some(RawExtension(serde_json::to_value(RevisionData {
-            components: stack.spec.components.clone(),
+            components: components.clone(),
+            configs: resolved.configs.clone(),
         })?)),
         revision: number,
     };
-    match api.create(&PostParams::default(), &rev).await {
-        Ok(_) => {}
+    let created = match api.create(&PostParams::default(), &rev).await {
+        Ok(created) => created,
         // Created by an earlier attempt whose list did not see it yet: reuse it.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let found = api.get(&revision_name(&name, &hash)).await?;
-            check_same(&found, &stack.spec.components)?;
+            check_same(&found, components)?;
             return Ok(CurrentRevision {
                 number: found.revision,
                 hash,
                 created: false,
+                owner: revision_owner(&found),
             });
         }
         Err(e) => return Err(e.into()),
-    }
+    };
+    let owner = revision_owner(&created);
     let mut all = existing;
     all.push(rev);
     prune(
@@ -144,7 +163,15 @@ pub async fn ensure_current(ctx: &Context, stack: &ProductionStack) -> Result<Cu
         number,
         hash,
         created: true,
+        owner,
     })
+}
+
+/// An owner reference to a ControllerRevision (for the config copies it uses).
+fn revision_owner(
+    rev: &ControllerRevision,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    rev.controller_owner_ref(&())
 }
 
 /// Revision numbers only grow, even when old ControllerRevisions were pruned.
@@ -344,6 +371,38 @@ mod tests {
             revision_hash(std::slice::from_ref(&a)),
             revision_hash(&[component("x:2")])
         );
+    }
+
+    #[test]
+    fn an_existing_component_hashes_as_before_the_upgrade() {
+        // The bytes a revision hash covers for a component written before `templateFrom`
+        // and config versioning: unchanged, so no stack rolls out after the upgrade.
+        let c = component("x:1");
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"name":"api","kind":"Deployment","template":{"spec":{"containers":[{"image":"x:1","name":"a"}]}}}"#
+        );
+        let resolved = crate::reconcile::resolve::resolve(
+            "s",
+            std::slice::from_ref(&c),
+            &Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            revision_hash(&resolved.components),
+            revision_hash(std::slice::from_ref(&c))
+        );
+    }
+
+    #[test]
+    fn revisions_without_config_keep_their_old_form() {
+        // Revisions written before config versioning decode, and a revision without
+        // config references is written exactly as before.
+        let old = serde_json::json!({"components": [component("x:1")]});
+        let data: RevisionData = serde_json::from_value(old.clone()).unwrap();
+        assert!(data.configs.is_empty());
+        assert_eq!(serde_json::to_value(&data).unwrap(), old);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! workloads' annotations. Submodules: `forward` (rollout, hold, monitoring), `rollback`,
 //! `operations`, `status` (phase and conditions).
 
+pub mod adopt;
 pub mod capacity;
 mod forward;
 pub mod housekeeping;
@@ -158,6 +159,24 @@ pub struct RevisionRef {
 impl RevisionRef {
     /// Validates and orders `components` of revision `number` of stack `stack`.
     pub fn new(stack: &str, number: i64, components: Vec<Component>) -> Result<Self, InvalidSpec> {
+        // A revision's components are resolved: a `templateFrom` is kept to say where the
+        // template came from, and the template it recorded is checked like any other.
+        let checked = ProductionStackSpec {
+            components: components
+                .iter()
+                .cloned()
+                .map(|mut c| {
+                    c.template_from = None;
+                    c
+                })
+                .collect(),
+            rollout: Default::default(),
+            gates: vec![],
+            revision_history_limit: None,
+            volume_claim_retention: None,
+            snapshots: None,
+        };
+        let order = validation::validate(stack, &checked)?.0;
         let spec = ProductionStackSpec {
             components,
             rollout: Default::default(),
@@ -166,7 +185,6 @@ impl RevisionRef {
             volume_claim_retention: None,
             snapshots: None,
         };
-        let order = validation::validate(stack, &spec)?.0;
         let hashes = spec
             .components
             .iter()

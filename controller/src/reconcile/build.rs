@@ -92,6 +92,11 @@ pub fn component_objects(
     };
     let mut template = component.template.clone();
     add_pod_labels(&mut template, &stack_name, &component.name);
+    // Which revision a pod runs, for gate queries and dashboards. Only components that are
+    // applied get it, so a component unchanged in a new revision keeps its pods.
+    if let Some(l) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        l.insert(labels::REVISION.to_string(), revision.to_string());
+    }
 
     let (workload, claims) = match component.kind {
         WorkloadKind::Deployment => {
@@ -201,6 +206,63 @@ pub fn component_objects(
         service,
         claims,
     }
+}
+
+/// The objects of a component with its workload scaled to `replicas` (the stable side of
+/// a canary), everything else as [`component_objects`] builds it.
+pub fn with_replicas(mut objects: ComponentObjects, replicas: i32) -> ComponentObjects {
+    match &mut objects.workload {
+        Workload::Deployment(d) => {
+            if let Some(s) = d.spec.as_mut() {
+                s.replicas = Some(replicas);
+            }
+        }
+        Workload::StatefulSet(s) => {
+            if let Some(s) = s.spec.as_mut() {
+                s.replicas = Some(replicas);
+            }
+        }
+    }
+    objects
+}
+
+/// The canary Deployment of a Deployment component: the component's Deployment at
+/// `revision`, named `<stack>-<component>-canary`, with `replicas` pods, and the label
+/// `deployctl.dev/track: canary` added to its selector and pods. Its pods keep the
+/// component's labels, so the component's Service sends them their share of requests.
+/// None for a StatefulSet.
+pub fn canary_deployment(
+    stack: &ProductionStack,
+    component: &Component,
+    spec_hash: &str,
+    revision: i64,
+    replicas: i32,
+) -> Option<Deployment> {
+    let objects = component_objects(stack, component, spec_hash, revision);
+    let Workload::Deployment(d) = objects.workload else {
+        return None;
+    };
+    let mut d = *d;
+    let stack_name = stack.metadata.name.clone().unwrap_or_default();
+    let track = (labels::TRACK.to_string(), labels::TRACK_CANARY.to_string());
+    d.metadata.name = Some(deployctl_api::canary_name(&stack_name, &component.name));
+    d.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0.clone(), track.1.clone());
+    let spec = d.spec.as_mut()?;
+    spec.replicas = Some(replicas);
+    spec.selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0.clone(), track.1.clone());
+    spec.template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0, track.1);
+    Some(d)
 }
 
 fn claim_spec(vc: &deployctl_api::VolumeClaim) -> PersistentVolumeClaimSpec {

@@ -245,16 +245,65 @@ impl World {
                     } else {
                         &self.history[revision]
                     };
+                    let canary = self.observed.get(component).and_then(|w| w.canary.clone());
                     self.observed.insert(
                         component.clone(),
                         WorkloadState {
                             spec_hash: Some(r.hashes[component].clone()),
                             revision: Some(*revision),
-                            replicas: 1,
+                            replicas: r.component(component).map_or(1, |c| c.replicas()),
                             available: self.healthy.contains(revision),
+                            canary,
                             ..Default::default()
                         },
                     );
+                }
+                Action::Canary {
+                    component,
+                    revision,
+                    canary_replicas,
+                    stable_revision,
+                    stable_replicas,
+                } => {
+                    let r = if *revision == self.desired.number {
+                        &self.desired
+                    } else {
+                        &self.history[revision]
+                    };
+                    let healthy = self.healthy.contains(revision);
+                    let w = self
+                        .observed
+                        .get_mut(component)
+                        .expect("a canary runs beside a stable Deployment");
+                    assert_eq!(w.revision, Some(*stable_revision), "the stable template is kept");
+                    w.replicas = *stable_replicas;
+                    w.canary = Some(Box::new(WorkloadState {
+                        spec_hash: Some(r.hashes[component].clone()),
+                        revision: Some(*revision),
+                        replicas: *canary_replicas,
+                        available: healthy,
+                        ..Default::default()
+                    }));
+                }
+                Action::EndCanary {
+                    component,
+                    stable_revision,
+                } => {
+                    let full = stable_revision
+                        .and_then(|n| {
+                            if n == self.desired.number {
+                                Some(&self.desired)
+                            } else {
+                                self.history.get(&n)
+                            }
+                        })
+                        .and_then(|r| r.component(component))
+                        .map(|c| c.replicas());
+                    let w = self.observed.get_mut(component).expect("ends a canary");
+                    w.canary = None;
+                    if let Some(full) = full {
+                        w.replicas = full;
+                    }
                 }
                 Action::Delete { component } => {
                     self.observed.remove(component);

@@ -187,6 +187,8 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
             focus(p, target, name, &mut cs, up, avail);
             if cs.phase == ComponentPhase::Available {
                 // Passed its analysis just now: the next component may start at once.
+                // A canary it had is over (its Deployment goes in this pass).
+                cs.canary = None;
             } else {
                 blocker = Some(name.clone());
             }

@@ -778,6 +778,40 @@ mod tests {
     }
 
     #[test]
+    fn canary_steps_are_refused_at_their_field() {
+        let with = |fields: &str| {
+            spec(&format!(
+                "components: [{{name: a, template: {CONTAINER}, {fields}}}]"
+            ))
+        };
+        assert!(validate(
+            "shop",
+            &with("canary: {steps: [{setWeight: 25}, {analysis: {}}, {pause: {duration: 1m}}]}")
+        )
+        .is_ok());
+        let e = validate(
+            "shop",
+            &with("canary: {steps: [{setWeight: 25}, {setWeight: 0}, {pause: {duration: soon}}]}"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            paths(e),
+            vec![
+                "spec.components[0].canary.steps[1].setWeight",
+                "spec.components[0].canary.steps[2].pause.duration"
+            ]
+        );
+        let e = validate(
+            "shop",
+            &with("kind: StatefulSet, service: {ports: [{port: 80}]}, canary: {steps: [{setWeight: 25}]}"),
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].canary"]);
+        let e = validate("shop", &with("canary: {steps: []}")).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].canary.steps"]);
+    }
+
+    #[test]
     fn a_store_quota_must_be_a_positive_quantity_and_is_refused_at_its_field() {
         let with_store = |store: &str| {
             spec(&format!(

@@ -138,7 +138,10 @@ pub(super) fn run(
             };
             let settled = canary_ready && w.replicas == stable && w.available;
             if !settled {
-                if waited >= p.progress_deadline() {
+                // Only pods that do not come up count against the deadline: a scale the
+                // controller has yet to ask for (after a restart, say) is asked for now.
+                let pods_late = !canary_ready || (w.replicas == stable && !w.available);
+                if pods_late && waited >= p.progress_deadline() {
                     let msg = format!(
                         "component {name}: the canary at {weight}% did not become Available within the progress deadline ({}){}",
                         p.input.spec.rollout.progress_deadline(),

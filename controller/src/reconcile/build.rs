@@ -335,6 +335,46 @@ spec:
 ";
 
     #[test]
+    fn pods_carry_their_revision_and_a_canary_has_its_own_selector() {
+        let s = stack(STACK);
+        let api = &s.spec.components[1];
+        let objs = component_objects(&s, api, "abc", 3);
+        let Workload::Deployment(stable) = &objs.workload else {
+            panic!("expected a Deployment")
+        };
+        let pod_labels = |d: &Deployment| {
+            d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap()
+        };
+        assert_eq!(pod_labels(stable)[labels::REVISION], "3");
+        assert!(!pod_labels(stable).contains_key(labels::TRACK));
+
+        let canary = canary_deployment(&s, api, "def", 4, 1).unwrap();
+        assert_eq!(canary.metadata.name.as_deref(), Some("shop-api-canary"));
+        let spec = canary.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let selector = spec.selector.match_labels.clone().unwrap();
+        assert_eq!(selector[labels::TRACK], labels::TRACK_CANARY);
+        assert_eq!(selector[labels::COMPONENT], "api");
+        let pods = pod_labels(&canary);
+        assert_eq!(pods[labels::REVISION], "4");
+        assert_eq!(pods[labels::TRACK], labels::TRACK_CANARY);
+        // The Service selects canary pods too: its selector is a subset of their labels.
+        for (k, v) in &selector_labels("shop", "api") {
+            assert_eq!(pods.get(k), Some(v), "{k}");
+        }
+        // The stable Deployment's selector stays what it was (selectors are immutable).
+        assert_eq!(
+            stable.spec.as_ref().unwrap().selector.match_labels.clone().unwrap(),
+            selector_labels("shop", "api")
+        );
+        let scaled = with_replicas(objs.clone(), 3);
+        let Workload::Deployment(d) = &scaled.workload else {
+            panic!("expected a Deployment")
+        };
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    }
+
+    #[test]
     fn deployment_gets_labels_owner_claims_and_surge_strategy() {
         let s = stack(STACK);
         let objs = component_objects(&s, &s.spec.components[1], "abc", 3);

@@ -67,6 +67,38 @@ pub struct CanaryAnalysis {
     pub duration: Option<Duration>,
 }
 
+impl std::fmt::Display for CanaryStep {
+    /// The step as Events and the CLI name it: `setWeight 25%`, `pause 1m`, `analysis`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(w) = self.set_weight {
+            write!(f, "setWeight {w}%")
+        } else if let Some(p) = &self.pause {
+            match &p.duration {
+                Some(d) => write!(f, "pause {d}"),
+                None => f.write_str("pause until promoted"),
+            }
+        } else if let Some(a) = &self.analysis {
+            match &a.duration {
+                Some(d) => write!(f, "analysis {d}"),
+                None => f.write_str("analysis"),
+            }
+        } else {
+            f.write_str("empty step")
+        }
+    }
+}
+
+impl Canary {
+    /// The steps in one line: `setWeight 25%, analysis, setWeight 50%, analysis`.
+    pub fn summary(&self) -> String {
+        self.steps
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Canary pods out of `replicas` at weight `weight` percent: rounded up, at least one
 /// for any weight above 0, never more than `replicas`.
 pub fn canary_replicas(replicas: i32, weight: i32) -> i32 {

@@ -14,7 +14,7 @@ use crate::gates::analysis::elapsed;
 use deployctl_api::canary::canary_replicas;
 use deployctl_api::conditions::reason;
 use deployctl_api::{
-    CanaryState, CanaryStatus, CanaryStep, ComponentPhase, ComponentStatus, GatePhase,
+    CanaryState, CanaryStatus, ComponentPhase, ComponentStatus, GatePhase,
     RollbackTrigger, RolloutState, RolloutStep, WorkloadKind,
 };
 
@@ -64,7 +64,7 @@ pub(super) fn run(
                 format!(
                     "Component {name}: canary of revision {} starts, step 1/{n}: {}",
                     target.number,
-                    describe(&steps[0])
+                    steps[0]
                 ),
             );
             first
@@ -270,7 +270,7 @@ pub(super) fn run(
                     Some(s) => format!(
                         "Component {name}: canary step {}/{n}: {}",
                         state.step + 1,
-                        describe(s)
+                        s
                     ),
                     None => format!(
                         "Component {name}: every canary step passed; revision {} replaces the stable pods",
@@ -279,25 +279,6 @@ pub(super) fn run(
                 },
             );
         }
-    }
-}
-
-/// A step as Events and the CLI name it.
-pub fn describe(step: &CanaryStep) -> String {
-    if let Some(w) = step.set_weight {
-        format!("setWeight {w}%")
-    } else if let Some(p) = &step.pause {
-        match &p.duration {
-            Some(d) => format!("pause {d}"),
-            None => "pause until promoted".into(),
-        }
-    } else if let Some(a) = &step.analysis {
-        match &a.duration {
-            Some(d) => format!("analysis {d}"),
-            None => "analysis".into(),
-        }
-    } else {
-        "empty step".into()
     }
 }
 

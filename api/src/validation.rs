@@ -566,7 +566,10 @@ fn validate_canary(
             }
         }
         let durations = [
-            ("pause", step.pause.as_ref().and_then(|p| p.duration.as_ref())),
+            (
+                "pause",
+                step.pause.as_ref().and_then(|p| p.duration.as_ref()),
+            ),
             (
                 "analysis",
                 step.analysis.as_ref().and_then(|a| a.duration.as_ref()),

@@ -136,7 +136,14 @@ fn ready(p: &Pod) -> bool {
 }
 
 fn env_of(d: &Deployment) -> Vec<String> {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
         .env
         .clone()
         .unwrap_or_default()
@@ -321,11 +328,7 @@ async fn a_bad_canary_fails_its_gate_at_25_percent_and_the_old_pods_keep_the_tra
     e.healthy_on(1).await;
 
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let traffic = tokio::spawn(watch_traffic(
-        e.client.clone(),
-        e.ns.name().to_string(),
-        rx,
-    ));
+    let traffic = tokio::spawn(watch_traffic(e.client.clone(), e.ns.name().to_string(), rx));
     e.apply(&stack(FAULTY)).await;
     let s = e
         .wait("RolledBack", |s| {
@@ -358,12 +361,20 @@ async fn a_bad_canary_fails_its_gate_at_25_percent_and_the_old_pods_keep_the_tra
     let stable = e.deployments().get("shop-api").await.unwrap();
     assert_eq!(stable.spec.as_ref().unwrap().replicas, Some(4));
     assert!(
-        !env_of(&stable).iter().any(|v| v.starts_with("FAULT_ERROR_RATE")),
+        !env_of(&stable)
+            .iter()
+            .any(|v| v.starts_with("FAULT_ERROR_RATE")),
         "the stable Deployment never ran the bad template"
     );
     assert!(seen.requests > 50, "{seen:?}");
-    assert_eq!(seen.max_canary, 1, "the canary never went past 25%: {seen:?}");
-    assert!(seen.canary_failures > 0, "the canary pod was in the Service: {seen:?}");
+    assert_eq!(
+        seen.max_canary, 1,
+        "the canary never went past 25%: {seen:?}"
+    );
+    assert!(
+        seen.canary_failures > 0,
+        "the canary pod was in the Service: {seen:?}"
+    );
     assert!(
         seen.stable_failures.is_empty(),
         "requests to old pods failed: {seen:?}"
@@ -372,5 +383,8 @@ async fn a_bad_canary_fails_its_gate_at_25_percent_and_the_old_pods_keep_the_tra
         seen.no_stable_endpoint, 0,
         "the Endpoints always held old pods: {seen:?}"
     );
-    assert!(seen.min_ready_stable >= 3, "old pods stayed Ready: {seen:?}");
+    assert!(
+        seen.min_ready_stable >= 3,
+        "old pods stayed Ready: {seen:?}"
+    );
 }

@@ -619,7 +619,7 @@ mod tests {
             ]
         );
         // Steps alone changed: no pod rolls, so no steps to list.
-        let steps_only = comps(&format!("[{{name: api, template: {{spec: {{containers: [{{name: a, image: 'r/api:1'}}]}}}}, canary: {{steps: [{{setWeight: 10}}]}}}}]"));
+        let steps_only = comps("[{name: api, template: {spec: {containers: [{name: a, image: 'r/api:1'}]}}, canary: {steps: [{setWeight: 10}]}}]");
         assert_eq!(summarize(&prev, &steps_only), vec!["api: canary changed"]);
     }
 

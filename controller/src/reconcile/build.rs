@@ -343,7 +343,16 @@ spec:
             panic!("expected a Deployment")
         };
         let pod_labels = |d: &Deployment| {
-            d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap()
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .clone()
+                .unwrap()
         };
         assert_eq!(pod_labels(stable)[labels::REVISION], "3");
         assert!(!pod_labels(stable).contains_key(labels::TRACK));
@@ -364,7 +373,14 @@ spec:
         }
         // The stable Deployment's selector stays what it was (selectors are immutable).
         assert_eq!(
-            stable.spec.as_ref().unwrap().selector.match_labels.clone().unwrap(),
+            stable
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .match_labels
+                .clone()
+                .unwrap(),
             selector_labels("shop", "api")
         );
         let scaled = with_replicas(objs.clone(), 3);

@@ -30,7 +30,10 @@ pub fn component_hash(c: &Component) -> String {
     if c.canary.is_some() {
         let mut without = c.clone();
         without.canary = None;
-        return digest(&serde_json::to_vec(&without).expect("components serialize"), 16);
+        return digest(
+            &serde_json::to_vec(&without).expect("components serialize"),
+            16,
+        );
     }
     digest(&serde_json::to_vec(c).expect("components serialize"), 16)
 }

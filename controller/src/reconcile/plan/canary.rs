@@ -14,8 +14,8 @@ use crate::gates::analysis::elapsed;
 use deployctl_api::canary::canary_replicas;
 use deployctl_api::conditions::reason;
 use deployctl_api::{
-    CanaryState, CanaryStatus, ComponentPhase, ComponentStatus, GatePhase,
-    RollbackTrigger, RolloutState, RolloutStep, WorkloadKind,
+    CanaryState, CanaryStatus, ComponentPhase, ComponentStatus, GatePhase, RollbackTrigger,
+    RolloutState, RolloutStep, WorkloadKind,
 };
 
 /// Runs the canary of the rollout's focus component `name`. Returns the rollout state
@@ -63,8 +63,7 @@ pub(super) fn run(
                 "CanaryStep",
                 format!(
                     "Component {name}: canary of revision {} starts, step 1/{n}: {}",
-                    target.number,
-                    steps[0]
+                    target.number, steps[0]
                 ),
             );
             first
@@ -242,7 +241,15 @@ pub(super) fn run(
                     done(p, &state, cs);
                     r.canary = Some(state);
                     p.status.rollout = Some(r);
-                    decide(p, Some(name), &spec.gates, gates, window_over, &a_started, cs);
+                    decide(
+                        p,
+                        Some(name),
+                        &spec.gates,
+                        gates,
+                        window_over,
+                        &a_started,
+                        cs,
+                    );
                     if cs.phase == ComponentPhase::Progressing && !window_over {
                         let left = window.saturating_sub(elapsed(&a_started, &now));
                         p.requeue_in(left);

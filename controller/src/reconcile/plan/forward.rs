@@ -498,7 +498,12 @@ fn mark_analysed(r: &mut RolloutState, name: &str) {
 
 /// A failed gate or a missed deadline: roll back when the policy says so and there is
 /// something to go back to; else report and wait for a person.
-pub(super) fn fail(p: &mut Planner<'_>, message: String, why: &'static str, trigger: RollbackTrigger) {
+pub(super) fn fail(
+    p: &mut Planner<'_>,
+    message: String,
+    why: &'static str,
+    trigger: RollbackTrigger,
+) {
     let target = p
         .status
         .stable_revision

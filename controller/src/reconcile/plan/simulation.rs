@@ -74,9 +74,8 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
         let mut s = data_spec(db, api, method);
         if canary {
             s.components[1].replicas = Some(4);
-            s.components[1].canary = Some(
-                serde_yaml_ng::from_str(CANARY_STEPS).expect("valid canary steps"),
-            );
+            s.components[1].canary =
+                Some(serde_yaml_ng::from_str(CANARY_STEPS).expect("valid canary steps"));
         }
         s
     };
@@ -451,10 +450,7 @@ fn check_canary(before: &World, p: &Plan, w: &World) -> Result<(), String> {
             ..
         } = a
         {
-            let full = w
-                .desired
-                .component(component)
-                .map_or(1, |c| c.replicas());
+            let full = w.desired.component(component).map_or(1, |c| c.replicas());
             let ready_canary = before
                 .observed
                 .get(component)
@@ -471,7 +467,10 @@ fn check_canary(before: &World, p: &Plan, w: &World) -> Result<(), String> {
     }
     let failed = w.status.rollback.is_some()
         || w.status.hold.is_some()
-        || w.status.rollout.as_ref().is_some_and(|r| r.failure.is_some());
+        || w.status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.failure.is_some());
     if failed {
         for (name, o) in &w.observed {
             if let Some(c) = o.canary.as_ref().filter(|c| c.replicas > 0) {

@@ -275,7 +275,11 @@ impl World {
                         .observed
                         .get_mut(component)
                         .expect("a canary runs beside a stable Deployment");
-                    assert_eq!(w.revision, Some(*stable_revision), "the stable template is kept");
+                    assert_eq!(
+                        w.revision,
+                        Some(*stable_revision),
+                        "the stable template is kept"
+                    );
                     w.replicas = *stable_replicas;
                     w.canary = Some(Box::new(WorkloadState {
                         spec_hash: Some(r.hashes[component].clone()),
@@ -2217,7 +2221,14 @@ fn drive(w: &mut World, mut now: i64, pass: impl Fn(&World) -> bool) -> (Vec<Pla
     let mut plans = vec![];
     for _ in 0..60 {
         if w.status.rollout.as_ref().and_then(|r| r.step) == Some(RolloutStep::Analysing) {
-            let c = w.status.rollout.as_ref().unwrap().component.clone().unwrap();
+            let c = w
+                .status
+                .rollout
+                .as_ref()
+                .unwrap()
+                .component
+                .clone()
+                .unwrap();
             let outcome = if pass(w) {
                 MeasurementOutcome::Success
             } else {
@@ -2227,7 +2238,8 @@ fn drive(w: &mut World, mut now: i64, pass: impl Fn(&World) -> bool) -> (Vec<Pla
         }
         let p = w.step(now);
         now += 6;
-        let idle = p.actions.is_empty() && w.status.rollout.is_none() && w.status.rollback.is_none();
+        let idle =
+            p.actions.is_empty() && w.status.rollout.is_none() && w.status.rollback.is_none();
         plans.push(p);
         if idle {
             return (plans, now);
@@ -2276,7 +2288,9 @@ fn a_canary_goes_through_its_weights_then_replaces_the_stable_pods() {
         .expect("the canary is removed");
     assert!(applied < ended, "{actions:?}");
     assert!(
-        !actions.iter().any(|a| matches!(a, Action::Apply { component, .. } if component != "api")),
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Apply { component, .. } if component != "api")),
         "db and cache did not change: {actions:?}"
     );
     let events: Vec<&str> = plans
@@ -2290,10 +2304,20 @@ fn a_canary_goes_through_its_weights_then_replaces_the_stable_pods() {
     // The status showed each step while it ran.
     let shown: Vec<(i32, i32, i32)> = plans
         .iter()
-        .filter_map(|p| p.status.components.iter().find(|c| c.name == "api")?.canary.clone())
+        .filter_map(|p| {
+            p.status
+                .components
+                .iter()
+                .find(|c| c.name == "api")?
+                .canary
+                .clone()
+        })
         .map(|c| (c.step, c.weight, c.canary_replicas))
         .collect();
-    assert!(shown.contains(&(2, 25, 1)) && shown.contains(&(4, 50, 2)), "{shown:?}");
+    assert!(
+        shown.contains(&(2, 25, 1)) && shown.contains(&(4, 50, 2)),
+        "{shown:?}"
+    );
     assert_eq!(w.phase(), StackPhase::Healthy);
     assert_eq!(w.status.stable_revision, Some(2));
     assert!(w.observed["api"].canary.is_none());
@@ -2329,9 +2353,15 @@ fn a_gate_failing_at_25_percent_removes_the_canary_at_once_and_rolls_back() {
 
 #[test]
 fn a_canary_pause_waits_its_duration_and_an_open_pause_waits_for_promote() {
-    let mut w = World::new(canary_spec("[{setWeight: 50}, {pause: {duration: 30s}}]", "x:1"));
+    let mut w = World::new(canary_spec(
+        "[{setWeight: 50}, {pause: {duration: 30s}}]",
+        "x:1",
+    ));
     let (_, now) = drive(&mut w, 0, |_| true);
-    w.change(canary_spec("[{setWeight: 50}, {pause: {duration: 30s}}]", "x:2"), 2);
+    w.change(
+        canary_spec("[{setWeight: 50}, {pause: {duration: 30s}}]", "x:2"),
+        2,
+    );
     w.step(now);
     w.step(now + 1);
     let p = w.step(now + 2);
@@ -2340,9 +2370,10 @@ fn a_canary_pause_waits_its_duration_and_an_open_pause_waits_for_promote() {
     assert!(p.actions.is_empty());
     assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(20)));
     let p = w.step(now + 33);
-    assert!(p
-        .actions
-        .contains(&Action::Apply { component: "api".into(), revision: 2 }));
+    assert!(p.actions.contains(&Action::Apply {
+        component: "api".into(),
+        revision: 2
+    }));
 
     let open = "[{setWeight: 25}, {pause: {}}]";
     let (_, now) = drive(&mut w, now + 40, |_| true);
@@ -2351,11 +2382,22 @@ fn a_canary_pause_waits_its_duration_and_an_open_pause_waits_for_promote() {
         w.step(t);
         t + 20
     });
-    assert_eq!(w.observed["api"].canary.as_ref().map(|c| c.replicas), Some(1));
+    assert_eq!(
+        w.observed["api"].canary.as_ref().map(|c| c.replicas),
+        Some(1)
+    );
     assert_eq!(w.status.stable_revision, Some(2), "revision 3 is paused");
-    let api = w.status.components.iter().find(|c| c.name == "api").unwrap();
+    let api = w
+        .status
+        .components
+        .iter()
+        .find(|c| c.name == "api")
+        .unwrap();
     assert!(
-        api.message.as_deref().unwrap_or("").contains("deployctl promote"),
+        api.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("deployctl promote"),
         "{api:?}"
     );
     w.op("promote-1", OperationAction::Promote, None);

@@ -103,7 +103,8 @@ pub struct ReadinessGate {
 pub struct HttpTarget {
     /// A full URL (in a real cluster, e.g. the Service's DNS name). When unset, every
     /// ready pod of the component is checked at its pod IP, found through the Service's
-    /// Endpoints.
+    /// Endpoints; at a canary's `analysis` step only the new pods (label
+    /// `deployctl.dev/revision`) are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
@@ -196,6 +197,9 @@ pub struct PrometheusGate {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
     pub address: String,
     /// A PromQL instant query that returns one number (a scalar or a one-element vector).
+    /// Pods carry the label `deployctl.dev/revision` (the stack revision they run), so a
+    /// query can measure the new pods of a canary apart from the stable ones, e.g.
+    /// `{pod_label_deployctl_dev_revision="7"}` where the pod labels are exported.
     pub query: String,
     /// What the number must satisfy.
     pub condition: Comparison,

@@ -317,7 +317,15 @@ pub(super) fn sweep(p: &mut Planner<'_>) {
         }
         p.actions
             .retain(|a| !matches!(a, Action::Canary { component, .. } if component == name));
-        let stable_revision = w.revision.filter(|s| p.revision(*s).is_some());
+        // A rollback that applies the component in this pass restores the stable
+        // Deployment itself; re-applying what it runs now would undo that.
+        let reapplied = p
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Apply { component, .. } if component == name));
+        let stable_revision = w
+            .revision
+            .filter(|s| !reapplied && p.revision(*s).is_some());
         let aborted = cw.revision != w.revision;
         p.actions.push(Action::EndCanary {
             component: name.clone(),

@@ -2425,3 +2425,44 @@ fn changing_only_the_canary_steps_rolls_no_pod() {
     assert_eq!(w.status.stable_revision, Some(2));
     assert_eq!(w.running("api"), Some(1));
 }
+
+#[test]
+fn a_stable_update_missing_its_deadline_after_the_steps_rolls_back_without_reapplying_it() {
+    let steps = "[{setWeight: 50}]";
+    let mut w = World::new(canary_spec(steps, "x:1"));
+    let (_, mut now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec(steps, "x:2"), 2);
+    // The canary step passes; then the stable Deployment's new pods never come up.
+    loop {
+        let p = w.step(now);
+        now += 5;
+        if p.actions.contains(&Action::Apply {
+            component: "api".into(),
+            revision: 2,
+        }) {
+            break;
+        }
+        assert!(now < 1000, "the steps never ended: {:#?}", w.status);
+    }
+    w.observed.get_mut("api").unwrap().available = false;
+    assert!(w.observed["api"].canary.is_some());
+    let p = w.step(now + 61);
+    assert!(w.status.rollback.is_some(), "{:#?}", w.status);
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::Apply {
+                component: "api".into(),
+                revision: 1
+            },
+            Action::EndCanary {
+                component: "api".into(),
+                stable_revision: None
+            }
+        ]
+    );
+    drive(&mut w, now + 62, |_| true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!((w.running("api"), w.observed["api"].replicas), (Some(1), 4));
+    assert!(w.observed["api"].canary.is_none());
+}

@@ -1,12 +1,13 @@
 //! Canary steps on the real control plane with the simulated node: a 4-replica api with
 //! steps `[setWeight: 25, analysis, setWeight: 50, analysis]` goes through 1 then 2 canary
-//! pods to the new template on its stable Deployment; a bad release fails its gate at 25%
-//! and its canary is removed while the old pods keep every request.
+//! pods to the new template on its stable Deployment (its controller killed mid-canary,
+//! the next one resuming at the same step); a bad release fails its gate at 25% and its
+//! canary is removed while the old pods keep every request.
 
 mod support;
 
 use deployctl_api::{labels, ProductionStack, StackPhase};
-use deployctl_harness::{require_sim_node, shared, TestNamespace};
+use deployctl_harness::{require_sim_node, shared, TestNamespace, FAILOVER_LEASE};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::api::{Api, ListParams};
@@ -55,19 +56,20 @@ struct Env {
     client: Client,
     ns: TestNamespace,
     stacks: Api<ProductionStack>,
-    _controller: ControllerProcess,
+    controller: ControllerProcess,
 }
 
 async fn setup(prefix: &str) -> Env {
     let env = shared();
     let client = install_crd(env).await;
     let ns = env.namespace(prefix).await;
-    let controller = ControllerProcess::start(env, ns.name(), "c1", &[]);
+    // A short Lease, so a controller started after a kill takes over quickly.
+    let controller = ControllerProcess::start(env, ns.name(), "c1", &FAILOVER_LEASE);
     Env {
         stacks: Api::namespaced(client.clone(), ns.name()),
         client,
         ns,
-        _controller: controller,
+        controller,
     }
 }
 
@@ -155,7 +157,7 @@ fn env_of(d: &Deployment) -> Vec<String> {
 #[tokio::test]
 async fn a_good_release_goes_through_the_canary_steps_and_replaces_the_stable_pods() {
     require_sim_node!(shared());
-    let e = setup("canary-good").await;
+    let mut e = setup("canary-good").await;
     e.apply(&stack("")).await;
     e.healthy_on(1).await;
     let db_before: BTreeSet<String> = e.pods("db").await.into_keys().collect();
@@ -167,6 +169,9 @@ async fn a_good_release_goes_through_the_canary_steps_and_replaces_the_stable_po
     // Ready canary pods seen over time, and the canary status the stack reported then.
     let mut seen: Vec<usize> = vec![];
     let mut shown: BTreeSet<(i32, i32)> = BTreeSet::new();
+    // Canary steps the status went through (counted from 1), in order.
+    let mut steps: Vec<i32> = vec![];
+    let mut killed = false;
     let deadline = std::time::Instant::now() + T;
     loop {
         let pods = e.pods("api").await;
@@ -183,6 +188,20 @@ async fn a_good_release_goes_through_the_canary_steps_and_replaces_the_stable_po
             .and_then(|c| c.canary.clone())
         {
             shown.insert((c.weight, c.canary_replicas));
+            if steps.last() != Some(&c.step) {
+                steps.push(c.step);
+            }
+        }
+        // The controller dies during the analysis at 25%; the next one resumes there.
+        let at_first_analysis = st
+            .rollout
+            .as_ref()
+            .and_then(|r| r.canary.as_ref())
+            .is_some_and(|c| c.step == 1);
+        if at_first_analysis && !killed {
+            e.controller.kill();
+            e.controller = ControllerProcess::start(shared(), e.ns.name(), "c2", &FAILOVER_LEASE);
+            killed = true;
         }
         if is_ready(&s) && st.stable_revision == Some(2) {
             break;
@@ -200,6 +219,11 @@ async fn a_good_release_goes_through_the_canary_steps_and_replaces_the_stable_po
     assert!(
         shown.contains(&(25, 1)) && shown.contains(&(50, 2)),
         "status showed {shown:?}"
+    );
+    assert!(killed, "the controller was killed mid-canary");
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "the restarted controller went on from its step, never back: {steps:?}"
     );
 
     // The stable Deployment runs the new template with every replica; no canary is left.
@@ -357,6 +381,7 @@ async fn a_bad_canary_fails_its_gate_at_25_percent_and_the_old_pods_keep_the_tra
     .await;
     tx.send(true).unwrap();
     let seen = traffic.await.unwrap();
+    let _ = &e.controller;
 
     let stable = e.deployments().get("shop-api").await.unwrap();
     assert_eq!(stable.spec.as_ref().unwrap().replicas, Some(4));

@@ -36,7 +36,8 @@ pub struct CanaryStep {
     #[schemars(range(min = 1, max = 100))]
     pub set_weight: Option<i32>,
 
-    /// Wait: for `duration`, or without one until `deployctl promote`.
+    /// Wait: for `duration`, or without one until `deployctl promote`. The gates keep
+    /// being measured on the new pods meanwhile; a failed gate aborts the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<CanaryPause>,
 

@@ -17,6 +17,7 @@ use deployctl_api::{
     CanaryState, CanaryStatus, ComponentPhase, ComponentStatus, GatePhase, RollbackTrigger,
     RolloutState, RolloutStep, WorkloadKind,
 };
+use std::time::Duration;
 
 /// Runs the canary of the rollout's focus component `name`. Returns the rollout state
 /// back when the ordinary all-at-once path goes on (no canary, or every step done);
@@ -184,6 +185,26 @@ pub(super) fn run(
             }
             true
         } else if let Some(pause) = &step.pause {
+            // The gates keep being measured on the new pods while the canary waits: a
+            // failure ends the pause (and the canary) as it would end an analysis.
+            if state.weight > 0 && !spec.gates.is_empty() {
+                let gates = p.analyse(Some(name), &spec.gates, &cs.gates, false);
+                cs.gates = gates.clone();
+                if let Some(f) = gates.iter().find(|g| g.phase == GatePhase::Failed) {
+                    let msg = format!(
+                        "component {name}: {}",
+                        f.message.clone().unwrap_or_default()
+                    );
+                    done(p, &state, cs);
+                    cs.phase = ComponentPhase::Unavailable;
+                    cs.message = f.message.clone();
+                    r.canary = Some(state);
+                    p.status.rollout = Some(r);
+                    fail(p, msg, reason::GATE_FAILED, RollbackTrigger::Gate);
+                    return None;
+                }
+                p.requeue_for_gates(&spec.gates, &gates, Duration::ZERO);
+            }
             match pause.duration.as_ref().and_then(|d| d.parse().ok()) {
                 Some(d) if waited >= d => true,
                 Some(d) => {
@@ -287,6 +308,16 @@ pub(super) fn run(
             );
         }
     }
+}
+
+/// Whether the gates of a canary's component are measured now although no analysis
+/// runs: at a pause, once canary pods run.
+pub(super) fn measured_while_paused(desired: &RevisionRef, k: &CanaryState) -> bool {
+    desired
+        .component(&k.component)
+        .and_then(|c| c.canary.as_ref())
+        .and_then(|c| c.steps.get(k.step.max(0) as usize))
+        .is_some_and(|s| s.pause.is_some() && k.weight > 0)
 }
 
 /// Whether this reconcile keeps component `name`'s canary: a rollout of the spec's

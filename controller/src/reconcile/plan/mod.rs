@@ -678,7 +678,13 @@ pub fn gates_due<'s>(
                 .map(|c| due(Some(c.name.as_str()), &c.gates, Duration::ZERO))
                 .unwrap_or_default(),
             Some(RolloutStep::StackAnalysis) => due(None, &spec.gates, Duration::ZERO),
-            _ => vec![],
+            _ => r
+                .canary
+                .as_ref()
+                .filter(|k| canary::measured_while_paused(desired, k))
+                .and_then(|k| desired.component(&k.component))
+                .map(|c| due(Some(c.name.as_str()), &c.gates, Duration::ZERO))
+                .unwrap_or_default(),
         },
         None if previous.stable_revision == Some(desired.number) => {
             let every = spec

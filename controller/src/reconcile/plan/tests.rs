@@ -2368,7 +2368,13 @@ fn a_canary_pause_waits_its_duration_and_an_open_pause_waits_for_promote() {
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     let p = w.step(now + 12);
     assert!(p.actions.is_empty());
-    assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(20)));
+    // Woken for the gate's next measurement, at the latest when the pause ends.
+    assert!(
+        p.requeue_after
+            .is_some_and(|d| d <= std::time::Duration::from_secs(20)),
+        "{:?}",
+        p.requeue_after
+    );
     let p = w.step(now + 33);
     assert!(p.actions.contains(&Action::Apply {
         component: "api".into(),
@@ -2465,4 +2471,38 @@ fn a_stable_update_missing_its_deadline_after_the_steps_rolls_back_without_reapp
     assert_eq!(w.phase(), StackPhase::RolledBack);
     assert_eq!((w.running("api"), w.observed["api"].replicas), (Some(1), 4));
     assert!(w.observed["api"].canary.is_none());
+}
+
+#[test]
+fn a_gate_failing_during_a_canary_pause_ends_it() {
+    let steps = "[{setWeight: 50}, {pause: {duration: 5m}}]";
+    let mut w = World::new(canary_spec(steps, "x:1"));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec(steps, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    assert_eq!(
+        w.status
+            .rollout
+            .as_ref()
+            .unwrap()
+            .canary
+            .as_ref()
+            .unwrap()
+            .step,
+        1
+    );
+    let due = gates_due(&w.spec, &w.desired, &w.status, &t(now + 4));
+    assert_eq!(due.len(), 1, "the gate is measured during the pause");
+    w.measure("api", "http", MeasurementOutcome::Success, now + 4);
+    let p = w.step(now + 4);
+    assert!(p.actions.is_empty() && w.status.rollback.is_none());
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 5);
+    let p = w.step(now + 5);
+    assert!(w.status.rollback.is_some(), "{:#?}", w.status);
+    assert!(p.actions.contains(&Action::EndCanary {
+        component: "api".into(),
+        stable_revision: Some(1)
+    }));
 }

@@ -103,8 +103,9 @@ pub struct ReadinessGate {
 pub struct HttpTarget {
     /// A full URL (in a real cluster, e.g. the Service's DNS name). When unset, every
     /// ready pod of the component is checked at its pod IP, found through the Service's
-    /// Endpoints. A URL must be under a prefix the cluster administrator allows (chart
-    /// value `gates.allowedUrlPrefixes`); any other makes the stack Invalid.
+    /// Endpoints (at a canary's `analysis` step only the new pods, label
+    /// `deployctl.dev/revision`). A URL must be under a prefix the cluster administrator
+    /// allows (chart value `gates.allowedUrlPrefixes`); any other makes the stack Invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 

@@ -13,9 +13,18 @@ pub const MANAGED_BY_VALUE: &str = "deployctl";
 /// Annotation on a workload: the digest of the component spec last applied to it.
 /// Comparing it with the desired digest tells whether a component must be rolled.
 pub const SPEC_HASH: &str = "deployctl.dev/spec-hash";
-/// Annotation on a workload (and label on a `ControllerRevision`): the stack revision
-/// number whose component spec the object carries.
+/// Annotation on a workload, label on its pods (and on a `ControllerRevision`): the
+/// stack revision number whose component spec the object carries. On pods it tells old
+/// from new in gate queries and dashboards (`deployctl.dev/revision="7"`): during a canary
+/// the stable and the canary pods differ. A component whose spec did not change in a new
+/// revision keeps its pods and their label.
 pub const REVISION: &str = "deployctl.dev/revision";
+/// Label on the canary Deployment of a component and its pods (value [`TRACK_CANARY`]):
+/// part of the canary's selector, so the stable and the canary Deployment never select
+/// each other's pods while the component's Service selects both.
+pub const TRACK: &str = "deployctl.dev/track";
+/// Value of [`TRACK`] on a canary.
+pub const TRACK_CANARY: &str = "canary";
 /// Label on a `ControllerRevision`: the digest of the components it records.
 pub const REVISION_HASH: &str = "deployctl.dev/revision-hash";
 /// Annotation on a `ControllerRevision`: the `metadata.generation` of the stack that

@@ -5,6 +5,7 @@
 //! Types are defined once here; `deployctl-controller crdgen` prints the CRD YAML from
 //! them, and CI fails when the checked-in `manifests/crds/` drifts from it.
 
+pub mod canary;
 pub mod conditions;
 pub mod config;
 pub mod data;
@@ -16,6 +17,7 @@ pub mod stack;
 pub mod status;
 pub mod validation;
 
+pub use canary::{Canary, CanaryAnalysis, CanaryPause, CanaryStep};
 pub use config::{ConfigKind, ConfigVersion};
 pub use data::*;
 pub use duration::Duration;

@@ -1,6 +1,7 @@
 //! `ProductionStack`: a whole stack (API, database, cache, ...) described as components
 //! with dependencies, rolled out in dependency order by the controller.
 
+use crate::canary::Canary;
 use crate::data::{ComponentData, SnapshotPolicy};
 use crate::duration::Duration;
 use crate::gates::{Gate, MAX_GATES, UNIQUE_GATE_NAMES};
@@ -133,6 +134,10 @@ pub struct ProductionStackSpec {
     {
         "rule": "!has(self.data) || !has(self.data.volume) || (has(self.volumeClaims) && self.volumeClaims.exists(v, v.name == self.data.volume))",
         "message": "data.volume must be the name of one of this component's volumeClaims: add that claim or fix the name"
+    },
+    {
+        "rule": "!has(self.canary) || !has(self.kind) || self.kind == 'Deployment'",
+        "message": "canary steps need kind: Deployment (a StatefulSet cannot run two templates side by side): remove canary or use kind: Deployment"
     }
 ]))]
 pub struct Component {
@@ -214,6 +219,14 @@ pub struct Component {
     /// own workload is Available, the referenced one is scaled to 0 replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_from: Option<TemplateFrom>,
+
+    /// Roll a new revision out in steps by replica ratio (Deployments only): a second
+    /// Deployment `<stack>-<component>-canary` runs the new template with the share of
+    /// the replicas each `setWeight` step gives, behind the same Service, while the gates
+    /// are analysed on the new pods. Without it, a new revision replaces all pods at once
+    /// by a rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
 }
 
 /// True for a template left out (a component with `templateFrom`): not serialized, so
@@ -502,4 +515,9 @@ impl Component {
 /// Name of the workload and Service of a component.
 pub fn child_name(stack: &str, component: &str) -> String {
     format!("{stack}-{component}")
+}
+
+/// Name of the canary Deployment of a component (see `canary`).
+pub fn canary_name(stack: &str, component: &str) -> String {
+    format!("{stack}-{component}-canary")
 }

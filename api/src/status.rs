@@ -275,6 +275,31 @@ pub struct RolloutState {
     /// rollout's: at most once per rollout (a `Retry` starts a new one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_to_fit: Option<PruneToFit>,
+
+    /// Where the canary of the current component is, when it has `canary` steps: the
+    /// controller resumes at this step after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryState>,
+}
+
+/// The canary of the component being rolled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryState {
+    /// The component.
+    pub component: String,
+
+    /// Index of the current step in `canary.steps`; equal to the number of steps once
+    /// every step is done and the stable Deployment is being updated.
+    pub step: i32,
+
+    /// Percentage of the replicas the canary runs now (the last `setWeight` reached).
+    #[serde(default)]
+    pub weight: i32,
+
+    /// When the current step started (pauses and analyses count from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
 }
 
 /// Snapshots forgotten to make room for a rollout's pre-rollout snapshots.
@@ -515,6 +540,34 @@ pub struct ComponentStatus {
     /// Analysis of the component's gates in the current rollout (or after promotion).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateStatus>,
+
+    /// The canary of a new revision, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// A component's canary as `deployctl status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Current step, counted from 1; `steps + 1` while the stable Deployment takes the
+    /// new template after the last step.
+    pub step: i32,
+
+    /// Number of steps.
+    pub steps: i32,
+
+    /// Percentage of the replicas on the new revision.
+    pub weight: i32,
+
+    /// Revision the canary pods run.
+    pub revision: i64,
+
+    /// Desired pods of the canary Deployment.
+    pub canary_replicas: i32,
+
+    /// Desired pods of the stable Deployment.
+    pub stable_replicas: i32,
 }
 
 /// Life-cycle phase of a component.

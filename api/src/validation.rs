@@ -11,6 +11,7 @@
 //!
 //! Pure: a function of the spec alone, so the CLI can run it too.
 
+use crate::canary::{Canary, MAX_CANARY_STEPS};
 use crate::data::{ComponentData, DataMethod, ExecData, SnapshotPolicy};
 use crate::gates::{Gate, MAX_GATES};
 use crate::operation::{OperationAction, StackOperationSpec};
@@ -236,6 +237,9 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
         .collect();
 
     validate_gates(&format!("{path}.gates"), &c.gates, err);
+    if let Some(canary) = &c.canary {
+        validate_canary(path, c.kind, canary, err);
+    }
     at_most(
         &format!("{path}.volumeClaims"),
         c.volume_claims.len(),
@@ -553,6 +557,75 @@ fn validate_gates(path: &str, gates: &[Gate], err: &mut impl FnMut(String, Strin
 
 /// The schema's `maxItems`, checked here too for the CLI's offline check and for stacks
 /// stored before a bound was added or lowered.
+/// A component's `canary`: Deployments only, and each step one of its three kinds with
+/// values in range (the schema and CEL rules say the same for clusters that check them).
+fn validate_canary(
+    path: &str,
+    kind: WorkloadKind,
+    canary: &Canary,
+    err: &mut impl FnMut(String, String),
+) {
+    let cpath = format!("{path}.canary");
+    if kind != WorkloadKind::Deployment {
+        err(
+            cpath.clone(),
+            "canary steps need kind: Deployment (a StatefulSet cannot run two templates side by side): remove canary or use kind: Deployment".into(),
+        );
+    }
+    if canary.steps.is_empty() {
+        err(
+            format!("{cpath}.steps"),
+            "at least one step is required".into(),
+        );
+    }
+    at_most(
+        &format!("{cpath}.steps"),
+        canary.steps.len(),
+        MAX_CANARY_STEPS,
+        err,
+    );
+    for (k, step) in canary.steps.iter().enumerate() {
+        let spath = format!("{cpath}.steps[{k}]");
+        let set = [
+            step.set_weight.is_some(),
+            step.pause.is_some(),
+            step.analysis.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set != 1 {
+            err(
+                spath.clone(),
+                format!("sets {set} of setWeight, pause and analysis; a step sets exactly one: split it into several steps"),
+            );
+        }
+        if let Some(w) = step.set_weight {
+            if !(1..=100).contains(&w) {
+                err(
+                    format!("{spath}.setWeight"),
+                    format!("is {w}; must be between 1 and 100"),
+                );
+            }
+        }
+        let durations = [
+            (
+                "pause",
+                step.pause.as_ref().and_then(|p| p.duration.as_ref()),
+            ),
+            (
+                "analysis",
+                step.analysis.as_ref().and_then(|a| a.duration.as_ref()),
+            ),
+        ];
+        for (field, d) in durations {
+            if let Some(Err(e)) = d.map(|d| d.parse()) {
+                err(format!("{spath}.{field}.duration"), e.to_string());
+            }
+        }
+    }
+}
+
 fn at_most(path: &str, len: usize, max: usize, err: &mut impl FnMut(String, String)) {
     if len > max {
         err(
@@ -753,6 +826,40 @@ mod tests {
 
     fn paths(e: InvalidSpec) -> Vec<String> {
         e.0.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn canary_steps_are_refused_at_their_field() {
+        let with = |fields: &str| {
+            spec(&format!(
+                "components: [{{name: a, template: {CONTAINER}, {fields}}}]"
+            ))
+        };
+        assert!(validate(
+            "shop",
+            &with("canary: {steps: [{setWeight: 25}, {analysis: {}}, {pause: {duration: 1m}}]}")
+        )
+        .is_ok());
+        let e = validate(
+            "shop",
+            &with("canary: {steps: [{setWeight: 25}, {setWeight: 0}, {pause: {duration: soon}}]}"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            paths(e),
+            vec![
+                "spec.components[0].canary.steps[1].setWeight",
+                "spec.components[0].canary.steps[2].pause.duration"
+            ]
+        );
+        let e = validate(
+            "shop",
+            &with("kind: StatefulSet, service: {ports: [{port: 80}]}, canary: {steps: [{setWeight: 25}]}"),
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].canary"]);
+        let e = validate("shop", &with("canary: {steps: []}")).unwrap_err();
+        assert_eq!(paths(e), vec!["spec.components[0].canary.steps"]);
     }
 
     #[test]

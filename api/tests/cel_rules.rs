@@ -286,6 +286,11 @@ fn valid_cases() -> Vec<(&'static str, Kind, Value)> {
             stack("{name: web, templateFrom: {kind: Deployment, name: web}}"),
         ),
         (
+            "canary steps of each kind on a Deployment",
+            Stack,
+            stack("{name: api, kind: Deployment, template: TEMPLATE, canary: {steps: [{setWeight: 1}, {pause: {duration: 1m}}, {analysis: {}}, {setWeight: 100}, {analysis: {duration: 30s}}, {pause: {}}]}}"),
+        ),
+        (
             "dependencies in any order",
             Stack,
             stack(
@@ -504,6 +509,30 @@ fn invalid_cases() -> Vec<Invalid> {
             c0,
             "a StatefulSet needs a service",
             "spec.components[0].service",
+        ),
+        case(
+            "canary steps on a StatefulSet",
+            Stack,
+            stack("{name: db, kind: StatefulSet, service: {ports: [{port: 80}]}, template: TEMPLATE, canary: {steps: [{setWeight: 25}]}}"),
+            c0,
+            "canary steps need kind: Deployment",
+            "spec.components[0].canary",
+        ),
+        case(
+            "a canary step that sets a weight and pauses",
+            Stack,
+            stack("{name: api, template: TEMPLATE, canary: {steps: [{setWeight: 25}, {setWeight: 50, pause: {duration: 1m}}]}}"),
+            "spec.components[0].canary.steps[1]",
+            "a canary step sets exactly one of setWeight, pause and analysis",
+            "spec.components[0].canary.steps[1]",
+        ),
+        case(
+            "an empty canary step",
+            Stack,
+            stack("{name: api, template: TEMPLATE, canary: {steps: [{}]}}"),
+            "spec.components[0].canary.steps[0]",
+            "a canary step sets exactly one of setWeight, pause and analysis",
+            "spec.components[0].canary.steps[0]",
         ),
         case(
             "data on a volume that is not a claim",

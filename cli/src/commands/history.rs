@@ -457,6 +457,14 @@ pub fn summarize(prev: &[Component], cur: &[Component]) -> Vec<String> {
         if !others.is_empty() {
             out.push(format!("{}: {} changed", c.name, others.join(", ")));
         }
+        // How this revision rolls the component out, when its pods change.
+        if let Some(k) = &c.canary {
+            let (mut a, mut b) = (p.clone(), c.clone());
+            (a.canary, b.canary) = (None, None);
+            if a != b {
+                out.push(format!("{}: canary steps {}", c.name, k.summary()));
+            }
+        }
     }
     for p in prev {
         if !cur.iter().any(|c| c.name == p.name) {
@@ -658,6 +666,23 @@ mod tests {
 - {name: db, template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}}
 - {name: api, dependsOn: [db], template: {spec: {containers: [{name: app, image: 'deployctl.dev/demo-app:v1'}]}}}
 ";
+
+    #[test]
+    fn a_revision_rolled_out_by_canary_lists_its_steps() {
+        let canary = "canary: {steps: [{setWeight: 25}, {analysis: {}}, {setWeight: 50}, {pause: {duration: 1m}}]}";
+        let prev = comps(&format!("[{{name: api, template: {{spec: {{containers: [{{name: a, image: 'r/api:1'}}]}}}}, {canary}}}]"));
+        let cur = comps(&format!("[{{name: api, template: {{spec: {{containers: [{{name: a, image: 'r/api:2'}}]}}}}, {canary}}}]"));
+        assert_eq!(
+            summarize(&prev, &cur),
+            vec![
+                "api: r/api:1 → 2",
+                "api: canary steps setWeight 25%, analysis, setWeight 50%, pause 1m"
+            ]
+        );
+        // Steps alone changed: no pod rolls, so no steps to list.
+        let steps_only = comps("[{name: api, template: {spec: {containers: [{name: a, image: 'r/api:1'}]}}, canary: {steps: [{setWeight: 10}]}}]");
+        assert_eq!(summarize(&prev, &steps_only), vec!["api: canary changed"]);
+    }
 
     #[test]
     fn an_image_change_shows_the_tag_only() {

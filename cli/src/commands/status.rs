@@ -370,11 +370,7 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
                 Cell::colored(phase, phase_color(phase)),
                 format!("{}/{}", c.ready_replicas, c.replicas).into(),
                 c.updated_replicas.to_string().into(),
-                c.message
-                    .as_deref()
-                    .map(one_line)
-                    .unwrap_or_default()
-                    .into(),
+                component_message(c).into(),
             ]);
         }
         out.push_str(&t.render(style));
@@ -415,6 +411,29 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
         out.push_str(&gates_table(&status.gates, now, style));
     }
     out
+}
+
+/// A component's message, after its canary when one runs: `canary 25% (step 2/4): 1 new,
+/// 3 stable`.
+fn component_message(c: &deployctl_api::ComponentStatus) -> String {
+    let message = c.message.as_deref().map(one_line).unwrap_or_default();
+    let Some(k) = &c.canary else {
+        return message;
+    };
+    let step = if k.step > k.steps {
+        "steps done".to_string()
+    } else {
+        format!("step {}/{}", k.step, k.steps)
+    };
+    let canary = format!(
+        "canary {}% ({step}): {} new, {} stable",
+        k.weight, k.canary_replicas, k.stable_replicas
+    );
+    if message.is_empty() {
+        canary
+    } else {
+        format!("{canary}; {message}")
+    }
 }
 
 /// Which snapshot is (being) restored into which component, each coloured by its phase.
@@ -547,6 +566,28 @@ mod tests {
     #[test]
     fn the_story_of_a_rollout_in_progress() {
         let out = render(&progressing(), now(), &Style::PLAIN);
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_canary_shows_its_weight_and_step() {
+        let mut s = progressing();
+        let st = s.status.as_mut().unwrap();
+        let api = st.components.iter_mut().last().unwrap();
+        api.canary = Some(deployctl_api::CanaryStatus {
+            step: 2,
+            steps: 4,
+            weight: 25,
+            revision: 3,
+            canary_replicas: 1,
+            stable_replicas: 3,
+        });
+        api.message = Some("analysing http".into());
+        let out = render(&s, now(), &Style::PLAIN);
+        assert!(
+            out.contains("canary 25% (step 2/4): 1 new, 3 stable; analysing http"),
+            "{out}"
+        );
         insta::assert_snapshot!(out);
     }
 

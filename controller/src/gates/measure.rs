@@ -58,6 +58,9 @@ pub struct Subject<'a> {
     /// Identifies this analysis (or monitoring period), so a Job run's name is never
     /// reused by a later analysis of the same revision (a retry, a re-promotion).
     pub epoch: i64,
+    /// During a canary: only the pods labelled with this revision (the new pods) are
+    /// measured, not the stable ones beside them.
+    pub pods_of_revision: Option<i64>,
 }
 
 impl std::fmt::Debug for Measurer {
@@ -132,7 +135,11 @@ impl Measurer {
         };
         let mut out = Vec::new();
         for c in comps {
-            let sel = selector_labels(&s.stack.name_any(), &c.name)
+            let mut sel = selector_labels(&s.stack.name_any(), &c.name);
+            if let Some(r) = s.pods_of_revision {
+                sel.insert(deployctl_api::labels::REVISION.to_string(), r.to_string());
+            }
+            let sel = sel
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()

@@ -52,6 +52,45 @@ pub async fn component(
     }
 }
 
+/// Runs a canary step: the canary Deployment first (so new pods are coming before any
+/// stable pod goes), then the stable objects at their scaled replica count.
+pub async fn canary(
+    ctx: &crate::context::Context,
+    ns: &str,
+    canary: &Deployment,
+    stable: &ComponentObjects,
+) -> Result<()> {
+    apply(&ctx.client, ns, "Deployment", canary).await?;
+    component(ctx, ns, stable).await
+}
+
+/// Ends a canary: the stable objects back at full size (when given), then the canary
+/// Deployment scaled to zero, which takes its pods out of the Service's endpoints at
+/// once, and deleted.
+pub async fn end_canary(
+    ctx: &crate::context::Context,
+    stack: &deployctl_api::ProductionStack,
+    component_name: &str,
+    stable: Option<&ComponentObjects>,
+) -> Result<()> {
+    let ns = stack.namespace().unwrap_or_default();
+    if let Some(stable) = stable {
+        component(ctx, &ns, stable).await?;
+    }
+    let name = deployctl_api::canary_name(&stack.name_any(), component_name);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let zero = serde_json::json!({"spec": {"replicas": 0}});
+    match api
+        .patch_scale(&name, &PatchParams::default(), &Patch::Merge(&zero))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    crate::reconcile::cleanup::delete_owned::<Deployment>(&ctx.client, &ns, &name, stack).await
+}
+
 /// Deletes a component's workload (either kind) and Service, when owned by the stack.
 pub async fn delete_component(
     client: &Client,
@@ -62,6 +101,8 @@ pub async fn delete_component(
     let name = deployctl_api::child_name(&stack.name_any(), component);
     crate::reconcile::cleanup::delete_owned::<Deployment>(client, &ns, &name, stack).await?;
     crate::reconcile::cleanup::delete_owned::<StatefulSet>(client, &ns, &name, stack).await?;
+    let canary = deployctl_api::canary_name(&stack.name_any(), component);
+    crate::reconcile::cleanup::delete_owned::<Deployment>(client, &ns, &canary, stack).await?;
     crate::reconcile::cleanup::delete_owned::<k8s_openapi::api::core::v1::Service>(
         client, &ns, &name, stack,
     )

@@ -92,6 +92,11 @@ pub fn component_objects(
     };
     let mut template = component.template.clone();
     add_pod_labels(&mut template, &stack_name, &component.name);
+    // Which revision a pod runs, for gate queries and dashboards. Only components that are
+    // applied get it, so a component unchanged in a new revision keeps its pods.
+    if let Some(l) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        l.insert(labels::REVISION.to_string(), revision.to_string());
+    }
 
     let (workload, claims) = match component.kind {
         WorkloadKind::Deployment => {
@@ -203,6 +208,63 @@ pub fn component_objects(
     }
 }
 
+/// The objects of a component with its workload scaled to `replicas` (the stable side of
+/// a canary), everything else as [`component_objects`] builds it.
+pub fn with_replicas(mut objects: ComponentObjects, replicas: i32) -> ComponentObjects {
+    match &mut objects.workload {
+        Workload::Deployment(d) => {
+            if let Some(s) = d.spec.as_mut() {
+                s.replicas = Some(replicas);
+            }
+        }
+        Workload::StatefulSet(s) => {
+            if let Some(s) = s.spec.as_mut() {
+                s.replicas = Some(replicas);
+            }
+        }
+    }
+    objects
+}
+
+/// The canary Deployment of a Deployment component: the component's Deployment at
+/// `revision`, named `<stack>-<component>-canary`, with `replicas` pods, and the label
+/// `deployctl.dev/track: canary` added to its selector and pods. Its pods keep the
+/// component's labels, so the component's Service sends them their share of requests.
+/// None for a StatefulSet.
+pub fn canary_deployment(
+    stack: &ProductionStack,
+    component: &Component,
+    spec_hash: &str,
+    revision: i64,
+    replicas: i32,
+) -> Option<Deployment> {
+    let objects = component_objects(stack, component, spec_hash, revision);
+    let Workload::Deployment(d) = objects.workload else {
+        return None;
+    };
+    let mut d = *d;
+    let stack_name = stack.metadata.name.clone().unwrap_or_default();
+    let track = (labels::TRACK.to_string(), labels::TRACK_CANARY.to_string());
+    d.metadata.name = Some(deployctl_api::canary_name(&stack_name, &component.name));
+    d.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0.clone(), track.1.clone());
+    let spec = d.spec.as_mut()?;
+    spec.replicas = Some(replicas);
+    spec.selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0.clone(), track.1.clone());
+    spec.template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(track.0, track.1);
+    Some(d)
+}
+
 fn claim_spec(vc: &deployctl_api::VolumeClaim) -> PersistentVolumeClaimSpec {
     let modes = if vc.access_modes.is_empty() {
         vec!["ReadWriteOnce".to_string()]
@@ -271,6 +333,62 @@ spec:
     template:
       spec: {containers: [{name: api, image: 'deployctl.dev/demo-app:v1', volumeMounts: [{name: cache, mountPath: /cache}]}]}
 ";
+
+    #[test]
+    fn pods_carry_their_revision_and_a_canary_has_its_own_selector() {
+        let s = stack(STACK);
+        let api = &s.spec.components[1];
+        let objs = component_objects(&s, api, "abc", 3);
+        let Workload::Deployment(stable) = &objs.workload else {
+            panic!("expected a Deployment")
+        };
+        let pod_labels = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(pod_labels(stable)[labels::REVISION], "3");
+        assert!(!pod_labels(stable).contains_key(labels::TRACK));
+
+        let canary = canary_deployment(&s, api, "def", 4, 1).unwrap();
+        assert_eq!(canary.metadata.name.as_deref(), Some("shop-api-canary"));
+        let spec = canary.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let selector = spec.selector.match_labels.clone().unwrap();
+        assert_eq!(selector[labels::TRACK], labels::TRACK_CANARY);
+        assert_eq!(selector[labels::COMPONENT], "api");
+        let pods = pod_labels(&canary);
+        assert_eq!(pods[labels::REVISION], "4");
+        assert_eq!(pods[labels::TRACK], labels::TRACK_CANARY);
+        // The Service selects canary pods too: its selector is a subset of their labels.
+        for (k, v) in &selector_labels("shop", "api") {
+            assert_eq!(pods.get(k), Some(v), "{k}");
+        }
+        // The stable Deployment's selector stays what it was (selectors are immutable).
+        assert_eq!(
+            stable
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .match_labels
+                .clone()
+                .unwrap(),
+            selector_labels("shop", "api")
+        );
+        let scaled = with_replicas(objs.clone(), 3);
+        let Workload::Deployment(d) = &scaled.workload else {
+            panic!("expected a Deployment")
+        };
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    }
 
     #[test]
     fn deployment_gets_labels_owner_claims_and_surge_strategy() {

@@ -278,6 +278,8 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
             revision: desired.number,
             attempt,
             epoch,
+            pods_of_revision: canary_in_progress(&previous, &desired, component)
+                .then_some(desired.number),
         };
         if let Some(m) = ctx.measurer.measure(subject, gate).await {
             ctx.metrics.gate_measured(
@@ -334,6 +336,73 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
                     build::component_objects(stack, spec, &source.hashes[component], *rev);
                 apply::component(ctx, &ns, &objects).await?;
                 tracing::info!(stack = %key, component, revision = rev, "applied component");
+            }
+            plan::Action::Canary {
+                component,
+                revision: rev,
+                canary_replicas,
+                stable_revision,
+                stable_replicas,
+            } => {
+                let source = |n: i64| {
+                    if n == desired.number {
+                        &desired
+                    } else {
+                        history
+                            .get(&n)
+                            .expect("planned revisions come from the history")
+                    }
+                };
+                let (new, old) = (source(*rev), source(*stable_revision));
+                let spec = new
+                    .component(component)
+                    .expect("planned components come from their revision");
+                let Some(canary) = build::canary_deployment(
+                    stack,
+                    spec,
+                    &new.hashes[component],
+                    *rev,
+                    *canary_replicas,
+                ) else {
+                    continue;
+                };
+                let stable_spec = old
+                    .component(component)
+                    .expect("the stable revision has the component");
+                let stable = build::with_replicas(
+                    build::component_objects(
+                        stack,
+                        stable_spec,
+                        &old.hashes[component],
+                        *stable_revision,
+                    ),
+                    *stable_replicas,
+                );
+                apply::canary(ctx, &ns, &canary, &stable).await?;
+                tracing::info!(stack = %key, component, revision = rev, canary_replicas, stable_replicas, "canary step applied");
+            }
+            plan::Action::EndCanary {
+                component,
+                stable_revision,
+            } => {
+                let source = stable_revision.and_then(|n| {
+                    if n == desired.number {
+                        Some(&desired)
+                    } else {
+                        history.get(&n)
+                    }
+                });
+                let stable = source.and_then(|rev| {
+                    let spec = rev.component(component)?;
+                    Some(build::component_objects(
+                        stack,
+                        spec,
+                        &rev.hashes[component],
+                        rev.number,
+                    ))
+                });
+                apply::end_canary(ctx, stack, component, stable.as_ref()).await?;
+                tracing::info!(stack = %key, component, stable_revision = ?stable_revision, "canary removed");
             }
             plan::Action::Delete { component } => {
                 apply::delete_component(&ctx.client, stack, component).await?;
@@ -467,6 +536,26 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
         Some(after) => Action::requeue(after.min(resync) + Duration::from_millis(50)),
         None => Action::requeue(resync),
     })
+}
+
+/// Whether `component` is at one of its canary steps (its gates then measure only the
+/// new pods).
+fn canary_in_progress(
+    previous: &deployctl_api::ProductionStackStatus,
+    desired: &plan::RevisionRef,
+    component: Option<&str>,
+) -> bool {
+    let (Some(c), Some(r)) = (component, previous.rollout.as_ref()) else {
+        return false;
+    };
+    let steps = desired
+        .component(c)
+        .and_then(|s| s.canary.as_ref())
+        .map_or(0, |k| k.steps.len() as i32);
+    r.revision == desired.number
+        && r.canary
+            .as_ref()
+            .is_some_and(|k| k.component == c && k.step < steps)
 }
 
 /// Measurements already taken of a gate in the current analysis (names Job runs).

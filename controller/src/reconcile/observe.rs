@@ -69,6 +69,15 @@ async fn workload(
     let Some(mut state) = state else {
         return Ok(None);
     };
+    // The canary Deployment of a component with canary steps; read from the cache when
+    // there is one, so it costs nothing for the others either.
+    if kind == WorkloadKind::Deployment {
+        let canary = deployctl_api::canary_name(&stack_name, component);
+        state.canary = read(caches.map(|c| &c.deployments), client, ns, &canary)
+            .await?
+            .filter(|d| owned_by(d.owner_references(), stack))
+            .map(|d| Box::new(deployment_state(&d)));
+    }
     // A stopped component is drained only once no pod of it is left at all:
     // terminating pods still write.
     if state.stopped {
@@ -161,6 +170,7 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
         message,
         stopped: stopped(d),
         drained: false,
+        canary: None,
     }
 }
 
@@ -189,6 +199,7 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
         message: (!available).then(|| format!("{ready} of {want} pods ready, {updated} updated")),
         stopped: stopped(s),
         drained: false,
+        canary: None,
     }
 }
 

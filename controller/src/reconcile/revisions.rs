@@ -30,6 +30,16 @@ pub struct RevisionData {
 /// Digest of one component's spec; a workload annotated with the same digest needs no
 /// update.
 pub fn component_hash(c: &Component) -> String {
+    // `canary` says how a new template rolls out, not what runs: changing the steps alone
+    // must not roll the pods.
+    if c.canary.is_some() {
+        let mut without = c.clone();
+        without.canary = None;
+        return digest(
+            &serde_json::to_vec(&without).expect("components serialize"),
+            16,
+        );
+    }
     digest(&serde_json::to_vec(c).expect("components serialize"), 16)
 }
 

@@ -65,6 +65,7 @@ fn start(p: &mut Planner<'_>, target: &RevisionRef) {
         step: (!snapshots.is_empty()).then_some(RolloutStep::Snapshotting),
         snapshots,
         pruned_to_fit: None,
+        canary: None,
     });
 }
 
@@ -186,6 +187,8 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
             focus(p, target, name, &mut cs, up, avail);
             if cs.phase == ComponentPhase::Available {
                 // Passed its analysis just now: the next component may start at once.
+                // A canary it had is over (its Deployment goes in this pass).
+                cs.canary = None;
             } else {
                 blocker = Some(name.clone());
             }
@@ -308,7 +311,11 @@ fn focus(
         r.step = Some(RolloutStep::Progressing);
         r.analysis_started_at = None;
         r.failure = None;
+        r.canary = None;
     }
+    let Some(mut r) = super::canary::run(p, target, name, cs, r) else {
+        return;
+    };
     if !up {
         let creating = p.observed(name).is_none();
         p.actions.push(Action::Apply {
@@ -416,7 +423,7 @@ fn focus(
 }
 
 /// Acts on the gates of one analysis (a component's, or the stack's when `component` is None).
-fn decide(
+pub(super) fn decide(
     p: &mut Planner<'_>,
     component: Option<&str>,
     gates: &[deployctl_api::Gate],
@@ -491,7 +498,12 @@ fn mark_analysed(r: &mut RolloutState, name: &str) {
 
 /// A failed gate or a missed deadline: roll back when the policy says so and there is
 /// something to go back to; else report and wait for a person.
-fn fail(p: &mut Planner<'_>, message: String, why: &'static str, trigger: RollbackTrigger) {
+pub(super) fn fail(
+    p: &mut Planner<'_>,
+    message: String,
+    why: &'static str,
+    trigger: RollbackTrigger,
+) {
     let target = p
         .status
         .stable_revision

@@ -8,6 +8,7 @@
 //! `operations`, `status` (phase and conditions).
 
 pub mod adopt;
+mod canary;
 pub mod capacity;
 mod forward;
 pub mod housekeeping;
@@ -60,6 +61,8 @@ pub struct WorkloadState {
     pub stopped: bool,
     /// Stopped, and none of its pods is left (not even terminating).
     pub drained: bool,
+    /// The canary Deployment `<stack>-<component>-canary`, when one exists.
+    pub canary: Option<Box<WorkloadState>>,
 }
 
 /// What the controller observed of the stack's snapshots and data Jobs.
@@ -251,6 +254,30 @@ pub enum Action {
         component: String,
         /// Revision whose spec to apply.
         revision: i64,
+    },
+    /// Run a component's canary: the canary Deployment at `revision` with
+    /// `canary_replicas` pods, and the stable Deployment, on the template of
+    /// `stable_revision`, scaled to `stable_replicas`.
+    Canary {
+        /// Component name.
+        component: String,
+        /// Revision the canary pods run.
+        revision: i64,
+        /// Pods of the canary Deployment.
+        canary_replicas: i32,
+        /// Revision the stable Deployment runs (its template is kept).
+        stable_revision: i64,
+        /// Pods of the stable Deployment.
+        stable_replicas: i32,
+    },
+    /// End a component's canary: the stable Deployment back to its revision's replicas
+    /// (when that revision is known), then the canary Deployment scaled to zero and
+    /// deleted.
+    EndCanary {
+        /// Component name.
+        component: String,
+        /// Revision whose spec the stable Deployment runs.
+        stable_revision: Option<i64>,
     },
     /// Delete a component that the target revision does not have.
     Delete {
@@ -598,6 +625,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         forward::rollout(&mut p);
     }
 
+    canary::sweep(&mut p);
     snapshots::verification_condition(&mut p);
     summary::finish(&mut p);
     Plan {
@@ -668,7 +696,13 @@ pub fn gates_due<'s>(
                 .map(|c| due(Some(c.name.as_str()), &c.gates, Duration::ZERO))
                 .unwrap_or_default(),
             Some(RolloutStep::StackAnalysis) => due(None, &spec.gates, Duration::ZERO),
-            _ => vec![],
+            _ => r
+                .canary
+                .as_ref()
+                .filter(|k| canary::measured_while_paused(desired, k))
+                .and_then(|k| desired.component(&k.component))
+                .map(|c| due(Some(c.name.as_str()), &c.gates, Duration::ZERO))
+                .unwrap_or_default(),
         },
         None if previous.stable_revision == Some(desired.number) => {
             let every = spec

@@ -157,7 +157,9 @@ pub(super) fn run(p: &mut Planner<'_>) {
                 format!("Rolling component {c} back to revision {}", target.number),
             );
             focus = Some(c.clone());
-        } else if !p.available(c) {
+        } else if !p.available(c) || p.observed(c).is_some_and(|w| w.canary.is_some()) {
+            // A canary still running is removed by `canary::sweep` in this pass; the
+            // component is back once its stable pods alone are Available.
             focus = Some(c.clone());
         }
     }
@@ -198,6 +200,7 @@ pub(super) fn run(p: &mut Planner<'_>) {
                 } else {
                     None
                 },
+                canary: None,
                 gates: vec![],
             }
         })

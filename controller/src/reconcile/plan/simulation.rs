@@ -50,6 +50,8 @@ impl Rng {
 const FORWARD_ONLY: &str =
     "{volume: data, method: Sqlite, database: app.db, restoreOnRollback: Never}";
 const STEPS: usize = 80;
+const CANARY_STEPS: &str =
+    "{steps: [{setWeight: 25}, {analysis: {}}, {pause: {duration: 5s}}, {setWeight: 50}, {analysis: {}}]}";
 
 /// The components that must not run while `restored`'s data is restored: itself and
 /// what depends on it (api depends on db).
@@ -65,7 +67,19 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
     let mut rng = Rng::new(seed);
     let method = [SQLITE, SQLITE, EXEC, FILES, FORWARD_ONLY][rng.below(5) as usize];
     let exec = method == EXEC;
-    let mut w = World::new(data_spec("db:1", "api:1", method));
+    // Odd seeds give api 4 replicas and canary steps (decided without the generator, so
+    // the other seeds play as they always did).
+    let canary = seed % 2 == 1;
+    let spec = |db: &str, api: &str| {
+        let mut s = data_spec(db, api, method);
+        if canary {
+            s.components[1].replicas = Some(4);
+            s.components[1].canary =
+                Some(serde_yaml_ng::from_str(CANARY_STEPS).expect("valid canary steps"));
+        }
+        s
+    };
+    let mut w = World::new(spec("db:1", "api:1"));
     // The store: unmeasured and unbounded, or a small quota each snapshot eats into.
     let mut quota = [None, None, Some(250), Some(450)][rng.below(4) as usize];
     let prune_to_fit = quota.is_some() && rng.chance(50);
@@ -99,7 +113,7 @@ fn run(seed: u64, verbose: bool) -> Result<Vec<String>, String> {
                     "db:1".into()
                 };
                 event = format!("new revision {revision} ({db}, api:{revision})");
-                w.change(data_spec(&db, &format!("api:{revision}"), method), revision);
+                w.change(spec(&db, &format!("api:{revision}")), revision);
                 w.spec.snapshots = policy(quota);
             }
             10..=19 => {
@@ -264,6 +278,7 @@ fn stalled_for_room(w: &World) -> bool {
 
 /// The invariants, after one step from `before` that planned `p` and led to `w`.
 fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> {
+    check_canary(before, p, w)?;
     let unsettled = |w: &World| -> Vec<String> {
         w.status
             .rollback
@@ -422,6 +437,53 @@ fn check(before: &World, p: &Plan, w: &World, exec: bool) -> Result<(), String> 
     Ok(())
 }
 
+/// The canary invariants: a stable pod goes only once a ready canary pod replaces it
+/// (a scale-down never leaves stable + ready canary below the replicas), and a failed rollout or a rollback
+/// never leaves a canary pod after the plan that decided it.
+fn check_canary(before: &World, p: &Plan, w: &World) -> Result<(), String> {
+    for a in &p.actions {
+        if let Action::Canary {
+            component,
+            revision,
+            canary_replicas,
+            stable_replicas,
+            ..
+        } = a
+        {
+            let full = w.desired.component(component).map_or(1, |c| c.replicas());
+            let ready_canary = before
+                .observed
+                .get(component)
+                .and_then(|o| o.canary.as_ref())
+                .filter(|c| c.available && c.revision == Some(*revision))
+                .map_or(0, |c| c.replicas.min(*canary_replicas));
+            let stable_before = before.observed.get(component).map_or(0, |o| o.replicas);
+            if *stable_replicas < stable_before && stable_replicas + ready_canary < full {
+                return Err(format!(
+                    "{component}: stable scaled to {stable_replicas} with {ready_canary} ready canary pod(s), below {full}"
+                ));
+            }
+        }
+    }
+    let failed = w.status.rollback.is_some()
+        || w.status.hold.is_some()
+        || w.status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.failure.is_some());
+    if failed {
+        for (name, o) in &w.observed {
+            if let Some(c) = o.canary.as_ref().filter(|c| c.replicas > 0) {
+                return Err(format!(
+                    "{name}: {} canary pod(s) left after a failure ({:?})",
+                    c.replicas, w.status.phase
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_data_invariants_hold_under_random_failures_and_operations() {
     if let Ok(seed) = std::env::var("DEPLOYCTL_SIM_SEED") {
@@ -436,6 +498,7 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
     let mut rolled_back = 0;
+    let mut canaries = 0;
     let mut failed_restores = 0;
     let (mut scheduled_done, mut scheduled_waiting) = (0, 0);
     let (mut waited_for_room, mut pruned_to_fit) = (0, 0);
@@ -443,6 +506,7 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
         match run(seed, false) {
             Ok(log) => {
                 rolled_back += usize::from(log.iter().any(|l| l.contains("RolledBack")));
+                canaries += usize::from(log.iter().any(|l| l.contains("EndCanary")));
                 failed_restores += usize::from(log.iter().any(|l| l.contains("operation accept")));
                 waited_for_room += usize::from(log.iter().any(|l| l.contains("waiting for room")));
                 pruned_to_fit += usize::from(log.iter().any(|l| l.contains("Prune {")));
@@ -461,6 +525,10 @@ fn the_data_invariants_hold_under_random_failures_and_operations() {
         "only {rolled_back} of {seeds} seeds reached a rollback"
     );
     assert!(failed_restores > 0, "no seed tried a way out");
+    assert!(
+        canaries as u64 > seeds / 10,
+        "only {canaries} of {seeds} seeds ended a canary"
+    );
     assert!(
         scheduled_done as u64 > seeds / 4,
         "only {scheduled_done} of {seeds} seeds completed a scheduled snapshot"

@@ -245,16 +245,69 @@ impl World {
                     } else {
                         &self.history[revision]
                     };
+                    let canary = self.observed.get(component).and_then(|w| w.canary.clone());
                     self.observed.insert(
                         component.clone(),
                         WorkloadState {
                             spec_hash: Some(r.hashes[component].clone()),
                             revision: Some(*revision),
-                            replicas: 1,
+                            replicas: r.component(component).map_or(1, |c| c.replicas()),
                             available: self.healthy.contains(revision),
+                            canary,
                             ..Default::default()
                         },
                     );
+                }
+                Action::Canary {
+                    component,
+                    revision,
+                    canary_replicas,
+                    stable_revision,
+                    stable_replicas,
+                } => {
+                    let r = if *revision == self.desired.number {
+                        &self.desired
+                    } else {
+                        &self.history[revision]
+                    };
+                    let healthy = self.healthy.contains(revision);
+                    let w = self
+                        .observed
+                        .get_mut(component)
+                        .expect("a canary runs beside a stable Deployment");
+                    assert_eq!(
+                        w.revision,
+                        Some(*stable_revision),
+                        "the stable template is kept"
+                    );
+                    w.replicas = *stable_replicas;
+                    w.canary = Some(Box::new(WorkloadState {
+                        spec_hash: Some(r.hashes[component].clone()),
+                        revision: Some(*revision),
+                        replicas: *canary_replicas,
+                        available: healthy,
+                        ..Default::default()
+                    }));
+                }
+                Action::EndCanary {
+                    component,
+                    stable_revision,
+                } => {
+                    let full = stable_revision
+                        .and_then(|n| {
+                            if n == self.desired.number {
+                                Some(&self.desired)
+                            } else {
+                                self.history.get(&n)
+                            }
+                        })
+                        .and_then(|r| r.component(component))
+                        .map(|c| c.replicas());
+                    let w = self.observed.get_mut(component).expect("ends a canary");
+                    w.canary = None;
+                    if let Some(full) = full {
+                        w.replicas = full;
+                    }
                 }
                 Action::Delete { component } => {
                     self.observed.remove(component);
@@ -2145,4 +2198,311 @@ fn unknown_room_never_holds_a_rollout() {
     w.settle(now, true);
     assert_eq!(w.status.stable_revision, Some(2));
     assert!(w.status.snapshot_repository.is_none());
+}
+
+// Canary steps (`canary.steps`) of a Deployment component.
+
+/// db, cache and a 4-replica api with `GATE` and these canary steps; `image` is api's.
+fn canary_spec(steps: &str, image: &str) -> ProductionStackSpec {
+    let mut s = spec("", GATE, "x:1");
+    let api: Component = serde_yaml_ng::from_str(&format!(
+        "{{name: api, dependsOn: [db, cache], replicas: 4, template: {{spec: {{containers: [{{name: a, image: '{image}'}}]}}}}, gates: {GATE}, canary: {{steps: {steps}}}}}"
+    ))
+    .unwrap();
+    s.components[2] = api;
+    s
+}
+
+const STEPS: &str = "[{setWeight: 25}, {analysis: {}}, {setWeight: 50}, {analysis: {}}]";
+
+/// Steps the world from `now` until no rollout is left, measuring the gate of the
+/// component under analysis as `pass` says; returns every plan and the time after.
+fn drive(w: &mut World, mut now: i64, pass: impl Fn(&World) -> bool) -> (Vec<Plan>, i64) {
+    let mut plans = vec![];
+    for _ in 0..60 {
+        if w.status.rollout.as_ref().and_then(|r| r.step) == Some(RolloutStep::Analysing) {
+            let c = w
+                .status
+                .rollout
+                .as_ref()
+                .unwrap()
+                .component
+                .clone()
+                .unwrap();
+            let outcome = if pass(w) {
+                MeasurementOutcome::Success
+            } else {
+                MeasurementOutcome::Failure
+            };
+            w.measure(&c, "http", outcome, now);
+        }
+        let p = w.step(now);
+        now += 6;
+        let idle =
+            p.actions.is_empty() && w.status.rollout.is_none() && w.status.rollback.is_none();
+        plans.push(p);
+        if idle {
+            return (plans, now);
+        }
+    }
+    panic!("did not settle: {:#?}", w.status);
+}
+
+fn canary_actions(plans: &[Plan]) -> Vec<(i32, i32)> {
+    plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter_map(|a| match a {
+            Action::Canary {
+                canary_replicas,
+                stable_replicas,
+                ..
+            } => Some((*canary_replicas, *stable_replicas)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_canary_goes_through_its_weights_then_replaces_the_stable_pods() {
+    let mut w = World::new(canary_spec(STEPS, "x:1"));
+    // The first rollout creates the component as a whole: nothing to compare with.
+    let (plans, now) = drive(&mut w, 0, |_| true);
+    assert!(canary_actions(&plans).is_empty());
+    assert_eq!(w.observed["api"].replicas, 4);
+
+    w.change(canary_spec(STEPS, "x:2"), 2);
+    let (plans, _) = drive(&mut w, now, |_| true);
+    // New pods come before stable ones go: 1 canary beside 4, then 3; 2 beside 3, then 2.
+    assert_eq!(canary_actions(&plans), vec![(1, 4), (1, 3), (2, 3), (2, 2)]);
+    let actions: Vec<&Action> = plans.iter().flat_map(|p| &p.actions).collect();
+    let applied = actions
+        .iter()
+        .position(|a| matches!(a, Action::Apply { component, revision: 2 } if component == "api"))
+        .expect("the stable Deployment takes revision 2 after the last step");
+    let ended = actions
+        .iter()
+        .position(|a| {
+            matches!(a, Action::EndCanary { component, stable_revision: Some(2) } if component == "api")
+        })
+        .expect("the canary is removed");
+    assert!(applied < ended, "{actions:?}");
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Apply { component, .. } if component != "api")),
+        "db and cache did not change: {actions:?}"
+    );
+    let events: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| &p.events)
+        .filter(|e| e.reason == "CanaryStep")
+        .map(|e| e.note.as_str())
+        .collect();
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert!(events[2].contains("step 3/4: setWeight 50%"), "{events:?}");
+    // The status showed each step while it ran.
+    let shown: Vec<(i32, i32, i32)> = plans
+        .iter()
+        .filter_map(|p| {
+            p.status
+                .components
+                .iter()
+                .find(|c| c.name == "api")?
+                .canary
+                .clone()
+        })
+        .map(|c| (c.step, c.weight, c.canary_replicas))
+        .collect();
+    assert!(
+        shown.contains(&(2, 25, 1)) && shown.contains(&(4, 50, 2)),
+        "{shown:?}"
+    );
+    assert_eq!(w.phase(), StackPhase::Healthy);
+    assert_eq!(w.status.stable_revision, Some(2));
+    assert!(w.observed["api"].canary.is_none());
+    assert_eq!(w.observed["api"].replicas, 4);
+    assert!(w.status.components.iter().all(|c| c.canary.is_none()));
+}
+
+#[test]
+fn a_gate_failing_at_25_percent_removes_the_canary_at_once_and_rolls_back() {
+    let mut w = World::new(canary_spec(STEPS, "x:1"));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec(STEPS, "x:2"), 2);
+    let (plans, _) = drive(&mut w, now, |_| false);
+    assert_eq!(canary_actions(&plans), vec![(1, 4), (1, 3)]);
+    let failed = plans
+        .iter()
+        .find(|p| p.status.rollback.is_some())
+        .expect("the failure starts a rollback");
+    assert!(
+        failed.actions.contains(&Action::EndCanary {
+            component: "api".into(),
+            stable_revision: Some(1)
+        }),
+        "the canary goes in the same reconcile: {:?}",
+        failed.actions
+    );
+    assert!(failed.events.iter().any(|e| e.reason == "CanaryAborted"));
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!(w.running("api"), Some(1));
+    assert_eq!(w.observed["api"].replicas, 4);
+    assert!(w.observed["api"].canary.is_none());
+}
+
+#[test]
+fn a_canary_pause_waits_its_duration_and_an_open_pause_waits_for_promote() {
+    let mut w = World::new(canary_spec(
+        "[{setWeight: 50}, {pause: {duration: 30s}}]",
+        "x:1",
+    ));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    w.change(
+        canary_spec("[{setWeight: 50}, {pause: {duration: 30s}}]", "x:2"),
+        2,
+    );
+    w.step(now);
+    w.step(now + 1);
+    let p = w.step(now + 2);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let p = w.step(now + 12);
+    assert!(p.actions.is_empty());
+    // Woken for the gate's next measurement, at the latest when the pause ends.
+    assert!(
+        p.requeue_after
+            .is_some_and(|d| d <= std::time::Duration::from_secs(20)),
+        "{:?}",
+        p.requeue_after
+    );
+    let p = w.step(now + 33);
+    assert!(p.actions.contains(&Action::Apply {
+        component: "api".into(),
+        revision: 2
+    }));
+
+    let open = "[{setWeight: 25}, {pause: {}}]";
+    let (_, now) = drive(&mut w, now + 40, |_| true);
+    w.change(canary_spec(open, "x:3"), 3);
+    let now = (0..5).fold(now, |t, _| {
+        w.step(t);
+        t + 20
+    });
+    assert_eq!(
+        w.observed["api"].canary.as_ref().map(|c| c.replicas),
+        Some(1)
+    );
+    assert_eq!(w.status.stable_revision, Some(2), "revision 3 is paused");
+    let api = w
+        .status
+        .components
+        .iter()
+        .find(|c| c.name == "api")
+        .unwrap();
+    assert!(
+        api.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("deployctl promote"),
+        "{api:?}"
+    );
+    w.op("promote-1", OperationAction::Promote, None);
+    let (plans, _) = drive(&mut w, now, |_| true);
+    assert!(plans.iter().flat_map(|p| &p.actions).any(|a| *a
+        == Action::Apply {
+            component: "api".into(),
+            revision: 3
+        }));
+    assert_eq!(w.status.stable_revision, Some(3));
+    assert!(w.observed["api"].canary.is_none());
+}
+
+#[test]
+fn changing_only_the_canary_steps_rolls_no_pod() {
+    let mut w = World::new(canary_spec(STEPS, "x:1"));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec("[{setWeight: 10}, {analysis: {}}]", "x:1"), 2);
+    let (plans, _) = drive(&mut w, now, |_| true);
+    assert!(
+        plans.iter().all(|p| p.actions.is_empty()),
+        "{:?}",
+        plans.iter().map(|p| &p.actions).collect::<Vec<_>>()
+    );
+    assert_eq!(w.status.stable_revision, Some(2));
+    assert_eq!(w.running("api"), Some(1));
+}
+
+#[test]
+fn a_stable_update_missing_its_deadline_after_the_steps_rolls_back_without_reapplying_it() {
+    let steps = "[{setWeight: 50}]";
+    let mut w = World::new(canary_spec(steps, "x:1"));
+    let (_, mut now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec(steps, "x:2"), 2);
+    // The canary step passes; then the stable Deployment's new pods never come up.
+    loop {
+        let p = w.step(now);
+        now += 5;
+        if p.actions.contains(&Action::Apply {
+            component: "api".into(),
+            revision: 2,
+        }) {
+            break;
+        }
+        assert!(now < 1000, "the steps never ended: {:#?}", w.status);
+    }
+    w.observed.get_mut("api").unwrap().available = false;
+    assert!(w.observed["api"].canary.is_some());
+    let p = w.step(now + 61);
+    assert!(w.status.rollback.is_some(), "{:#?}", w.status);
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::Apply {
+                component: "api".into(),
+                revision: 1
+            },
+            Action::EndCanary {
+                component: "api".into(),
+                stable_revision: None
+            }
+        ]
+    );
+    drive(&mut w, now + 62, |_| true);
+    assert_eq!(w.phase(), StackPhase::RolledBack);
+    assert_eq!((w.running("api"), w.observed["api"].replicas), (Some(1), 4));
+    assert!(w.observed["api"].canary.is_none());
+}
+
+#[test]
+fn a_gate_failing_during_a_canary_pause_ends_it() {
+    let steps = "[{setWeight: 50}, {pause: {duration: 5m}}]";
+    let mut w = World::new(canary_spec(steps, "x:1"));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    w.change(canary_spec(steps, "x:2"), 2);
+    for i in 0..3 {
+        w.step(now + i);
+    }
+    assert_eq!(
+        w.status
+            .rollout
+            .as_ref()
+            .unwrap()
+            .canary
+            .as_ref()
+            .unwrap()
+            .step,
+        1
+    );
+    let due = gates_due(&w.spec, &w.desired, &w.status, &t(now + 4));
+    assert_eq!(due.len(), 1, "the gate is measured during the pause");
+    w.measure("api", "http", MeasurementOutcome::Success, now + 4);
+    let p = w.step(now + 4);
+    assert!(p.actions.is_empty() && w.status.rollback.is_none());
+    w.measure("api", "http", MeasurementOutcome::Failure, now + 5);
+    let p = w.step(now + 5);
+    assert!(w.status.rollback.is_some(), "{:#?}", w.status);
+    assert!(p.actions.contains(&Action::EndCanary {
+        component: "api".into(),
+        stable_revision: Some(1)
+    }));
 }

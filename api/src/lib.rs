@@ -14,6 +14,7 @@ pub mod operation;
 pub mod stack;
 pub mod status;
 pub mod validation;
+pub mod workload;
 
 pub use data::*;
 pub use duration::Duration;
@@ -21,6 +22,7 @@ pub use gates::*;
 pub use operation::*;
 pub use stack::*;
 pub use status::*;
+pub use workload::*;
 
 /// The API group of every deployctl resource.
 pub const GROUP: &str = "deployctl.dev";

@@ -5,6 +5,7 @@ use crate::data::{ComponentData, SnapshotPolicy};
 use crate::duration::Duration;
 use crate::gates::{Gate, MAX_GATES, UNIQUE_GATE_NAMES};
 use crate::status::ProductionStackStatus;
+use crate::workload::{Autoscaling, DeploymentStrategy, ObjectMetadata, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -129,6 +130,14 @@ pub struct ProductionStackSpec {
     {
         "rule": "!has(self.data) || !has(self.data.volume) || (has(self.volumeClaims) && self.volumeClaims.exists(v, v.name == self.data.volume))",
         "message": "data.volume must be the name of one of this component's volumeClaims: add that claim or fix the name"
+    },
+    {
+        "rule": "self.kind != 'StatefulSet' || !has(self.strategy)",
+        "message": "strategy is for a Deployment: a StatefulSet takes updateStrategy"
+    },
+    {
+        "rule": "self.kind == 'StatefulSet' || !has(self.updateStrategy)",
+        "message": "updateStrategy is for a StatefulSet: a Deployment takes strategy"
     }
 ]))]
 pub struct Component {
@@ -200,6 +209,32 @@ pub struct Component {
     /// when the rollout is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<ComponentData>,
+
+    /// Labels and annotations for the component's workload, Service and claims (pod
+    /// labels and annotations come from `template.metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetadata>,
+
+    /// How a Deployment component replaces its pods (a StatefulSet takes
+    /// `updateStrategy`). Defaults to a rolling update with maxSurge 1 and maxUnavailable
+    /// 0: no loss of capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+
+    /// How a StatefulSet component replaces its pods (a Deployment takes `strategy`):
+    /// a rolling update, optionally staged by a partition. Defaults to partition 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<StatefulSetUpdateStrategy>,
+
+    /// Seconds a new pod must be ready, without a container crashing, before it counts as
+    /// available (and the component as rolled out). Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub min_ready_seconds: Option<i32>,
+
+    /// Whether something else (an HPA) owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// Kind of workload a component runs as.
@@ -452,6 +487,20 @@ impl Component {
     /// Desired replicas, with its default.
     pub fn replicas(&self) -> i32 {
         self.replicas.unwrap_or(1)
+    }
+
+    /// Whether the spec says an HPA manages the replica count.
+    pub fn hpa(&self) -> bool {
+        self.autoscaling.as_ref().is_some_and(|a| a.hpa)
+    }
+
+    /// The StatefulSet partition, with its default (0).
+    pub fn partition(&self) -> i32 {
+        self.update_strategy
+            .as_ref()
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0)
     }
 }
 

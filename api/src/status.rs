@@ -515,6 +515,11 @@ pub struct ComponentStatus {
     /// Analysis of the component's gates in the current rollout (or after promotion).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateStatus>,
+
+    /// Name of the HorizontalPodAutoscaler that manages the component's replicas, when
+    /// one targets its workload: deployctl leaves the count to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaled_by: Option<String>,
 }
 
 /// Life-cycle phase of a component.

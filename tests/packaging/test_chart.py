@@ -203,6 +203,7 @@ CONTROLLER_NEEDS = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},

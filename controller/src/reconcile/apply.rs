@@ -3,6 +3,7 @@
 //! overwritten.
 
 use crate::error::{Error, Result};
+use crate::reconcile::autoscale;
 use crate::reconcile::build::{ComponentObjects, Workload};
 use deployctl_api::labels::FIELD_MANAGER;
 use deployctl_api::WorkloadKind;
@@ -36,20 +37,30 @@ pub async fn component(
             .as_ref()
             .is_none_or(|c| c.has_workload(kind, ns, name))
     };
-    match &objects.workload {
+    // An autoscaled component's count is the HPA's: see `autoscale`.
+    let mut workload = objects.workload.clone();
+    let scale_after =
+        autoscale::prepare(ctx, ns, &mut workload, objects.hpa, objects.replicas).await?;
+    let (kind, name) = match &workload {
         Workload::Deployment(d) => {
             if other_may_exist(WorkloadKind::StatefulSet, &d.name_any()) {
                 remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
             }
-            apply(client, ns, "Deployment", d.as_ref()).await
+            apply(client, ns, "Deployment", d.as_ref()).await?;
+            (WorkloadKind::Deployment, d.name_any())
         }
         Workload::StatefulSet(s) => {
             if other_may_exist(WorkloadKind::Deployment, &s.name_any()) {
                 remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
             }
-            apply(client, ns, "StatefulSet", s.as_ref()).await
+            apply(client, ns, "StatefulSet", s.as_ref()).await?;
+            (WorkloadKind::StatefulSet, s.name_any())
         }
+    };
+    if let Some(n) = scale_after {
+        autoscale::scale(client, ns, kind, &name, n).await?;
     }
+    Ok(())
 }
 
 /// Deletes a component's workload (either kind) and Service, when owned by the stack.

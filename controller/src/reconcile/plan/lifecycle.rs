@@ -208,6 +208,7 @@ mod tests {
                 message: None,
                 stopped: yes,
                 drained: yes,
+                autoscaled_by: None,
             },
         )])
     }

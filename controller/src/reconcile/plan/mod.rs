@@ -59,6 +59,8 @@ pub struct WorkloadState {
     pub stopped: bool,
     /// Stopped, and none of its pods is left (not even terminating).
     pub drained: bool,
+    /// The HorizontalPodAutoscaler targeting it, if any.
+    pub autoscaled_by: Option<String>,
 }
 
 /// What the controller observed of the stack's snapshots and data Jobs.

@@ -322,11 +322,7 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
                 Cell::colored(phase, phase_color(phase)),
                 format!("{}/{}", c.ready_replicas, c.replicas).into(),
                 c.updated_replicas.to_string().into(),
-                c.message
-                    .as_deref()
-                    .map(one_line)
-                    .unwrap_or_default()
-                    .into(),
+                component_message(c).into(),
             ]);
         }
         out.push_str(&t.render(style));
@@ -351,6 +347,17 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
         out.push_str(&gates_table(&status.gates, now, style));
     }
     out
+}
+
+/// A component's message, after who owns its replica count when an HPA does (READY then
+/// counts against the HPA's number, not the spec's).
+fn component_message(c: &deployctl_api::ComponentStatus) -> String {
+    let message = c.message.as_deref().map(one_line).unwrap_or_default();
+    match (&c.autoscaled_by, message.is_empty()) {
+        (Some(hpa), true) => format!("autoscaled by {hpa}"),
+        (Some(hpa), false) => format!("autoscaled by {hpa}; {message}"),
+        (None, _) => message,
+    }
 }
 
 /// Which snapshot is (being) restored into which component, each coloured by its phase.

@@ -71,14 +71,18 @@ impl Env {
 
 /// `api` (replicas 1, autoscaled) with an HTTP gate; `env` is appended to its container's.
 fn autoscaled(env: &str) -> ProductionStack {
+    api_stack(env, "replicas: 1\n    autoscaling: {hpa: true}")
+}
+
+/// `api` with these fields (`replicas`, `autoscaling`) and an HTTP gate.
+fn api_stack(env: &str, scaling: &str) -> ProductionStack {
     stack_yaml(
         "shop",
         &format!(
             "  rollout: {{progressDeadline: 60s, rollbackDeadline: 90s, analysis: 3s}}
   components:
   - name: api
-    replicas: 1
-    autoscaling: {{hpa: true}}
+    {scaling}
     template: {tpl}
     service: {{ports: [{{name: http, port: 80, targetPort: http}}]}}
     gates: [{{name: http, interval: 500ms, failureLimit: 1, http: {{path: /, port: http}}}}]
@@ -221,6 +225,27 @@ spec:
         .filter(|m| m.to_lowercase().contains("conflict"))
         .collect();
     assert!(conflicts.is_empty(), "conflict Events: {conflicts:?}");
+
+    // Autoscaling off: the HPA goes, the flag goes, and the spec's count comes back
+    // although another manager set the count last.
+    e.api::<HorizontalPodAutoscaler>()
+        .delete("api", &Default::default())
+        .await
+        .unwrap();
+    e.apply(&api_stack(", {name: RELEASE, value: '4'}", "replicas: 2"))
+        .await;
+    let s = e.healthy_on(4).await;
+    let api = component_status(&s, "api");
+    assert_eq!((api.replicas, api.autoscaled_by), (2, None));
+    let d = deployments.get("shop-api").await.unwrap();
+    assert_eq!(replicas(&d), 2);
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("deployctl.dev/autoscaled"),
+        "the autoscaled mark goes with the flag"
+    );
 }
 
 #[tokio::test]

@@ -31,6 +31,10 @@ pub const HANDOVER_MANAGER: &str = "deployctl-replicas-handover";
 pub const SCALE_MANAGER: &str = "deployctl-scale";
 /// Annotation on a stopped autoscaled workload: the count to give back when it starts.
 pub const REPLICAS_BEFORE_STOP: &str = "deployctl.dev/replicas-before-stop";
+/// Annotation on an autoscaled component's workload, applied with it: once the component
+/// is no longer autoscaled, its count is taken back from whoever set it last (the next
+/// apply forces `spec.replicas`, and drops the annotation).
+pub const AUTOSCALED: &str = "deployctl.dev/autoscaled";
 
 /// The HorizontalPodAutoscaler among `hpas` (of the workload's namespace) whose
 /// `scaleTargetRef` is the apps/v1 workload `name` of `kind`; the first by name if
@@ -164,24 +168,47 @@ pub async fn hpas(ctx: &crate::context::Context, ns: &str) -> Result<Vec<Horizon
     })
 }
 
+/// Whether an apply conflict (the API server's message) is about `spec.replicas` alone,
+/// e.g. `Apply failed with 1 conflict: conflict with "kube-controller-manager" using
+/// apps/v1: .spec.replicas`.
+pub fn only_replicas_conflict(message: &str) -> bool {
+    message.contains("with 1 conflict:") && message.trim_end().ends_with(": .spec.replicas")
+}
+
+/// Whether a workload carries [`AUTOSCALED`]: deployctl left its count to an autoscaler.
+pub fn was_autoscaled(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(AUTOSCALED))
+}
+
+/// What [`prepare`] found and left to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Prepared {
+    /// The component is autoscaled (flag or HPA).
+    pub autoscaled: bool,
+    /// The count to set after the apply (a stop).
+    pub scale_after: Option<i32>,
+}
+
 /// Prepares the apply of `workload` when the component is autoscaled (`hpa` in its spec,
 /// or an HPA targeting it): carries out the steps before the apply, takes `spec.replicas`
-/// out of the object unless it creates the workload, and returns the count to set after
-/// the apply (a stop), if any. Does nothing for a component that is not autoscaled.
+/// out of the object unless it creates the workload, and says the count to set after the
+/// apply (a stop), if any. Does nothing for a component that is not autoscaled.
 pub async fn prepare(
     ctx: &crate::context::Context,
     ns: &str,
     workload: &mut Workload,
     hpa: bool,
     spec_replicas: i32,
-) -> Result<Option<i32>> {
+) -> Result<Prepared> {
     let (kind, name) = match workload {
         Workload::Deployment(d) => (WorkloadKind::Deployment, d.metadata.name.clone()),
         Workload::StatefulSet(s) => (WorkloadKind::StatefulSet, s.metadata.name.clone()),
     };
     let name = name.unwrap_or_default();
     if !hpa && autoscaler(&hpas(ctx, ns).await?, kind, &name).is_none() {
-        return Ok(None);
+        return Ok(Prepared::default());
     }
     let client = &ctx.client;
     let live = match kind {
@@ -203,10 +230,10 @@ pub async fn prepare(
         .as_ref()
         .is_some_and(|a| a.contains_key(labels::STOPPED));
     let steps = replica_steps(live.as_ref(), stopping, spec_replicas);
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    annotations.insert(AUTOSCALED.into(), "true".into());
     if let Some(n) = steps.remember {
-        meta.annotations
-            .get_or_insert_with(Default::default)
-            .insert(REPLICAS_BEFORE_STOP.into(), n.to_string());
+        annotations.insert(REPLICAS_BEFORE_STOP.into(), n.to_string());
     }
     if !steps.apply_replicas {
         if let Some(r) = replicas {
@@ -223,7 +250,10 @@ pub async fn prepare(
         }
         tracing::info!(namespace = ns, workload = %name, replicas = n, "handed spec.replicas over to the autoscaler");
     }
-    Ok(steps.scale_after)
+    Ok(Prepared {
+        autoscaled: true,
+        scale_after: steps.scale_after,
+    })
 }
 
 /// Sets the workload's count as an autoscaler does: an Update under [`SCALE_MANAGER`].
@@ -307,6 +337,21 @@ spec: {{maxReplicas: 5, scaleTargetRef: {{kind: {kind}, name: {target}}}}}"
         .unwrap();
         h.spec.as_mut().unwrap().scale_target_ref.api_version = api_version.map(Into::into);
         h
+    }
+
+    #[test]
+    fn only_a_conflict_on_replicas_alone_can_be_taken_back() {
+        assert!(only_replicas_conflict(
+            r#"Apply failed with 1 conflict: conflict with "kube-controller-manager" using apps/v1: .spec.replicas"#
+        ));
+        assert!(!only_replicas_conflict(
+            r#"Apply failed with 2 conflicts: conflicts with "kubectl" using apps/v1:
+- .spec.replicas
+- .spec.template.spec.containers[name="app"].image"#
+        ));
+        assert!(!only_replicas_conflict(
+            r#"Apply failed with 1 conflict: conflict with "kubectl" using apps/v1: .spec.minReadySeconds"#
+        ));
     }
 
     #[test]

@@ -310,3 +310,85 @@ async fn a_partition_stages_a_statefulset_and_a_deployment_takes_its_strategy() 
         "maxSurge 0 / maxUnavailable 1 rolled both pods"
     );
 }
+
+#[tokio::test]
+async fn a_component_stopped_for_its_snapshot_starts_again_with_the_hpas_count() {
+    require_sim_node!(shared());
+    let e = setup("hpa-data").await;
+    let deployments: Api<Deployment> = e.api();
+    // Files data, quiesced: the component is scaled to zero for each snapshot.
+    let stack = |release: &str| {
+        stack_yaml(
+            "shop",
+            &format!(
+                "  rollout: {{progressDeadline: 60s, analysis: 1s}}
+  components:
+  - name: cache
+    replicas: 1
+    autoscaling: {{hpa: true}}
+    volumeClaims: [{{name: data, size: 10Mi}}]
+    data: {{volume: data}}
+    template: {tpl}
+",
+                tpl = demo_template("v1", &format!(", {{name: RELEASE, value: '{release}'}}")),
+            ),
+        )
+    };
+    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: cache}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: shop-cache}
+  minReplicas: 2
+  maxReplicas: 5",
+    )
+    .unwrap();
+    e.api::<HorizontalPodAutoscaler>()
+        .create(&PostParams::default(), &hpa)
+        .await
+        .unwrap();
+    e.apply(&stack("1")).await;
+    wait_stack(&e.stacks, "shop", "Healthy with the HPA's 2 pods", T, |s| {
+        is_ready(s) && component_status(s, "cache").ready_replicas == 2
+    })
+    .await;
+    // The HPA settles on 3 (within its bounds it keeps what it has without metrics): a
+    // count that neither the spec (1) nor the HPA's minimum (2) would bring back.
+    deployments
+        .patch_scale(
+            "shop-cache",
+            &PatchParams {
+                field_manager: Some("hpa-like".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    wait_stack(&e.stacks, "shop", "Healthy with 3 pods", T, |s| {
+        is_ready(s) && component_status(s, "cache").ready_replicas == 3
+    })
+    .await;
+
+    e.apply(&stack("2")).await;
+    let s = e.healthy_on(2).await;
+    let events = e.api::<Event>().list(&ListParams::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|ev| ev.reason.as_deref() == Some("ComponentQuiesced")),
+        "the component was stopped for the snapshot"
+    );
+    assert_eq!(component_status(&s, "cache").replicas, 3);
+    let d = deployments.get("shop-cache").await.unwrap();
+    assert_eq!(replicas(&d), 3, "started again with the count it had");
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(deployctl_controller::reconcile::autoscale::REPLICAS_BEFORE_STOP),
+        "the remembered count goes once it is back"
+    );
+}

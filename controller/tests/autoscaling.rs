@@ -392,3 +392,73 @@ spec:
         "the remembered count goes once it is back"
     );
 }
+
+#[tokio::test]
+async fn an_autoscaled_statefulsets_snapshot_covers_every_replica_the_hpa_runs() {
+    require_sim_node!(shared());
+    let e = setup("hpa-sts").await;
+    let stack = |release: &str| {
+        stack_yaml(
+            "shop",
+            &format!(
+                "  rollout: {{progressDeadline: 60s, analysis: 1s}}
+  components:
+  - name: db
+    kind: StatefulSet
+    replicas: 1
+    autoscaling: {{hpa: true}}
+    service: {{ports: [{{name: http, port: 8080}}]}}
+    volumeClaims: [{{name: data, size: 10Mi}}]
+    data: {{volume: data}}
+    template: {tpl}
+",
+                tpl = demo_template("v1", &format!(", {{name: RELEASE, value: '{release}'}}")),
+            ),
+        )
+    };
+    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: db}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: StatefulSet, name: shop-db}
+  minReplicas: 2
+  maxReplicas: 3",
+    )
+    .unwrap();
+    e.api::<HorizontalPodAutoscaler>()
+        .create(&PostParams::default(), &hpa)
+        .await
+        .unwrap();
+    e.apply(&stack("1")).await;
+    wait_stack(&e.stacks, "shop", "Healthy with the HPA's 2 pods", T, |s| {
+        is_ready(s) && component_status(s, "db").ready_replicas == 2
+    })
+    .await;
+
+    e.apply(&stack("2")).await;
+    let s = e.healthy_on(2).await;
+    assert_eq!(component_status(&s, "db").replicas, 2);
+    let sts = e.api::<StatefulSet>().get("shop-db").await.unwrap();
+    assert_eq!(sts.spec.and_then(|s| s.replicas), Some(2));
+    let snapshots = e
+        .api::<deployctl_api::StackSnapshot>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let snap = snapshots
+        .items
+        .iter()
+        .find(|s| s.spec.component == "db")
+        .expect("a snapshot before the rollout");
+    let ordinals: Vec<i32> = snap
+        .status
+        .as_ref()
+        .map(|st| st.replicas.iter().map(|r| r.ordinal).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ordinals,
+        vec![0, 1],
+        "both running replicas' data, not the spec's one"
+    );
+}

@@ -12,8 +12,9 @@
 
 use crate::error::{Error, Result};
 use crate::reconcile::build::Workload;
+use crate::reconcile::plan::WorkloadState;
 use deployctl_api::labels::{self, FIELD_MANAGER};
-use deployctl_api::WorkloadKind;
+use deployctl_api::{Component, WorkloadKind};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
@@ -146,6 +147,25 @@ pub fn replica_steps(live: Option<&Live>, stopping: bool, spec_replicas: i32) ->
         steps.hand_over = Some(count);
     }
     steps
+}
+
+/// `component` with the replica count its data is copied for: an autoscaled component's
+/// live count (the one it had before a stop, while stopped), else its spec's. Each replica
+/// of a StatefulSet has its own data, so a snapshot must cover the replicas that run.
+pub fn counted(component: &Component, live: Option<&WorkloadState>) -> Component {
+    let mut c = component.clone();
+    let Some(w) = live.filter(|w| component.hpa() || w.autoscaled_by.is_some()) else {
+        return c;
+    };
+    let count = if w.stopped {
+        w.replicas_before_stop
+    } else {
+        Some(w.replicas)
+    };
+    if let Some(n) = count.filter(|n| *n > 0) {
+        c.replicas = Some(n);
+    }
+    c
 }
 
 /// The HorizontalPodAutoscalers of namespace `ns`: from the controller's cache when it has
@@ -337,6 +357,36 @@ spec: {{maxReplicas: 5, scaleTargetRef: {{kind: {kind}, name: {target}}}}}"
         .unwrap();
         h.spec.as_mut().unwrap().scale_target_ref.api_version = api_version.map(Into::into);
         h
+    }
+
+    #[test]
+    fn an_autoscaled_components_data_covers_the_replicas_it_runs() {
+        let spec: Component = serde_yaml_ng::from_str(
+            "{name: db, kind: StatefulSet, replicas: 1, autoscaling: {hpa: true}, template: {}}",
+        )
+        .unwrap();
+        let running = WorkloadState {
+            replicas: 3,
+            ..Default::default()
+        };
+        assert_eq!(counted(&spec, Some(&running)).replicas(), 3);
+        let stopped = WorkloadState {
+            replicas: 0,
+            stopped: true,
+            replicas_before_stop: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(counted(&spec, Some(&stopped)).replicas(), 3);
+        assert_eq!(counted(&spec, None).replicas(), 1, "not created yet");
+        // Not autoscaled (no flag, no HPA): the spec's count.
+        let mut plain = spec.clone();
+        plain.autoscaling = None;
+        assert_eq!(counted(&plain, Some(&running)).replicas(), 1);
+        let detected = WorkloadState {
+            autoscaled_by: Some("db".into()),
+            ..running
+        };
+        assert_eq!(counted(&plain, Some(&detected)).replicas(), 3);
     }
 
     #[test]

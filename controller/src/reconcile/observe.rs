@@ -58,20 +58,27 @@ async fn workload(
     let stack_name = stack.name_any();
     let name = child_name(&stack_name, component);
     let caches = ctx.caches.as_ref();
-    let state = match kind {
+    let remembered_of = |a: &BTreeMap<String, String>| {
+        a.get(crate::reconcile::autoscale::REPLICAS_BEFORE_STOP)
+            .and_then(|r| r.parse::<i32>().ok())
+    };
+    let (state, remembered) = match kind {
         WorkloadKind::Deployment => read(caches.map(|c| &c.deployments), client, ns, &name)
             .await?
             .filter(|d| owned_by(d.owner_references(), stack))
-            .map(|d| deployment_state(&d)),
+            .map(|d| (Some(deployment_state(&d)), remembered_of(d.annotations())))
+            .unwrap_or_default(),
         WorkloadKind::StatefulSet => read(caches.map(|c| &c.statefulsets), client, ns, &name)
             .await?
             .filter(|s| owned_by(s.owner_references(), stack))
-            .map(|s| statefulset_state(&s)),
+            .map(|s| (Some(statefulset_state(&s)), remembered_of(s.annotations())))
+            .unwrap_or_default(),
     };
     let Some(mut state) = state else {
         return Ok(None);
     };
     state.autoscaled_by = crate::reconcile::autoscale::autoscaler(hpas, kind, &name);
+    state.replicas_before_stop = remembered;
     // A stopped component is drained only once no pod of it is left at all:
     // terminating pods still write.
     if state.stopped {
@@ -165,6 +172,7 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
         stopped: stopped(d),
         drained: false,
         autoscaled_by: None,
+        replicas_before_stop: None,
     }
 }
 
@@ -212,6 +220,7 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
         stopped: stopped(s),
         drained: false,
         autoscaled_by: None,
+        replicas_before_stop: None,
     }
 }
 

@@ -209,6 +209,7 @@ mod tests {
                 stopped: yes,
                 drained: yes,
                 autoscaled_by: None,
+                replicas_before_stop: None,
             },
         )])
     }

@@ -61,6 +61,8 @@ pub struct WorkloadState {
     pub drained: bool,
     /// The HorizontalPodAutoscaler targeting it, if any.
     pub autoscaled_by: Option<String>,
+    /// The count an autoscaled workload had before deployctl stopped it.
+    pub replicas_before_stop: Option<i32>,
 }
 
 /// What the controller observed of the stack's snapshots and data Jobs.

@@ -154,7 +154,8 @@ pub struct Component {
     #[serde(default)]
     pub kind: WorkloadKind,
 
-    /// Number of pods. Defaults to 1.
+    /// Number of pods. Defaults to 1. For a component an HPA manages (`autoscaling`), only
+    /// the count the workload is created with: the HPA's count is kept after that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: Option<i32>,

@@ -16,6 +16,7 @@ pub mod operation;
 pub mod stack;
 pub mod status;
 pub mod validation;
+pub mod workload;
 
 pub use canary::{Canary, CanaryAnalysis, CanaryPause, CanaryStep};
 pub use config::{ConfigKind, ConfigVersion};
@@ -25,6 +26,7 @@ pub use gates::*;
 pub use operation::*;
 pub use stack::*;
 pub use status::*;
+pub use workload::*;
 
 /// The API group of every deployctl resource.
 pub const GROUP: &str = "deployctl.dev";

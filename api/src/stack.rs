@@ -6,6 +6,7 @@ use crate::data::{ComponentData, SnapshotPolicy};
 use crate::duration::Duration;
 use crate::gates::{Gate, MAX_GATES, UNIQUE_GATE_NAMES};
 use crate::status::ProductionStackStatus;
+use crate::workload::{Autoscaling, DeploymentStrategy, ObjectMetadata, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -138,6 +139,18 @@ pub struct ProductionStackSpec {
     {
         "rule": "!has(self.canary) || !has(self.kind) || self.kind == 'Deployment'",
         "message": "canary steps need kind: Deployment (a StatefulSet cannot run two templates side by side): remove canary or use kind: Deployment"
+    },
+    {
+        "rule": "!has(self.canary) || !has(self.autoscaling) || !has(self.autoscaling.hpa) || !self.autoscaling.hpa",
+        "message": "canary steps set the replica counts of the stable and canary Deployments, so an HPA cannot manage them: remove canary or autoscaling.hpa"
+    },
+    {
+        "rule": "self.kind != 'StatefulSet' || !has(self.strategy)",
+        "message": "strategy is for a Deployment: a StatefulSet takes updateStrategy"
+    },
+    {
+        "rule": "self.kind == 'StatefulSet' || !has(self.updateStrategy)",
+        "message": "updateStrategy is for a StatefulSet: a Deployment takes strategy"
     }
 ]))]
 pub struct Component {
@@ -154,7 +167,8 @@ pub struct Component {
     #[serde(default)]
     pub kind: WorkloadKind,
 
-    /// Number of pods. Defaults to 1.
+    /// Number of pods. Defaults to 1. For a component an HPA manages (`autoscaling`), only
+    /// the count the workload is created with: the HPA's count is kept after that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: Option<i32>,
@@ -227,6 +241,32 @@ pub struct Component {
     /// by a rolling update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+
+    /// Labels and annotations for the component's workload, Service and claims (pod
+    /// labels and annotations come from `template.metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetadata>,
+
+    /// How a Deployment component replaces its pods (a StatefulSet takes
+    /// `updateStrategy`). Defaults to a rolling update with maxSurge 1 and maxUnavailable
+    /// 0: no loss of capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+
+    /// How a StatefulSet component replaces its pods (a Deployment takes `strategy`):
+    /// a rolling update, optionally staged by a partition. Defaults to partition 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<StatefulSetUpdateStrategy>,
+
+    /// Seconds a new pod must be ready, without a container crashing, before it counts as
+    /// available (and the component as rolled out). Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub min_ready_seconds: Option<i32>,
+
+    /// Whether something else (an HPA) owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// True for a template left out (a component with `templateFrom`): not serialized, so
@@ -509,6 +549,20 @@ impl Component {
     /// Desired replicas, with its default.
     pub fn replicas(&self) -> i32 {
         self.replicas.unwrap_or(1)
+    }
+
+    /// Whether the spec says an HPA manages the replica count.
+    pub fn hpa(&self) -> bool {
+        self.autoscaling.as_ref().is_some_and(|a| a.hpa)
+    }
+
+    /// The StatefulSet partition, with its default (0).
+    pub fn partition(&self) -> i32 {
+        self.update_strategy
+            .as_ref()
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0)
     }
 }
 

@@ -544,6 +544,11 @@ pub struct ComponentStatus {
     /// The canary of a new revision, while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+
+    /// Name of the HorizontalPodAutoscaler that manages the component's replicas, when
+    /// one targets its workload: deployctl leaves the count to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaled_by: Option<String>,
 }
 
 /// A component's canary as `deployctl status` shows it.

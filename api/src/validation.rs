@@ -19,6 +19,7 @@ use crate::stack::{
     child_name, Component, ProductionStackSpec, WorkloadKind, MAX_COMPONENTS, MAX_COMPONENT_NAME,
     MAX_DEPENDENCIES, MAX_PORTS, MAX_VOLUME_CLAIMS,
 };
+use crate::workload::{DeploymentStrategyType, MAX_OBJECT_METADATA, RESERVED_PREFIX};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -239,6 +240,12 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
     validate_gates(&format!("{path}.gates"), &c.gates, err);
     if let Some(canary) = &c.canary {
         validate_canary(path, c.kind, canary, err);
+        if c.autoscaling.as_ref().is_some_and(|a| a.hpa) {
+            err(
+                format!("{path}.autoscaling.hpa"),
+                "canary steps set the replica counts of the stable and canary Deployments, so an HPA cannot manage them: remove canary or autoscaling.hpa".into(),
+            );
+        }
     }
     at_most(
         &format!("{path}.volumeClaims"),
@@ -363,6 +370,124 @@ fn validate_component(path: &str, c: &Component, err: &mut impl FnMut(String, St
             format!("{path}.service"),
             "a StatefulSet component needs a service (its pods get stable names through it)".into(),
         );
+    }
+    validate_workload_shape(path, c, err);
+}
+
+/// A component's object metadata, strategy of its kind and `minReadySeconds`.
+fn validate_workload_shape(path: &str, c: &Component, err: &mut impl FnMut(String, String)) {
+    if let Some(meta) = &c.metadata {
+        for (field, map, also) in [
+            ("labels", &meta.labels, Some(crate::labels::MANAGED_BY)),
+            ("annotations", &meta.annotations, None),
+        ] {
+            at_most(
+                &format!("{path}.metadata.{field}"),
+                map.len(),
+                MAX_OBJECT_METADATA,
+                err,
+            );
+            for key in map.keys() {
+                if key.starts_with(RESERVED_PREFIX) || Some(key.as_str()) == also {
+                    err(
+                        format!("{path}.metadata.{field}[{key}]"),
+                        format!("{key:?} is deployctl's own (the selector labels are under {RESERVED_PREFIX}): use another key"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(strategy) = &c.strategy {
+        if c.kind == WorkloadKind::StatefulSet {
+            err(
+                format!("{path}.strategy"),
+                "strategy is for a Deployment: a StatefulSet takes updateStrategy".into(),
+            );
+        }
+        let recreate = strategy.type_ == Some(DeploymentStrategyType::Recreate);
+        if let Some(ru) = &strategy.rolling_update {
+            let rpath = format!("{path}.strategy.rollingUpdate");
+            if recreate {
+                err(
+                    rpath.clone(),
+                    "rollingUpdate goes with type RollingUpdate, not Recreate".into(),
+                );
+            }
+            let surge = count_or_percent(&format!("{rpath}.maxSurge"), ru.max_surge.as_ref(), err);
+            let unavailable = count_or_percent(
+                &format!("{rpath}.maxUnavailable"),
+                ru.max_unavailable.as_ref(),
+                err,
+            );
+            // Defaults: maxSurge 1, maxUnavailable 0.
+            if surge == Some(0) && unavailable.unwrap_or(0) == 0 {
+                err(
+                    format!("{rpath}.maxSurge"),
+                    "maxSurge and maxUnavailable cannot both be 0 (maxUnavailable defaults to 0): the rollout could never replace a pod".into(),
+                );
+            }
+        }
+    }
+    if let Some(update) = &c.update_strategy {
+        if c.kind != WorkloadKind::StatefulSet {
+            err(
+                format!("{path}.updateStrategy"),
+                "updateStrategy is for a StatefulSet: a Deployment takes strategy".into(),
+            );
+        }
+        if let Some(ru) = &update.rolling_update {
+            let rpath = format!("{path}.updateStrategy.rollingUpdate");
+            if ru.partition.is_some_and(|p| !(0..=10000).contains(&p)) {
+                err(
+                    format!("{rpath}.partition"),
+                    "must be between 0 and 10000".into(),
+                );
+            }
+            let mpath = format!("{rpath}.maxUnavailable");
+            if count_or_percent(&mpath, ru.max_unavailable.as_ref(), err) == Some(0) {
+                err(mpath, "must be at least 1 (or 1%)".into());
+            }
+        }
+    }
+    if c.min_ready_seconds
+        .is_some_and(|s| !(0..=86400).contains(&s))
+    {
+        err(
+            format!("{path}.minReadySeconds"),
+            "must be between 0 and 86400".into(),
+        );
+    }
+}
+
+/// The number in a count or percentage (`3`, `25%`), refusing anything else. None when
+/// unset or refused.
+fn count_or_percent(
+    path: &str,
+    v: Option<&IntOrString>,
+    err: &mut impl FnMut(String, String),
+) -> Option<i64> {
+    let bad = |err: &mut dyn FnMut(String, String)| {
+        err(
+            path.to_string(),
+            "must be a number of pods (0 or more) or a percentage such as 25%".into(),
+        )
+    };
+    match v? {
+        IntOrString::Int(n) if *n >= 0 => Some(i64::from(*n)),
+        IntOrString::String(s) => match s
+            .strip_suffix('%')
+            .filter(|n| !n.is_empty() && n.len() <= 7 && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(n) => n.parse().ok(),
+            None => {
+                bad(err);
+                None
+            }
+        },
+        IntOrString::Int(_) => {
+            bad(err);
+            None
+        }
     }
 }
 
@@ -1123,6 +1248,62 @@ gates: [{{name: a, readiness: {{}}}}]"
             paths(validate("shop", &own).unwrap_err()),
             vec!["spec.components[0].templateFrom.name"]
         );
+    }
+
+    #[test]
+    fn strategy_fields_go_with_their_kind_and_refuse_what_cannot_roll() {
+        let errs = paths(
+            validate(
+                "shop",
+                &spec(
+                    "components:
+- name: api
+  metadata: {labels: {team: a, deployctl.dev/component: x}, annotations: {deployctl.dev/revision: '1', note: ok}}
+  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: '0%'}}
+  updateStrategy: {rollingUpdate: {partition: 1}}
+  minReadySeconds: -1
+  template: {spec: {containers: [{name: a, image: x}]}}
+- name: db
+  kind: StatefulSet
+  service: {ports: [{port: 80}]}
+  strategy: {type: Recreate, rollingUpdate: {maxSurge: ten}}
+  updateStrategy: {rollingUpdate: {maxUnavailable: 0}}
+  template: {spec: {containers: [{name: a, image: x}]}}",
+                ),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(
+            paths_sorted(errs),
+            vec![
+                "spec.components[0].metadata.annotations[deployctl.dev/revision]",
+                "spec.components[0].metadata.labels[deployctl.dev/component]",
+                "spec.components[0].minReadySeconds",
+                "spec.components[0].strategy.rollingUpdate.maxSurge",
+                "spec.components[0].updateStrategy",
+                "spec.components[1].strategy",
+                "spec.components[1].strategy.rollingUpdate",
+                "spec.components[1].strategy.rollingUpdate.maxSurge",
+                "spec.components[1].updateStrategy.rollingUpdate.maxUnavailable",
+            ]
+        );
+        // maxSurge 0 is fine when pods may go first; percentages are counts too.
+        validate(
+            "shop",
+            &spec(
+                "components:
+- name: api
+  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 25%}}
+  minReadySeconds: 10
+  template: {spec: {containers: [{name: a, image: x}]}}",
+            ),
+        )
+        .unwrap();
+    }
+
+    fn paths_sorted(mut p: Vec<String>) -> Vec<String> {
+        p.sort();
+        p
     }
 
     #[test]

@@ -386,6 +386,25 @@ fn valid_cases() -> Vec<(&'static str, Kind, Value)> {
                 "  snapshots: {store: {s3: {endpoint: 'http://minio:9000', bucket: snaps, credentialsSecret: s3, quota: 1.5T}}}",
             ),
         ),
+        (
+            "labels, annotations, a rolling update that may lose a pod, minReadySeconds",
+            Stack,
+            stack(
+                "{name: api, template: TEMPLATE, metadata: {labels: {team: web, app.kubernetes.io/name: api}, annotations: {deployctl.dev.example/x: y}}, strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 25%}}, minReadySeconds: 5, autoscaling: {hpa: true}}",
+            ),
+        ),
+        (
+            "Recreate",
+            Stack,
+            stack("{name: api, template: TEMPLATE, strategy: {type: Recreate}}"),
+        ),
+        (
+            "a staged StatefulSet",
+            Stack,
+            stack(
+                "{name: db, kind: StatefulSet, service: {ports: [{port: 80}]}, template: TEMPLATE, updateStrategy: {rollingUpdate: {partition: 1, maxUnavailable: 2}}}",
+            ),
+        ),
         ("rollback", Operation, operation("action: Rollback")),
         (
             "rollback to a revision",
@@ -501,6 +520,70 @@ fn invalid_cases() -> Vec<Invalid> {
             c0,
             "a component takes its pod template from exactly one place",
             "spec.components[0].template.spec.containers",
+        ),
+        case(
+            "a label under deployctl.dev/ (the selector's)",
+            Stack,
+            stack("{name: api, template: TEMPLATE, metadata: {labels: {deployctl.dev/component: web}}}"),
+            "spec.components[0].metadata.labels",
+            "labels under deployctl.dev/ and app.kubernetes.io/managed-by are deployctl's own",
+            "spec.components[0].metadata.labels[deployctl.dev/component]",
+        ),
+        case(
+            "an annotation under deployctl.dev/",
+            Stack,
+            stack("{name: api, template: TEMPLATE, metadata: {annotations: {deployctl.dev/revision: '1'}}}"),
+            "spec.components[0].metadata.annotations",
+            "annotations under deployctl.dev/ are deployctl's own",
+            "spec.components[0].metadata.annotations[deployctl.dev/revision]",
+        ),
+        case(
+            "canary steps with an autoscaler",
+            Stack,
+            stack("{name: api, template: TEMPLATE, autoscaling: {hpa: true}, canary: {steps: [{setWeight: 50}]}}"),
+            c0,
+            "canary steps set the replica counts",
+            "spec.components[0].autoscaling.hpa",
+        ),
+        case(
+            "a Deployment strategy on a StatefulSet",
+            Stack,
+            stack("{name: db, kind: StatefulSet, service: {ports: [{port: 80}]}, template: TEMPLATE, strategy: {type: Recreate}}"),
+            c0,
+            "strategy is for a Deployment",
+            "spec.components[0].strategy",
+        ),
+        case(
+            "a StatefulSet update strategy on a Deployment",
+            Stack,
+            stack("{name: api, template: TEMPLATE, updateStrategy: {rollingUpdate: {partition: 1}}}"),
+            c0,
+            "updateStrategy is for a StatefulSet",
+            "spec.components[0].updateStrategy",
+        ),
+        case(
+            "a rolling update with Recreate",
+            Stack,
+            stack("{name: api, template: TEMPLATE, strategy: {type: Recreate, rollingUpdate: {maxSurge: 2}}}"),
+            "spec.components[0].strategy",
+            "rollingUpdate goes with type RollingUpdate",
+            "spec.components[0].strategy.rollingUpdate",
+        ),
+        case(
+            "maxSurge 0 with maxUnavailable left at 0",
+            Stack,
+            stack("{name: api, template: TEMPLATE, strategy: {rollingUpdate: {maxSurge: '0%'}}}"),
+            "spec.components[0].strategy.rollingUpdate",
+            "maxSurge and maxUnavailable cannot both be 0",
+            "spec.components[0].strategy.rollingUpdate.maxSurge",
+        ),
+        case(
+            "maxSurge and maxUnavailable both 0",
+            Stack,
+            stack("{name: api, template: TEMPLATE, strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}}"),
+            "spec.components[0].strategy.rollingUpdate",
+            "maxSurge and maxUnavailable cannot both be 0",
+            "spec.components[0].strategy.rollingUpdate.maxSurge",
         ),
         case(
             "a StatefulSet without a service",
@@ -964,6 +1047,9 @@ mod cost {
     /// For the whole CRD, per `StaticEstimatedCRDCostLimit`.
     pub const CRD_LIMIT: f64 = 100_000_000.0;
 
+    static MAP_KEY: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(|| serde_json::json!({"type": "string"}));
+
     /// What an expression is, as far as cost goes.
     #[derive(Clone, Debug)]
     enum Ty<'a> {
@@ -981,6 +1067,9 @@ mod cost {
             Ty::Schema(s) => {
                 let bound = if s.get("type").and_then(Value::as_str) == Some("array") {
                     s.get("maxItems").and_then(Value::as_f64)
+                } else if s.get("additionalProperties").is_some() {
+                    // A map: a comprehension runs over its keys.
+                    s.get("maxProperties").and_then(Value::as_f64)
                 } else if s.get("type").and_then(Value::as_str) == Some("string") {
                     // Up to four bytes a character.
                     s.get("maxLength").and_then(Value::as_f64).map(|n| n * 4.0)
@@ -998,6 +1087,9 @@ mod cost {
 
     fn items<'a>(ty: &Ty<'a>, rule: &str) -> Ty<'a> {
         match ty {
+            // A map's keys: strings the schema cannot bound (the API server assumes the
+            // request size), so only rules whose cost does not grow with them pass.
+            Ty::Schema(s) if s.get("additionalProperties").is_some() => Ty::Schema(&MAP_KEY),
             Ty::Schema(s) => Ty::Schema(
                 s.get("items")
                     .unwrap_or_else(|| panic!("{rule:?} iterates over a non-list: {s}")),
@@ -1084,6 +1176,8 @@ mod cost {
                             let regex = (0.25 * size(&args[0].1)).ceil();
                             (arg_cost + text * regex, Ty::Other)
                         }
+                        // A conversion of an int-or-string: as long as the string.
+                        "string" => (arg_cost + 1.0, args[0].1.clone()),
                         "size" | "!_" | "-_" | "_+_" | "_-_" | "@not_strictly_false" => {
                             (arg_cost + 1.0, Ty::Other)
                         }

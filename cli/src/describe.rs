@@ -172,6 +172,7 @@ status:
     readyReplicas: 1
     updatedReplicas: 2
     message: "1 of 2 pods ready"
+    autoscaledBy: api
     gates:
     - name: http-ok
       phase: Running

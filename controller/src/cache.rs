@@ -25,6 +25,7 @@ use deployctl_api::{labels, ProductionStack, StackOperation};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
@@ -43,6 +44,8 @@ pub struct Caches {
     pub statefulsets: Store<StatefulSet>,
     /// Every StackOperation.
     pub operations: Store<StackOperation>,
+    /// HorizontalPodAutoscalers: one targeting a component's workload owns its count.
+    pub hpas: Store<HorizontalPodAutoscaler>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for Caches {
             .field("deployments", &self.deployments.len())
             .field("statefulsets", &self.statefulsets.len())
             .field("operations", &self.operations.len())
+            .field("hpas", &self.hpas.len())
             .finish()
     }
 }
@@ -80,6 +84,7 @@ impl Caches {
             && self.deployments.wait_until_ready().await.is_ok()
             && self.statefulsets.wait_until_ready().await.is_ok()
             && self.operations.wait_until_ready().await.is_ok()
+            && self.hpas.wait_until_ready().await.is_ok()
     }
 
     /// The stack's ControllerRevisions (by label and owner), by revision number.

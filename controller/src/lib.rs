@@ -155,6 +155,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        match &args.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
     let revisions: Api<ControllerRevision> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -166,6 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (deploy_store, deploy_writer) = reflector::store();
     let (sts_store, sts_writer) = reflector::store();
     let (ops_store, ops_writer) = reflector::store();
+    let (hpa_store, hpa_writer) = reflector::store();
     let feeds = vec![
         cache::feed(
             revisions,
@@ -199,12 +205,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             cache::operation_stack,
             Some(triggers),
         ),
+        // No wake-ups: an HPA acts through the workload's count, whose change wakes the
+        // stack, and the apply reads the store whenever it writes a workload.
+        cache::feed(
+            hpas,
+            watcher::Config::default(),
+            hpa_writer,
+            cache::keep,
+            |_| None,
+            None,
+        ),
     ];
     let caches = cache::Caches {
         revisions: rev_store,
         deployments: deploy_store,
         statefulsets: sts_store,
         operations: ops_store,
+        hpas: hpa_store,
     };
     // Before the stores hold their first lists, a missing workload would look deleted.
     {

@@ -667,7 +667,7 @@ async fn a_repeated_event_is_counted_on_the_event_written_and_a_new_note_is_its_
 async fn kubectl_explain_lists_the_fields_of_every_optional_object() {
     let env = shared();
     install_crd(env).await;
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 9] = [
         (
             "productionstacks.spec.components.data",
             &[
@@ -698,6 +698,19 @@ async fn kubectl_explain_lists_the_fields_of_every_optional_object() {
             "productionstacks.spec.components.service",
             &["ports", "port", "targetPort"],
         ),
+        (
+            "productionstacks.spec.components.metadata",
+            &["labels", "annotations"],
+        ),
+        (
+            "productionstacks.spec.components.strategy",
+            &["type", "rollingUpdate", "maxSurge", "maxUnavailable"],
+        ),
+        (
+            "productionstacks.spec.components.updateStrategy",
+            &["rollingUpdate", "partition", "maxUnavailable"],
+        ),
+        ("productionstacks.spec.components.autoscaling", &["hpa"]),
         (
             "stacksnapshots.status",
             &["digest", "replicas", "ordinal", "verification"],

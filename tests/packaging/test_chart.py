@@ -208,6 +208,7 @@ CONTROLLER_NEEDS = {
     ("apps", "deployments/scale"): {"patch"},
     ("apps", "statefulsets/scale"): {"patch"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},

@@ -413,27 +413,30 @@ pub fn render(stack: &ProductionStack, now: Timestamp, style: &Style) -> String 
     out
 }
 
-/// A component's message, after its canary when one runs: `canary 25% (step 2/4): 1 new,
-/// 3 stable`.
+/// A component's message, after its canary when one runs (`canary 25% (step 2/4): 1 new,
+/// 3 stable`) and who owns its replica count when an HPA does (READY then counts against
+/// the HPA's number, not the spec's).
 fn component_message(c: &deployctl_api::ComponentStatus) -> String {
-    let message = c.message.as_deref().map(one_line).unwrap_or_default();
-    let Some(k) = &c.canary else {
-        return message;
-    };
-    let step = if k.step > k.steps {
-        "steps done".to_string()
-    } else {
-        format!("step {}/{}", k.step, k.steps)
-    };
-    let canary = format!(
-        "canary {}% ({step}): {} new, {} stable",
-        k.weight, k.canary_replicas, k.stable_replicas
-    );
-    if message.is_empty() {
-        canary
-    } else {
-        format!("{canary}; {message}")
+    let mut parts = Vec::new();
+    if let Some(k) = &c.canary {
+        let step = if k.step > k.steps {
+            "steps done".to_string()
+        } else {
+            format!("step {}/{}", k.step, k.steps)
+        };
+        parts.push(format!(
+            "canary {}% ({step}): {} new, {} stable",
+            k.weight, k.canary_replicas, k.stable_replicas
+        ));
     }
+    if let Some(hpa) = &c.autoscaled_by {
+        parts.push(format!("autoscaled by {hpa}"));
+    }
+    let message = c.message.as_deref().map(one_line).unwrap_or_default();
+    if !message.is_empty() {
+        parts.push(message);
+    }
+    parts.join("; ")
 }
 
 /// Which snapshot is (being) restored into which component, each coloured by its phase.
@@ -583,6 +586,8 @@ mod tests {
             stable_replicas: 3,
         });
         api.message = Some("analysing http".into());
+        // Canary steps set the replicas themselves: never with an autoscaler.
+        api.autoscaled_by = None;
         let out = render(&s, now(), &Style::PLAIN);
         assert!(
             out.contains("canary 25% (step 2/4): 1 new, 3 stable; analysing http"),

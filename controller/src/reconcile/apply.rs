@@ -3,6 +3,7 @@
 //! overwritten.
 
 use crate::error::{Error, Result};
+use crate::reconcile::autoscale;
 use crate::reconcile::build::{ComponentObjects, Workload};
 use deployctl_api::labels::FIELD_MANAGER;
 use deployctl_api::WorkloadKind;
@@ -27,7 +28,7 @@ pub async fn component(
         ensure_claim(client, ns, claim).await?;
     }
     if let Some(svc) = &objects.service {
-        apply(client, ns, "Service", svc).await?;
+        apply(client, ns, "Service", svc, false).await?;
     }
     // Whether a workload of the other kind may exist: the cache knows (a kind change is
     // rare, and its old workload has long been in the cache); without one, ask.
@@ -36,20 +37,61 @@ pub async fn component(
             .as_ref()
             .is_none_or(|c| c.has_workload(kind, ns, name))
     };
-    match &objects.workload {
+    // An autoscaled component's count is the HPA's: see `autoscale`.
+    let mut workload = objects.workload.clone();
+    let prepared =
+        autoscale::prepare(ctx, ns, &mut workload, objects.hpa, objects.replicas).await?;
+    // No longer autoscaled (no flag, no HPA) but it was: the spec's count is taken back
+    // from the autoscaler that set it last. Any other conflict (a person's `kubectl scale`
+    // of a component never autoscaled, too) is still reported.
+    let replicas_only = |e: &Error| {
+        !prepared.autoscaled
+            && matches!(e, Error::Conflict { message, .. } if autoscale::only_replicas_conflict(message))
+    };
+    let (kind, name) = match &workload {
         Workload::Deployment(d) => {
             if other_may_exist(WorkloadKind::StatefulSet, &d.name_any()) {
                 remove_other_kind::<StatefulSet>(client, ns, &d.name_any(), d.as_ref()).await?;
             }
-            apply(client, ns, "Deployment", d.as_ref()).await
+            match apply(client, ns, "Deployment", d.as_ref(), false).await {
+                Err(e) if replicas_only(&e) => {
+                    let live = Api::<Deployment>::namespaced(client.clone(), ns)
+                        .get_metadata(&d.name_any())
+                        .await?;
+                    if !autoscale::was_autoscaled(&live.metadata) {
+                        return Err(e);
+                    }
+                    tracing::info!(namespace = ns, workload = %d.name_any(), "no longer autoscaled: taking spec.replicas back");
+                    apply(client, ns, "Deployment", d.as_ref(), true).await?
+                }
+                other => other?,
+            }
+            (WorkloadKind::Deployment, d.name_any())
         }
         Workload::StatefulSet(s) => {
             if other_may_exist(WorkloadKind::Deployment, &s.name_any()) {
                 remove_other_kind::<Deployment>(client, ns, &s.name_any(), s.as_ref()).await?;
             }
-            apply(client, ns, "StatefulSet", s.as_ref()).await
+            match apply(client, ns, "StatefulSet", s.as_ref(), false).await {
+                Err(e) if replicas_only(&e) => {
+                    let live = Api::<StatefulSet>::namespaced(client.clone(), ns)
+                        .get_metadata(&s.name_any())
+                        .await?;
+                    if !autoscale::was_autoscaled(&live.metadata) {
+                        return Err(e);
+                    }
+                    tracing::info!(namespace = ns, workload = %s.name_any(), "no longer autoscaled: taking spec.replicas back");
+                    apply(client, ns, "StatefulSet", s.as_ref(), true).await?
+                }
+                other => other?,
+            }
+            (WorkloadKind::StatefulSet, s.name_any())
         }
+    };
+    if let Some(n) = prepared.scale_after {
+        autoscale::scale(client, ns, kind, &name, n).await?;
     }
+    Ok(())
 }
 
 /// Runs a canary step: the canary Deployment first (so new pods are coming before any
@@ -60,7 +102,7 @@ pub async fn canary(
     canary: &Deployment,
     stable: &ComponentObjects,
 ) -> Result<()> {
-    apply(&ctx.client, ns, "Deployment", canary).await?;
+    apply(&ctx.client, ns, "Deployment", canary, false).await?;
     component(ctx, ns, stable).await
 }
 
@@ -163,7 +205,9 @@ pub async fn orphans(
     Ok(found.into_iter().filter(|c| !keep.contains(c)).collect())
 }
 
-async fn apply<K>(client: &Client, ns: &str, kind: &'static str, obj: &K) -> Result<()>
+/// Server-side apply under deployctl's manager; `force` only to take `spec.replicas` back
+/// from a former autoscaler (see [`component`]).
+async fn apply<K>(client: &Client, ns: &str, kind: &'static str, obj: &K, force: bool) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -179,7 +223,11 @@ where
     match api
         .patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER),
+            &if force {
+                PatchParams::apply(FIELD_MANAGER).force()
+            } else {
+                PatchParams::apply(FIELD_MANAGER)
+            },
             &Patch::Apply(body),
         )
         .await

@@ -4,7 +4,7 @@
 //! are complete server-side-apply intents: every field listed is one deployctl owns.
 
 use deployctl_api::labels;
-use deployctl_api::{child_name, Component, ProductionStack, WorkloadKind};
+use deployctl_api::{child_name, Component, DeploymentStrategyType, ProductionStack, WorkloadKind};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
@@ -27,6 +27,10 @@ pub struct ComponentObjects {
     pub service: Option<Service>,
     /// Claims applied separately (Deployments only; a StatefulSet makes its own).
     pub claims: Vec<PersistentVolumeClaim>,
+    /// The spec says an HPA manages the replicas (`autoscaling.hpa`).
+    pub hpa: bool,
+    /// The spec's replica count (the workload's may differ: a stop sets zero).
+    pub replicas: i32,
 }
 
 /// A Deployment or a StatefulSet.
@@ -78,11 +82,17 @@ pub fn component_objects(
     let meta = ObjectMeta {
         name: Some(name.clone()),
         namespace: namespace.clone(),
-        labels: Some(object_labels(&stack_name, &component.name)),
-        annotations: Some(BTreeMap::from([
-            (labels::SPEC_HASH.to_string(), spec_hash.to_string()),
-            (labels::REVISION.to_string(), revision.to_string()),
-        ])),
+        labels: Some(with_user(
+            component.metadata.as_ref().map(|m| &m.labels),
+            object_labels(&stack_name, &component.name),
+        )),
+        annotations: Some(with_user(
+            component.metadata.as_ref().map(|m| &m.annotations),
+            BTreeMap::from([
+                (labels::SPEC_HASH.to_string(), spec_hash.to_string()),
+                (labels::REVISION.to_string(), revision.to_string()),
+            ]),
+        )),
         owner_references: owner_ref(stack).map(|o| vec![o]),
         ..Default::default()
     };
@@ -113,7 +123,15 @@ pub fn component_objects(
                             // No owner reference: the claim (the data) must survive the
                             // stack unless spec.volumeClaimRetention says Delete, which the
                             // finalizer carries out.
-                            labels: Some(object_labels(&stack_name, &component.name)),
+                            labels: Some(with_user(
+                                component.metadata.as_ref().map(|m| &m.labels),
+                                object_labels(&stack_name, &component.name),
+                            )),
+                            annotations: component
+                                .metadata
+                                .as_ref()
+                                .filter(|m| !m.annotations.is_empty())
+                                .map(|m| m.annotations.clone()),
                             ..Default::default()
                         },
                         spec: Some(claim_spec(vc)),
@@ -127,14 +145,8 @@ pub fn component_objects(
                     replicas: Some(component.replicas()),
                     selector,
                     template,
-                    // New pods must be ready before old ones go: no loss of capacity.
-                    strategy: Some(DeploymentStrategy {
-                        type_: Some("RollingUpdate".into()),
-                        rolling_update: Some(RollingUpdateDeployment {
-                            max_surge: Some(IntOrString::Int(1)),
-                            max_unavailable: Some(IntOrString::Int(0)),
-                        }),
-                    }),
+                    strategy: Some(deployment_strategy(component.strategy.as_ref())),
+                    min_ready_seconds: component.min_ready_seconds,
                     ..Default::default()
                 }),
                 status: None,
@@ -163,13 +175,8 @@ pub fn component_objects(
                     service_name: Some(name.clone()),
                     template,
                     volume_claim_templates: (!templates.is_empty()).then_some(templates),
-                    update_strategy: Some(StatefulSetUpdateStrategy {
-                        type_: Some("RollingUpdate".into()),
-                        rolling_update: Some(RollingUpdateStatefulSetStrategy {
-                            partition: Some(0),
-                            ..Default::default()
-                        }),
-                    }),
+                    update_strategy: Some(statefulset_update_strategy(component)),
+                    min_ready_seconds: component.min_ready_seconds,
                     ..Default::default()
                 }),
                 status: None,
@@ -205,6 +212,62 @@ pub fn component_objects(
         workload,
         service,
         claims,
+        hpa: component.hpa(),
+        replicas: component.replicas(),
+    }
+}
+
+/// `ours` with the user's entries added where they do not collide (validation refuses the
+/// keys that would, so a collision here is only an unvalidated spec: ours win).
+fn with_user(
+    user: Option<&BTreeMap<String, String>>,
+    ours: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut all = user.cloned().unwrap_or_default();
+    all.extend(ours);
+    all
+}
+
+/// The Deployment strategy: the user's, or by default new pods ready before old ones go
+/// (maxSurge 1, maxUnavailable 0: no loss of capacity). Unset fields of a rolling update
+/// take these defaults too, not Kubernetes' 25%, so setting one does not quietly change
+/// the other.
+fn deployment_strategy(user: Option<&deployctl_api::DeploymentStrategy>) -> DeploymentStrategy {
+    let type_ = user.and_then(|s| s.type_).unwrap_or_default();
+    if type_ == DeploymentStrategyType::Recreate {
+        return DeploymentStrategy {
+            type_: Some(type_.as_str().into()),
+            rolling_update: None,
+        };
+    }
+    let ru = user.and_then(|s| s.rolling_update.as_ref());
+    DeploymentStrategy {
+        type_: Some(type_.as_str().into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(
+                ru.and_then(|r| r.max_surge.clone())
+                    .unwrap_or(IntOrString::Int(1)),
+            ),
+            max_unavailable: Some(
+                ru.and_then(|r| r.max_unavailable.clone())
+                    .unwrap_or(IntOrString::Int(0)),
+            ),
+        }),
+    }
+}
+
+/// The StatefulSet update strategy: always a rolling update, partition 0 unless staged.
+fn statefulset_update_strategy(component: &Component) -> StatefulSetUpdateStrategy {
+    let ru = component
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref());
+    StatefulSetUpdateStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateStatefulSetStrategy {
+            partition: Some(component.partition()),
+            max_unavailable: ru.and_then(|r| r.max_unavailable.clone()),
+        }),
     }
 }
 
@@ -453,6 +516,137 @@ spec:
             "claims outlive the stack"
         );
         assert!(objs.service.is_none());
+    }
+
+    fn deployment(objs: &ComponentObjects) -> &DeploymentSpec {
+        match &objs.workload {
+            Workload::Deployment(d) => d.spec.as_ref().unwrap(),
+            other => panic!("expected a Deployment, got {other:?}"),
+        }
+    }
+
+    fn statefulset(objs: &ComponentObjects) -> &StatefulSetSpec {
+        match &objs.workload {
+            Workload::StatefulSet(s) => s.spec.as_ref().unwrap(),
+            other => panic!("expected a StatefulSet, got {other:?}"),
+        }
+    }
+
+    fn with(component: usize, yaml: &str) -> ComponentObjects {
+        let mut s = stack(STACK);
+        let extra: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut c = serde_json::to_value(&s.spec.components[component]).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        s.spec.components[component] = serde_json::from_value(c).unwrap();
+        component_objects(&s, &s.spec.components[component], "h", 1)
+    }
+
+    #[test]
+    fn labels_and_annotations_go_on_the_workload_service_and_claims_never_over_ours() {
+        let objs = with(
+            1,
+            "{metadata: {labels: {team: web, app.kubernetes.io/managed-by: helm}, annotations: {owner: alice}}, service: {ports: [{port: 80}]}}",
+        );
+        let Workload::Deployment(d) = &objs.workload else {
+            panic!()
+        };
+        let svc = objs.service.as_ref().unwrap();
+        for (what, meta) in [
+            ("workload", &d.metadata),
+            ("service", &svc.metadata),
+            ("claim", &objs.claims[0].metadata),
+        ] {
+            let l = meta.labels.as_ref().unwrap();
+            assert_eq!(l["team"], "web", "{what}");
+            assert_eq!(l[labels::MANAGED_BY], "deployctl", "{what}: ours win");
+            assert_eq!(l[labels::COMPONENT], "api", "{what}");
+            assert_eq!(
+                meta.annotations.as_ref().unwrap()["owner"],
+                "alice",
+                "{what}"
+            );
+        }
+        assert_eq!(
+            d.metadata.annotations.as_ref().unwrap()[labels::REVISION],
+            "1"
+        );
+        let pod = deployment(&objs).template.metadata.as_ref().unwrap();
+        assert!(
+            !pod.labels.as_ref().unwrap().contains_key("team"),
+            "pod labels come from the template only"
+        );
+        // Without metadata the objects carry only ours, as before.
+        let plain = with(1, "{}");
+        assert_eq!(plain.claims[0].metadata.annotations, None);
+    }
+
+    #[test]
+    fn deployment_strategy_defaults_to_no_loss_of_capacity_and_takes_the_users() {
+        let s = |objs: &ComponentObjects| deployment(objs).strategy.clone().unwrap();
+        let default = s(&with(1, "{}"));
+        assert_eq!(default.type_.as_deref(), Some("RollingUpdate"));
+        let ru = default.rolling_update.unwrap();
+        assert_eq!(
+            (ru.max_surge, ru.max_unavailable),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+        );
+        let ru = s(&with(1, "{strategy: {rollingUpdate: {maxUnavailable: 1}}}"))
+            .rolling_update
+            .unwrap();
+        assert_eq!(
+            (ru.max_surge, ru.max_unavailable),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(1))),
+            "an unset field keeps deployctl's default, not Kubernetes' 25%"
+        );
+        let ru = s(&with(1, "{strategy: {rollingUpdate: {maxSurge: 50%}}}"))
+            .rolling_update
+            .unwrap();
+        assert_eq!(ru.max_surge, Some(IntOrString::String("50%".into())));
+        let recreate = s(&with(1, "{strategy: {type: Recreate}}"));
+        assert_eq!(
+            (recreate.type_.as_deref(), recreate.rolling_update),
+            (Some("Recreate"), None)
+        );
+    }
+
+    #[test]
+    fn statefulset_update_strategy_stages_by_partition() {
+        let u = |objs: &ComponentObjects| {
+            statefulset(objs)
+                .update_strategy
+                .clone()
+                .unwrap()
+                .rolling_update
+                .unwrap()
+        };
+        let default = u(&with(0, "{}"));
+        assert_eq!(
+            (default.partition, default.max_unavailable),
+            (Some(0), None)
+        );
+        let staged = u(&with(
+            0,
+            "{updateStrategy: {rollingUpdate: {partition: 1, maxUnavailable: 2}}}",
+        ));
+        assert_eq!(
+            (staged.partition, staged.max_unavailable),
+            (Some(1), Some(IntOrString::Int(2)))
+        );
+    }
+
+    #[test]
+    fn min_ready_seconds_goes_on_either_kind() {
+        assert_eq!(
+            deployment(&with(1, "{minReadySeconds: 5}")).min_ready_seconds,
+            Some(5)
+        );
+        assert_eq!(
+            statefulset(&with(0, "{minReadySeconds: 7}")).min_ready_seconds,
+            Some(7)
+        );
+        assert_eq!(deployment(&with(1, "{}")).min_ready_seconds, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! interrupted anywhere is simply run again.
 
 pub mod apply;
+pub mod autoscale;
 pub mod build;
 pub mod cleanup;
 pub mod configs;

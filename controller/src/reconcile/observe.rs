@@ -30,10 +30,11 @@ pub async fn workloads(
     }
     // One request per component, all at once: on a busy API server each waits its turn,
     // and a reconcile should wait for the slowest, not the sum.
+    let hpas = crate::reconcile::autoscale::hpas(ctx, &ns).await?;
     let states = futures::future::try_join_all(
         unique
             .iter()
-            .map(|(component, kind)| workload(ctx, &ns, stack, component, *kind)),
+            .map(|(component, kind)| workload(ctx, &ns, stack, component, *kind, &hpas)),
     )
     .await?;
     Ok(unique
@@ -51,20 +52,27 @@ async fn workload(
     stack: &ProductionStack,
     component: &str,
     kind: WorkloadKind,
+    hpas: &[k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler],
 ) -> Result<Option<WorkloadState>> {
     let client = &ctx.client;
     let stack_name = stack.name_any();
     let name = child_name(&stack_name, component);
     let caches = ctx.caches.as_ref();
-    let state = match kind {
+    let remembered_of = |a: &BTreeMap<String, String>| {
+        a.get(crate::reconcile::autoscale::REPLICAS_BEFORE_STOP)
+            .and_then(|r| r.parse::<i32>().ok())
+    };
+    let (state, remembered) = match kind {
         WorkloadKind::Deployment => read(caches.map(|c| &c.deployments), client, ns, &name)
             .await?
             .filter(|d| owned_by(d.owner_references(), stack))
-            .map(|d| deployment_state(&d)),
+            .map(|d| (Some(deployment_state(&d)), remembered_of(d.annotations())))
+            .unwrap_or_default(),
         WorkloadKind::StatefulSet => read(caches.map(|c| &c.statefulsets), client, ns, &name)
             .await?
             .filter(|s| owned_by(s.owner_references(), stack))
-            .map(|s| statefulset_state(&s)),
+            .map(|s| (Some(statefulset_state(&s)), remembered_of(s.annotations())))
+            .unwrap_or_default(),
     };
     let Some(mut state) = state else {
         return Ok(None);
@@ -78,6 +86,8 @@ async fn workload(
             .filter(|d| owned_by(d.owner_references(), stack))
             .map(|d| Box::new(deployment_state(&d)));
     }
+    state.autoscaled_by = crate::reconcile::autoscale::autoscaler(hpas, kind, &name);
+    state.replicas_before_stop = remembered;
     // A stopped component is drained only once no pod of it is left at all:
     // terminating pods still write.
     if state.stopped {
@@ -171,6 +181,8 @@ pub fn deployment_state(d: &Deployment) -> WorkloadState {
         stopped: stopped(d),
         drained: false,
         canary: None,
+        autoscaled_by: None,
+        replicas_before_stop: None,
     }
 }
 
@@ -183,10 +195,28 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
     let ready = st.ready_replicas.unwrap_or(0);
     let updated = st.updated_replicas.unwrap_or(0);
     let same_revision = st.update_revision.is_none() || st.update_revision == st.current_revision;
+    // A partition stages the rollout: only the pods at or above it take the new revision,
+    // and the StatefulSet never reaches one revision while it is set.
+    let partition = s
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0)
+        .max(0);
+    let rolled = if partition > 0 {
+        updated >= (want - partition).max(0)
+    } else {
+        updated == want && same_revision
+    };
+    // availableReplicas honours minReadySeconds; older API servers leave it unset.
+    let available_pods = st.available_replicas.unwrap_or(ready);
     let available = seen
         && ready == want
+        && available_pods >= want
         && st.replicas == want
-        && (want == 0 || (updated == want && same_revision));
+        && (want == 0 || rolled);
     WorkloadState {
         kind: WorkloadKind::StatefulSet,
         spec_hash,
@@ -200,6 +230,8 @@ pub fn statefulset_state(s: &StatefulSet) -> WorkloadState {
         stopped: stopped(s),
         drained: false,
         canary: None,
+        autoscaled_by: None,
+        replicas_before_stop: None,
     }
 }
 
@@ -301,6 +333,34 @@ status: {observedGeneration: 2, replicas: 3, updatedReplicas: 2, availableReplic
             !deployment_state(&d).available,
             "the Deployment controller has not seen the spec"
         );
+    }
+
+    #[test]
+    fn a_partitioned_statefulset_is_rolled_out_when_the_pods_above_the_partition_are() {
+        let mut s: StatefulSet = serde_yaml_ng::from_str(
+            "metadata: {name: x, generation: 2}
+spec: {replicas: 2, selector: {}, template: {}, serviceName: x, updateStrategy: {rollingUpdate: {partition: 1}}}
+status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, availableReplicas: 2, updatedReplicas: 0, currentRevision: a, updateRevision: b}",
+        )
+        .unwrap();
+        assert!(
+            !statefulset_state(&s).available,
+            "ordinal 1 is not updated yet"
+        );
+        s.status.as_mut().unwrap().updated_replicas = Some(1);
+        assert!(
+            statefulset_state(&s).available,
+            "ordinal 0 stays on the old revision"
+        );
+        s.status.as_mut().unwrap().available_replicas = Some(1);
+        assert!(
+            !statefulset_state(&s).available,
+            "a pod still inside minReadySeconds is not available"
+        );
+        // Without a partition, every pod must be on the one revision.
+        s.spec.as_mut().unwrap().update_strategy = None;
+        s.status.as_mut().unwrap().available_replicas = Some(2);
+        assert!(!statefulset_state(&s).available);
     }
 
     #[test]

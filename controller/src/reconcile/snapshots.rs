@@ -277,6 +277,17 @@ pub async fn sync(
         .iter()
         .any(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed));
     // Read: each unfinished snapshot with its Jobs' outcomes.
+    // An autoscaled component's data is copied for the replicas it runs, not its spec's.
+    let counted: BTreeMap<&str, Component> = desired
+        .components
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                crate::reconcile::autoscale::counted(c, workloads.get(&c.name)),
+            )
+        })
+        .collect();
     let mut unfinished = vec![];
     for snap in &world.snapshots {
         let st = snap.status.clone().unwrap_or_default();
@@ -284,7 +295,7 @@ pub async fn sync(
             continue;
         }
         let comp_name = snap.spec.component.clone();
-        let spec = desired.component(&comp_name);
+        let spec = counted.get(comp_name.as_str());
         let job = snapshot_job_name(&name, &comp_name, &snap.name_any());
         let mut jobs = vec![];
         for o in spec

@@ -93,6 +93,7 @@ fn converge(p: &mut Planner<'_>, target: &RevisionRef, rolling: bool) {
             ready_replicas: w.map(|w| w.ready_replicas).unwrap_or_default(),
             updated_replicas: w.map(|w| w.updated_replicas).unwrap_or_default(),
             gates: old.as_ref().map(|o| o.gates.clone()).unwrap_or_default(),
+            autoscaled_by: w.and_then(|w| w.autoscaled_by.clone()),
             ..Default::default()
         };
         if quiesce(p, target, name, w, &mut cs) {

@@ -209,6 +209,8 @@ mod tests {
                 stopped: yes,
                 drained: yes,
                 canary: None,
+                autoscaled_by: None,
+                replicas_before_stop: None,
             },
         )])
     }

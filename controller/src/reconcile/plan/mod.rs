@@ -63,6 +63,10 @@ pub struct WorkloadState {
     pub drained: bool,
     /// The canary Deployment `<stack>-<component>-canary`, when one exists.
     pub canary: Option<Box<WorkloadState>>,
+    /// The HorizontalPodAutoscaler targeting it, if any.
+    pub autoscaled_by: Option<String>,
+    /// The count an autoscaled workload had before deployctl stopped it.
+    pub replicas_before_stop: Option<i32>,
 }
 
 /// What the controller observed of the stack's snapshots and data Jobs.

@@ -191,6 +191,7 @@ pub(super) fn run(p: &mut Planner<'_>) {
                 replicas: w.map(|w| w.replicas).unwrap_or_default(),
                 ready_replicas: w.map(|w| w.ready_replicas).unwrap_or_default(),
                 updated_replicas: w.map(|w| w.updated_replicas).unwrap_or_default(),
+                autoscaled_by: w.and_then(|w| w.autoscaled_by.clone()),
                 message: if let Some(m) = restoring(c) {
                     Some(m)
                 } else if up && !p.available(c) {

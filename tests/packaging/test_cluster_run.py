@@ -253,6 +253,85 @@ def test_a_bad_upgrade_is_rolled_back_by_the_controller(kube, running):
         assert snap["status"]["revision"] == 1, snap["status"]
 
 
+# --- adopting an existing app: examples/adopt-existing-app -----------------------------
+
+ADOPT = REPO / "examples/adopt-existing-app"
+
+
+def example_docs(file: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((ADOPT / file).read_text()) if d]
+
+
+def test_the_adoption_example(kube, running):
+    """The README's steps for adopting a Helm-style app (Deployment, Service, ConfigMap,
+    HPA) with the chart's controller and permissions: deployctl runs the Deployment's
+    template as `shop-web` with the ConfigMap copied per revision, scales the chart's
+    Deployment to 0, leaves the replica count to the HPA, rolls chart release 2 out, and
+    rolls a bad ConfigMap edit back to the previous content while the user's ConfigMap keeps
+    what the user wrote."""
+    ns = running["stacks"]
+    apps = f"/apis/apps/v1/namespaces/{ns}/deployments"
+    for doc in example_docs("app.yaml"):
+        kube.apply(doc, namespace=ns)
+    stack = example_docs("stack.yaml")[0]
+    stack["metadata"]["namespace"] = ns
+    stack["spec"]["rollout"]["analysis"] = "3s"  # the example's 10s, shortened
+    kube.apply(stack)
+    path = f"{STACK_API}/namespaces/{ns}/productionstacks/shop"
+
+    def shop(what, check, timeout=180):
+        try:
+            return wait_for(what, lambda: check(kube.get(path).get("status", {})), timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"timed out waiting for {what}; status:\n"
+                                 f"{yaml.safe_dump(kube.get(path).get('status', {}))[:5000]}") from None
+
+    def web():
+        return kube.get(f"{apps}/shop-web")
+
+    def config_of(d) -> str:
+        return d["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+
+    def release_of(d) -> str:
+        env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "RELEASE")
+
+    shop("revision 1 Healthy", lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == 1)
+    first_copy = config_of(web())
+    assert first_copy.startswith("web-config-"), first_copy
+    copy_cm = kube.get(f"/api/v1/namespaces/{ns}/configmaps/{first_copy}")
+    assert copy_cm["immutable"] is True and copy_cm["data"]["FAULT_ERROR_RATE"] == "0"
+    # The chart's Deployment hands over: scaled to 0 once shop-web serves.
+    wait_for("the chart's Deployment to be scaled to 0",
+             lambda: kube.get(f"{apps}/web")["spec"]["replicas"] == 0, timeout=60)
+
+    # Step 3: the HPA scales shop-web (minReplicas 3 here, so that it acts without metrics).
+    hpa = example_docs("hpa-adopted.yaml")[0]
+    hpa["spec"]["minReplicas"] = 3
+    kube.apply(hpa, namespace=ns)
+    wait_for("the HPA to scale shop-web to 3", lambda: web()["spec"]["replicas"] == 3, timeout=120)
+    shop("the HPA recorded as the owner of the count",
+         lambda s: any(c.get("autoscaledBy") == "web" for c in s.get("components", [])), timeout=120)
+
+    # Step 4: chart release 2.
+    for doc in example_docs("web-v2.yaml"):
+        kube.apply(doc, namespace=ns)
+    shop("revision 2 Healthy", lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == 2)
+    assert release_of(web()) == "2" and web()["spec"]["replicas"] == 3, "the HPA's count stays"
+    good_copy = config_of(web())
+
+    # Step 5: a bad ConfigMap edit is rolled back to the previous content.
+    for doc in example_docs("config-bad.yaml"):
+        kube.apply(doc, namespace=ns)
+    status = shop("the bad config to be rolled back", lambda s: (
+        s.get("phase") == "RolledBack" and (s.get("lastRollback") or {}).get("fromRevision") == 3 and s))
+    assert status["lastRollback"]["toRevision"] == 2, status["lastRollback"]
+    assert config_of(web()) == good_copy, "the pods read revision 2's copy again"
+    assert web()["spec"]["replicas"] == 3, "the rollback keeps the HPA's count"
+    mine = kube.get(f"/api/v1/namespaces/{ns}/configmaps/web-config")
+    assert mine["data"]["FAULT_ERROR_RATE"] == "0.5", "the user's ConfigMap is never modified"
+
+
 def test_the_leader_serves_metrics(kube, running):
     lead = holder(kube, running)
     by_name = {p["metadata"]["name"]: p for p in ready_pods(kube, running)}

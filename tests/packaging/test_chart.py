@@ -209,6 +209,8 @@ CONTROLLER_NEEDS = {
     ("", "endpoints"): {"get", "list", "watch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # get only: the Secrets a stack names (notifications, Prometheus gates), never listed.
+    ("", "secrets"): {"get"},
     # list: the Job controller's FailedCreate Event says why an agent pod was refused.
     ("", "events"): {"create", "patch", "list"},
 }
@@ -224,20 +226,24 @@ def test_no_wildcards_in_any_rbac_rule(values):
 
 
 @ALL_VARIANT_DOCS
-def test_no_role_touches_secrets(values):
-    """The controller reads no Secret: snapshot Jobs mount the stacks' Secrets by
-    reference. No Role or ClusterRole of the chart (the controller's or people's) names
-    Secrets at all."""
+def test_no_role_touches_secrets_beyond_get(values):
+    """The controller reads only the Secrets a stack names (notifications, Prometheus
+    gates) by name; snapshot Jobs mount the stacks' Secrets by reference. No Role or
+    ClusterRole of the chart grants more than get on Secrets, and only the controller's
+    grants that."""
     for role in roles(render(values)):
         for g, res, verb, names_ in grants(role["rules"]):
-            assert not (g == "" and res.split("/")[0] == "secrets"), (
+            if not (g == "" and res.split("/")[0] == "secrets"):
+                continue
+            assert role["metadata"]["name"].endswith("-controller") and verb == "get", (
                 f"{role['kind']} {role['metadata']['name']} grants {verb} on Secrets {names_}")
 
 
 @ALL_VARIANT_DOCS
 def test_the_controller_account_is_bound_to_no_secret_access(values):
     """Whatever is bound to the controller's ServiceAccount, by any binding the chart
-    renders, grants no verb on Secrets, in any namespace."""
+    renders, grants no verb on Secrets but get, in any namespace: no list or watch, so
+    it learns no Secret's name or content it was not told of."""
     docs = render(values)
     sa = deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
     by_name = {(r["kind"], r["metadata"]["name"]): r for r in roles(docs)}
@@ -247,7 +253,7 @@ def test_the_controller_account_is_bound_to_no_secret_access(values):
             continue
         role = by_name[(b["roleRef"]["kind"], b["roleRef"]["name"])]
         bound += 1
-        for verb in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"):
+        for verb in ("list", "watch", "create", "update", "patch", "delete", "deletecollection"):
             assert not allows(role["rules"], "", "secrets", verb), (b["metadata"]["name"], verb)
             assert not allows(role["rules"], "", "secrets", verb, "any-secret")
     if values.get("rbac", {}).get("create", True):
@@ -551,6 +557,9 @@ CASES = {
         env_of(d).get("DEPLOYCTL_GATE_ALLOWED_URL_PREFIXES") == "https://status.example.com/checks/,http://smoke.qa:8080/")),
     "gates.allowedPrometheusAddresses": (["http://prometheus-operated.monitoring:9090"], {}, lambda d: (
         env_of(d).get("DEPLOYCTL_GATE_ALLOWED_PROMETHEUS") == "http://prometheus-operated.monitoring:9090")),
+    "notifications.allowedUrlPrefixes": (["https://hooks.slack.com/services/", "http://hooks.internal:8080/"], {}, lambda d: (
+        env_of(d).get("DEPLOYCTL_NOTIFICATION_ALLOWED_URL_PREFIXES")
+        == "https://hooks.slack.com/services/,http://hooks.internal:8080/")),
     "networkPolicy.extraEgress": ([{"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}], "ports": [{"port": 9090}]}], {},
                                   lambda d: one(d, "NetworkPolicy")["spec"]["egress"][3]["ports"] == [{"port": 9090}]),
     "serviceMonitor.enabled": (True, {}, lambda d: (
@@ -657,6 +666,6 @@ def test_notes_tell_how_to_check_and_bind():
     assert "--clusterrole=deployctl-operator" in text
     assert "deployctl-controller" in text
     assert "NOWHERE" in notes({"networkPolicy": {"gateTargets": {"enabled": False}}})
-    # Where the snapshot Secrets go, since the controller has none.
-    assert "the controller reads no Secret" in text
+    # Where the snapshot Secrets go, since the controller reads none of them.
+    assert "it reads no snapshot Secret" in text
     assert "spec.snapshots.encryption.keySecret" in text

@@ -36,12 +36,14 @@ def test_install_manifests_come_after_the_crds_in_the_instructions():
     assert "kubectl apply --server-side -f manifests/install/deployctl.yaml" in head
 
 
-def test_install_manifests_grant_no_secret_access_and_run_agents_from_the_controller_image():
+def test_install_manifests_grant_only_get_on_secrets_and_run_agents_from_the_controller_image():
     docs = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d]
     for d in docs:
         if d["kind"] in ("Role", "ClusterRole"):
             for rule in d["rules"]:
-                assert "secrets" not in rule.get("resources", []), (d["metadata"]["name"], rule)
+                if "secrets" in rule.get("resources", []):
+                    assert d["metadata"]["name"] == "deployctl-controller", (d["metadata"]["name"], rule)
+                    assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"], rule
     ctl = next(d for d in docs if d["kind"] == "ClusterRole"
                and d["metadata"]["name"] == "deployctl-controller")
     snapshots = [r for r in ctl["rules"] if "stacksnapshots" in r["resources"]]

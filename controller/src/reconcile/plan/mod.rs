@@ -165,6 +165,7 @@ impl RevisionRef {
             revision_history_limit: None,
             volume_claim_retention: None,
             snapshots: None,
+            notifications: None,
         };
         let order = validation::validate(stack, &spec)?.0;
         let hashes = spec

@@ -18,7 +18,7 @@ use kinds::Notice;
 use kube::{Api, ResourceExt};
 use payload::Addressed;
 use reqwest::Url;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ pub struct Notifier {
     policy: NotificationPolicy,
     first_retry: Duration,
     recent: Arc<Mutex<VecDeque<String>>>,
+    /// One queue per stack: its deliveries go out one after the other, in the order they
+    /// were decided, so a receiver never hears "rollback done" before "started".
+    queues: Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Batch>>>>,
 }
 
 impl Default for Notifier {
@@ -81,7 +84,30 @@ impl Notifier {
             policy,
             first_retry: Duration::from_secs(1),
             recent: Arc::default(),
+            queues: Arc::default(),
         }
+    }
+
+    /// Queues `batch` behind the earlier deliveries about the stack `key`; the queue's
+    /// task is started with its first batch.
+    fn enqueue(&self, key: &str, batch: Batch) {
+        let mut queues = self.queues.lock().expect("not poisoned");
+        let batch = match queues.get(key) {
+            Some(q) => match q.send(batch) {
+                Ok(()) => return,
+                // Its task ended (it never does unless the runtime shuts down): a new one.
+                Err(returned) => returned.0,
+            },
+            None => batch,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Batch>();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                b.await;
+            }
+        });
+        let _ = tx.send(batch);
+        queues.insert(key.to_string(), tx);
     }
 
     /// Whether `id` is new; remembers it.
@@ -97,6 +123,9 @@ impl Notifier {
         true
     }
 }
+
+/// The deliveries of one decision.
+type Batch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Where a stack's notifications go, read from its Secret.
 struct Receiver {
@@ -123,46 +152,63 @@ pub fn dispatch(
     }
     let (ctx, stack) = (ctx.clone(), stack.clone());
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    tokio::spawn(async move {
-        let ns = stack.namespace().unwrap_or_default();
-        let name = stack.name_any();
-        let uid = stack.uid().unwrap_or_default();
-        let wanted: Vec<Notice> = match &stack.spec.notifications {
-            Some(n) => notices.into_iter().filter(|x| n.wants(x.event)).collect(),
-            None => notices,
-        };
-        if wanted.is_empty() {
+    let ns = stack.namespace().unwrap_or_default();
+    let name = stack.name_any();
+    let key = format!("{ns}/{name}");
+    ctx.notifier.clone().enqueue(
+        &key,
+        Box::pin(send(ctx, stack, ns, name, generation, time, notices)),
+    );
+}
+
+/// Sends one decision's notices about `stack`: reads its receiver, checks the allow-list,
+/// delivers each notice and records how it went.
+async fn send(
+    ctx: Context,
+    stack: ProductionStack,
+    ns: String,
+    name: String,
+    generation: Option<i64>,
+    time: String,
+    notices: Vec<Notice>,
+) {
+    let uid = stack.uid().unwrap_or_default();
+    let wanted: Vec<Notice> = match &stack.spec.notifications {
+        Some(n) => notices.into_iter().filter(|x| n.wants(x.event)).collect(),
+        None => notices,
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    let receiver = match receiver(&ctx, &stack, &ns).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(Unusable(why)) => {
+            let format = stack
+                .spec
+                .notifications
+                .as_ref()
+                .and_then(|n| n.format)
+                .unwrap_or_default();
+            for _ in &wanted {
+                ctx.metrics.notification(format, "failed");
+            }
+            ctx.event(
+                &stack,
+                true,
+                "NotificationFailed",
+                format!("{why}: nothing was sent"),
+            )
+            .await;
             return;
         }
-        let receiver = match receiver(&ctx, &stack, &ns).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(Unusable(why)) => {
-                let format = stack
-                    .spec
-                    .notifications
-                    .as_ref()
-                    .and_then(|n| n.format)
-                    .unwrap_or_default();
-                for _ in &wanted {
-                    ctx.metrics.notification(format, "failed");
-                }
-                ctx.event(
-                    &stack,
-                    true,
-                    "NotificationFailed",
-                    format!("{why}: nothing was sent"),
-                )
-                .await;
-                return;
-            }
-        };
-        if !ctx.notifier.policy.allows(&receiver.url) {
-            for _ in &wanted {
-                ctx.metrics.notification(receiver.format, "refused");
-            }
-            tracing::warn!(namespace = %ns, stack = %name, secret = %receiver.secret, "notification refused: the receiver is not on the allow-list");
-            ctx.event(
+    };
+    if !ctx.notifier.policy.allows(&receiver.url) {
+        for _ in &wanted {
+            ctx.metrics.notification(receiver.format, "refused");
+        }
+        tracing::warn!(namespace = %ns, stack = %name, secret = %receiver.secret, "notification refused: the receiver is not on the allow-list");
+        ctx.event(
                 &stack,
                 true,
                 "NotificationRefused",
@@ -172,32 +218,32 @@ pub fn dispatch(
                 ),
             )
             .await;
-            return;
+        return;
+    }
+    for notice in wanted {
+        let a = Addressed::new(&ns, &name, &uid, generation, time.clone(), notice);
+        if !ctx.notifier.first_time(&a.id) {
+            continue;
         }
-        for notice in wanted {
-            let a = Addressed::new(&ns, &name, &uid, generation, time.clone(), notice);
-            if !ctx.notifier.first_time(&a.id) {
-                continue;
-            }
-            let (content_type, body) = payload::body(receiver.format, &a);
-            let d = deliver(
-                &ctx.notifier,
-                &receiver.url,
-                receiver.token.as_deref(),
-                content_type,
-                &body,
-            )
-            .await;
-            let what = format!("{:?}", a.notice.event);
-            let format = receiver.format.as_str();
-            let secret = &receiver.secret;
-            let status = d
-                .status
-                .map_or_else(|| "no response".to_string(), |s| format!("status {s}"));
-            if d.sent {
-                ctx.metrics.notification(receiver.format, "sent");
-                tracing::info!(namespace = %ns, stack = %name, event = %what, attempts = d.attempts, %status, "notification sent");
-                ctx.event(
+        let (content_type, body) = payload::body(receiver.format, &a);
+        let d = deliver(
+            &ctx.notifier,
+            &receiver.url,
+            receiver.token.as_deref(),
+            content_type,
+            &body,
+        )
+        .await;
+        let what = format!("{:?}", a.notice.event);
+        let format = receiver.format.as_str();
+        let secret = &receiver.secret;
+        let status = d
+            .status
+            .map_or_else(|| "no response".to_string(), |s| format!("status {s}"));
+        if d.sent {
+            ctx.metrics.notification(receiver.format, "sent");
+            tracing::info!(namespace = %ns, stack = %name, event = %what, attempts = d.attempts, %status, "notification sent");
+            ctx.event(
                     &stack,
                     false,
                     "NotificationSent",
@@ -207,10 +253,10 @@ pub fn dispatch(
                     ),
                 )
                 .await;
-            } else {
-                ctx.metrics.notification(receiver.format, "failed");
-                tracing::warn!(namespace = %ns, stack = %name, event = %what, attempts = d.attempts, %status, error = d.error, "notification failed");
-                ctx.event(
+        } else {
+            ctx.metrics.notification(receiver.format, "failed");
+            tracing::warn!(namespace = %ns, stack = %name, event = %what, attempts = d.attempts, %status, error = d.error, "notification failed");
+            ctx.event(
                     &stack,
                     true,
                     "NotificationFailed",
@@ -222,9 +268,8 @@ pub fn dispatch(
                     ),
                 )
                 .await;
-            }
         }
-    });
+    }
 }
 
 /// The stack's receiver: its `spec.notifications` Secret, else the namespace's
@@ -255,9 +300,11 @@ async fn receiver(
                 "Secret {name} ({field}) not found in namespace {ns}"
             )))
         }
-        Err(kube::Error::Api(e)) if e.code == 403 => return Err(Unusable(format!(
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Err(Unusable(format!(
             "the controller may not read Secret {name} ({field}): grant it get on secrets in {ns}"
-        ))),
+        )))
+        }
         Err(e) => {
             return Err(Unusable(format!(
                 "reading Secret {name} ({field}): {}",

@@ -60,7 +60,7 @@ pub enum NotificationEvent {
     RollbackOverDeadline,
     /// Restoring a component's data from its snapshot failed.
     RestoreFailed,
-    /// A snapshot could not be taken.
+    /// A snapshot could not be taken (before a rollout, on schedule, or asked for).
     SnapshotFailed,
     /// A snapshot's verification found it corrupt.
     SnapshotCorrupt,

@@ -4,7 +4,7 @@
 
 use crate::reconcile::plan::PlannedEvent;
 use deployctl_api::conditions::{self, reason};
-use deployctl_api::{NotificationEvent, ProductionStackStatus, RollbackTrigger};
+use deployctl_api::{NotificationEvent, ProductionStackStatus, RollbackTrigger, SnapshotReason};
 
 /// One thing to tell people about.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +78,23 @@ pub fn notices(
         ));
     }
     out
+}
+
+/// The notification of a snapshot that failed outside a rollout (on schedule or asked
+/// for): a pre-rollout snapshot's failure is the planner's `SnapshotFailed` Event already.
+pub fn snapshot_failed(
+    snapshot: &str,
+    reason: SnapshotReason,
+    message: &str,
+    status: &ProductionStackStatus,
+) -> Option<Notice> {
+    (reason != SnapshotReason::BeforeRollout).then(|| Notice {
+        event: NotificationEvent::SnapshotFailed,
+        reason: reason::SNAPSHOT_FAILED.to_string(),
+        message: format!("Snapshot {snapshot} failed: {message}"),
+        revision: status.current_revision,
+        stable_revision: status.stable_revision,
+    })
 }
 
 #[cfg(test)]
@@ -187,6 +204,29 @@ mod tests {
                 n.message.as_str()
             ),
             (Some(3), Some(2), "RolloutStarted", "note of RolloutStarted")
+        );
+    }
+
+    #[test]
+    fn a_snapshot_failure_outside_a_rollout_is_notified_once() {
+        let st = ProductionStackStatus {
+            current_revision: Some(4),
+            ..Default::default()
+        };
+        let n = snapshot_failed(
+            "db-nightly",
+            SnapshotReason::Scheduled,
+            "store unreachable",
+            &st,
+        )
+        .unwrap();
+        assert_eq!(n.event, N::SnapshotFailed);
+        assert_eq!(n.revision, Some(4));
+        assert_eq!(n.message, "Snapshot db-nightly failed: store unreachable");
+        assert!(snapshot_failed("x", SnapshotReason::Manual, "m", &st).is_some());
+        assert!(
+            snapshot_failed("x", SnapshotReason::BeforeRollout, "m", &st).is_none(),
+            "the planner's SnapshotFailed Event says it"
         );
     }
 

@@ -114,6 +114,12 @@ pub struct ProductionStackSpec {
     /// filesystem repository on the claim `<stack>-snapshots`, keeping the last 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<SnapshotPolicy>,
+
+    /// Where to send news of this stack's rollouts, rollbacks and snapshots (a webhook
+    /// named by a Secret). Without it, the namespace's Secret `deployctl-notifications`
+    /// is used when it exists; without either, nothing is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<crate::notifications::Notifications>,
 }
 
 /// One workload of the stack: an API, a database, a cache, a worker.

@@ -80,6 +80,16 @@ pub fn validate(stack_name: &str, spec: &ProductionStackSpec) -> Result<RolloutO
         &mut err,
     );
     validate_gates("spec.gates", &spec.gates, &mut err);
+    if let Some(n) = &spec.notifications {
+        if n.secret_ref.name.is_empty() || n.secret_ref.name.len() > 253 {
+            err(
+                "spec.notifications.secretRef.name".into(),
+                "must be the name of a Secret in the stack's namespace (1 to 253 characters)"
+                    .into(),
+            );
+        }
+        at_most("spec.notifications.events", n.events.len(), 16, &mut err);
+    }
 
     let mut index_by_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, c) in spec.components.iter().enumerate() {
@@ -985,6 +995,28 @@ mod tests {
         assert_eq!(paths(e), vec!["spec.components[0].canary"]);
         let e = validate("shop", &with("canary: {steps: []}")).unwrap_err();
         assert_eq!(paths(e), vec!["spec.components[0].canary.steps"]);
+    }
+
+    #[test]
+    fn notifications_are_refused_at_their_fields() {
+        let ok = spec(&format!(
+            "components: [{{name: a, template: {CONTAINER}}}]\nnotifications: {{secretRef: {{name: hook}}, events: [RolloutStarted], format: Slack}}"
+        ));
+        assert!(validate("shop", &ok).is_ok());
+        let n = ok.notifications.as_ref().unwrap();
+        assert!(n.wants(crate::NotificationEvent::RolloutStarted));
+        assert!(!n.wants(crate::NotificationEvent::RollbackDone));
+        let mut bad = ok.clone();
+        let n = bad.notifications.as_mut().unwrap();
+        n.secret_ref.name.clear();
+        n.events = vec![crate::NotificationEvent::RolloutStarted; 17];
+        assert_eq!(
+            paths(validate("shop", &bad).unwrap_err()),
+            vec![
+                "spec.notifications.secretRef.name",
+                "spec.notifications.events"
+            ]
+        );
     }
 
     #[test]

@@ -125,6 +125,17 @@ pub struct RunArgs {
     )]
     pub gate_allowed_prometheus: Vec<String>,
 
+    /// URL prefixes that notification receivers (the `url` of a stack's notification
+    /// Secret) must match (repeat the flag, or separate with commas), e.g.
+    /// `https://hooks.slack.com/services/`. Matched as gates' URLs are. Without any, no
+    /// notification is sent: each is refused with a `NotificationRefused` Event.
+    #[arg(
+        long = "notification-allowed-url-prefix",
+        env = "DEPLOYCTL_NOTIFICATION_ALLOWED_URL_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub notification_allowed_url_prefixes: Vec<String>,
+
     /// How often a Healthy stack is re-checked even without a change.
     #[arg(long, env = "DEPLOYCTL_RESYNC", default_value = "5m")]
     pub resync: deployctl_api::Duration,

@@ -35,6 +35,8 @@ pub struct Context {
     pub agent_image: String,
     /// The agent Jobs' resources unless a stack sets its own.
     pub agent_resources: k8s_openapi::api::core::v1::ResourceRequirements,
+    /// Sends notifications where the administrator allows.
+    pub notifier: crate::notifications::Notifier,
     /// Reflector stores of what reconciles read; None reads from the API server.
     pub caches: Option<crate::cache::Caches>,
     /// Which referenced objects are versioned with the revision.
@@ -67,7 +69,17 @@ impl Context {
                 .expect("the default agent resources parse"),
             caches: None,
             versioned: Default::default(),
+            notifier: crate::notifications::Notifier::default(),
         }
+    }
+
+    /// The same context sending notifications only where `policy` allows.
+    pub fn with_notification_policy(
+        mut self,
+        policy: crate::notifications::NotificationPolicy,
+    ) -> Self {
+        self.notifier = crate::notifications::Notifier::new(policy);
+        self
     }
 
     /// The same context with gates allowed to reach what `policy` lists.

@@ -14,6 +14,7 @@ pub mod events;
 pub mod gates;
 pub mod leader;
 pub mod metrics;
+pub mod notifications;
 pub mod reconcile;
 pub mod server;
 
@@ -73,6 +74,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.gate_allowed_url_prefixes,
         &args.gate_allowed_prometheus,
     )?;
+    let notification_policy =
+        notifications::NotificationPolicy::new(&args.notification_allowed_url_prefixes)?;
     let lease_duration = args.lease_duration.parse().context("--lease-duration")?;
 
     let stacks: Api<ProductionStack> = match &args.namespace {
@@ -239,6 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_agent_image(args.agent_image.clone())
             .with_agent_resources(args.agent_resources.clone())
             .with_gate_policy(gate_policy)
+            .with_notification_policy(notification_policy)
             .with_caches(caches)
             .with_versioned(versioned),
     );

@@ -216,6 +216,8 @@ CONTROLLER_NEEDS = {
     # Config versioned with the revision: read the referenced objects, create the
     # per-revision copies, add owners to a reused copy. Never update or delete.
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    # (With versionSecrets: false, get alone: the Secrets a stack names for notifications
+    # and Prometheus gates, never listed.)
     ("", "secrets"): {"get", "list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -239,23 +241,24 @@ SECRET_VERBS = {"get", "list", "watch", "create", "patch"}
 @ALL_VARIANT_DOCS
 def test_only_the_controller_touches_secrets_and_only_to_version_them(values):
     """Snapshot Jobs mount the stacks' Secrets by reference. The controller's ClusterRole
-    alone names Secrets, to copy the ones components reference (never update or delete),
-    and not at all with versionSecrets: false."""
+    alone names Secrets: to copy the ones components reference (never update or delete),
+    and with versionSecrets: false only to get the ones a stack names (notifications,
+    Prometheus gates), never list them."""
     versioned = values.get("versionSecrets", True)
     for role in roles(render(values)):
         for g, res, verb, names_ in grants(role["rules"]):
             if not (g == "" and res.split("/")[0] == "secrets"):
                 continue
-            assert versioned and role["metadata"]["name"].endswith("deployctl-controller") \
-                and verb in SECRET_VERBS, (
+            assert role["metadata"]["name"].endswith("deployctl-controller") \
+                and (verb in SECRET_VERBS if versioned else verb == "get"), (
                 f"{role['kind']} {role['metadata']['name']} grants {verb} on Secrets {names_}")
 
 
 @ALL_VARIANT_DOCS
 def test_the_controller_account_never_changes_a_secret(values):
     """Whatever is bound to the controller's ServiceAccount, by any binding the chart
-    renders, grants no verb on Secrets but the copying ones (none at all with
-    versionSecrets: false), in any namespace."""
+    renders, grants no verb on Secrets but the copying ones (get alone with
+    versionSecrets: false, so it learns no Secret it was not told of), in any namespace."""
     versioned = values.get("versionSecrets", True)
     docs = render(values)
     sa = deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
@@ -267,7 +270,7 @@ def test_the_controller_account_never_changes_a_secret(values):
         role = by_name[(b["roleRef"]["kind"], b["roleRef"]["name"])]
         bound += 1
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"):
-            if versioned and verb in SECRET_VERBS:
+            if verb in SECRET_VERBS if versioned else verb == "get":
                 continue
             assert not allows(role["rules"], "", "secrets", verb), (b["metadata"]["name"], verb)
             assert not allows(role["rules"], "", "secrets", verb, "any-secret")
@@ -287,7 +290,7 @@ def test_controller_cluster_role_is_exactly_what_it_needs():
     granted_off = {}
     for g, res, verb, _ in grants(off["rules"]):
         granted_off.setdefault((g, res), set()).add(verb)
-    assert granted_off == {k: v for k, v in CONTROLLER_NEEDS.items() if k != ("", "secrets")}
+    assert granted_off == {**CONTROLLER_NEEDS, ("", "secrets"): {"get"}}
     # Prometheus gates allowed, Secrets not versioned: the gates' secretRef is read, only.
     prom = one(render({"versionSecrets": False,
                        "gates": {"allowedPrometheusAddresses": ["https://prometheus.monitoring:9090"]}}),
@@ -586,6 +589,9 @@ CASES = {
         env_of(d).get("DEPLOYCTL_GATE_ALLOWED_URL_PREFIXES") == "https://status.example.com/checks/,http://smoke.qa:8080/")),
     "gates.allowedPrometheusAddresses": (["http://prometheus-operated.monitoring:9090"], {}, lambda d: (
         env_of(d).get("DEPLOYCTL_GATE_ALLOWED_PROMETHEUS") == "http://prometheus-operated.monitoring:9090")),
+    "notifications.allowedUrlPrefixes": (["https://hooks.slack.com/services/", "http://hooks.internal:8080/"], {}, lambda d: (
+        env_of(d).get("DEPLOYCTL_NOTIFICATION_ALLOWED_URL_PREFIXES")
+        == "https://hooks.slack.com/services/,http://hooks.internal:8080/")),
     "networkPolicy.extraEgress": ([{"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}], "ports": [{"port": 9090}]}], {},
                                   lambda d: one(d, "NetworkPolicy")["spec"]["egress"][3]["ports"] == [{"port": 9090}]),
     "serviceMonitor.enabled": (True, {}, lambda d: (
@@ -694,5 +700,5 @@ def test_notes_tell_how_to_check_and_bind():
     assert "NOWHERE" in notes({"networkPolicy": {"gateTargets": {"enabled": False}}})
     # Which Secrets the controller reads, and where the snapshot Secrets go.
     assert "never reads snapshot Secrets" in text
-    assert "the controller reads no Secret" in notes({"versionSecrets": False})
+    assert "may get (never list) Secrets" in notes({"versionSecrets": False})
     assert "spec.snapshots.encryption.keySecret" in text

@@ -31,38 +31,9 @@ impl GatePolicy {
     /// The list from the controller's flags: URL prefixes for `http`/`errorRate` gates'
     /// `url`, and base URLs for `prometheus` gates' `address`.
     pub fn new(url_prefixes: &[String], prometheus: &[String]) -> Result<Self, PolicyError> {
-        let parse = |flag: &'static str, entries: &[String]| {
-            entries
-                .iter()
-                .filter(|e| !e.trim().is_empty())
-                .map(|e| {
-                    let refuse = |reason: &str| PolicyError {
-                        flag,
-                        entry: e.clone(),
-                        reason: reason.to_string(),
-                    };
-                    let url = Url::parse(e.trim()).map_err(|err| refuse(&err.to_string()))?;
-                    if !matches!(url.scheme(), "http" | "https") {
-                        return Err(refuse("only http and https URLs"));
-                    }
-                    if url.host_str().is_none() {
-                        return Err(refuse("a URL with a host"));
-                    }
-                    if !url.username().is_empty() || url.password().is_some() {
-                        return Err(refuse("no user name or password in the URL"));
-                    }
-                    if url.query().is_some() || url.fragment().is_some() {
-                        return Err(refuse(
-                            "no query or fragment: a prefix is scheme, host, port and path",
-                        ));
-                    }
-                    Ok(url)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
         Ok(GatePolicy {
-            url_prefixes: parse("--gate-allowed-url-prefix", url_prefixes)?,
-            prometheus: parse("--gate-allowed-prometheus", prometheus)?,
+            url_prefixes: parse_prefixes("--gate-allowed-url-prefix", url_prefixes)?,
+            prometheus: parse_prefixes("--gate-allowed-prometheus", prometheus)?,
         })
     }
 
@@ -162,10 +133,43 @@ impl GatePolicy {
     }
 }
 
+/// An administrator's list of URL prefixes, as given to `flag`: http(s) URLs with a host
+/// and no user, password, query or fragment (blank entries are skipped). Shared by every
+/// list of where the controller may send requests (gates, notifications).
+pub fn parse_prefixes(flag: &'static str, entries: &[String]) -> Result<Vec<Url>, PolicyError> {
+    entries
+        .iter()
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let refuse = |reason: &str| PolicyError {
+                flag,
+                entry: e.clone(),
+                reason: reason.to_string(),
+            };
+            let url = Url::parse(e.trim()).map_err(|err| refuse(&err.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(refuse("only http and https URLs"));
+            }
+            if url.host_str().is_none() {
+                return Err(refuse("a URL with a host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(refuse("no user name or password in the URL"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(refuse(
+                    "no query or fragment: a prefix is scheme, host, port and path",
+                ));
+            }
+            Ok(url)
+        })
+        .collect()
+}
+
 /// Whether `url` is at or under `prefix`: same scheme, host and port, and a path that is
 /// the prefix's or below it at a `/` (so `/api` covers `/api/x` but not `/apix`). A URL with
 /// a user name is never within: `http://allowed@elsewhere/` is a request to `elsewhere`.
-fn within(prefix: &Url, url: &Url) -> bool {
+pub fn within(prefix: &Url, url: &Url) -> bool {
     if url.scheme() != prefix.scheme()
         || url.host_str() != prefix.host_str()
         || url.port_or_known_default() != prefix.port_or_known_default()

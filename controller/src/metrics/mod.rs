@@ -49,6 +49,12 @@ struct GateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    format: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DataOpLabels {
     operation: &'static str,
 }
@@ -99,6 +105,7 @@ pub struct Metrics {
     repository_capacity: Family<StackLabels, Gauge>,
     repository_next_rollout: Family<StackLabels, Gauge>,
     per_stack: stacks::StackSeries,
+    notifications: Family<NotificationLabels, Counter>,
     phases: Mutex<HashMap<String, StackPhase>>,
 }
 
@@ -249,7 +256,22 @@ impl Default for Metrics {
             let _ = stacks.get_or_create(&PhaseLabels { phase: p.as_str() });
         }
         let per_stack = stacks::StackSeries::register(&mut registry);
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification deliveries by payload format (CloudEvents, Slack, Teams) and outcome (sent, failed, refused)",
+            notifications.clone(),
+        );
+        for format in deployctl_api::NotificationFormat::ALL {
+            for outcome in ["sent", "failed", "refused"] {
+                let _ = notifications.get_or_create(&NotificationLabels {
+                    format: format.as_str(),
+                    outcome,
+                });
+            }
+        }
         Metrics {
+            notifications,
             per_stack,
             registry,
             reconciles,
@@ -401,6 +423,16 @@ impl Metrics {
         if let Some(b) = bytes {
             self.data_bytes.get_or_create(&l).inc_by(b);
         }
+    }
+
+    /// Counts one notification delivery: `outcome` is `sent`, `failed` or `refused`.
+    pub fn notification(&self, format: deployctl_api::NotificationFormat, outcome: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                format: format.as_str(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Records a failed snapshot agent Job; `corrupt` when it found damaged data, `store`

@@ -519,6 +519,12 @@ async fn apply_stack(stack: &ProductionStack, ctx: &Context) -> Result<Action> {
     for r in &decision.operations {
         operations::record(&ctx.client, &ns, r).await?;
     }
+    crate::notifications::dispatch(
+        ctx,
+        stack,
+        stack.metadata.generation,
+        crate::notifications::kinds::notices(&decision.events, &previous, &decision.status),
+    );
     for e in decision.events {
         ctx.event(stack, e.warning, e.reason, e.note).await;
     }

@@ -431,6 +431,18 @@ pub async fn sync(
                 completed,
             } => {
                 record_failure(ctx, &store, "snapshot", kind);
+                let notice = crate::notifications::kinds::snapshot_failed(
+                    &snap_name,
+                    snap.spec.reason,
+                    &message,
+                    &stack.status.clone().unwrap_or_default(),
+                );
+                crate::notifications::dispatch(
+                    ctx,
+                    stack,
+                    stack.metadata.generation,
+                    notice.into_iter().collect(),
+                );
                 let mut next = st;
                 // The replicas that did complete are in the repository: recorded, so
                 // retention forgets them with this object.

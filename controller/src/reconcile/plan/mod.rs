@@ -182,6 +182,7 @@ impl RevisionRef {
             revision_history_limit: None,
             volume_claim_retention: None,
             snapshots: None,
+            notifications: None,
         };
         let order = validation::validate(stack, &checked)?.0;
         let spec = ProductionStackSpec {
@@ -191,6 +192,7 @@ impl RevisionRef {
             revision_history_limit: None,
             volume_claim_retention: None,
             snapshots: None,
+            notifications: None,
         };
         let hashes = spec
             .components

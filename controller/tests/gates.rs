@@ -421,9 +421,11 @@ async fn a_prometheus_gate_with_tls_basic_auth_and_a_templated_query() {
 
     let stacks: Api<ProductionStack> = Api::namespaced(client.clone(), ns.name());
     let gates = format!(
-        "[{{name: scraped, interval: 1s, errorLimit: 60, prometheus: {{address: '{}', secretRef: {{name: prom-access}}, headers: [{{name: X-Scope-OrgID, value: shop}}], query: 'count(up{{namespace=\"{{{{ namespace }}}}\",stack=\"{{{{ stack }}}}\",component=\"{{{{component}}}}\"}} == 1)', condition: {{operator: '>=', value: 2}}}}}}]",
+        "[{{name: scraped, interval: 1s, failureLimit: 60, errorLimit: 60, prometheus: {{address: '{}', secretRef: {{name: prom-access}}, headers: [{{name: X-Scope-OrgID, value: shop}}], query: 'count(up{{namespace=\"{{{{ namespace }}}}\",stack=\"{{{{ stack }}}}\",component=\"{{{{component}}}}\"}} == 1)', condition: {{operator: '>=', value: 2}}}}}}]",
         prom.url
     );
+    // Until Prometheus has scraped both new pods the count is 1, or there is none: the
+    // limits let the gate wait for the scrapes rather than fail on the first measurement.
     apply(&stacks, &stack("1", "", &gates, "3s")).await;
     // The analysis writes every measurement into the status; the watch sees each write.
     let scraped = |s: &ProductionStack| {

@@ -85,6 +85,8 @@ struct Running {
     child: Child,
     base: String,
     stderr: Arc<Mutex<String>>,
+    /// The task reading stderr: it ends at the pipe's end of file, after the last line.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -100,7 +102,7 @@ impl Running {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = stderr.clone();
         // Keeps draining stderr for the life of the process so it never blocks on a pipe.
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("listening") {
@@ -129,6 +131,7 @@ impl Running {
             child,
             base: format!("http://{addr}"),
             stderr,
+            reader,
         }
     }
 
@@ -143,6 +146,12 @@ impl Running {
             .await
             .expect("exited within the deadline after SIGTERM")
             .unwrap();
+        // The process has exited, but its last lines may still be in the pipe: the log is
+        // whole once the reader has seen the end of file.
+        timeout(DEADLINE, &mut self.reader)
+            .await
+            .expect("stderr reaches its end once the process has exited")
+            .expect("the stderr reader does not panic");
         (status.code().unwrap_or(-1), self.log())
     }
 }

@@ -489,9 +489,10 @@ impl Measurer {
                         MeasurementOutcome::Failure
                     },
                     Some(v),
+                    // The query as sent, placeholders filled: what a person pastes into
+                    // Prometheus to see the same number.
                     format!(
-                        "{} = {v} ({} {:?} {})",
-                        p.query,
+                        "{promql} = {v} ({} {:?} {})",
                         if ok { "holds:" } else { "fails:" },
                         p.condition.operator,
                         p.condition.value

@@ -226,14 +226,6 @@ def test_the_controller_may_do_what_it_needs_and_no_more(kube, release, verb, gr
                     groups=["system:serviceaccounts"]) is allowed
 
 
-def test_the_controller_reads_no_secret_by_any_name(kube, release):
-    """Not even one named Secret in its own namespace (the old snapshot-key Role)."""
-    me, g = sa(release), ["system:serviceaccounts"]
-    for ns in (release["namespace"], "some-team", "kube-system"):
-        for name in ("deployctl-snapshot-key", "shop-s3", "shop-snapshot-key"):
-            assert not kube.can(me, "get", "", "secrets", namespace=ns, name=name, groups=g), (ns, name)
-
-
 def test_the_controller_may_touch_only_its_own_lease(kube, release):
     me, ns = sa(release), release["namespace"]
     lease = f"{release['name']}-controller"

@@ -265,7 +265,7 @@ def example_docs(file: str) -> list[dict]:
 def test_the_adoption_example(kube, running):
     """The README's steps for adopting a Helm-style app (Deployment, Service, ConfigMap,
     HPA) with the chart's controller and permissions: deployctl runs the Deployment's
-    template as `shop-web` with the ConfigMap copied per revision, scales the chart's
+    template as `<stack>-web` with the ConfigMap copied per revision, scales the chart's
     Deployment to 0, leaves the replica count to the HPA, rolls chart release 2 out, and
     rolls a bad ConfigMap edit back to the previous content while the user's ConfigMap keeps
     what the user wrote."""
@@ -274,10 +274,11 @@ def test_the_adoption_example(kube, running):
     for doc in example_docs("app.yaml"):
         kube.apply(doc, namespace=ns)
     stack = example_docs("stack.yaml")[0]
-    stack["metadata"]["namespace"] = ns
+    # `adopt`, not the example's `shop`: another test of this module runs a `shop` here.
+    stack["metadata"] = {"name": "adopt", "namespace": ns}
     stack["spec"]["rollout"]["analysis"] = "3s"  # the example's 10s, shortened
     kube.apply(stack)
-    path = f"{STACK_API}/namespaces/{ns}/productionstacks/shop"
+    path = f"{STACK_API}/namespaces/{ns}/productionstacks/adopt"
 
     def shop(what, check, timeout=180):
         try:
@@ -287,7 +288,7 @@ def test_the_adoption_example(kube, running):
                                  f"{yaml.safe_dump(kube.get(path).get('status', {}))[:5000]}") from None
 
     def web():
-        return kube.get(f"{apps}/shop-web")
+        return kube.get(f"{apps}/adopt-web")
 
     def config_of(d) -> str:
         return d["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
@@ -307,9 +308,11 @@ def test_the_adoption_example(kube, running):
 
     # Step 3: the HPA scales shop-web (minReplicas 3 here, so that it acts without metrics).
     hpa = example_docs("hpa-adopted.yaml")[0]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "shop-web"
+    hpa["spec"]["scaleTargetRef"]["name"] = "adopt-web"
     hpa["spec"]["minReplicas"] = 3
     kube.apply(hpa, namespace=ns)
-    wait_for("the HPA to scale shop-web to 3", lambda: web()["spec"]["replicas"] == 3, timeout=120)
+    wait_for("the HPA to scale adopt-web to 3", lambda: web()["spec"]["replicas"] == 3, timeout=120)
     shop("the HPA recorded as the owner of the count",
          lambda s: any(c.get("autoscaledBy") == "web" for c in s.get("components", [])), timeout=120)
 

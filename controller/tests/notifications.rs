@@ -264,6 +264,7 @@ async fn notifications_are_retried_sent_once_and_refused_off_the_list() {
     })
     .await;
 
+    let events_api = Api::<Event>::namespaced(client.clone(), ns.name());
     let want = [
         "dev.deployctl.rollout.started",
         "dev.deployctl.rollout.failed",
@@ -284,8 +285,16 @@ async fn notifications_are_retried_sent_once_and_refused_off_the_list() {
             .then_some(())
     })
     .await;
-    // Let any duplicate arrive before counting.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Count once every delivery of shop has ended: each ends in one Event, and shop has
+    // six (revision 1 started and promoted, revision 2's four).
+    wait_until("every delivery of shop to end", T, || async {
+        let events = events_api.list(&ListParams::default()).await.ok()?.items;
+        (events_of(&events, "shop", "NotificationSent").len()
+            + events_of(&events, "shop", "NotificationFailed").len()
+            >= 6)
+            .then_some(())
+    })
+    .await;
     let got = of_revision_2();
     let types: Vec<&str> = got.iter().map(|v| v["type"].as_str().unwrap()).collect();
     assert_eq!(types, want, "each once, in order: {got:#?}");
@@ -373,7 +382,6 @@ async fn notifications_are_retried_sent_once_and_refused_off_the_list() {
     );
 
     // stray's receiver is off the list: refused, nothing sent.
-    let events_api = Api::<Event>::namespaced(client.clone(), ns.name());
     let events = wait_until("NotificationRefused on stray", T, || async {
         let events = events_api.list(&ListParams::default()).await.ok()?.items;
         (!events_of(&events, "stray", "NotificationRefused").is_empty()).then_some(events)

@@ -168,24 +168,7 @@ impl RevisionRef {
     pub fn new(stack: &str, number: i64, components: Vec<Component>) -> Result<Self, InvalidSpec> {
         // A revision's components are resolved: a `templateFrom` is kept to say where the
         // template came from, and the template it recorded is checked like any other.
-        let checked = ProductionStackSpec {
-            components: components
-                .iter()
-                .cloned()
-                .map(|mut c| {
-                    c.template_from = None;
-                    c
-                })
-                .collect(),
-            rollout: Default::default(),
-            gates: vec![],
-            revision_history_limit: None,
-            volume_claim_retention: None,
-            snapshots: None,
-            notifications: None,
-        };
-        let order = validation::validate(stack, &checked)?.0;
-        let spec = ProductionStackSpec {
+        let spec_of = |components| ProductionStackSpec {
             components,
             rollout: Default::default(),
             gates: vec![],
@@ -194,6 +177,18 @@ impl RevisionRef {
             snapshots: None,
             notifications: None,
         };
+        let checked = spec_of(
+            components
+                .iter()
+                .cloned()
+                .map(|mut c| {
+                    c.template_from = None;
+                    c
+                })
+                .collect(),
+        );
+        let order = validation::validate(stack, &checked)?.0;
+        let spec = spec_of(components);
         let hashes = spec
             .components
             .iter()

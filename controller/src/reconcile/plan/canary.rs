@@ -52,6 +52,21 @@ pub(super) fn run(
         None if r.promoted || stable_rev.is_none() || p.up_to_date(target, name) => {
             return Some(r);
         }
+        // An HPA found targeting the workload owns its count, and the steps would fight it
+        // (`autoscaling.hpa` with `canary` is refused; this is an HPA created without it):
+        // the revision rolls out all at once behind the gates, and the person is told.
+        None if w.is_some_and(|w| w.autoscaled_by.is_some()) => {
+            let hpa = w.and_then(|w| w.autoscaled_by.clone()).unwrap_or_default();
+            p.event(
+                true,
+                "CanarySkipped",
+                format!(
+                    "component {name}: HorizontalPodAutoscaler {hpa} manages its replicas, so revision {} rolls out without canary steps; remove the HPA or the steps",
+                    target.number
+                ),
+            );
+            return Some(r);
+        }
         None => {
             let first = CanaryState {
                 component: name.to_string(),

@@ -2506,3 +2506,30 @@ fn a_gate_failing_during_a_canary_pause_ends_it() {
         stable_revision: Some(1)
     }));
 }
+
+#[test]
+fn an_hpa_found_on_a_canary_component_rolls_it_out_without_steps_and_says_so() {
+    let mut w = World::new(canary_spec(STEPS, "x:1"));
+    let (_, now) = drive(&mut w, 0, |_| true);
+    // An HPA created without `autoscaling.hpa` (that flag with canary is refused).
+    w.observed.get_mut("api").unwrap().autoscaled_by = Some("api-hpa".into());
+    w.change(canary_spec(STEPS, "x:2"), 2);
+    let (plans, _) = drive(&mut w, now, |_| true);
+    assert!(
+        canary_actions(&plans).is_empty(),
+        "no step scales the replicas the HPA owns"
+    );
+    assert!(plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .any(|a| matches!(a, Action::Apply { component, revision: 2 } if component == "api")));
+    let skipped: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| &p.events)
+        .filter(|e| e.reason == "CanarySkipped")
+        .map(|e| e.note.as_str())
+        .collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("api-hpa"), "{skipped:?}");
+    assert_eq!(w.status.stable_revision, Some(2));
+}

@@ -145,6 +145,24 @@ enum Expect {
     Category(&'static [&'static str]),
 }
 
+/// Whether damage to a plain repository's stored bytes leaves what they decode to as it
+/// was: a few bits of a zstd frame (18 of the 12,464 of the fixture's manifest, in its
+/// frame header and block encoding) change no decompressed byte, and chunks and manifests
+/// are checked by their content, so such a flip is no corruption and the engine rightly
+/// accepts it. Encrypted objects are sealed whole: any change is damage. (Found by a full
+/// run in which case 896 flipped such a bit of a manifest and the restore, correctly,
+/// succeeded.)
+fn harmless(fx: &Fixture, before: &[u8], after: &[u8]) -> bool {
+    if fx.key.is_some() || before == after {
+        return before == after;
+    }
+    match (zstd::decode_all(before), zstd::decode_all(after)) {
+        (Ok(a), Ok(b)) => a == b,
+        // Not a zstd frame (a chunk stored as it is): every change is damage.
+        _ => false,
+    }
+}
+
 fn flip(bytes: &mut [u8], rng: &mut Rng) {
     if bytes.is_empty() {
         return;
@@ -229,16 +247,24 @@ fn run_case(
     let kind = rng.below(12);
     let (label, expect) = match kind {
         0 | 1 => {
-            let mut raw = store.get(ObjectKind::Chunk, &object).unwrap();
-            // Distinct bits inside this chunk's bytes: flipping one bit twice would undo
-            // the damage.
-            let bits = (stored as u64 * 8).min(1 + rng.below(3));
-            let mut chosen = std::collections::BTreeSet::new();
-            while (chosen.len() as u64) < bits {
-                chosen.insert(rng.below(stored as u64 * 8));
-            }
-            for b in chosen {
-                raw[start + (b / 8) as usize] ^= 1 << (b % 8);
+            let original = store.get(ObjectKind::Chunk, &object).unwrap();
+            let mut raw = original.clone();
+            // Distinct bits inside this chunk's bytes (flipping one bit twice would undo
+            // the damage), and bits that change what the chunk decodes to.
+            loop {
+                raw.clone_from(&original);
+                let bits = (stored as u64 * 8).min(1 + rng.below(3));
+                let mut chosen = std::collections::BTreeSet::new();
+                while (chosen.len() as u64) < bits {
+                    chosen.insert(rng.below(stored as u64 * 8));
+                }
+                for b in chosen {
+                    raw[start + (b / 8) as usize] ^= 1 << (b % 8);
+                }
+                let span = start..start + stored;
+                if !harmless(fx, &original[span.clone()], &raw[span]) {
+                    break;
+                }
             }
             store.put(ObjectKind::Chunk, &object, &raw).unwrap();
             ("flipped bits in a chunk", Expect::Chunk(chunk))
@@ -282,11 +308,24 @@ fn run_case(
             ("chunk replaced by another chunk", Expect::Chunk(chunk))
         }
         5 | 6 => {
-            let mut raw = store.get(ObjectKind::Snapshot, &snap_name).unwrap();
+            let original = store.get(ObjectKind::Snapshot, &snap_name).unwrap();
+            let mut raw = original.clone();
             if kind == 5 {
-                flip(&mut raw, rng);
+                loop {
+                    raw.clone_from(&original);
+                    flip(&mut raw, rng);
+                    if !harmless(fx, &original, &raw) {
+                        break;
+                    }
+                }
             } else {
-                raw.truncate(rng.below(raw.len() as u64) as usize);
+                loop {
+                    raw.clone_from(&original);
+                    raw.truncate(rng.below(raw.len() as u64) as usize);
+                    if !harmless(fx, &original, &raw) {
+                        break;
+                    }
+                }
             }
             store.put(ObjectKind::Snapshot, &snap_name, &raw).unwrap();
             (

@@ -61,6 +61,26 @@ impl Env {
         .await
     }
 
+    /// An autoscaling/v2 HorizontalPodAutoscaler `name` of the apps/v1 `kind` `target`,
+    /// between `min` and `max` replicas (no metrics: the cluster's HPA controller brings a
+    /// count below `min` up to it and otherwise keeps it).
+    async fn create_hpa(&self, name: &str, kind: &str, target: &str, min: i32, max: i32) {
+        let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(&format!(
+            "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: {name}}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: {kind}, name: {target}}}
+  minReplicas: {min}
+  maxReplicas: {max}"
+        ))
+        .unwrap();
+        self.api::<HorizontalPodAutoscaler>()
+            .create(&PostParams::default(), &hpa)
+            .await
+            .unwrap();
+    }
+
     fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -115,20 +135,7 @@ async fn an_hpa_keeps_its_count_through_a_rollout_a_scale_and_a_rollback() {
     require_sim_node!(shared());
     let e = setup("hpa").await;
     let deployments: Api<Deployment> = e.api();
-    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(
-        "apiVersion: autoscaling/v2
-kind: HorizontalPodAutoscaler
-metadata: {name: api}
-spec:
-  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: shop-api}
-  minReplicas: 3
-  maxReplicas: 5",
-    )
-    .unwrap();
-    e.api::<HorizontalPodAutoscaler>()
-        .create(&PostParams::default(), &hpa)
-        .await
-        .unwrap();
+    e.create_hpa("api", "Deployment", "shop-api", 3, 5).await;
     e.apply(&autoscaled("")).await;
 
     // Every count the Deployment has from the moment it first reaches 3: deployctl must
@@ -334,20 +341,8 @@ async fn a_component_stopped_for_its_snapshot_starts_again_with_the_hpas_count()
             ),
         )
     };
-    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(
-        "apiVersion: autoscaling/v2
-kind: HorizontalPodAutoscaler
-metadata: {name: cache}
-spec:
-  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: shop-cache}
-  minReplicas: 2
-  maxReplicas: 5",
-    )
-    .unwrap();
-    e.api::<HorizontalPodAutoscaler>()
-        .create(&PostParams::default(), &hpa)
-        .await
-        .unwrap();
+    e.create_hpa("cache", "Deployment", "shop-cache", 2, 5)
+        .await;
     e.apply(&stack("1")).await;
     wait_stack(&e.stacks, "shop", "Healthy with the HPA's 2 pods", T, |s| {
         is_ready(s) && component_status(s, "cache").ready_replicas == 2
@@ -416,20 +411,7 @@ async fn an_autoscaled_statefulsets_snapshot_covers_every_replica_the_hpa_runs()
             ),
         )
     };
-    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(
-        "apiVersion: autoscaling/v2
-kind: HorizontalPodAutoscaler
-metadata: {name: db}
-spec:
-  scaleTargetRef: {apiVersion: apps/v1, kind: StatefulSet, name: shop-db}
-  minReplicas: 2
-  maxReplicas: 3",
-    )
-    .unwrap();
-    e.api::<HorizontalPodAutoscaler>()
-        .create(&PostParams::default(), &hpa)
-        .await
-        .unwrap();
+    e.create_hpa("db", "StatefulSet", "shop-db", 2, 3).await;
     e.apply(&stack("1")).await;
     wait_stack(&e.stacks, "shop", "Healthy with the HPA's 2 pods", T, |s| {
         is_ready(s) && component_status(s, "db").ready_replicas == 2

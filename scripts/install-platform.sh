@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the sandbox (and so every test) needs on a fresh Debian 12 machine: a few
-# Debian packages (the simulated node's network and mount tools) and a current Kubernetes
-# control plane: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
-# 1.37.2, and etcd 3.7.3, built from their Go modules. What only the tests need (Garage,
+# Debian packages (the simulated node's network and mount tools, the image build and
+# registry tools) and a current Kubernetes control plane: kube-apiserver,
+# kube-controller-manager, kube-scheduler and kubectl 1.37.2, and etcd 3.7.3, built from
+# their Go modules. What only the tests need (Garage,
 # cargo-deny, promtool, shellcheck, ...) is scripts/install-test-tools.sh.
 #
 # Idempotent: the binaries are cached in $DEPLOYCTL_CACHE/k8s-1.37.2/bin and
@@ -94,9 +95,12 @@ is_built() {
   grep -qxF "$(expected_version "$b")" <<<"$out"
 }
 
-# Debian packages: the simulated node's network and mount tools, and what the tests and
-# the sandbox call (jq, ca-certificates for the module proxy).
-APT_PACKAGES=(iproute2 util-linux procps jq ca-certificates)
+# Debian packages: the simulated node's network and mount tools, what the tests and the
+# sandbox call (jq, ca-certificates for the module proxy), and the image tools:
+# scripts/build-image.sh builds the OCI images with mmdebstrap, umoci and binutils and pushes
+# them with skopeo, to a registry such as docker-registry on loopback.
+APT_PACKAGES=(iproute2 util-linux procps jq ca-certificates
+  mmdebstrap umoci skopeo binutils docker-registry)
 install_debian_packages "${APT_PACKAGES[@]}"
 
 missing_k8s=()

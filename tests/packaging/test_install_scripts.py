@@ -132,6 +132,8 @@ def test_install_platform_first_run_builds_the_control_plane_into_a_new_cache(ma
     etcd = machine["cache"] / "etcd-3.7.3" / "bin" / "etcd"
     assert etcd.is_file() and os.access(etcd, os.X_OK), out
     assert {"iproute2", "jq"} <= installed(machine)
+    # What scripts/build-image.sh builds and pushes the images with, and a registry.
+    assert {"mmdebstrap", "umoci", "skopeo", "binutils", "docker-registry"} <= installed(machine)
     # The build module replaces each staging module by its release.
     go_mod = (machine["cache"] / "go-current" / "k8s-build-1.37.2" / "go.mod").read_text()
     assert "require k8s.io/kubernetes v1.37.2" in go_mod

@@ -8,7 +8,8 @@ import yaml
 from support import CHART_DIR, REPO
 from test_chart import values_yaml_leaves
 
-DOCS = ["docs/operations.md", "docs/metrics.md", "docs/gitops.md", "docs/notifications.md"]
+DOCS = ["docs/operations.md", "docs/metrics.md", "docs/gitops.md", "docs/notifications.md",
+        "docs/image.md"]
 
 
 def test_operations_guide_documents_every_value():

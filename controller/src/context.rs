@@ -8,13 +8,14 @@ use kube::{Client, Resource};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The agent image when none is configured: this build's release image.
 /// The agent Jobs' resources by default: enough for the engine's worker threads to
 /// verify chunks; memory bounded because a chunk buffer per worker is all it holds.
 pub const DEFAULT_AGENT_RESOURCES: &str =
     r#"{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"1Gi"}}"#;
+/// The agent image when none is configured: this build's release image, tagged as
+/// scripts/build-image.sh and the chart's appVersion tag it (the version, no `v`).
 pub const DEFAULT_AGENT_IMAGE: &str =
-    concat!("deployctl.dev/deployctl:v", env!("CARGO_PKG_VERSION"));
+    concat!("deployctl.dev/deployctl:", env!("CARGO_PKG_VERSION"));
 
 /// Shared state of the controller.
 #[derive(Clone)]

@@ -13,6 +13,7 @@ use crate::image;
 use crate::network::NodeNet;
 use crate::rootfs::HostLayout;
 use crate::spawner::Spawner;
+use crate::store::ImageStore;
 
 /// Shared by all tasks of one [`crate::SimNode`].
 pub(crate) struct Ctx {
@@ -25,6 +26,8 @@ pub(crate) struct Ctx {
     pub(crate) api_port: u16,
     pub(crate) layout: HostLayout,
     pub(crate) http: reqwest::Client,
+    /// Pulled images (`state_dir/images`).
+    pub(crate) store: Arc<ImageStore>,
     image_ids: Mutex<BTreeMap<String, String>>,
 }
 
@@ -34,6 +37,7 @@ impl std::fmt::Debug for Ctx {
             .field("state_dir", &self.state_dir)
             .field("images", &self.images)
             .field("api_port", &self.api_port)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -42,21 +46,21 @@ impl Ctx {
     pub(crate) fn new(
         client: kube::Client,
         spawner: Arc<Spawner>,
-        state_dir: PathBuf,
-        images: BTreeMap<String, PathBuf>,
-        ca_pem: String,
+        cfg: crate::NodeConfig,
         api_port: u16,
         http: reqwest::Client,
+        store: Arc<ImageStore>,
     ) -> Self {
         Self {
             client,
             spawner,
-            state_dir,
-            images,
-            ca_pem,
+            state_dir: cfg.state_dir,
+            images: cfg.images,
+            ca_pem: cfg.ca_pem,
             api_port,
             layout: HostLayout::detect(),
             http,
+            store,
             image_ids: Mutex::new(BTreeMap::new()),
         }
     }

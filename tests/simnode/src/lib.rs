@@ -53,6 +53,8 @@ mod rootfs;
 mod runner;
 mod spawner;
 mod status;
+mod store;
+mod unpack;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -72,6 +74,10 @@ use crate::context::{Ctx, NodeHandle};
 use crate::network::Sink;
 use crate::spawner::Spawner;
 
+/// The registry host of the workspace's executable-map images: never contacted, whether
+/// or not the map names a given repository of it (a test may run before a binary is built).
+pub const RESERVED_REGISTRY: &str = "deployctl.dev";
+
 /// How long [`SimNode::shutdown`] waits for its tasks.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -82,8 +88,14 @@ pub struct NodeConfig {
     pub node_names: Vec<String>,
     /// Where pod dirs (`pods/`, logs, volumes) and PV dirs (`pvs/`) go.
     pub state_dir: PathBuf,
-    /// Image repository (`deployctl.dev/demo-app`, no tag) → executable to run.
+    /// Image repository (`deployctl.dev/demo-app`, no tag) → executable to run. Such
+    /// images are never pulled, and neither is anything else from their registry hosts
+    /// (`deployctl.dev` is always one): other images are pulled from their registries.
     pub images: BTreeMap<String, PathBuf>,
+    /// Registries (`host:port`, as in image references) pulled from over plain HTTP, as
+    /// containerd's insecure registries (e.g. `127.0.0.1:5000`); every other registry is
+    /// pulled from over HTTPS.
+    pub insecure_registries: Vec<String>,
     /// The API server's URL; pods reach it through a relay on `10.96.0.1`.
     pub api_server_url: String,
     /// The cluster CA (PEM), served as `ca.crt` where `kube-root-ca.crt` is missing.
@@ -91,7 +103,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// All fields at once.
+    /// All fields but [`NodeConfig::insecure_registries`] (none: every registry over
+    /// HTTPS); see [`NodeConfig::with_insecure_registries`].
     pub fn new(
         node_names: Vec<String>,
         state_dir: PathBuf,
@@ -103,9 +116,16 @@ impl NodeConfig {
             node_names,
             state_dir,
             images,
+            insecure_registries: Vec::new(),
             api_server_url,
             ca_pem,
         }
+    }
+
+    /// The same configuration pulling from `registries` (`host:port`) over plain HTTP.
+    pub fn with_insecure_registries(mut self, registries: Vec<String>) -> Self {
+        self.insecure_registries = registries;
+        self
     }
 }
 
@@ -151,6 +171,18 @@ fn check_config(cfg: &NodeConfig) -> Result<(), SimNodeError> {
             )));
         }
     }
+    for registry in &cfg.insecure_registries {
+        let valid = !registry.is_empty()
+            && !registry.contains('/')
+            && registry
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            return Err(SimNodeError::Config(format!(
+                "insecure registry {registry:?} must be a host[:port] as in image references"
+            )));
+        }
+    }
     if !cfg.state_dir.is_absolute() {
         return Err(SimNodeError::Config(format!(
             "state_dir {} must be absolute",
@@ -166,7 +198,7 @@ impl SimNode {
     /// node (a multi-thread one is best: probes and processes are many small tasks).
     pub async fn start(client: kube::Client, cfg: NodeConfig) -> Result<SimNode, SimNodeError> {
         check_config(&cfg)?;
-        for dir in ["pods", "pvs"] {
+        for dir in ["pods", "pvs", "images"] {
             let path = cfg.state_dir.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(|e| SimNodeError::io(format!("creating {}", path.display()), e))?;
@@ -204,14 +236,27 @@ impl SimNode {
         let api_port = proxy.port;
         self.proxy = Some(proxy);
         let http = probe::http_client().map_err(SimNodeError::Config)?;
+        // The executable map's registry hosts serve nothing else: never contacted.
+        let reserved = cfg
+            .images
+            .keys()
+            .filter_map(|repo| image::ImageRef::parse(repo).ok().map(|r| r.registry))
+            .chain([RESERVED_REGISTRY.to_owned()])
+            .collect();
+        let store = store::ImageStore::open(
+            cfg.state_dir.join("images"),
+            cfg.insecure_registries.clone(),
+            reserved,
+        )
+        .map_err(|e| SimNodeError::Config(format!("opening the image store: {e}")))?;
+        let node_names = cfg.node_names.clone();
         let ctx = Arc::new(Ctx::new(
             client.clone(),
             self.spawner.clone(),
-            cfg.state_dir.clone(),
-            cfg.images,
-            cfg.ca_pem,
+            cfg,
             api_port,
             http,
+            Arc::new(store),
         ));
         let nodes: Vec<Arc<NodeHandle>> = nets
             .into_iter()
@@ -231,7 +276,7 @@ impl SimNode {
         )));
         self.tasks.push(tokio::spawn(provisioner::run(
             client.clone(),
-            cfg.node_names.clone(),
+            node_names,
             ctx.pv_root(),
             stop.clone(),
         )));

@@ -11,19 +11,37 @@
 //!     [("deployctl.dev/demo-app".to_owned(), "/work/target/debug/demo-app".into())].into(),
 //!     "https://127.0.0.1:6443".into(),
 //!     std::fs::read_to_string("/tmp/ca.pem").unwrap_or_default(),
-//! );
+//! )
+//! // Pods may now run `127.0.0.1:5000/app:v1`, pulled over plain HTTP.
+//! .with_insecure_registries(vec!["127.0.0.1:5000".into()]);
 //! let node = SimNode::start(client, cfg).await?;
 //! // ... pods scheduled to simnode-0 run as processes ...
 //! node.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
+//! Images come two ways. A repository of [`NodeConfig::images`] (the executable map)
+//! runs that local executable in a root made of the host's system dirs; nothing is pulled
+//! for it, and its registry host (always [`RESERVED_REGISTRY`]) is never contacted. Every
+//! other image is pulled as a kubelet with containerd would: from its registry (plain
+//! HTTP for [`NodeConfig::insecure_registries`], HTTPS otherwise), by tag or digest, an
+//! index resolved to its linux/amd64 manifest, every blob verified, layers unpacked once
+//! into `state_dir/images/` per `imagePullPolicy`, with the `Pulling`/`Pulled`/`Failed`
+//! events, `ErrImagePull`/`ImagePullBackOff`/`ErrImageNeverPull`, and
+//! `imageID = <repository>@<digest>`. The container then runs in an overlay of the
+//! image's root filesystem (writes private to the container, or a read-only root with
+//! `readOnlyRootFilesystem`) with the image's Entrypoint, Cmd, Env, User and WorkingDir
+//! under Kubernetes' rules. Images need no shell: the container's init stays outside its
+//! root.
+//!
 //! How it works, by module:
 //! - `node`: `Node` objects kept Ready, `Lease` heartbeats;
 //! - `provisioner`: the `local-dir` StorageClass ([`STORAGE_CLASS`]) and its PVs;
 //! - `kubelet` and `pod`: the pod watch and one state-machine worker per pod;
 //! - `network`: a network namespace per pod, owned by a holder process, on a veth pair;
-//! - `rootfs` and `volumes`: a private mount namespace and `chroot` per container;
+//! - `image`, `store`, `unpack`: references, pull policies and image configs (pure); the
+//!   registry client and the content-addressed store; applying layers;
+//! - `rootfs` and `volumes`: a private mount namespace and root per container;
 //! - `runner`, `spawner`, `probe`, `status`, `env`, `backoff`: processes, probes, and the
 //!   pure parts (status, environment, probe thresholds, back-off).
 //!

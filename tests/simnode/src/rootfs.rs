@@ -225,19 +225,17 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> Result<String, String> {
          /usr/bin/mount -t tmpfs -o mode=0755 simnode-scratch \"$S\"\n\
          /usr/bin/mkdir \"$R\"\n",
     );
-    let mut overlays = BTreeSet::new();
-    match spec.source {
-        RootSource::Executable(exe) => {
-            overlays = host_root(&mut s, spec, &mounts, exe);
-        }
+    let overlays = match spec.source {
+        RootSource::Executable(_) => host_root(&mut s, spec, &mounts),
         RootSource::Image(rootfs) => {
             let loader = spec.layout.loader.as_deref().ok_or(
                 "the host's dynamic loader was not found (looked for the glibc loaders of \
                  x86_64, aarch64, armhf, riscv64 and ppc64le): image roots need it for setup",
             )?;
             image_root(&mut s, rootfs, loader);
+            BTreeSet::new()
         }
-    }
+    };
     s.push_str(
         "/usr/bin/mount -t proc proc \"$(at /proc)\"\n\
          D=\"$(at /dev)\"\n\
@@ -318,12 +316,7 @@ fn helpers(s: &mut String) {
 }
 
 /// The host-dirs root of an executable-map image; returns the system dirs made overlays.
-fn host_root(
-    s: &mut String,
-    spec: &RootSpec<'_>,
-    mounts: &[&MountSpec],
-    _exe: &Path,
-) -> BTreeSet<String> {
+fn host_root(s: &mut String, spec: &RootSpec<'_>, mounts: &[&MountSpec]) -> BTreeSet<String> {
     let overlays: BTreeSet<String> = mounts
         .iter()
         .filter_map(|m| spec.layout.system_dir_of(&m.target))

@@ -643,3 +643,303 @@ pub(crate) fn read_in_root(root: &Path, path: &str) -> std::io::Result<Vec<u8>> 
     full.extend(&resolved);
     std::fs::read(full)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::unpack::tests::LayerBuilder;
+
+    fn sha(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    /// A registry speaking just enough of the distribution API: fixed manifests and blobs,
+    /// a delay on blob answers (so pulls overlap), and a count of every request.
+    #[derive(Default)]
+    struct FakeRegistry {
+        /// Path (`/v2/...`) → (content type, body).
+        routes: BTreeMap<String, (String, Vec<u8>)>,
+        /// Served instead of the real body, same length: a corrupted blob.
+        corrupt: BTreeSet<String>,
+        blob_delay: Duration,
+        hits: Mutex<BTreeMap<String, usize>>,
+    }
+
+    impl FakeRegistry {
+        fn hits(&self, path: &str) -> usize {
+            self.hits
+                .lock()
+                .unwrap()
+                .get(path)
+                .copied()
+                .unwrap_or_default()
+        }
+
+        async fn serve(self: Arc<Self>) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let host = listener.local_addr().expect("addr").to_string();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let text = String::from_utf8_lossy(&head).into_owned();
+                        let mut words = text.split_whitespace();
+                        let (method, path) =
+                            (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                        *me.hits.lock().unwrap().entry(path.to_owned()).or_default() += 1;
+                        let found = if path == "/v2/" {
+                            Some(("application/json".to_owned(), b"{}".to_vec()))
+                        } else {
+                            me.routes.get(path).cloned()
+                        };
+                        let response = match found {
+                            Some((content_type, mut body)) => {
+                                let digest = path
+                                    .rsplit('/')
+                                    .next()
+                                    .filter(|d| d.starts_with("sha256:"))
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| sha(&body));
+                                if path.contains("/blobs/") {
+                                    tokio::time::sleep(me.blob_delay).await;
+                                    if me.corrupt.contains(path) {
+                                        body.iter_mut().for_each(|b| *b = b'x');
+                                    }
+                                }
+                                let mut r = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
+                                     Docker-Content-Digest: {digest}\r\nContent-Length: {}\r\n\
+                                     Connection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .into_bytes();
+                                if method != "HEAD" {
+                                    r.extend(body);
+                                }
+                                r
+                            }
+                            None => {
+                                let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                                let mut r = format!(
+                                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\
+                                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .into_bytes();
+                                r.extend_from_slice(body);
+                                r
+                            }
+                        };
+                        let _ = conn.write_all(&response).await;
+                        let _ = conn.shutdown().await;
+                    });
+                }
+            });
+            host
+        }
+    }
+
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    /// Adds an image (one gzip layer holding `file`) to `reg`; returns its manifest digest
+    /// and the layer's blob path.
+    fn add_image(reg: &mut FakeRegistry, repo: &str, file: &str, arch: &str) -> (String, String) {
+        let tar = LayerBuilder::default()
+            .dir("etc")
+            .file(file, arch, 0o644, 0)
+            .finish();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let layer = gz.finish().unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"User": "65532", "Env": ["GREETING=hi"], "Entrypoint": ["/app"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha(&tar)]}
+        }))
+        .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": sha(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": sha(&layer), "size": layer.len()}]
+        }))
+        .unwrap();
+        let blob = |d: &str| format!("/v2/{repo}/blobs/{d}");
+        let layer_path = blob(&sha(&layer));
+        reg.routes.insert(
+            layer_path.clone(),
+            ("application/octet-stream".into(), layer),
+        );
+        reg.routes
+            .insert(blob(&sha(&config)), ("application/json".into(), config));
+        let digest = sha(&manifest);
+        reg.routes.insert(
+            format!("/v2/{repo}/manifests/{digest}"),
+            (MANIFEST.into(), manifest),
+        );
+        (digest, layer_path)
+    }
+
+    fn open_store(dir: &Path, host: &str) -> ImageStore {
+        ImageStore::open(
+            dir.join("images"),
+            vec![host.to_owned()],
+            ["deployctl.dev".to_owned()].into(),
+        )
+        .expect("open the store")
+    }
+
+    #[tokio::test]
+    async fn an_index_resolves_to_linux_amd64_and_concurrent_pulls_download_once() {
+        let mut reg = FakeRegistry {
+            blob_delay: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (arm, arm_layer) = add_image(&mut reg, "app", "etc/arch", "arm64");
+        let (amd, amd_layer) = add_image(&mut reg, "app", "etc/arch", "amd64");
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": MANIFEST, "digest": arm, "size": 1,
+                 "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": MANIFEST, "digest": amd, "size": 1,
+                 "platform": {"architecture": "amd64", "os": "linux"}}
+            ]
+        }))
+        .unwrap();
+        let index_digest = sha(&index);
+        reg.routes.insert(
+            "/v2/app/manifests/v1".into(),
+            ("application/vnd.oci.image.index.v1+json".into(), index),
+        );
+        let reg = Arc::new(reg);
+        let host = reg.clone().serve().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(open_store(dir.path(), &host));
+        let image = ImageRef::parse(&format!("{host}/app:v1")).expect("ref");
+
+        // Two pods asking at once: one downloads, the other waits for it.
+        let (a, b) = tokio::join!(store.pull(&image), store.pull(&image));
+        let (a, b) = (a.expect("first pull"), b.expect("second pull"));
+        assert_eq!(a.image, b.image);
+        assert_eq!(
+            a.image.digest, index_digest,
+            "the imageID digest is the index's"
+        );
+        assert_eq!(a.image.manifest, amd);
+        assert_eq!(reg.hits(&amd_layer), 1, "one download for two pulls");
+        assert_eq!(reg.hits(&format!("/v2/app/manifests/{arm}")), 0);
+        assert_eq!(reg.hits(&arm_layer), 0);
+        assert_eq!(
+            std::fs::read_to_string(a.image.rootfs.join("etc/arch")).unwrap(),
+            "amd64"
+        );
+        assert_eq!(a.image.run.user.as_deref(), Some("65532"));
+        assert!(a.total >= a.pulling && b.total >= b.pulling);
+
+        // Remembered by reference, and by digest, with no registry needed.
+        assert_eq!(
+            store.local(&image).map(|i| i.digest),
+            Some(index_digest.clone())
+        );
+        let by_digest = ImageRef::parse(&format!("{host}/app@{index_digest}")).expect("digest ref");
+        let again = store.pull(&by_digest).await.expect("pull by digest");
+        assert_eq!(again.image.digest, index_digest);
+        assert_eq!(reg.hits(&amd_layer), 1);
+        // A store opened again (a node restart) still has it.
+        let reopened = open_store(dir.path(), &host);
+        assert_eq!(reopened.local(&image).map(|i| i.manifest), Some(amd));
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_blob_is_refused_and_nothing_is_unpacked() {
+        let mut reg = FakeRegistry::default();
+        let (digest, layer) = add_image(&mut reg, "bad", "etc/x", "amd64");
+        let manifest = reg.routes[&format!("/v2/bad/manifests/{digest}")].clone();
+        reg.routes.insert("/v2/bad/manifests/v1".into(), manifest);
+        reg.corrupt.insert(layer.clone());
+        let reg = Arc::new(reg);
+        let host = reg.clone().serve().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_store(dir.path(), &host);
+        let image = ImageRef::parse(&format!("{host}/bad:v1")).expect("ref");
+        let err = store.pull(&image).await.expect_err("a corrupted layer");
+        assert!(err.contains(layer.rsplit('/').next().unwrap()), "{err}");
+        assert!(err.to_lowercase().contains("digest"), "{err}");
+        assert!(store.load(&digest).is_none());
+        assert!(store.local(&image).is_none());
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("images/tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // An unknown tag: the registry's answer, and the protocol is plain HTTP here.
+        let missing = ImageRef::parse(&format!("{host}/bad:nope")).expect("ref");
+        let err = store.pull(&missing).await.expect_err("unknown tag");
+        assert!(err.contains("manifest unknown (MANIFEST_UNKNOWN)"), "{err}");
+        assert!(
+            err.contains(&format!("http://{host}/v2/bad/manifests/nope")),
+            "{err}"
+        );
+        assert!(!err.contains("HTTPS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn some_registries_are_never_contacted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_store(dir.path(), "127.0.0.1:1");
+        let reserved = ImageRef::parse("deployctl.dev/elsewhere:v1").expect("ref");
+        let err = store.pull(&reserved).await.expect_err("reserved");
+        assert!(err.contains("never contacted"), "{err}");
+        let invalid = ImageRef::parse("registry.invalid/nope:1.0").expect("ref");
+        let err = store.pull(&invalid).await.expect_err("invalid");
+        assert!(err.contains("no such host"), "{err}");
+        assert!(err.contains("registry.invalid/nope:1.0"), "{err}");
+    }
+
+    #[test]
+    fn files_are_read_inside_the_root() {
+        let outer = tempfile::tempdir().expect("temp dir");
+        let root = outer.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::write(outer.path().join("secret"), "host file").unwrap();
+        std::fs::write(root.join("secret"), "image file").unwrap();
+        std::fs::write(root.join("real/passwd"), "app").unwrap();
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+        };
+        // Absolute and climbing links resolve inside the root, never to the host.
+        link(
+            &outer.path().join("secret").display().to_string(),
+            "etc/abs",
+        );
+        link("../../../../../secret", "etc/up");
+        link("/real/passwd", "etc/passwd");
+        link("loop", "etc/loop");
+        let read = |p: &str| read_in_root(&root, p).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(read("/etc/passwd").unwrap(), "app");
+        assert_eq!(read("/etc/up").unwrap(), "image file");
+        assert!(
+            read("/etc/abs").is_err(),
+            "the host path does not exist in the root"
+        );
+        assert!(read("/etc/loop").is_err());
+        assert!(read("/etc/missing").is_err());
+    }
+}

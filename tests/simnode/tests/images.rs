@@ -11,7 +11,7 @@
 //! Covered: a pod by tag runs and reports the pushed digest; `Always` follows a re-pushed
 //! tag at the next container start while `IfNotPresent` keeps its image; `Never` without
 //! the image; an unknown repository and a registry the node would reach over HTTPS; the
-//! entrypoint/cmd/command/args rules; the image's user, `runAsNonRoot` with a numeric, a
+//! entrypoint/cmd/command/args rules, and exec probes in an image with no shell; the image's user, `runAsNonRoot` with a numeric, a
 //! named and a root image user; `readOnlyRootFilesystem`; writes to `/` private to a
 //! container and gone after its restart; two pods pulling one image download it once; a
 //! corrupted layer is refused and nothing of it is kept.
@@ -681,6 +681,9 @@ async fn pull_errors_carry_the_registry_answer() {
     .await;
     ctx.event("unknown", "BackOff", "Back-off pulling image")
         .await;
+    ctx.event("unknown", "Failed", "Error: ErrImagePull").await;
+    ctx.event("unknown", "Failed", "Error: ImagePullBackOff")
+        .await;
 
     // A registry that is not among the node's insecure ones is reached over HTTPS; nothing
     // listens on port 1 of loopback, and the message says which protocol was used.
@@ -714,8 +717,9 @@ async fn entrypoint_cmd_command_and_args_follow_kubernetes_rules() {
             vec!["/app/demo-app", "--listen", "0.0.0.0:8081"],
         ),
         (
+            // Also an exec probe: it runs in the image's root, found on the image's PATH.
             "command-only",
-            format!("    command: [/app/demo-app]\n{}", probe(8080)),
+            "    command: [/app/demo-app]\n    readinessProbe: {exec: {command: [demo-app, --version]}, periodSeconds: 1}\n".to_owned(),
             vec!["/app/demo-app"],
         ),
         (

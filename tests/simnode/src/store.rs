@@ -157,6 +157,21 @@ fn describe(e: &OciDistributionError) -> String {
     }
 }
 
+/// Whether the registry said the reference does not exist (a 404, or an `*_UNKNOWN` code).
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|err| {
+            serde_json::to_value(&err.code)
+                .ok()
+                .and_then(|v| v.as_str().map(|c| c.ends_with("_UNKNOWN")))
+                .unwrap_or(false)
+        }),
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        _ => false,
+    }
+}
+
 impl ImageStore {
     /// Opens (creating) the store under `root`, removing pulls a crash left in `tmp/`.
     pub(crate) fn open(
@@ -290,8 +305,16 @@ impl ImageStore {
     /// answer (or why it could not be reached), prefixed like containerd's.
     pub(crate) async fn pull(&self, image: &ImageRef) -> Result<Pulled, String> {
         let requested = Instant::now();
-        let fail = |e: String| format!("failed to pull and unpack image \"{}\": {e}", image.key());
-        self.refuse_offline(image).map_err(fail)?;
+        // The CRI error a kubelet shows, with containerd's wording.
+        let fail_with = |code: &str, e: String| {
+            format!(
+                "rpc error: code = {code} desc = failed to pull and unpack image \"{}\": {e}",
+                image.key()
+            )
+        };
+        let fail = |e: String| fail_with("Unknown", e);
+        self.refuse_offline(image)
+            .map_err(|e| fail_with("NotFound", e))?;
         let client = self.client().map_err(fail)?;
         let reference = match (&image.digest, &image.tag) {
             (Some(d), _) => {
@@ -306,12 +329,20 @@ impl ImageStore {
         };
         let auth = RegistryAuth::Anonymous;
         let resolve_error = |e: OciDistributionError| {
-            fail(format!(
-                "failed to resolve reference \"{}\": {}{}",
-                image.key(),
-                describe(&e),
-                self.scheme_note(image)
-            ))
+            let code = if is_not_found(&e) {
+                "NotFound"
+            } else {
+                "Unknown"
+            };
+            fail_with(
+                code,
+                format!(
+                    "failed to resolve reference \"{}\": {}{}",
+                    image.key(),
+                    describe(&e),
+                    self.scheme_note(image)
+                ),
+            )
         };
         // A digest names the content: it needs no registry when the image is here.
         let (top, top_digest) = match image.digest.as_ref().and_then(|d| self.load(d)) {
@@ -879,6 +910,10 @@ mod tests {
         let err = store.pull(&image).await.expect_err("a corrupted layer");
         assert!(err.contains(layer.rsplit('/').next().unwrap()), "{err}");
         assert!(err.to_lowercase().contains("digest"), "{err}");
+        assert!(
+            err.starts_with("rpc error: code = Unknown desc = "),
+            "{err}"
+        );
         assert!(store.load(&digest).is_none());
         assert!(store.local(&image).is_none());
         let left: Vec<_> = std::fs::read_dir(dir.path().join("images/tmp"))
@@ -892,6 +927,10 @@ mod tests {
         let missing = ImageRef::parse(&format!("{host}/bad:nope")).expect("ref");
         let err = store.pull(&missing).await.expect_err("unknown tag");
         assert!(err.contains("manifest unknown (MANIFEST_UNKNOWN)"), "{err}");
+        assert!(
+            err.starts_with("rpc error: code = NotFound desc = failed to pull and unpack image"),
+            "{err}"
+        );
         assert!(
             err.contains(&format!("http://{host}/v2/bad/manifests/nope")),
             "{err}"

@@ -185,8 +185,18 @@ fn not_found(kind: &str, name: &str) -> String {
     format!("{kind} \"{name}\" not found")
 }
 
-/// The full environment of `container`: what the process gets. Errors carry the message a
-/// kubelet shows with `CreateContainerConfigError`.
+/// A container's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerEnv {
+    /// What the process gets: the image's variables, then the container's.
+    pub(crate) vars: Vec<(String, String)>,
+    /// What `$(VAR)` in `command`, `args` and `subPathExpr` may name: the container's own
+    /// variables and the service variables, as on a kubelet (not the image's).
+    pub(crate) referenceable: Vec<(String, String)>,
+}
+
+/// The full environment of `container`. Errors carry the message a kubelet shows with
+/// `CreateContainerConfigError`.
 pub(crate) fn container_env(
     pod: &Pod,
     container: &Container,
@@ -194,7 +204,7 @@ pub(crate) fn container_env(
     defaults: &ImageDefaults<'_>,
     facts: &PodFacts,
     lookups: &Lookups,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<ContainerEnv, String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env = EnvList::default();
     for (name, value) in defaults.env {
@@ -302,23 +312,28 @@ pub(crate) fn container_env(
         };
         defined.set(&var.name, value);
     }
-    for (name, value) in defined.into_vec() {
-        env.set(&name, value);
+    let referenceable = defined.into_vec();
+    for (name, value) in &referenceable {
+        env.set(name, value.clone());
     }
     if env.get("HOME").is_none() {
         env.set("HOME", defaults.home.to_owned());
     }
     env.set("SIMNODE_IMAGE", image.to_owned());
     // exec(2) cannot pass NUL bytes.
-    Ok(env
+    let vars = env
         .into_vec()
         .into_iter()
         .map(|(k, v)| (k, v.replace('\0', "")))
-        .collect())
+        .collect();
+    Ok(ContainerEnv {
+        vars,
+        referenceable,
+    })
 }
 
 /// The argv of `container`: its `command` and `args`, each with `$(VAR)` expanded against
-/// `env`, combined with the image's `entrypoint` and `cmd` by Kubernetes' rules (see
+/// `env` (the container's referenceable variables), combined with the image's `entrypoint` and `cmd` by Kubernetes' rules (see
 /// [`crate::image::argv`]).
 pub(crate) fn command_line(
     container: &Container,
@@ -391,13 +406,16 @@ mod tests {
             env: &image_env,
             home: "/home/app",
         };
-        let env = container_env(&pod, &c, "i", &defaults, &facts(), &lookups()).expect("env");
+        let all = container_env(&pod, &c, "i", &defaults, &facts(), &lookups()).expect("env");
+        let env = all.vars;
         assert_eq!(get(&env, "PATH"), Some("/app/bin:/usr/bin"));
         assert_eq!(get(&env, "GREETING"), Some("from the pod"));
         assert_eq!(get(&env, "LANG"), Some("C.UTF-8"));
         assert_eq!(get(&env, "HOME"), Some("/home/app"));
         // $(VAR) refers to the container's variables only, as on a kubelet.
         assert_eq!(get(&env, "X"), Some("$(LANG)"));
+        assert_eq!(get(&all.referenceable, "LANG"), None);
+        assert_eq!(get(&all.referenceable, "GREETING"), Some("from the pod"));
         assert_eq!(env[0].0, "PATH", "image variables come first");
     }
 
@@ -472,7 +490,8 @@ mod tests {
             &facts(),
             &lookups(),
         )
-        .expect("env");
+        .expect("env")
+        .vars;
         assert_eq!(get(&env, "REF"), Some("p-fast-$(MISSING)"));
         assert_eq!(get(&env, "CFG_MODE"), Some("fast"));
         assert_eq!(get(&env, "CFG_bad key"), None);
@@ -508,7 +527,7 @@ mod tests {
             "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]
         }));
         assert_eq!(
-            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()),
+            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()).map(|e| e.vars),
             Err("configmap \"gone\" not found".into())
         );
         let (pod, c) = pod_and_container(serde_json::json!({
@@ -516,7 +535,7 @@ mod tests {
             "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "k"}}}]
         }));
         assert_eq!(
-            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()),
+            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()).map(|e| e.vars),
             Err("couldn't find key k in Secret ns1/sec".into())
         );
         let (pod, c) = pod_and_container(serde_json::json!({

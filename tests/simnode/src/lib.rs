@@ -340,3 +340,32 @@ impl Drop for SimNode {
         let _ = self.stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(
+            vec!["simnode-0".into()],
+            "/state".into(),
+            BTreeMap::new(),
+            "https://127.0.0.1:6443".into(),
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn insecure_registries_are_hosts_with_ports() {
+        assert!(config().insecure_registries.is_empty(), "HTTPS unless told");
+        let ok = config()
+            .with_insecure_registries(vec!["127.0.0.1:5000".into(), "registry.local".into()]);
+        assert_eq!(ok.insecure_registries, ["127.0.0.1:5000", "registry.local"]);
+        assert!(check_config(&ok).is_ok());
+        for bad in ["", "http://127.0.0.1:5000", "127.0.0.1:5000/repo", "a b"] {
+            let err =
+                check_config(&config().with_insecure_registries(vec![bad.into()])).expect_err(bad);
+            assert!(err.to_string().contains("insecure registry"), "{err}");
+        }
+    }
+}

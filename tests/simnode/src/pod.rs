@@ -788,7 +788,7 @@ impl Worker {
                 return;
             }
         };
-        let mut mounts = match self.mounts(&spec, &env) {
+        let mut mounts = match self.mounts(&spec, &env.referenceable) {
             Ok(m) => m,
             Err(message) => {
                 self.event(true, "Failed", format!("Error: {message}"));
@@ -836,7 +836,7 @@ impl Worker {
                 }
             },
         };
-        let argv = match env::command_line(&spec, &entrypoint, &cmd, &env) {
+        let argv = match env::command_line(&spec, &entrypoint, &cmd, &env.referenceable) {
             Ok(argv) => argv,
             Err(message) => {
                 self.event(true, "Failed", format!("Error: {message}"));
@@ -886,7 +886,7 @@ impl Worker {
             holder_pid: self.sandbox.as_ref().map(PodSandbox::holder_pid),
             script: script_path,
             argv,
-            env: env.clone(),
+            env: env.vars.clone(),
             log: self.log_path(&spec.name),
             started_marker: marker,
         };
@@ -911,7 +911,7 @@ impl Worker {
                     container_id,
                     spawned: now,
                     started_at: None,
-                    env,
+                    env: env.vars,
                     pid1: None,
                     probes: None,
                     kill_at: None,

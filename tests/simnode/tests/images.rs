@@ -13,7 +13,8 @@
 //! the image; an unknown repository and a registry the node would reach over HTTPS; the
 //! entrypoint/cmd/command/args rules, and exec probes in an image with no shell; the image's user, `runAsNonRoot` with a numeric, a
 //! named and a root image user; `readOnlyRootFilesystem`; writes to `/` private to a
-//! container and gone after its restart; two pods pulling one image download it once; a
+//! container and gone after its restart; SIGTERM forwarded and exit codes reported by the
+//! init; two pods pulling one image download it once; a
 //! corrupted layer is refused and nothing of it is kept.
 
 use std::collections::BTreeMap;
@@ -45,6 +46,19 @@ struct Fixture {
 }
 
 static FIXTURE: OnceCell<Fixture> = OnceCell::const_new();
+
+/// Fails the run, saying what to install, when a tool the images are built with is missing.
+fn require_tool(tool: &str, package: &str) {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is needed to build the test images: install Debian's {package} package \
+         (scripts/install-platform.sh installs the image tools)"
+    );
+}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -120,6 +134,8 @@ fn config(layout: &Path, base: &str, tag: &str, args: &[&str]) {
 }
 
 fn build_layout(dir: &Path) -> PathBuf {
+    require_tool("umoci", "umoci");
+    require_tool("ldd", "libc-bin");
     let layout = dir.join("layout");
     let image = |tag: &str| format!("{}:{tag}", layout.display());
     run(Command::new("umoci")
@@ -887,6 +903,48 @@ async fn root_filesystem_writes_are_private_and_read_only_when_asked() {
     assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS), "{err}");
     assert!(ro.root("/srv/app.db").exists(), "volumes stay writable");
     std::fs::write(ro.root("/tmp/scratch"), "x").expect("/tmp stays writable");
+}
+
+#[tokio::test]
+async fn the_init_forwards_sigterm_and_reports_exit_codes() {
+    let Some(ctx) = Ctx::new("img-signals").await else {
+        return;
+    };
+    ctx.pod("sig", &format!("{}:v1", ctx.image("demo")), READY_8080, "")
+        .await;
+    ctx.running("sig", 0).await;
+    ctx.process("sig").await.kill();
+    let c = ctx.running("sig", 1).await;
+    let last = c
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("the killed run's state");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (137, Some("Error"))
+    );
+
+    // Deleting the pod: SIGTERM reaches the app through the init (no shell in the image).
+    let pod = ctx.get("sig").await.expect("pod");
+    let uid = pod.metadata.uid.clone().expect("uid");
+    Api::<Pod>::namespaced(ctx.client.clone(), ctx.ns())
+        .delete("sig", &Default::default())
+        .await
+        .expect("delete");
+    let log = ctx
+        .env
+        .data_dir()
+        .expect("cluster dir")
+        .join(format!("node/pods/{}_sig_{uid}/c.log", ctx.ns()));
+    wait_for("the app's graceful shutdown in its log", START, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("shutting down gracefully") && text.contains("SIGTERM") {
+            Ok(())
+        } else {
+            Err(text.lines().rev().take(3).collect::<Vec<_>>().join(" | "))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -299,9 +299,9 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> Result<String, String> {
     Ok(s)
 }
 
-/// The shell functions every root uses: `inroot TOOL ARGS` runs a host tool chrooted into
-/// the new root (`$T` is where the tools are inside it), `at PATH` prints the host path of
-/// a container path resolved inside the root, `vol SRC TARGET d|f ro|rw` mounts a volume.
+/// The shell functions every root uses (each root defines `inroot TOOL ARGS`, which runs
+/// a host tool chrooted into the new root): `at PATH` prints the host path of a container
+/// path resolved inside the root, `vol SRC TARGET d|f ro|rw` mounts a volume there.
 fn helpers(s: &mut String) {
     s.push_str(
         "at() { printf '%s%s' \"$R\" \"$(inroot realpath -m -- \"$1\")\"; }\n\
@@ -558,6 +558,19 @@ mod tests {
         assert!(setup_script(&spec(&no_loader, image, &[], None, false))
             .unwrap_err()
             .contains("dynamic loader"));
+    }
+
+    #[test]
+    fn a_read_only_host_root_is_a_mount_made_read_only_last() {
+        let l = layout();
+        let exe = RootSource::Executable(Path::new("/target/debug/demo-app"));
+        let script = setup_script(&spec(&l, exe, &[], None, true)).expect("script");
+        let bind = script
+            .find("/usr/bin/mount --bind \"$R\" \"$R\"\n")
+            .expect("the root bound on itself");
+        let workdir = script.find("inroot mkdir -p -- '/data'").expect("workdir");
+        let ro = script.find("ro \"$R\"\n").expect("read-only root");
+        assert!(bind < workdir && workdir < ro, "{script}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::error::{HarnessError, Result};
 use crate::kubeconfig;
 use crate::node::{self, NodeRuntime, NodeSpec};
 use crate::process::{self, ManagedProcess, Reaper, POLL_INTERVAL};
+use crate::registry::Registry;
 
 /// The Kubernetes version the tests run on: the one `scripts/install-platform.sh` builds
 /// from Go modules (`scripts/install-k8s-current.sh`), with etcd [`ETCD_VERSION`].
@@ -52,6 +53,9 @@ pub struct ClusterOptions {
     /// More kube-apiserver flags (for example an audit log for a benchmark that wants to
     /// know which client sends which requests).
     pub apiserver_args: Vec<String>,
+    /// Start a container registry ([`Registry`], plain HTTP on loopback) that the
+    /// simulated node pulls from as an insecure registry; see [`Cluster::registry`].
+    pub registry: bool,
 }
 
 impl Default for ClusterOptions {
@@ -67,6 +71,7 @@ impl Default for ClusterOptions {
             start_timeout: Duration::from_secs(90),
             controller_manager_args: Vec::new(),
             apiserver_args: Vec::new(),
+            registry: false,
         }
     }
 }
@@ -241,6 +246,7 @@ pub struct Cluster {
     /// etcd first, then kube-apiserver, kube-controller-manager, kube-scheduler.
     processes: Vec<ManagedProcess>,
     node: Option<NodeRuntime>,
+    registry: Option<Registry>,
     reaper: Option<Reaper>,
     startup_time: Duration,
     /// Kubernetes' minor version.
@@ -290,6 +296,7 @@ impl Cluster {
             node_names: Vec::new(),
             processes: Vec::new(),
             node: None,
+            registry: None,
             reaper: None,
             startup_time: Duration::ZERO,
             minor: 0,
@@ -335,6 +342,16 @@ impl Cluster {
             &opts.controller_manager_args,
         )?;
         cluster.start_scheduler(&bins.scheduler, &pki)?;
+        if opts.registry {
+            let dir = cluster.data_dir.join("registry");
+            let log = cluster
+                .log_dir
+                .as_deref()
+                .unwrap_or(&dir)
+                .join("docker-registry.log");
+            mkdir(&dir)?;
+            cluster.registry = Some(Registry::start(&dir, &log).await?);
+        }
         // The node needs only the API server, so it registers while the controllers start.
         if opts.node_count > 0 {
             let names = node::default_node_names(opts.node_count);
@@ -344,6 +361,11 @@ impl Cluster {
                 images: opts.images.clone().unwrap_or_else(node::workspace_images),
                 api_server_url: cluster.api_server_url.clone(),
                 ca_pem: cluster.ca_pem.clone(),
+                insecure_registries: cluster
+                    .registry
+                    .iter()
+                    .map(|r| r.host().to_owned())
+                    .collect(),
             };
             mkdir(&spec.state_dir)?;
             cluster.node = Some(NodeRuntime::start(cluster.kubeconfig_path.clone(), spec).await?);
@@ -514,7 +536,11 @@ impl Cluster {
     fn check_processes(&mut self) -> Result<()> {
         self.processes
             .iter_mut()
-            .try_for_each(ManagedProcess::check_running)
+            .try_for_each(ManagedProcess::check_running)?;
+        match self.registry.as_mut() {
+            Some(r) => r.check_running(),
+            None => Ok(()),
+        }
     }
 
     fn log_tail_of(&self, component: &str) -> Option<String> {
@@ -639,12 +665,23 @@ impl Cluster {
         &self.data_dir
     }
 
-    /// `(component, log file)` of every control-plane process.
+    /// `(component, log file)` of every control-plane process, and of the registry.
     pub fn component_logs(&self) -> Vec<(String, PathBuf)> {
         self.processes
             .iter()
             .map(|p| (p.name().to_owned(), p.log().to_owned()))
+            .chain(
+                self.registry
+                    .iter()
+                    .map(|r| ("docker-registry".to_owned(), r.log().to_owned())),
+            )
             .collect()
+    }
+
+    /// The container registry, when started with `registry: true`; the simulated node
+    /// pulls from it over plain HTTP.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
     }
 
     /// Names of the simulated nodes (empty without a node).
@@ -699,6 +736,9 @@ impl Cluster {
             if let Err(e) = node.stop(node::SHUTDOWN_WAIT) {
                 tracing::warn!(error = %e, "stopping the simulated node");
             }
+        }
+        if let Some(mut registry) = self.registry.take() {
+            registry.stop();
         }
         // etcd last: an API server that loses etcd first retries and logs instead of
         // shutting down promptly.

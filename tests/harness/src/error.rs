@@ -19,6 +19,19 @@ pub enum HarnessError {
         path: PathBuf,
     },
 
+    /// A tool the harness runs (not one of the control plane) is not installed.
+    #[error("{name} not found: {hint}")]
+    MissingTool {
+        /// The program, e.g. `skopeo`.
+        name: String,
+        /// How to install it.
+        hint: String,
+    },
+
+    /// The test registry refused or failed an operation.
+    #[error("registry: {0}")]
+    Registry(String),
+
     /// A file-system or process operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -25,6 +25,7 @@ pub mod error;
 pub mod kubeconfig;
 pub mod node;
 pub mod process;
+pub mod registry;
 pub mod shared;
 pub mod volumes;
 
@@ -37,5 +38,6 @@ pub use controller::{ControllerProcess, FAILOVER_LEASE};
 pub use crds::install_crds;
 pub use error::HarnessError;
 pub use node::workspace_images;
-pub use shared::{shared, SharedEnv, TestNamespace};
+pub use registry::{Registry, RegistryEndpoint};
+pub use shared::{shared, shared_with_registry, SharedEnv, TestNamespace};
 pub use volumes::{claim_dir, files_under};

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use crate::error::{HarnessError, Result};
 
-/// Image repositories the simulated node can "pull", and the workspace executable each
-/// one runs (see `docs/platform-contract.md`).
+/// Image repositories the simulated node runs from the workspace's executables instead of
+/// pulling them, and the executable each one runs (see `docs/platform-contract.md`).
 pub const IMAGE_EXECUTABLES: [(&str, &str); 3] = [
     ("deployctl.dev/demo-app", "demo-app"),
     ("deployctl.dev/deployctl", "deployctl-controller"),
@@ -87,6 +87,8 @@ pub(crate) struct NodeSpec {
     pub(crate) images: BTreeMap<String, PathBuf>,
     pub(crate) api_server_url: String,
     pub(crate) ca_pem: String,
+    /// Registries the node pulls from over plain HTTP (the cluster's own registry).
+    pub(crate) insecure_registries: Vec<String>,
 }
 
 /// The calls into `deployctl-simnode`, kept in one place so its API can change without
@@ -102,6 +104,7 @@ mod backend {
             node_names: spec.node_names,
             state_dir: spec.state_dir,
             images: spec.images,
+            insecure_registries: spec.insecure_registries,
             api_server_url: spec.api_server_url,
             ca_pem: spec.ca_pem,
         };

@@ -18,6 +18,7 @@ use crate::cluster::{self, Cluster, ClusterOptions};
 use crate::error::{HarnessError, Result};
 use crate::kubeconfig;
 use crate::process::POLL_INTERVAL;
+use crate::registry::RegistryEndpoint;
 
 /// Env var naming the kubeconfig of an existing cluster to test against instead of
 /// starting one; tests that need the simulated node are then skipped.
@@ -40,6 +41,8 @@ pub struct SharedEnv {
     legacy_sa_tokens: bool,
     runtime: tokio::runtime::Handle,
     startup_time: Option<Duration>,
+    registry: Option<RegistryEndpoint>,
+    data_dir: Option<PathBuf>,
 }
 
 /// The shared cluster of this test binary, started on first use (a few seconds), or the
@@ -50,8 +53,29 @@ pub struct SharedEnv {
 /// If the cluster cannot start; every later call panics with the same message, so each
 /// test fails saying why.
 pub fn shared() -> &'static SharedEnv {
+    shared_env(false)
+}
+
+/// Like [`shared`], with a container registry the simulated node pulls from
+/// ([`SharedEnv::registry`]). Call it from every test of a binary that needs the registry:
+/// the first call of a binary decides how its shared cluster starts.
+///
+/// # Panics
+/// As [`shared`]; also when this binary's cluster was started by [`shared`], without one.
+pub fn shared_with_registry() -> &'static SharedEnv {
+    let env = shared_env(true);
+    if env.has_sim_node && env.registry.is_none() {
+        panic!(
+            "deployctl-harness: this test binary's shared cluster was started by shared(), \
+             without a registry: call shared_with_registry() in each of its tests"
+        );
+    }
+    env
+}
+
+fn shared_env(registry: bool) -> &'static SharedEnv {
     static SHARED: OnceLock<std::result::Result<SharedEnv, String>> = OnceLock::new();
-    match SHARED.get_or_init(|| start_shared().map_err(|e| e.to_string())) {
+    match SHARED.get_or_init(|| start_shared(registry).map_err(|e| e.to_string())) {
         Ok(env) => env,
         Err(message) => {
             panic!("deployctl-harness: the shared test cluster is unavailable: {message}")
@@ -59,7 +83,7 @@ pub fn shared() -> &'static SharedEnv {
     }
 }
 
-fn start_shared() -> Result<SharedEnv> {
+fn start_shared(registry: bool) -> Result<SharedEnv> {
     let (tx, rx) = mpsc::channel::<Result<SharedEnv>>();
     std::thread::Builder::new()
         .name("deployctl-shared-env".into())
@@ -78,7 +102,7 @@ fn start_shared() -> Result<SharedEnv> {
             };
             let handle = runtime.handle().clone();
             runtime.block_on(async move {
-                match start_env(handle).await {
+                match start_env(handle, registry).await {
                     Ok((env, cluster)) => {
                         let _ = tx.send(Ok(env));
                         // Keeps the cluster, and this runtime for namespace clean-up,
@@ -97,7 +121,10 @@ fn start_shared() -> Result<SharedEnv> {
         .map_err(|_| HarnessError::Thread("the shared-env thread ended before reporting".into()))?
 }
 
-async fn start_env(runtime: tokio::runtime::Handle) -> Result<(SharedEnv, Option<Cluster>)> {
+async fn start_env(
+    runtime: tokio::runtime::Handle,
+    registry: bool,
+) -> Result<(SharedEnv, Option<Cluster>)> {
     if let Some(path) = std::env::var_os(EXTERNAL_KUBECONFIG_ENV) {
         let path = PathBuf::from(path);
         let client = kubeconfig::client(&path).await?;
@@ -118,6 +145,8 @@ async fn start_env(runtime: tokio::runtime::Handle) -> Result<(SharedEnv, Option
             legacy_sa_tokens: minor_version(&version.major, &version.minor) < Some((1, 24)),
             runtime,
             startup_time: None,
+            registry: None,
+            data_dir: None,
         };
         return Ok((env, None));
     }
@@ -130,6 +159,7 @@ async fn start_env(runtime: tokio::runtime::Handle) -> Result<(SharedEnv, Option
     let opts = ClusterOptions {
         node_count,
         log_dir: std::env::var_os(LOG_DIR_ENV).map(PathBuf::from),
+        registry,
         ..Default::default()
     };
     let cluster = Cluster::start(opts).await?;
@@ -145,6 +175,8 @@ async fn start_env(runtime: tokio::runtime::Handle) -> Result<(SharedEnv, Option
         legacy_sa_tokens: cluster.minor_version() < 24,
         runtime,
         startup_time: Some(cluster.startup_time()),
+        registry: cluster.registry().map(|r| r.endpoint().clone()),
+        data_dir: Some(cluster.data_dir().to_owned()),
     };
     Ok((env, Some(cluster)))
 }
@@ -180,6 +212,18 @@ impl SharedEnv {
     /// Names of the simulated nodes (empty against an external cluster).
     pub fn node_names(&self) -> &[String] {
         &self.node_names
+    }
+
+    /// The registry of [`shared_with_registry`] (`None` from [`shared`], and against an
+    /// external cluster).
+    pub fn registry(&self) -> Option<&RegistryEndpoint> {
+        self.registry.as_ref()
+    }
+
+    /// The shared cluster's state dir (`None` for an external cluster): the simulated
+    /// node's state is in its `node/` subdir.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
     }
 
     /// How long the shared cluster took to start (`None` for an external cluster).

@@ -13,6 +13,7 @@ use crate::image;
 use crate::network::NodeNet;
 use crate::rootfs::HostLayout;
 use crate::spawner::Spawner;
+use crate::store::ImageStore;
 
 /// Shared by all tasks of one [`crate::SimNode`].
 pub(crate) struct Ctx {
@@ -25,6 +26,8 @@ pub(crate) struct Ctx {
     pub(crate) api_port: u16,
     pub(crate) layout: HostLayout,
     pub(crate) http: reqwest::Client,
+    /// Pulled images (`state_dir/images`).
+    pub(crate) store: Arc<ImageStore>,
     image_ids: Mutex<BTreeMap<String, String>>,
 }
 
@@ -34,6 +37,7 @@ impl std::fmt::Debug for Ctx {
             .field("state_dir", &self.state_dir)
             .field("images", &self.images)
             .field("api_port", &self.api_port)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -42,21 +46,21 @@ impl Ctx {
     pub(crate) fn new(
         client: kube::Client,
         spawner: Arc<Spawner>,
-        state_dir: PathBuf,
-        images: BTreeMap<String, PathBuf>,
-        ca_pem: String,
+        cfg: crate::NodeConfig,
         api_port: u16,
         http: reqwest::Client,
+        store: Arc<ImageStore>,
     ) -> Self {
         Self {
             client,
             spawner,
-            state_dir,
-            images,
-            ca_pem,
+            state_dir: cfg.state_dir,
+            images: cfg.images,
+            ca_pem: cfg.ca_pem,
             api_port,
             layout: HostLayout::detect(),
             http,
+            store,
             image_ids: Mutex::new(BTreeMap::new()),
         }
     }
@@ -125,8 +129,8 @@ impl NodeHandle {
                 EventType::Normal
             },
             reason: reason.into(),
+            action: action_of(reason, &note),
             note: Some(truncate(note, 1000)),
-            action: reason.into(),
             secondary: None,
         };
         tokio::spawn(async move {
@@ -135,6 +139,20 @@ impl NodeHandle {
             }
         });
     }
+}
+
+/// The event's `action`, which with its reason keys the recorder's aggregation (repeats
+/// only count up a series, their note is not kept): the note's fixed part, up to the
+/// first quoted name, parenthesis or number, so `Pulled` "already present" and `Pulled`
+/// "Successfully pulled" stay two events as on a kubelet, while a repeated back-off (a
+/// new delay, or another image tag) is a repeat.
+fn action_of(reason: &str, note: &str) -> String {
+    let fixed = note
+        .split(|c: char| c == '"' || c == '(' || c.is_ascii_digit())
+        .next()
+        .unwrap_or_default()
+        .trim();
+    truncate(format!("{reason}: {fixed}"), 128)
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -146,4 +164,31 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action_of;
+
+    #[test]
+    fn actions_tell_notes_apart_but_not_their_numbers() {
+        let pulled = action_of("Pulled", "Successfully pulled image \"a:1\" in 1.2s");
+        assert_eq!(pulled, "Pulled: Successfully pulled image");
+        assert_ne!(
+            pulled,
+            action_of(
+                "Pulled",
+                "Container image \"a:1\" already present on machine"
+            )
+        );
+        assert_eq!(
+            action_of("BackOff", "Back-off 10s restarting"),
+            action_of("BackOff", "Back-off 20s restarting")
+        );
+        assert_ne!(
+            action_of("Failed", "Error: ErrImagePull"),
+            action_of("Failed", "Failed to pull image \"x\": boom")
+        );
+        assert!(action_of("X", &"y".repeat(300)).len() <= 128);
+    }
 }

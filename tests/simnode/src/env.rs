@@ -9,9 +9,21 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::quantity;
 
-/// `PATH` inside containers: the image's executable first.
+/// `PATH` inside containers of the executable map: the image's executable first.
 pub(crate) const DEFAULT_PATH: &str =
     "/image/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `PATH` for a pulled image whose config sets none (containerd's default).
+pub(crate) const RUNTIME_DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the image contributes to the environment: its variables (including `PATH`) come
+/// first and the container's win; `HOME` is set when neither sets it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ImageDefaults<'a> {
+    pub(crate) env: &'a [(String, String)],
+    pub(crate) home: &'a str,
+}
 
 /// ConfigMaps and Secrets of the pod's namespace, by name, as key → bytes. A name that is
 /// absent was not found.
@@ -173,18 +185,31 @@ fn not_found(kind: &str, name: &str) -> String {
     format!("{kind} \"{name}\" not found")
 }
 
-/// The full environment of `container`: what the process gets. Errors carry the message a
-/// kubelet shows with `CreateContainerConfigError`.
+/// A container's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerEnv {
+    /// What the process gets: the image's variables, then the container's.
+    pub(crate) vars: Vec<(String, String)>,
+    /// What `$(VAR)` in `command`, `args` and `subPathExpr` may name: the container's own
+    /// variables and the service variables, as on a kubelet (not the image's).
+    pub(crate) referenceable: Vec<(String, String)>,
+}
+
+/// The full environment of `container`. Errors carry the message a kubelet shows with
+/// `CreateContainerConfigError`.
 pub(crate) fn container_env(
     pod: &Pod,
     container: &Container,
     image: &str,
+    defaults: &ImageDefaults<'_>,
     facts: &PodFacts,
     lookups: &Lookups,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<ContainerEnv, String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env = EnvList::default();
-    env.set("PATH", DEFAULT_PATH.into());
+    for (name, value) in defaults.env {
+        env.set(name, value.clone());
+    }
     let hostname = pod
         .spec
         .as_ref()
@@ -192,7 +217,6 @@ pub(crate) fn container_env(
         .or_else(|| pod.metadata.name.clone())
         .unwrap_or_default();
     env.set("HOSTNAME", hostname);
-    env.set("HOME", "/root".into());
     // Referenceable by $(VAR): the service variables and everything defined below.
     let mut defined = EnvList::default();
     let port = facts.api_port.to_string();
@@ -288,37 +312,50 @@ pub(crate) fn container_env(
         };
         defined.set(&var.name, value);
     }
-    for (name, value) in defined.into_vec() {
-        env.set(&name, value);
+    let referenceable = defined.into_vec();
+    for (name, value) in &referenceable {
+        env.set(name, value.clone());
+    }
+    if env.get("HOME").is_none() {
+        env.set("HOME", defaults.home.to_owned());
     }
     env.set("SIMNODE_IMAGE", image.to_owned());
     // exec(2) cannot pass NUL bytes.
-    Ok(env
+    let vars = env
         .into_vec()
         .into_iter()
         .map(|(k, v)| (k, v.replace('\0', "")))
-        .collect())
+        .collect();
+    Ok(ContainerEnv {
+        vars,
+        referenceable,
+    })
 }
 
-/// The argv of `container`: `command` (or the image's executable) then `args`, each with
-/// `$(VAR)` expanded against `env`.
+/// The argv of `container`: its `command` and `args`, each with `$(VAR)` expanded against
+/// `env` (the container's referenceable variables), combined with the image's `entrypoint` and `cmd` by Kubernetes' rules (see
+/// [`crate::image::argv`]).
 pub(crate) fn command_line(
     container: &Container,
-    entrypoint: &str,
+    entrypoint: &[String],
+    cmd: &[String],
     env: &[(String, String)],
-) -> Vec<String> {
+) -> Result<Vec<String>, String> {
     let lookup = |name: &str| {
         env.iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let mut argv: Vec<String> = match &container.command {
-        Some(cmd) if !cmd.is_empty() => cmd.iter().map(|a| expand(a, &lookup)).collect(),
-        _ => vec![entrypoint.to_owned()],
+    let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
+        v.iter().flatten().map(|a| expand(a, &lookup)).collect()
     };
-    argv.extend(container.args.iter().flatten().map(|a| expand(a, &lookup)));
-    argv
+    crate::image::argv(
+        &expand_all(&container.command),
+        &expand_all(&container.args),
+        entrypoint,
+        cmd,
+    )
 }
 
 #[cfg(test)]
@@ -334,6 +371,52 @@ mod tests {
         .expect("pod");
         let c: Container = serde_json::from_value(yaml_container).expect("container");
         (pod, c)
+    }
+
+    const EXE_ENV: &[(&str, &str)] = &[("PATH", DEFAULT_PATH)];
+
+    fn exe_defaults() -> ImageDefaults<'static> {
+        static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+        ImageDefaults {
+            env: ENV.get_or_init(|| {
+                EXE_ENV
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            }),
+            home: "/root",
+        }
+    }
+
+    #[test]
+    fn image_env_comes_first_and_the_container_wins() {
+        let (pod, c) = pod_and_container(serde_json::json!({
+            "name": "app", "image": "i",
+            "env": [{"name": "GREETING", "value": "from the pod"}, {"name": "X", "value": "$(LANG)"}]
+        }));
+        let image_env: Vec<(String, String)> = [
+            ("PATH", "/app/bin:/usr/bin"),
+            ("GREETING", "from the image"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let defaults = ImageDefaults {
+            env: &image_env,
+            home: "/home/app",
+        };
+        let all = container_env(&pod, &c, "i", &defaults, &facts(), &lookups()).expect("env");
+        let env = all.vars;
+        assert_eq!(get(&env, "PATH"), Some("/app/bin:/usr/bin"));
+        assert_eq!(get(&env, "GREETING"), Some("from the pod"));
+        assert_eq!(get(&env, "LANG"), Some("C.UTF-8"));
+        assert_eq!(get(&env, "HOME"), Some("/home/app"));
+        // $(VAR) refers to the container's variables only, as on a kubelet.
+        assert_eq!(get(&env, "X"), Some("$(LANG)"));
+        assert_eq!(get(&all.referenceable, "LANG"), None);
+        assert_eq!(get(&all.referenceable, "GREETING"), Some("from the pod"));
+        assert_eq!(env[0].0, "PATH", "image variables come first");
     }
 
     fn facts() -> PodFacts {
@@ -399,8 +482,16 @@ mod tests {
             "command": ["/bin/sh", "-c"],
             "args": ["echo $(POD) $$(POD)"]
         }));
-        let env = container_env(&pod, &c, "deployctl.dev/demo-app:v1", &facts(), &lookups())
-            .expect("env");
+        let env = container_env(
+            &pod,
+            &c,
+            "deployctl.dev/demo-app:v1",
+            &exe_defaults(),
+            &facts(),
+            &lookups(),
+        )
+        .expect("env")
+        .vars;
         assert_eq!(get(&env, "REF"), Some("p-fast-$(MISSING)"));
         assert_eq!(get(&env, "CFG_MODE"), Some("fast"));
         assert_eq!(get(&env, "CFG_bad key"), None);
@@ -421,7 +512,7 @@ mod tests {
             Some("deployctl.dev/demo-app:v1")
         );
         assert_eq!(
-            command_line(&c, "/image/bin/demo-app", &env),
+            command_line(&c, &["/image/bin/demo-app".into()], &[], &env).unwrap(),
             ["/bin/sh", "-c", "echo web-1 $(POD)"]
         );
         let (cms, secrets) = referenced_objects(&c);
@@ -436,7 +527,7 @@ mod tests {
             "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]
         }));
         assert_eq!(
-            container_env(&pod, &c, "i", &facts(), &lookups()),
+            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()).map(|e| e.vars),
             Err("configmap \"gone\" not found".into())
         );
         let (pod, c) = pod_and_container(serde_json::json!({
@@ -444,13 +535,13 @@ mod tests {
             "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "k"}}}]
         }));
         assert_eq!(
-            container_env(&pod, &c, "i", &facts(), &lookups()),
+            container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()).map(|e| e.vars),
             Err("couldn't find key k in Secret ns1/sec".into())
         );
         let (pod, c) = pod_and_container(serde_json::json!({
             "name": "app", "image": "i", "envFrom": [{"secretRef": {"name": "gone"}}]
         }));
-        assert!(container_env(&pod, &c, "i", &facts(), &lookups()).is_err());
+        assert!(container_env(&pod, &c, "i", &exe_defaults(), &facts(), &lookups()).is_err());
     }
 
     #[test]
@@ -460,7 +551,13 @@ mod tests {
         }));
         let env = vec![("PORT".to_owned(), "9090".to_owned())];
         assert_eq!(
-            command_line(&c, "/image/bin/demo-app", &env),
+            command_line(
+                &c,
+                &["/image/bin/demo-app".into()],
+                &["ignored".into()],
+                &env
+            )
+            .unwrap(),
             ["/image/bin/demo-app", "--listen", "0.0.0.0:9090"]
         );
     }

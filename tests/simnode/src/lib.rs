@@ -11,19 +11,37 @@
 //!     [("deployctl.dev/demo-app".to_owned(), "/work/target/debug/demo-app".into())].into(),
 //!     "https://127.0.0.1:6443".into(),
 //!     std::fs::read_to_string("/tmp/ca.pem").unwrap_or_default(),
-//! );
+//! )
+//! // Pods may now run `127.0.0.1:5000/app:v1`, pulled over plain HTTP.
+//! .with_insecure_registries(vec!["127.0.0.1:5000".into()]);
 //! let node = SimNode::start(client, cfg).await?;
 //! // ... pods scheduled to simnode-0 run as processes ...
 //! node.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
+//! Images come two ways. A repository of [`NodeConfig::images`] (the executable map)
+//! runs that local executable in a root made of the host's system dirs; nothing is pulled
+//! for it, and its registry host (always [`RESERVED_REGISTRY`]) is never contacted. Every
+//! other image is pulled as a kubelet with containerd would: from its registry (plain
+//! HTTP for [`NodeConfig::insecure_registries`], HTTPS otherwise), by tag or digest, an
+//! index resolved to its linux/amd64 manifest, every blob verified, layers unpacked once
+//! into `state_dir/images/` per `imagePullPolicy`, with the `Pulling`/`Pulled`/`Failed`
+//! events, `ErrImagePull`/`ImagePullBackOff`/`ErrImageNeverPull`, and
+//! `imageID = <repository>@<digest>`. The container then runs in an overlay of the
+//! image's root filesystem (writes private to the container, or a read-only root with
+//! `readOnlyRootFilesystem`) with the image's Entrypoint, Cmd, Env, User and WorkingDir
+//! under Kubernetes' rules. Images need no shell: the container's init stays outside its
+//! root.
+//!
 //! How it works, by module:
 //! - `node`: `Node` objects kept Ready, `Lease` heartbeats;
 //! - `provisioner`: the `local-dir` StorageClass ([`STORAGE_CLASS`]) and its PVs;
 //! - `kubelet` and `pod`: the pod watch and one state-machine worker per pod;
 //! - `network`: a network namespace per pod, owned by a holder process, on a veth pair;
-//! - `rootfs` and `volumes`: a private mount namespace and `chroot` per container;
+//! - `image`, `store`, `unpack`: references, pull policies and image configs (pure); the
+//!   registry client and the content-addressed store; applying layers;
+//! - `rootfs` and `volumes`: a private mount namespace and root per container;
 //! - `runner`, `spawner`, `probe`, `status`, `env`, `backoff`: processes, probes, and the
 //!   pure parts (status, environment, probe thresholds, back-off).
 //!
@@ -53,6 +71,8 @@ mod rootfs;
 mod runner;
 mod spawner;
 mod status;
+mod store;
+mod unpack;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -72,6 +92,10 @@ use crate::context::{Ctx, NodeHandle};
 use crate::network::Sink;
 use crate::spawner::Spawner;
 
+/// The registry host of the workspace's executable-map images: never contacted, whether
+/// or not the map names a given repository of it (a test may run before a binary is built).
+pub const RESERVED_REGISTRY: &str = "deployctl.dev";
+
 /// How long [`SimNode::shutdown`] waits for its tasks.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -82,8 +106,14 @@ pub struct NodeConfig {
     pub node_names: Vec<String>,
     /// Where pod dirs (`pods/`, logs, volumes) and PV dirs (`pvs/`) go.
     pub state_dir: PathBuf,
-    /// Image repository (`deployctl.dev/demo-app`, no tag) → executable to run.
+    /// Image repository (`deployctl.dev/demo-app`, no tag) → executable to run. Such
+    /// images are never pulled, and neither is anything else from their registry hosts
+    /// (`deployctl.dev` is always one): other images are pulled from their registries.
     pub images: BTreeMap<String, PathBuf>,
+    /// Registries (`host:port`, as in image references) pulled from over plain HTTP, as
+    /// containerd's insecure registries (e.g. `127.0.0.1:5000`); every other registry is
+    /// pulled from over HTTPS.
+    pub insecure_registries: Vec<String>,
     /// The API server's URL; pods reach it through a relay on `10.96.0.1`.
     pub api_server_url: String,
     /// The cluster CA (PEM), served as `ca.crt` where `kube-root-ca.crt` is missing.
@@ -91,7 +121,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// All fields at once.
+    /// All fields but [`NodeConfig::insecure_registries`] (none: every registry over
+    /// HTTPS); see [`NodeConfig::with_insecure_registries`].
     pub fn new(
         node_names: Vec<String>,
         state_dir: PathBuf,
@@ -103,9 +134,16 @@ impl NodeConfig {
             node_names,
             state_dir,
             images,
+            insecure_registries: Vec::new(),
             api_server_url,
             ca_pem,
         }
+    }
+
+    /// The same configuration pulling from `registries` (`host:port`) over plain HTTP.
+    pub fn with_insecure_registries(mut self, registries: Vec<String>) -> Self {
+        self.insecure_registries = registries;
+        self
     }
 }
 
@@ -151,6 +189,18 @@ fn check_config(cfg: &NodeConfig) -> Result<(), SimNodeError> {
             )));
         }
     }
+    for registry in &cfg.insecure_registries {
+        let valid = !registry.is_empty()
+            && !registry.contains('/')
+            && registry
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            return Err(SimNodeError::Config(format!(
+                "insecure registry {registry:?} must be a host[:port] as in image references"
+            )));
+        }
+    }
     if !cfg.state_dir.is_absolute() {
         return Err(SimNodeError::Config(format!(
             "state_dir {} must be absolute",
@@ -166,7 +216,7 @@ impl SimNode {
     /// node (a multi-thread one is best: probes and processes are many small tasks).
     pub async fn start(client: kube::Client, cfg: NodeConfig) -> Result<SimNode, SimNodeError> {
         check_config(&cfg)?;
-        for dir in ["pods", "pvs"] {
+        for dir in ["pods", "pvs", "images"] {
             let path = cfg.state_dir.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(|e| SimNodeError::io(format!("creating {}", path.display()), e))?;
@@ -204,14 +254,27 @@ impl SimNode {
         let api_port = proxy.port;
         self.proxy = Some(proxy);
         let http = probe::http_client().map_err(SimNodeError::Config)?;
+        // The executable map's registry hosts serve nothing else: never contacted.
+        let reserved = cfg
+            .images
+            .keys()
+            .filter_map(|repo| image::ImageRef::parse(repo).ok().map(|r| r.registry))
+            .chain([RESERVED_REGISTRY.to_owned()])
+            .collect();
+        let store = store::ImageStore::open(
+            cfg.state_dir.join("images"),
+            cfg.insecure_registries.clone(),
+            reserved,
+        )
+        .map_err(|e| SimNodeError::Config(format!("opening the image store: {e}")))?;
+        let node_names = cfg.node_names.clone();
         let ctx = Arc::new(Ctx::new(
             client.clone(),
             self.spawner.clone(),
-            cfg.state_dir.clone(),
-            cfg.images,
-            cfg.ca_pem,
+            cfg,
             api_port,
             http,
+            Arc::new(store),
         ));
         let nodes: Vec<Arc<NodeHandle>> = nets
             .into_iter()
@@ -231,7 +294,7 @@ impl SimNode {
         )));
         self.tasks.push(tokio::spawn(provisioner::run(
             client.clone(),
-            cfg.node_names.clone(),
+            node_names,
             ctx.pv_root(),
             stop.clone(),
         )));
@@ -275,5 +338,34 @@ impl Drop for SimNode {
         // Without shutdown(): tasks stop on their own and killed children are reaped by
         // the runtime; the spawner thread's end makes the kernel kill the rest.
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(
+            vec!["simnode-0".into()],
+            "/state".into(),
+            BTreeMap::new(),
+            "https://127.0.0.1:6443".into(),
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn insecure_registries_are_hosts_with_ports() {
+        assert!(config().insecure_registries.is_empty(), "HTTPS unless told");
+        let ok = config()
+            .with_insecure_registries(vec!["127.0.0.1:5000".into(), "registry.local".into()]);
+        assert_eq!(ok.insecure_registries, ["127.0.0.1:5000", "registry.local"]);
+        assert!(check_config(&ok).is_ok());
+        for bad in ["", "http://127.0.0.1:5000", "127.0.0.1:5000/repo", "a b"] {
+            let err =
+                check_config(&config().with_insecure_registries(vec![bad.into()])).expect_err(bad);
+            assert!(err.to_string().contains("insecure registry"), "{err}");
+        }
     }
 }

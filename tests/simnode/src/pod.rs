@@ -25,12 +25,13 @@ use tokio::time::Instant;
 use crate::backoff::{self, BackOff};
 use crate::context::{Ctx, NodeHandle};
 use crate::env::{self, Lookups, PodFacts};
-use crate::image;
+use crate::image::{self, ImageRef, PullPolicy};
 use crate::network::{PodSandbox, API_SERVICE_IP};
 use crate::probe::{self, ProbeKind, ProbeReport, ProbeSet, ProbeTarget};
-use crate::rootfs::{self, MountSpec, RootSpec};
+use crate::rootfs::{self, MountSpec, RootSource, RootSpec};
 use crate::runner::{self, Launch, RunEvent, RunHandle, Stop};
 use crate::status::{self, CState, ContainerView, Phase, PodView, RestartPolicy, Terminated};
+use crate::store::{Pulled, StoredImage};
 use crate::volumes::{self, PreparedVolume, VolumeContext};
 
 /// From the node's pod watch to a worker.
@@ -55,6 +56,21 @@ enum WorkerEvent {
         run: u64,
         report: ProbeReport,
     },
+    /// An image pull started for a slot ended.
+    Pulled {
+        slot: usize,
+        image: ImageRef,
+        result: Result<Box<Pulled>, String>,
+    },
+}
+
+/// The image a container is created from.
+#[derive(Debug, Clone)]
+enum RootImage {
+    /// A repository of the executable map: the host's system dirs and this executable.
+    Executable(PathBuf),
+    /// An image from the store.
+    Stored(ImageRef, Box<StoredImage>),
 }
 
 /// How long `ErrImagePull` shows before `ImagePullBackOff`.
@@ -111,6 +127,10 @@ struct Slot {
     config_retry: Duration,
     /// Will not run again (init container done, or not restarted by policy).
     done: bool,
+    /// An image pull for the next start is in flight.
+    pulling: bool,
+    /// The image a finished pull delivered, for the next start.
+    pulled: Option<(ImageRef, Box<StoredImage>)>,
 }
 
 impl Slot {
@@ -136,6 +156,8 @@ impl Slot {
             pull_backoff_shown_at: None,
             config_retry: SETUP_RETRY,
             done: false,
+            pulling: false,
+            pulled: None,
         }
     }
 
@@ -476,6 +498,7 @@ impl Worker {
 
     async fn drive_containers(&mut self) {
         let now = Instant::now();
+        let mut backing_off = Vec::new();
         for slot in &mut self.slots {
             if slot.pull_backoff_shown_at.is_some_and(|t| t <= now) {
                 slot.pull_backoff_shown_at = None;
@@ -485,6 +508,7 @@ impl Worker {
                         reason: "ImagePullBackOff".into(),
                         message: Some(format!("Back-off pulling image \"{}\"", slot.image())),
                     };
+                    backing_off.push(slot.image().to_owned());
                 }
             }
             if let Some(run) = &mut slot.run {
@@ -493,6 +517,14 @@ impl Worker {
                     run.handle.stop(Stop::Kill);
                 }
             }
+        }
+        for image in backing_off {
+            self.event(
+                false,
+                "BackOff",
+                format!("Back-off pulling image \"{image}\""),
+            );
+            self.event(true, "Failed", "Error: ImagePullBackOff".into());
         }
         let due = |slot: &Slot| {
             slot.run.is_none() && !slot.done && slot.next_start.is_none_or(|t| t <= now)
@@ -573,30 +605,163 @@ impl Worker {
 
     async fn start_container(&mut self, i: usize) {
         let now = Instant::now();
-        let spec = self.slots[i].spec.clone();
-        let image = self.slots[i].image().to_owned();
-        let Some(exe) = image::resolve(&self.ctx.images, &image).map(Path::to_path_buf) else {
-            let slot = &mut self.slots[i];
-            let wait = slot
-                .pull_backoff
-                .failure(now.into_std(), Duration::ZERO)
-                .max(backoff::INITIAL);
-            let message = image::pull_error_message(&image);
-            slot.state = CState::Waiting {
-                reason: "ErrImagePull".into(),
-                message: Some(message.clone()),
-            };
-            slot.pull_backoff_shown_at = Some(now + PULL_ERROR_SHOWN);
-            slot.next_start = Some(now + wait);
-            self.event(
-                true,
-                "Failed",
-                format!("Failed to pull image \"{image}\": {message}"),
-            );
+        if self.slots[i].pulling {
+            return;
+        }
+        let root = match self.slots[i].pulled.take() {
+            Some((image, stored)) => RootImage::Stored(image, stored),
+            None => match self.obtain_image(i, now) {
+                Some(root) => root,
+                None => return,
+            },
+        };
+        self.create_container(i, root, now).await;
+    }
+
+    /// The image of slot `i` if it can be used now, as a kubelet's image manager decides
+    /// with the pull policy; otherwise starts a pull (its end arrives as
+    /// [`WorkerEvent::Pulled`]) or records why it cannot, and returns `None`.
+    fn obtain_image(&mut self, i: usize, now: Instant) -> Option<RootImage> {
+        let written = self.slots[i].image().to_owned();
+        if let Some(exe) = image::resolve(&self.ctx.images, &written) {
+            return Some(RootImage::Executable(exe.to_path_buf()));
+        }
+        let parsed = match ImageRef::parse(&written) {
+            Ok(r) => r,
+            Err(message) => {
+                let message = format!("Failed to apply default image tag \"{written}\": {message}");
+                self.event(true, "InspectFailed", message.clone());
+                self.slots[i].config_error(now, "InvalidImageName", message);
+                return None;
+            }
+        };
+        let policy = PullPolicy::of(self.slots[i].spec.image_pull_policy.as_deref(), &parsed);
+        if policy != PullPolicy::Always {
+            if let Some(stored) = self.ctx.store.local(&parsed) {
+                self.event(
+                    false,
+                    "Pulled",
+                    format!("Container image \"{written}\" already present on machine"),
+                );
+                return Some(RootImage::Stored(parsed, Box::new(stored)));
+            }
+        }
+        if policy == PullPolicy::Never {
+            let message =
+                format!("Container image \"{written}\" is not present with pull policy of Never");
+            self.event(true, "ErrImageNeverPull", message.clone());
+            self.slots[i].config_error(now, "ErrImageNeverPull", message);
+            return None;
+        }
+        self.event(false, "Pulling", format!("Pulling image \"{written}\""));
+        self.slots[i].pulling = true;
+        let store = self.ctx.store.clone();
+        let tx = self.events_tx.clone();
+        // Its own task: the worker goes on serving updates (a deletion, for one) meanwhile.
+        tokio::spawn(async move {
+            let result = store.pull(&parsed).await.map(Box::new);
+            let _ = tx.send(WorkerEvent::Pulled {
+                slot: i,
+                image: parsed,
+                result,
+            });
+        });
+        None
+    }
+
+    fn on_pulled(&mut self, i: usize, image: ImageRef, result: Result<Box<Pulled>, String>) {
+        let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        let repository = image::repository(&image).to_owned();
-        self.slots[i].image_id = self.ctx.image_id(&repository, &exe);
+        slot.pulling = false;
+        if self.deleting() {
+            return;
+        }
+        let now = Instant::now();
+        match result {
+            Ok(pulled) => {
+                let note = format!(
+                    "Successfully pulled image \"{}\" in {} ({} including waiting). Image size: {} bytes.",
+                    image.written,
+                    go_duration(pulled.pulling),
+                    go_duration(pulled.total),
+                    pulled.image.size
+                );
+                let slot = &mut self.slots[i];
+                slot.pulled = Some((image, Box::new(pulled.image)));
+                slot.next_start = None;
+                self.event(false, "Pulled", note);
+            }
+            Err(message) => self.pull_failed(i, now, message),
+        }
+    }
+
+    /// `ErrImagePull`, then `ImagePullBackOff` until the next attempt, as a kubelet shows it.
+    fn pull_failed(&mut self, i: usize, now: Instant, message: String) {
+        let image = self.slots[i].image().to_owned();
+        let slot = &mut self.slots[i];
+        let wait = slot
+            .pull_backoff
+            .failure(now.into_std(), Duration::ZERO)
+            .max(backoff::INITIAL);
+        slot.state = CState::Waiting {
+            reason: "ErrImagePull".into(),
+            message: Some(message.clone()),
+        };
+        slot.pull_backoff_shown_at = Some(now + PULL_ERROR_SHOWN);
+        slot.next_start = Some(now + wait);
+        self.event(
+            true,
+            "Failed",
+            format!("Failed to pull image \"{image}\": {message}"),
+        );
+        self.event(true, "Failed", "Error: ErrImagePull".into());
+    }
+
+    async fn create_container(&mut self, i: usize, root: RootImage, now: Instant) {
+        let spec = self.slots[i].spec.clone();
+        let image = self.slots[i].image().to_owned();
+        let (image_id, image_env, entrypoint, cmd, image_workdir) = match &root {
+            RootImage::Executable(exe) => {
+                let repository = image::repository(&image).to_owned();
+                let exe_name = exe
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (
+                    self.ctx.image_id(&repository, exe),
+                    vec![("PATH".to_owned(), env::DEFAULT_PATH.to_owned())],
+                    vec![format!("/image/bin/{exe_name}")],
+                    Vec::new(),
+                    None,
+                )
+            }
+            RootImage::Stored(r, stored) => {
+                let mut base = vec![("PATH".to_owned(), env::RUNTIME_DEFAULT_PATH.to_owned())];
+                base.extend(stored.run.env_pairs());
+                (
+                    format!("{}@{}", r.repository(), stored.digest),
+                    base,
+                    stored.run.entrypoint.clone().unwrap_or_default(),
+                    stored.run.cmd.clone().unwrap_or_default(),
+                    stored.run.working_dir.clone().filter(|w| !w.is_empty()),
+                )
+            }
+        };
+        self.slots[i].image_id = image_id;
+        // Whom the command runs as, and its home: from the securityContext, else the image.
+        let identity = match &root {
+            RootImage::Executable(_) => run_as(&self.pod, &spec).map(|u| (u, "/root".to_owned())),
+            RootImage::Stored(_, stored) => image_run_as(&self.pod, &spec, stored),
+        };
+        let (user, home) = match identity {
+            Ok(found) => found,
+            Err(message) => {
+                self.event(true, "Failed", format!("Error: {message}"));
+                self.slots[i].config_error(now, "CreateContainerConfigError", message);
+                return;
+            }
+        };
         let lookups = match self.lookups(&spec).await {
             Ok(l) => l,
             Err(message) => {
@@ -604,7 +769,18 @@ impl Worker {
                 return;
             }
         };
-        let env = match env::container_env(&self.pod, &spec, &image, &self.facts(), &lookups) {
+        let defaults = env::ImageDefaults {
+            env: &image_env,
+            home: &home,
+        };
+        let env = match env::container_env(
+            &self.pod,
+            &spec,
+            &image,
+            &defaults,
+            &self.facts(),
+            &lookups,
+        ) {
             Ok(env) => env,
             Err(message) => {
                 self.event(true, "Failed", format!("Error: {message}"));
@@ -612,7 +788,7 @@ impl Worker {
                 return;
             }
         };
-        let mut mounts = match self.mounts(&spec, &env) {
+        let mut mounts = match self.mounts(&spec, &env.referenceable) {
             Ok(m) => m,
             Err(message) => {
                 self.event(true, "Failed", format!("Error: {message}"));
@@ -643,9 +819,16 @@ impl Worker {
             }
             _ => {}
         }
-        let working_dir = match spec.working_dir.as_deref().filter(|w| !w.is_empty()) {
+        // The container's workingDir, else the image's, else `/`.
+        let working_dir = match spec
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .or(image_workdir)
+        {
             None => "/".to_owned(),
-            Some(w) => match rootfs::normalize_container_path(w) {
+            Some(w) if w == "/" => w,
+            Some(w) => match rootfs::normalize_container_path(&w) {
                 Ok(w) => w,
                 Err(message) => {
                     self.slots[i].config_error(now, "CreateContainerConfigError", message);
@@ -653,35 +836,41 @@ impl Worker {
                 }
             },
         };
-        let exe_name = exe
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let argv = env::command_line(&spec, &format!("/image/bin/{exe_name}"), &env);
-        let user = match run_as(&self.pod, &spec) {
-            Ok(u) => u,
+        let argv = match env::command_line(&spec, &entrypoint, &cmd, &env.referenceable) {
+            Ok(argv) => argv,
             Err(message) => {
                 self.event(true, "Failed", format!("Error: {message}"));
-                self.slots[i].config_error(now, "CreateContainerConfigError", message);
+                self.slots[i].config_error(now, "CreateContainerError", message);
                 return;
             }
         };
+        let read_only = spec
+            .security_context
+            .as_ref()
+            .and_then(|c| c.read_only_root_filesystem)
+            .unwrap_or(false);
         let scratch = self.dir.join("rootfs").join(&spec.name);
         let script_path = self.dir.join(format!("{}.sh", spec.name));
         let marker = self.dir.join(format!("{}.started", spec.name));
         let title = format!("{}/{} container {}", self.namespace, self.name, spec.name);
+        let source = match &root {
+            RootImage::Executable(exe) => RootSource::Executable(exe),
+            RootImage::Stored(_, stored) => RootSource::Image(&stored.rootfs),
+        };
         let script = rootfs::setup_script(&RootSpec {
             title: &title,
             scratch: &scratch,
-            executable: &exe,
+            source,
             mounts: &mounts,
             working_dir: &working_dir,
             layout: &self.ctx.layout,
             started_marker: &marker,
             user: user.as_ref(),
+            read_only,
         });
-        let written =
-            std::fs::create_dir_all(&scratch).and_then(|()| std::fs::write(&script_path, script));
+        let written = script.map_err(std::io::Error::other).and_then(|script| {
+            std::fs::create_dir_all(&scratch).and_then(|()| std::fs::write(&script_path, script))
+        });
         if let Err(e) = written {
             self.slots[i].config_error(
                 now,
@@ -697,7 +886,7 @@ impl Worker {
             holder_pid: self.sandbox.as_ref().map(PodSandbox::holder_pid),
             script: script_path,
             argv,
-            env: env.clone(),
+            env: env.vars.clone(),
             log: self.log_path(&spec.name),
             started_marker: marker,
         };
@@ -722,12 +911,12 @@ impl Worker {
                     container_id,
                     spawned: now,
                     started_at: None,
-                    env,
+                    env: env.vars,
                     pid1: None,
                     probes: None,
                     kill_at: None,
                 });
-                if slot.runs == 1 {
+                if slot.runs == 1 && matches!(root, RootImage::Executable(_)) {
                     self.event(
                         false,
                         "Pulled",
@@ -772,6 +961,11 @@ impl Worker {
         match event {
             WorkerEvent::Run { slot, run, event } => self.on_run_event(slot, run, event),
             WorkerEvent::Probe { slot, run, report } => self.on_probe(slot, run, report),
+            WorkerEvent::Pulled {
+                slot,
+                image,
+                result,
+            } => self.on_pulled(slot, image, result),
         }
     }
 
@@ -1201,32 +1395,20 @@ impl Worker {
     }
 }
 
-/// Whom `container` runs as, from its and its pod's securityContext, as a kubelet decides:
-/// the container's settings over the pod's; `fsGroup` and `supplementalGroups` as
-/// supplementary groups. `runAsNonRoot` without a non-zero `runAsUser` is refused (the
-/// images run as root; a kubelet reads the image's user, here always root).
-pub(crate) fn run_as(
-    pod: &Pod,
-    container: &k8s_openapi::api::core::v1::Container,
-) -> std::result::Result<Option<crate::rootfs::RunAs>, String> {
+/// The user-related settings of a container's securityContext, the container's over the
+/// pod's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Security {
+    uid: Option<i64>,
+    gid: Option<i64>,
+    non_root: bool,
+    /// `fsGroup` and `supplementalGroups`, sorted.
+    groups: Vec<i64>,
+}
+
+fn security(pod: &Pod, container: &Container) -> Security {
     let p = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let c = container.security_context.as_ref();
-    let uid = c
-        .and_then(|c| c.run_as_user)
-        .or(p.and_then(|p| p.run_as_user));
-    let gid = c
-        .and_then(|c| c.run_as_group)
-        .or(p.and_then(|p| p.run_as_group));
-    let non_root = c
-        .and_then(|c| c.run_as_non_root)
-        .or(p.and_then(|p| p.run_as_non_root))
-        .unwrap_or(false);
-    if non_root && uid.unwrap_or(0) == 0 {
-        return Err(match uid {
-            Some(_) => "container's runAsUser breaks non-root policy".to_string(),
-            None => "container has runAsNonRoot and image will run as root".to_string(),
-        });
-    }
     let mut groups: Vec<i64> = p
         .into_iter()
         .flat_map(|p| {
@@ -1237,12 +1419,192 @@ pub(crate) fn run_as(
         .collect();
     groups.sort_unstable();
     groups.dedup();
-    if uid.is_none() && gid.is_none() && groups.is_empty() {
+    Security {
+        uid: c
+            .and_then(|c| c.run_as_user)
+            .or(p.and_then(|p| p.run_as_user)),
+        gid: c
+            .and_then(|c| c.run_as_group)
+            .or(p.and_then(|p| p.run_as_group)),
+        non_root: c
+            .and_then(|c| c.run_as_non_root)
+            .or(p.and_then(|p| p.run_as_non_root))
+            .unwrap_or(false),
+        groups,
+    }
+}
+
+/// Whom `container` of an executable-map image runs as, from its and its pod's
+/// securityContext, as a kubelet decides: the container's settings over the pod's;
+/// `fsGroup` and `supplementalGroups` as supplementary groups. Such images have no user
+/// of their own: they run as root, so `runAsNonRoot` needs a non-zero `runAsUser`.
+pub(crate) fn run_as(
+    pod: &Pod,
+    container: &Container,
+) -> std::result::Result<Option<crate::rootfs::RunAs>, String> {
+    let sec = security(pod, container);
+    if sec.non_root && sec.uid.unwrap_or(0) == 0 {
+        return Err(match sec.uid {
+            Some(_) => "container's runAsUser breaks non-root policy".to_string(),
+            None => "container has runAsNonRoot and image will run as root".to_string(),
+        });
+    }
+    if sec.uid.is_none() && sec.gid.is_none() && sec.groups.is_empty() {
         return Ok(None);
     }
     Ok(Some(crate::rootfs::RunAs {
-        uid: uid.unwrap_or(0),
-        gid: gid.unwrap_or(0),
-        groups,
+        uid: sec.uid.unwrap_or(0),
+        gid: sec.gid.unwrap_or(0),
+        groups: sec.groups,
     }))
+}
+
+/// The kubelet's `runAsNonRoot` check against a pulled image's `User` (it sees only the
+/// config, not the image's files: a user name cannot be verified).
+fn verify_non_root(sec: &Security, image_user: Option<&str>) -> std::result::Result<(), String> {
+    if !sec.non_root {
+        return Ok(());
+    }
+    match (sec.uid, image::ImageUser::of(image_user)) {
+        (Some(0), _) => Err("container's runAsUser breaks non-root policy".into()),
+        (Some(_), _) => Ok(()),
+        (None, image::ImageUser::Uid(0)) => {
+            Err("container has runAsNonRoot and image will run as root".into())
+        }
+        (None, image::ImageUser::Uid(_)) => Ok(()),
+        (None, image::ImageUser::Name(name)) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify \
+             user is non-root"
+        )),
+    }
+}
+
+/// Whom `container` of a pulled image runs as, and its `$HOME`: the securityContext's
+/// `runAsUser`/`runAsGroup` over the image's `User`, names looked up in the image's
+/// `/etc/passwd` and `/etc/group` (as runc does), the user's groups there plus `fsGroup`
+/// and `supplementalGroups`. `None` is root with no extra groups.
+fn image_run_as(
+    pod: &Pod,
+    container: &Container,
+    stored: &StoredImage,
+) -> std::result::Result<(Option<crate::rootfs::RunAs>, String), String> {
+    let sec = security(pod, container);
+    let image_user = stored.run.user.as_deref().filter(|u| !u.is_empty());
+    verify_non_root(&sec, image_user)?;
+    let read = |path: &str| {
+        crate::store::read_in_root(&stored.rootfs, path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let passwd = image::parse_passwd(&read("/etc/passwd"));
+    let group = image::parse_group(&read("/etc/group"));
+    let user = image::resolve_user(image_user, sec.uid, sec.gid, &passwd, &group)?;
+    let mut groups = user.groups;
+    groups.extend(sec.groups);
+    groups.sort_unstable();
+    groups.dedup();
+    let run_as =
+        (user.uid != 0 || user.gid != 0 || !groups.is_empty()).then_some(crate::rootfs::RunAs {
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+        });
+    Ok((run_as, user.home))
+}
+
+/// A duration as Go prints a `time.Duration` truncated to milliseconds (`523ms`,
+/// `1.2s`), as the kubelet's pull events show it.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (mins, rest) = (ms / 60_000, ms % 60_000);
+    let secs = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(pod_sc: serde_json::Value, container_sc: serde_json::Value) -> (Pod, Container) {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "image": "i", "securityContext": container_sc
+        }))
+        .expect("container");
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"securityContext": pod_sc, "containers": [c.clone()]}
+        }))
+        .expect("pod");
+        (p, c)
+    }
+
+    #[test]
+    fn run_as_non_root_is_checked_like_the_kubelet() {
+        let (p, c) = pod(
+            serde_json::json!({"runAsNonRoot": true}),
+            serde_json::json!({}),
+        );
+        let sec = security(&p, &c);
+        assert_eq!(verify_non_root(&sec, Some("65532")), Ok(()));
+        assert_eq!(verify_non_root(&sec, Some("65532:65532")), Ok(()));
+        assert_eq!(
+            verify_non_root(&sec, None),
+            Err("container has runAsNonRoot and image will run as root".into())
+        );
+        assert_eq!(
+            verify_non_root(&sec, Some("0:0")),
+            Err("container has runAsNonRoot and image will run as root".into())
+        );
+        assert_eq!(
+            verify_non_root(&sec, Some("app")),
+            Err(
+                "container has runAsNonRoot and image has non-numeric user (app), cannot \
+                 verify user is non-root"
+                    .into()
+            )
+        );
+        // A runAsUser decides, whatever the image says.
+        let (p, c) = pod(
+            serde_json::json!({"runAsNonRoot": true}),
+            serde_json::json!({"runAsUser": 1000}),
+        );
+        assert_eq!(verify_non_root(&security(&p, &c), Some("app")), Ok(()));
+        let (p, c) = pod(
+            serde_json::json!({"runAsNonRoot": true, "runAsUser": 0}),
+            serde_json::json!({}),
+        );
+        assert!(verify_non_root(&security(&p, &c), Some("65532")).is_err());
+        // The container's settings win over the pod's.
+        let (p, c) = pod(
+            serde_json::json!({"runAsNonRoot": true, "fsGroup": 7, "supplementalGroups": [9, 7]}),
+            serde_json::json!({"runAsNonRoot": false, "runAsGroup": 3}),
+        );
+        let sec = security(&p, &c);
+        assert_eq!(
+            sec,
+            Security {
+                uid: None,
+                gid: Some(3),
+                non_root: false,
+                groups: vec![7, 9]
+            }
+        );
+        assert_eq!(verify_non_root(&sec, None), Ok(()));
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(Duration::from_micros(523_900)), "523ms");
+        assert_eq!(go_duration(Duration::from_millis(1200)), "1.2s");
+        assert_eq!(go_duration(Duration::from_millis(2000)), "2s");
+        assert_eq!(go_duration(Duration::from_millis(62_050)), "1m2.05s");
+    }
 }

@@ -1,24 +1,35 @@
 //! The container's root filesystem, built by a generated `sh` script that runs as PID 1
 //! of the container's fresh PID and mount namespaces (so no mount is ever visible on the
-//! host, and nothing is created on the host's root filesystem):
+//! host, and nothing is created on the host's root filesystem). A tmpfs scratch dir holds
+//! the new root, which is one of:
 //!
-//! - a tmpfs scratch dir holds the new root;
-//! - the host's `/usr /bin /sbin /lib /lib64 /etc` are bound read-only (symlinks such as
-//!   `bin -> usr/bin` are copied as symlinks); a system dir that must receive a mount point
-//!   is an overlay with its upper layer in the scratch tmpfs instead, made read-only again
-//!   once the mount points exist;
-//! - `/proc` (of the new PID namespace), a minimal `/dev` (null, zero, full, random,
-//!   urandom, tty, `shm`), a private `/tmp`, and the image's executable at
-//!   `/image/bin/<file name>`;
-//! - each volume bound at its `mountPath`, parents first, `readOnly` honoured. Mount points
-//!   are created *inside* the new root (`chroot ... mkdir`), so absolute symlinks cannot
-//!   lead `mkdir` out to the host.
+//! - **an image's root filesystem** (pulled, see [`crate::store`]): an overlay whose lower
+//!   layer is the unpacked image (never written) and whose upper and work dirs are in the
+//!   scratch tmpfs, so a container's writes are private to it and vanish when it ends;
+//! - **the host's system dirs** (images of the executable map): `/usr /bin /sbin /lib
+//!   /lib64 /etc` bound read-only (symlinks such as `bin -> usr/bin` copied as symlinks;
+//!   a system dir that must receive a mount point is an overlay with its upper layer in
+//!   the scratch instead, made read-only again once the mount points exist), and the
+//!   executable at `/image/bin/<file name>`.
 //!
-//! The script then `chroot`s and becomes a minimal init ([`INIT_MARKER`]): it runs the
-//! container's command as its child, forwards `SIGTERM`/`SIGINT`/`SIGHUP` to it and
-//! exits with its status. An init is needed because PID 1 of a namespace ignores signals
-//! it has no handler for, and because when PID 1 exits the kernel kills everything else
-//! in the namespace: no process of a container can outlive it.
+//! Both get `/proc` (of the new PID namespace), a minimal `/dev` (null, zero, full,
+//! random, urandom, tty, `shm`), a private `/tmp`, and each volume bound at its
+//! `mountPath`, parents first, `readOnly` honoured. Mount points (and the working dir)
+//! are created, and mount targets resolved, *inside* the new root by `mkdir`/`realpath`
+//! run under `chroot`, so an absolute symlink in an image or a volume cannot lead them
+//! out to the host. An image may have no such tools (distroless images have no shell):
+//! the host's are bound at [`SETUP_TOOLS`] for the setup only and run through the host's
+//! dynamic loader, then removed before the command starts. With
+//! `readOnlyRootFilesystem` the root is remounted read-only last (volumes, `/dev` and
+//! `/tmp` stay writable, as on a kubelet).
+//!
+//! The script then becomes a minimal init ([`INIT_MARKER`]), the host's `sh` *outside*
+//! the new root, so the image needs no shell: it runs the container's command as its
+//! child through `unshare --root --wd` (the `chroot` and working dir), after `setpriv`
+//! (group ids) and with `unshare --setuid` (the user), forwards `SIGTERM`/`SIGINT`/`SIGHUP`
+//! to it and exits with its status. An init is needed because PID 1 of a namespace
+//! ignores signals it has no handler for, and because when PID 1 exits the kernel kills
+//! everything else in the namespace: no process of a container can outlive it.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -27,13 +38,23 @@ use std::path::{Component, Path, PathBuf};
 /// `$0` of the init shell, so `ps` shows which processes are container inits.
 pub(crate) const INIT_MARKER: &str = "simnode-init";
 
+/// Where the host's tools are bound inside an image's root during setup.
+pub(crate) const SETUP_TOOLS: &str = "/.simnode-setup";
+
 /// The host directories a container sees (read-only).
 const SYSTEM_DIRS: [&str; 6] = ["usr", "bin", "sbin", "lib", "lib64", "etc"];
 
-/// The init shell's program (see the module docs).
-const INIT: &str = r#"wd=$1; shift
-cd -- "$wd" || exit 128
-trap 'kill -TERM "$pid" 2>/dev/null' TERM
+/// Dynamic loaders of the host, by architecture (the first that exists is used).
+const LOADERS: [&str; 5] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-armhf.so.3",
+    "/lib/ld-linux-riscv64-lp64d.so.1",
+    "/lib64/ld64.so.2",
+];
+
+/// The init shell's program (see the module docs). Its arguments are the command.
+const INIT: &str = r#"trap 'kill -TERM "$pid" 2>/dev/null' TERM
 trap 'kill -INT "$pid" 2>/dev/null' INT
 trap 'kill -HUP "$pid" 2>/dev/null' HUP
 "$@" &
@@ -55,6 +76,9 @@ pub(crate) enum HostEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct HostLayout {
     pub(crate) entries: Vec<(String, HostEntry)>,
+    /// The host's dynamic loader, resolved (`/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2`):
+    /// its dir holds the libraries of the setup tools run inside image roots.
+    pub(crate) loader: Option<PathBuf>,
 }
 
 impl HostLayout {
@@ -78,7 +102,8 @@ impl HostLayout {
                 }
             })
             .collect();
-        Self { entries }
+        let loader = LOADERS.iter().find_map(|l| std::fs::canonicalize(l).ok());
+        Self { entries, loader }
     }
 
     /// The system dir a container path ends up in, following a top-level symlink
@@ -109,6 +134,15 @@ pub(crate) struct MountSpec {
     pub(crate) source_is_dir: bool,
 }
 
+/// What the container's root is made of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RootSource<'a> {
+    /// The host's system dirs, with this executable at `/image/bin/<file name>`.
+    Executable(&'a Path),
+    /// An unpacked image root filesystem (the overlay's read-only lower layer).
+    Image(&'a Path),
+}
+
 /// Everything the setup script needs.
 #[derive(Debug)]
 pub(crate) struct RootSpec<'a> {
@@ -116,7 +150,7 @@ pub(crate) struct RootSpec<'a> {
     pub(crate) title: &'a str,
     /// An empty host dir; the scratch tmpfs is mounted on it (in the private namespace).
     pub(crate) scratch: &'a Path,
-    pub(crate) executable: &'a Path,
+    pub(crate) source: RootSource<'a>,
     pub(crate) mounts: &'a [MountSpec],
     pub(crate) working_dir: &'a str,
     pub(crate) layout: &'a HostLayout,
@@ -124,8 +158,10 @@ pub(crate) struct RootSpec<'a> {
     /// succeeded and the command started (it is on the host, outside the new root).
     pub(crate) started_marker: &'a Path,
     /// The user the command runs as (`runAsUser`, `runAsGroup`, supplementary groups with
-    /// `fsGroup`); `None`: root, the images' own user.
+    /// `fsGroup`, or the image's user); `None`: root.
     pub(crate) user: Option<&'a RunAs>,
+    /// `securityContext.readOnlyRootFilesystem`.
+    pub(crate) read_only: bool,
 }
 
 /// Whom a container's command runs as.
@@ -169,22 +205,13 @@ fn quote_path(p: &Path) -> String {
     quote(&p.to_string_lossy())
 }
 
-/// The setup script. Its positional parameters are the container's argv.
-pub(crate) fn setup_script(spec: &RootSpec<'_>) -> String {
+/// The setup script. Its positional parameters are the container's argv. Fails when an
+/// image root cannot be set up on this host (no known dynamic loader).
+pub(crate) fn setup_script(spec: &RootSpec<'_>) -> Result<String, String> {
     let mut s = String::new();
-    let exe_name = spec
-        .executable
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "entrypoint".into());
     let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
     // Parents before children, whatever order the pod spec lists them in.
     mounts.sort_by_key(|m| m.target.matches('/').count());
-    let overlays: BTreeSet<String> = mounts
-        .iter()
-        .filter_map(|m| spec.layout.system_dir_of(&m.target))
-        .collect();
-
     let _ = writeln!(
         s,
         "#!/bin/sh\n# {}: generated by deployctl-simnode. Runs as PID 1 of the container's PID\n\
@@ -195,15 +222,111 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> String {
     );
     s.push_str(
         "ro() { /usr/bin/mount -o remount,bind,ro \"$1\"; }\n\
-         vol() {\n\
-         \x20 if [ \"$3\" = d ]; then /usr/sbin/chroot \"$R\" /usr/bin/mkdir -p -- \"$2\"\n\
-         \x20 else /usr/sbin/chroot \"$R\" /bin/sh -c 'mkdir -p -- \"${1%/*}/\" && touch -- \"$1\"' vol \"$2\"; fi\n\
-         \x20 /usr/bin/mount --bind \"$1\" \"$R$2\"\n\
-         \x20 if [ \"$4\" = ro ]; then ro \"$R$2\"; fi\n\
-         }\n\
          /usr/bin/mount -t tmpfs -o mode=0755 simnode-scratch \"$S\"\n\
          /usr/bin/mkdir \"$R\"\n",
     );
+    let overlays = match spec.source {
+        RootSource::Executable(_) => host_root(&mut s, spec, &mounts),
+        RootSource::Image(rootfs) => {
+            let loader = spec.layout.loader.as_deref().ok_or(
+                "the host's dynamic loader was not found (looked for the glibc loaders of \
+                 x86_64, aarch64, armhf, riscv64 and ppc64le): image roots need it for setup",
+            )?;
+            image_root(&mut s, rootfs, loader);
+            BTreeSet::new()
+        }
+    };
+    s.push_str(
+        "/usr/bin/mount -t proc proc \"$(at /proc)\"\n\
+         D=\"$(at /dev)\"\n\
+         /usr/bin/mount -t tmpfs -o mode=0755,nosuid simnode-dev \"$D\"\n\
+         for n in null zero full random urandom tty; do\n\
+         \x20 /usr/bin/touch \"$D/$n\"; /usr/bin/mount --bind \"/dev/$n\" \"$D/$n\"\n\
+         done\n\
+         /usr/bin/ln -s /proc/self/fd \"$D/fd\"\n\
+         /usr/bin/ln -s /proc/self/fd/0 \"$D/stdin\"\n\
+         /usr/bin/ln -s /proc/self/fd/1 \"$D/stdout\"\n\
+         /usr/bin/ln -s /proc/self/fd/2 \"$D/stderr\"\n\
+         /usr/bin/mkdir \"$D/shm\"\n\
+         /usr/bin/mount -t tmpfs -o mode=1777,nosuid,nodev simnode-shm \"$D/shm\"\n\
+         /usr/bin/mount -t tmpfs -o mode=1777,nosuid,nodev simnode-tmp \"$(at /tmp)\"\n",
+    );
+    if let RootSource::Executable(exe) = spec.source {
+        let exe_name = exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "entrypoint".into());
+        let _ = writeln!(
+            s,
+            "/usr/bin/touch \"$R/image/bin/{exe_name}\"\n/usr/bin/mount --bind {} \"$R/image/bin/{exe_name}\"\nro \"$R/image/bin/{exe_name}\"",
+            quote_path(exe)
+        );
+    }
+    for m in &mounts {
+        let _ = writeln!(
+            s,
+            "vol {} {} {} {}",
+            quote_path(&m.source),
+            quote(&m.target),
+            if m.source_is_dir { "d" } else { "f" },
+            if m.read_only { "ro" } else { "rw" }
+        );
+    }
+    for name in &overlays {
+        let _ = writeln!(s, "ro \"$R/{name}\"");
+    }
+    let wd = quote(spec.working_dir);
+    let _ = writeln!(s, "inroot mkdir -p -- {wd} 2>/dev/null || true");
+    if matches!(spec.source, RootSource::Image(_)) {
+        s.push_str(
+            "/usr/bin/umount \"$H/lib\" \"$H/bin\"\n/usr/bin/rmdir \"$H/lib\" \"$H/bin\" \"$H\"\n",
+        );
+    }
+    if spec.read_only {
+        s.push_str("ro \"$R\"\n");
+    }
+    let _ = writeln!(
+        s,
+        ": > {}\n\
+         exec /bin/sh -c {} {INIT_MARKER}{} /usr/bin/unshare --root=\"$R\" --wd={wd}{} -- \"$@\"",
+        quote_path(spec.started_marker),
+        quote(INIT),
+        spec.user.map(group_prefix).unwrap_or_default(),
+        spec.user
+            .map(|u| format!(" --setuid={}", u.uid))
+            .unwrap_or_default(),
+    );
+    Ok(s)
+}
+
+/// The shell functions every root uses (each root defines `inroot TOOL ARGS`, which runs
+/// a host tool chrooted into the new root): `at PATH` prints the host path of a container
+/// path resolved inside the root, `vol SRC TARGET d|f ro|rw` mounts a volume there.
+fn helpers(s: &mut String) {
+    s.push_str(
+        "at() { printf '%s%s' \"$R\" \"$(inroot realpath -m -- \"$1\")\"; }\n\
+         vol() {\n\
+         \x20 if [ \"$3\" = d ]; then inroot mkdir -p -- \"$2\"\n\
+         \x20 else inroot mkdir -p -- \"${2%/*}/\"; inroot touch -- \"$2\"; fi\n\
+         \x20 t=\"$(at \"$2\")\"\n\
+         \x20 /usr/bin/mount --bind \"$1\" \"$t\"\n\
+         \x20 if [ \"$4\" = ro ]; then ro \"$t\"; fi\n\
+         }\n",
+    );
+}
+
+/// The host-dirs root of an executable-map image; returns the system dirs made overlays.
+fn host_root(s: &mut String, spec: &RootSpec<'_>, mounts: &[&MountSpec]) -> BTreeSet<String> {
+    let overlays: BTreeSet<String> = mounts
+        .iter()
+        .filter_map(|m| spec.layout.system_dir_of(&m.target))
+        .collect();
+    if spec.read_only {
+        // A mount of its own, so it can be made read-only at the end.
+        s.push_str("/usr/bin/mount --bind \"$R\" \"$R\"\n");
+    }
+    s.push_str("inroot() { tool=$1; shift; /usr/sbin/chroot \"$R\" \"/usr/bin/$tool\" \"$@\"; }\n");
+    helpers(s);
     for (name, entry) in &spec.layout.entries {
         match entry {
             HostEntry::Symlink(target) => {
@@ -225,68 +348,58 @@ pub(crate) fn setup_script(spec: &RootSpec<'_>) -> String {
         }
     }
     s.push_str(
-        "/usr/bin/mkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\" \"$R/run\" \"$R/var/tmp\" \"$R/root\" \"$R/image/bin\"\n\
-         /usr/bin/mount -t proc proc \"$R/proc\"\n\
-         /usr/bin/mount -t tmpfs -o mode=0755,nosuid simnode-dev \"$R/dev\"\n\
-         for n in null zero full random urandom tty; do\n\
-         \x20 /usr/bin/touch \"$R/dev/$n\"; /usr/bin/mount --bind \"/dev/$n\" \"$R/dev/$n\"\n\
-         done\n\
-         /usr/bin/ln -s /proc/self/fd \"$R/dev/fd\"\n\
-         /usr/bin/ln -s /proc/self/fd/0 \"$R/dev/stdin\"\n\
-         /usr/bin/ln -s /proc/self/fd/1 \"$R/dev/stdout\"\n\
-         /usr/bin/ln -s /proc/self/fd/2 \"$R/dev/stderr\"\n\
-         /usr/bin/mkdir \"$R/dev/shm\"\n\
-         /usr/bin/mount -t tmpfs -o mode=1777,nosuid,nodev simnode-shm \"$R/dev/shm\"\n\
-         /usr/bin/mount -t tmpfs -o mode=1777,nosuid,nodev simnode-tmp \"$R/tmp\"\n",
+        "/usr/bin/mkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\" \"$R/run\" \"$R/var/tmp\" \"$R/root\" \"$R/image/bin\"\n",
     );
-    let _ = writeln!(
-        s,
-        "/usr/bin/touch \"$R/image/bin/{exe_name}\"\n/usr/bin/mount --bind {} \"$R/image/bin/{exe_name}\"\nro \"$R/image/bin/{exe_name}\"",
-        quote_path(spec.executable)
-    );
-    for m in &mounts {
-        let _ = writeln!(
-            s,
-            "vol {} {} {} {}",
-            quote_path(&m.source),
-            quote(&m.target),
-            if m.source_is_dir { "d" } else { "f" },
-            if m.read_only { "ro" } else { "rw" }
-        );
-    }
-    for name in &overlays {
-        let _ = writeln!(s, "ro \"$R/{name}\"");
-    }
-    let wd = quote(spec.working_dir);
-    let _ = writeln!(
-        s,
-        "/usr/sbin/chroot \"$R\" /usr/bin/mkdir -p -- {wd} 2>/dev/null || true\n\
-         : > {}\n\
-         exec /usr/sbin/chroot \"$R\" /bin/sh -c {} {INIT_MARKER} {wd}{} \"$@\"",
-        quote_path(spec.started_marker),
-        quote(INIT),
-        spec.user.map(run_as_prefix).unwrap_or_default(),
-    );
-    s
+    overlays
 }
 
-/// The words before the command that run it as `u`: `setpriv` inside the new root, so
-/// only the command changes user. The init stays root: changing credentials clears a
-/// process's parent-death signal, and the init's is what kills the container (and its
-/// PID namespace, and so the pod's network namespace) when the node's `unshare` parent
-/// dies; a non-root init outlived its node. Numeric ids: the images have no passwd
-/// entries, as distroless images have none.
-fn run_as_prefix(u: &RunAs) -> String {
+/// The overlay root of a pulled image, with the host's tools bound for the setup.
+fn image_root(s: &mut String, rootfs: &Path, loader: &Path) {
+    let lib_dir = loader.parent().unwrap_or(Path::new("/lib"));
+    let loader_name = loader
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // overlayfs separates lower dirs with ':' and options with ','.
+    let lower = rootfs
+        .to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,");
+    let _ = writeln!(
+        s,
+        "L={}\n\
+         /usr/bin/mkdir \"$S/upper\" \"$S/work\"\n\
+         /usr/bin/mount -t overlay simnode-root -o \"lowerdir=$L,upperdir=$S/upper,workdir=$S/work\" \"$R\"\n\
+         H=\"$R{SETUP_TOOLS}\"\n\
+         if [ -e \"$H\" ] || [ -L \"$H\" ]; then\n\
+         \x20 echo \"the image has {SETUP_TOOLS}, where the node binds its setup tools\" >&2; exit 1\n\
+         fi\n\
+         /usr/bin/mkdir \"$H\" \"$H/lib\" \"$H/bin\"\n\
+         /usr/bin/mount --bind {} \"$H/lib\"; ro \"$H/lib\"\n\
+         /usr/bin/mount --bind /usr/bin \"$H/bin\"; ro \"$H/bin\"\n\
+         inroot() {{ tool=$1; shift; /usr/sbin/chroot \"$R\" {SETUP_TOOLS}/lib/{} --library-path {SETUP_TOOLS}/lib \"{SETUP_TOOLS}/bin/$tool\" \"$@\"; }}",
+        quote(&lower),
+        quote_path(lib_dir),
+        quote(&loader_name),
+    );
+    helpers(s);
+    s.push_str("inroot mkdir -p /proc /dev /tmp\n");
+}
+
+/// The words before `unshare` that set the command's group ids: `setpriv` keeps the uid
+/// (0), so `unshare` can still `chroot`, then `--setuid` drops it. The init stays root:
+/// changing credentials clears a process's parent-death signal, and the init's is what
+/// kills the container (and its PID namespace, and so the pod's network namespace) when
+/// the node's `unshare` parent dies; a non-root init outlived its node.
+fn group_prefix(u: &RunAs) -> String {
     let groups = if u.groups.is_empty() {
         "--clear-groups".to_string()
     } else {
         let groups: Vec<String> = u.groups.iter().map(i64::to_string).collect();
         format!("--groups={}", groups.join(","))
     };
-    format!(
-        " /usr/bin/setpriv --reuid={} --regid={} {groups} --",
-        u.uid, u.gid
-    )
+    format!(" /usr/bin/setpriv --regid={} {groups} --", u.gid)
 }
 
 #[cfg(test)]
@@ -300,6 +413,7 @@ mod tests {
                 ("bin".into(), HostEntry::Symlink("usr/bin".into())),
                 ("etc".into(), HostEntry::Dir),
             ],
+            loader: Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
         }
     }
 
@@ -328,6 +442,26 @@ mod tests {
         assert_eq!(l.system_dir_of("/data"), None);
     }
 
+    fn spec<'a>(
+        l: &'a HostLayout,
+        source: RootSource<'a>,
+        mounts: &'a [MountSpec],
+        user: Option<&'a RunAs>,
+        read_only: bool,
+    ) -> RootSpec<'a> {
+        RootSpec {
+            title: "ns/pod/c",
+            scratch: Path::new("/state/pods/p/rootfs/c"),
+            source,
+            mounts,
+            working_dir: "/data",
+            layout: l,
+            started_marker: Path::new("/state/pods/p/c.started"),
+            user,
+            read_only,
+        }
+    }
+
     #[test]
     fn script_mounts_parents_first_and_overlays_only_when_needed() {
         let mounts = vec![
@@ -351,16 +485,8 @@ mod tests {
             },
         ];
         let l = layout();
-        let script = setup_script(&RootSpec {
-            title: "ns/pod/c",
-            scratch: Path::new("/state/pods/p/rootfs/c"),
-            executable: Path::new("/target/debug/demo-app"),
-            mounts: &mounts,
-            working_dir: "/data",
-            layout: &l,
-            started_marker: Path::new("/state/pods/p/c.started"),
-            user: None,
-        });
+        let exe = RootSource::Executable(Path::new("/target/debug/demo-app"));
+        let script = setup_script(&spec(&l, exe, &mounts, None, false)).expect("script");
         let data = script
             .find("vol '/state/v/data' '/data' d rw")
             .expect("data");
@@ -374,9 +500,77 @@ mod tests {
         assert!(!script.contains("simnode-usr"));
         assert!(script.contains("ln -s 'usr/bin' \"$R/bin\""));
         assert!(script.contains("mount --bind '/target/debug/demo-app' \"$R/image/bin/demo-app\""));
-        assert!(script.contains(&format!("{INIT_MARKER} '/data' \"$@\"")));
+        assert!(
+            !script.contains(SETUP_TOOLS),
+            "host roots have the host's tools"
+        );
         assert!(script.contains(": > '/state/pods/p/c.started'\nexec"));
-        assert!(script.trim_end().ends_with("\"$@\""));
+        let last = script.trim_end().lines().last().unwrap();
+        assert!(
+            last.ends_with(&format!(
+                "{INIT_MARKER} /usr/bin/unshare --root=\"$R\" --wd='/data' -- \"$@\""
+            )),
+            "{last}"
+        );
+        assert!(!script.contains("ro \"$R\"\n"), "{script}");
+    }
+
+    #[test]
+    fn image_roots_are_overlays_set_up_with_the_host_tools() {
+        let l = layout();
+        let mounts = vec![MountSpec {
+            source: "/state/v/data".into(),
+            target: "/data".into(),
+            read_only: false,
+            source_is_dir: true,
+        }];
+        let image = RootSource::Image(Path::new("/state/images/sha256/ab/rootfs"));
+        let script = setup_script(&spec(&l, image, &mounts, None, true)).expect("script");
+        assert!(
+            script.contains("L='/state/images/sha256/ab/rootfs'"),
+            "{script}"
+        );
+        assert!(script.contains(
+            "mount -t overlay simnode-root -o \"lowerdir=$L,upperdir=$S/upper,workdir=$S/work\" \"$R\""
+        ));
+        assert!(script.contains(
+            "/usr/sbin/chroot \"$R\" /.simnode-setup/lib/'ld-linux-x86-64.so.2' --library-path /.simnode-setup/lib"
+        ), "{script}");
+        assert!(script.contains("mount --bind '/usr/lib/x86_64-linux-gnu' \"$H/lib\""));
+        // No host system dirs and no executable bind.
+        assert!(!script.contains("mount --bind /usr \"$R/usr\""));
+        assert!(!script.contains("/image/bin"));
+        // The tools leave before the command starts; the root turns read-only last.
+        let tools_gone = script
+            .find("/usr/bin/rmdir \"$H/lib\"")
+            .expect("tools removed");
+        let vol = script.find("vol '/state/v/data'").expect("vol");
+        let ro_root = script.find("ro \"$R\"\n").expect("read-only root");
+        let start = script.find(": > ").expect("marker");
+        assert!(
+            vol < tools_gone && tools_gone < ro_root && ro_root < start,
+            "{script}"
+        );
+        let no_loader = HostLayout {
+            loader: None,
+            ..layout()
+        };
+        assert!(setup_script(&spec(&no_loader, image, &[], None, false))
+            .unwrap_err()
+            .contains("dynamic loader"));
+    }
+
+    #[test]
+    fn a_read_only_host_root_is_a_mount_made_read_only_last() {
+        let l = layout();
+        let exe = RootSource::Executable(Path::new("/target/debug/demo-app"));
+        let script = setup_script(&spec(&l, exe, &[], None, true)).expect("script");
+        let bind = script
+            .find("/usr/bin/mount --bind \"$R\" \"$R\"\n")
+            .expect("the root bound on itself");
+        let workdir = script.find("inroot mkdir -p -- '/data'").expect("workdir");
+        let ro = script.find("ro \"$R\"\n").expect("read-only root");
+        assert!(bind < workdir && workdir < ro, "{script}");
     }
 
     #[test]
@@ -392,24 +586,25 @@ mod tests {
         let l = layout();
         let user = RunAs {
             uid: 1000,
-            gid: 1000,
-            groups: vec![2000],
+            gid: 1001,
+            groups: vec![2000, 2001],
         };
-        let script = setup_script(&RootSpec {
-            title: "ns/p container c",
-            scratch: Path::new("/state/pods/p/rootfs/c"),
-            executable: Path::new("/work/target/debug/demo-app"),
-            mounts: &[],
-            working_dir: "/",
-            layout: &l,
-            started_marker: Path::new("/state/pods/p/c.started"),
-            user: Some(&user),
-        });
+        let exe = RootSource::Executable(Path::new("/work/target/debug/demo-app"));
+        let script = setup_script(&spec(&l, exe, &[], Some(&user), false)).expect("script");
         let last = script.lines().last().unwrap();
-        assert!(!last.contains("--userspec"), "{last}");
         assert!(
-            last.ends_with("/usr/bin/setpriv --reuid=1000 --regid=1000 --groups=2000 -- \"$@\""),
+            last.ends_with(&format!(
+                "{INIT_MARKER} /usr/bin/setpriv --regid=1001 --groups=2000,2001 -- \
+                 /usr/bin/unshare --root=\"$R\" --wd='/data' --setuid=1000 -- \"$@\""
+            )),
             "{last}"
         );
+        let lone = RunAs {
+            uid: 5,
+            gid: 6,
+            groups: vec![],
+        };
+        let script = setup_script(&spec(&l, exe, &[], Some(&lone), false)).expect("script");
+        assert!(script.contains("--regid=6 --clear-groups --"), "{script}");
     }
 }

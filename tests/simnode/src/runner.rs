@@ -7,8 +7,9 @@
 //!  └ nsenter --net --uts --ipc      (exec'd away: joins the pod's holder namespaces)
 //!     └ unshare --pid --fork --kill-child=KILL --mount --propagation private
 //!        └ sh setup-script          PID 1 of the container: builds the root, then
-//!           └ sh -c INIT            exec chroot: the mini init, forwarding SIGTERM
-//!              └ the container's command
+//!           └ sh -c INIT            exec: the mini init (host root), forwarding SIGTERM
+//!              └ [setpriv] unshare --root --wd [--setuid]   (exec'd away)
+//!                 └ the container's command, in the container's root
 //! ```
 //!
 //! The `unshare` parent is the node's direct child: if the node dies it gets SIGKILL, its
@@ -225,8 +226,8 @@ async fn supervise(
     }
 }
 
-/// Runs `argv` inside a running container (its namespaces and root, with `env`), for
-/// `exec` probes: `Ok(output)` on exit 0, `Err(message)` otherwise or after `timeout`.
+/// Runs `argv` inside a running container (the namespaces, root and working dir of its
+/// command, whose init is `pid1`, with `env`), for `exec` probes and hooks: `Ok(output)` on exit 0, `Err(message)` otherwise or after `timeout`.
 pub(crate) async fn exec_in(
     spawner: &Spawner,
     pid1: u32,
@@ -237,9 +238,11 @@ pub(crate) async fn exec_in(
     if argv.is_empty() {
         return Err("exec probe has no command".into());
     }
+    // The command's process, not the init: the init stays outside the container's root.
+    let target = find_pid1(pid1).unwrap_or(pid1);
     let mut args: Vec<String> = vec![
         "-t".into(),
-        pid1.to_string(),
+        target.to_string(),
         "-m".into(),
         "-u".into(),
         "-i".into(),

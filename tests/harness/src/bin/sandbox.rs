@@ -1,6 +1,11 @@
 //! `deployctl-sandbox`: a throwaway cluster with the simulated node to try deployctl by
-//! hand. Starts it, writes its kubeconfig to a known path, optionally applies manifests,
-//! and runs until Ctrl-C or SIGTERM, then tears everything down.
+//! hand. Starts it (with `--registry`, also a container registry the node pulls from),
+//! writes its kubeconfig to a known path, optionally applies manifests, and runs until
+//! Ctrl-C or SIGTERM, then tears everything down.
+//!
+//! Once ready it prints a line starting with `running;`, then `registry=127.0.0.1:PORT; `
+//! when `--registry` is given: `sed -n 's/^running;.*registry=\([^;]*\);.*/\1/p'` reads
+//! the address.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +36,14 @@ struct Args {
     /// Dir where component logs are kept after the sandbox exits.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+
+    /// Also run a container registry (plain HTTP on a free loopback port) that the
+    /// simulated node pulls from: push images to it with
+    /// `skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://127.0.0.1:PORT/REPO:TAG`
+    /// and run them as `127.0.0.1:PORT/REPO:TAG`. Its address is printed on the ready and
+    /// `running;` lines as `registry=127.0.0.1:PORT`.
+    #[arg(long)]
+    registry: bool,
 
     /// YAML file to server-side apply once the cluster is up (any kinds, many documents);
     /// may be repeated, applied in order.
@@ -63,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         node_count: args.nodes,
         state_parent: args.state_dir.clone(),
         log_dir: args.log_dir.clone(),
+        registry: args.registry,
         ..Default::default()
     })
     .await
@@ -74,11 +88,20 @@ async fn main() -> anyhow::Result<()> {
     }
     write_private(&kubeconfig, cluster.kubeconfig_yaml())?;
 
+    // `registry=HOST` is one `; `-separated field, the same on both lines, for scripts.
+    let registry_field = cluster
+        .registry()
+        .map(|r| format!("registry={}; ", r.host()))
+        .unwrap_or_default();
     println!(
-        "sandbox ready in {:.1?}: API server {}, nodes {:?}",
+        "sandbox ready in {:.1?}: API server {}, nodes {:?}{}",
         cluster.startup_time(),
         cluster.api_server_url(),
-        cluster.node_names()
+        cluster.node_names(),
+        cluster
+            .registry()
+            .map(|r| format!(", registry={}", r.host()))
+            .unwrap_or_default()
     );
     println!("state dir: {}", cluster.data_dir().display());
     println!("kubeconfig: {}", kubeconfig.display());
@@ -95,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
             println!("applied {object} (from {name})");
         }
     }
-    println!("running; Ctrl-C or SIGTERM stops and removes everything");
+    println!("running; {registry_field}Ctrl-C or SIGTERM stops and removes everything");
 
     wait_for_stop_signal().await?;
     println!("stopping");

@@ -37,3 +37,24 @@ def kube(kubeconfig) -> Kube:
 @pytest.fixture(scope="module")
 def run_id() -> str:
     return secrets.token_hex(3)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict:
+    """The images the cluster tests run, built by scripts/build-image.sh and served by the
+    sandbox's registry on loopback (tests/packaging/with-sandbox.sh builds and pushes them):
+    `controller` (`repository`, `tag`, `digest`: chart values) and `demo` (the demo app's
+    repository; tags v1 and v2 are pushed, with their `digests`)."""
+    controller = os.environ.get("DEPLOYCTL_TEST_IMAGE")
+    demo = os.environ.get("DEPLOYCTL_TEST_DEMO_IMAGE")
+    if not controller or not demo:
+        pytest.fail(
+            "DEPLOYCTL_TEST_IMAGE and DEPLOYCTL_TEST_DEMO_IMAGE are not set: the cluster tests run\n"
+            "the real images from a registry. tests/packaging/with-sandbox.sh builds them with\n"
+            "scripts/build-image.sh, starts deployctl-sandbox --registry and pushes them.")
+    name, digest = controller.split("@", 1)
+    repository, tag = name.rsplit(":", 1)
+    demo_repository, demo_digests = demo.split("@", 1)
+    digests = dict(pair.split("=", 1) for pair in demo_digests.split(","))
+    return {"controller": {"repository": repository, "tag": tag, "digest": digest},
+            "demo": {"repository": demo_repository, "digests": digests}}

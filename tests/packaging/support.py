@@ -149,3 +149,16 @@ def grants(rules: list[dict]) -> set[tuple[str, str, str, tuple[str, ...]]]:
 
 def roles(docs: list[dict]) -> list[dict]:
     return [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+
+
+def with_images(doc, demo_repository: str):
+    """`doc` (any manifest) with each `deployctl.dev/demo-app:<tag>` image replaced by the
+    same tag of `demo_repository`: the examples name the image as the README builds it, the
+    cluster tests pull it from the sandbox's registry."""
+    if isinstance(doc, dict):
+        return {k: (v.replace("deployctl.dev/demo-app:", demo_repository + ":", 1)
+                    if k == "image" and isinstance(v, str) else with_images(v, demo_repository))
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [with_images(v, demo_repository) for v in doc]
+    return doc

@@ -4,11 +4,12 @@ rolls out to Healthy, the demo stack is rolled back by a StackOperation and then
 when a bad upgrade fails its gates, the metrics answer, and killing the leader hands over.
 All of it with exactly the chart's permissions: the controller runs under its ServiceAccount.
 
-Needs DEPLOYCTL_TEST_KUBECONFIG (see conftest.py) and a cluster whose node runs the image
-deployctl.dev/deployctl: the simulated node of deployctl-sandbox with the workspace built
-(`cargo build --workspace --bins`; `tests/packaging/with-sandbox.sh` does both). On a
-cluster without a Ready node these tests are skipped, as the platform contract says for
-tests that need the simulated node."""
+The controller, its snapshot agent Jobs and the demo app run the real images, built by
+scripts/build-image.sh and pulled by digest from a registry: tests/packaging/with-sandbox.sh
+builds them, starts deployctl-sandbox with a registry on loopback and a simulated node that
+pulls from it, pushes them, and passes them in DEPLOYCTL_TEST_IMAGE and
+DEPLOYCTL_TEST_DEMO_IMAGE (see conftest.py). On a cluster without a Ready node these tests
+are skipped, as the platform contract says for tests that need the simulated node."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from kube import ApiError, Kube, wait_for
-from support import CHART_DIR, REPO, chart_for
+from support import CHART_DIR, REPO, chart_for, with_images
 
 STACK_API = "/apis/deployctl.dev/v1alpha1"
 
@@ -37,15 +38,18 @@ def node(kube: Kube):
 
 
 @pytest.fixture(scope="module")
-def running(kubeconfig, kube, node, run_id):
-    """The chart installed with its defaults, except that it watches only `stacks_ns`."""
+def running(kubeconfig, kube, node, run_id, images):
+    """The chart installed with its defaults, except that it watches only `stacks_ns` and
+    runs the image from the registry, pinned by digest."""
     name, ns, stacks_ns = f"deployctl-run-{run_id}", f"pkg-run-{run_id}", f"pkg-run-{run_id}-stacks"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": stacks_ns}})
     cfg = helm_python.Config(namespace=ns, kubeconfig_path=kubeconfig)
     cfg.install(chart_for(kube), name,
-                {"watchNamespace": stacks_ns, "leaderElection": {"leaseDuration": "6s"}},
+                {"watchNamespace": stacks_ns, "leaderElection": {"leaseDuration": "6s"},
+                 "image": images["controller"]},
                 namespace=ns, create_namespace=True, timeout=120)
-    ctx = {"name": name, "namespace": ns, "stacks": stacks_ns, "lease": f"{name}-controller"}
+    ctx = {"name": name, "namespace": ns, "stacks": stacks_ns, "lease": f"{name}-controller",
+           "demo_repository": images["demo"]["repository"]}
     try:
         yield ctx
     finally:
@@ -98,9 +102,26 @@ def test_both_replicas_get_ready_and_one_leads(kube, running):
         f"the Lease holder {lead!r} is not a controller pod: POD_NAME is not passed through")
 
 
+def test_the_controller_runs_the_image_pinned_by_digest(kube, running, images):
+    """What a platform team installs: the chart's image reference with the digest, pulled
+    from a registry by the node; the container status reports the digest it runs, and the
+    controller runs from the image's read-only root as the image's non-root user."""
+    image = images["controller"]
+    wait_for("2 ready controller pods", lambda: len(ready_pods(kube, running)) == 2, timeout=90)
+    for pod in ready_pods(kube, running):
+        spec = pod["spec"]["containers"][0]
+        assert spec["image"] == f"{image['repository']}:{image['tag']}@{image['digest']}", spec
+        assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+        status = pod["status"]["containerStatuses"][0]
+        assert status["imageID"] == f"{image['repository']}@{image['digest']}", status
+    events = kube.get(f"/api/v1/namespaces/{running['namespace']}/events")["items"]
+    pulled = [e["message"] for e in events if e["reason"] == "Pulled"]
+    assert any(image["digest"] in m or "Successfully pulled" in m for m in pulled), pulled
+
+
 def test_the_example_stack_rolls_out_to_healthy(kube, running):
     stack = yaml.safe_load((REPO / "deploy/gitops/stack/productionstack.yaml").read_text())
-    stack = copy.deepcopy(stack)
+    stack = with_images(copy.deepcopy(stack), running["demo_repository"])
     stack["metadata"]["namespace"] = running["stacks"]
     stack["spec"]["rollout"]["analysis"] = "5s"  # the example's 2m, shortened for the test
     # The simulated node has no cluster DNS, so the api tier cannot find `shop-db`: keep the
@@ -141,6 +162,7 @@ def demo_stack(running, file: str) -> dict:
     analysis: db (StatefulSet with a claim) and api (2 replicas, http and error-rate gates
     measured by the controller from its pod). The api tier needs no DNS."""
     stack = yaml.safe_load((REPO / "examples/demo-stack" / file).read_text())
+    stack = with_images(stack, running["demo_repository"])
     stack["metadata"] = {"name": DEMO, "namespace": running["stacks"]}
     stack["spec"]["rollout"]["analysis"] = "3s"  # the example's 10s, shortened
     # The example's p95 latency bound (500ms) is for a real cluster; here the controller,
@@ -218,7 +240,7 @@ def with_data(file: str) -> set[str]:
     return {c["name"] for c in stack["spec"]["components"] if c.get("data")}
 
 
-def test_a_bad_upgrade_is_rolled_back_by_the_controller(kube, running):
+def test_a_bad_upgrade_is_rolled_back_by_the_controller(kube, running, images):
     """examples/demo-stack/stack-bad.yaml: half of the new api's requests fail
     (FAULT_ERROR_RATE=0.5). Its gates fail during analysis and the controller, with the
     chart's permissions only, puts every rolled component back on the stable revision, and
@@ -242,6 +264,20 @@ def test_a_bad_upgrade_is_rolled_back_by_the_controller(kube, running):
     assert status["stableRevision"] == 1 and status["readyComponents"] == "2/2", status
     assert api_release(kube, running) == "1"
     assert "api" in last["reason"], f"the reason should name the failing component: {last}"
+    # The agent Jobs ran the controller's image, pinned by the same digest.
+    agents = kube.request("GET", f"/api/v1/namespaces/{running['stacks']}/pods",
+                          params={"labelSelector": "deployctl.dev/data-operation"})["items"]
+    assert agents, "no agent pods: the snapshot and restore Jobs' pods are kept (TTL one day)"
+    controller = images["controller"]
+    for pod in agents:
+        for status in pod["status"].get("containerStatuses", []):
+            assert status["imageID"] == f"{controller['repository']}@{controller['digest']}", status
+    # And the demo app its own image: the api's pods run v1's digest after the rollback.
+    api_pods = kube.request("GET", f"/api/v1/namespaces/{running['stacks']}/pods",
+                            params={"labelSelector": "deployctl.dev/component=api"})["items"]
+    v1 = f"{running['demo_repository']}@{images['demo']['digests']['v1']}"
+    assert any(s["imageID"] == v1 for p in api_pods
+               for s in p["status"].get("containerStatuses", [])), api_pods
     restored = {r["component"]: r for r in last.get("restores", [])}
     assert set(restored) == with_data("stack-bad.yaml"), last
     snapshots = kube.get(f"{STACK_API}/namespaces/{running['stacks']}/stacksnapshots")["items"]
@@ -270,10 +306,14 @@ def test_the_adoption_example(kube, running):
     rolls a bad ConfigMap edit back to the previous content while the user's ConfigMap keeps
     what the user wrote."""
     ns = running["stacks"]
+
+    def docs(file: str) -> list[dict]:
+        return with_images(example_docs(file), running["demo_repository"])
+
     apps = f"/apis/apps/v1/namespaces/{ns}/deployments"
-    for doc in example_docs("app.yaml"):
+    for doc in docs("app.yaml"):
         kube.apply(doc, namespace=ns)
-    stack = example_docs("stack.yaml")[0]
+    stack = docs("stack.yaml")[0]
     # `adopt`, not the example's `shop`: another test of this module runs a `shop` here.
     stack["metadata"] = {"name": "adopt", "namespace": ns}
     stack["spec"]["rollout"]["analysis"] = "3s"  # the example's 10s, shortened
@@ -307,7 +347,7 @@ def test_the_adoption_example(kube, running):
              lambda: kube.get(f"{apps}/web")["spec"]["replicas"] == 0, timeout=60)
 
     # Step 3: the HPA scales shop-web (minReplicas 3 here, so that it acts without metrics).
-    hpa = example_docs("hpa-adopted.yaml")[0]
+    hpa = docs("hpa-adopted.yaml")[0]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "shop-web"
     hpa["spec"]["scaleTargetRef"]["name"] = "adopt-web"
     hpa["spec"]["minReplicas"] = 3
@@ -317,14 +357,14 @@ def test_the_adoption_example(kube, running):
          lambda s: any(c.get("autoscaledBy") == "web" for c in s.get("components", [])), timeout=120)
 
     # Step 4: chart release 2.
-    for doc in example_docs("web-v2.yaml"):
+    for doc in docs("web-v2.yaml"):
         kube.apply(doc, namespace=ns)
     shop("revision 2 Healthy", lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == 2)
     assert release_of(web()) == "2" and web()["spec"]["replicas"] == 3, "the HPA's count stays"
     good_copy = config_of(web())
 
     # Step 5: a bad ConfigMap edit is rolled back to the previous content.
-    for doc in example_docs("config-bad.yaml"):
+    for doc in docs("config-bad.yaml"):
         kube.apply(doc, namespace=ns)
     status = shop("the bad config to be rolled back", lambda s: (
         s.get("phase") == "RolledBack" and (s.get("lastRollback") or {}).get("fromRevision") == 3 and s))

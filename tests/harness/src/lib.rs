@@ -28,6 +28,7 @@ pub mod process;
 pub mod registry;
 pub mod shared;
 pub mod volumes;
+pub mod wait;
 
 pub use apply::apply_yaml;
 pub use cluster::{
@@ -41,3 +42,4 @@ pub use node::workspace_images;
 pub use registry::{Registry, RegistryEndpoint};
 pub use shared::{shared, shared_with_registry, SharedEnv, TestNamespace};
 pub use volumes::{claim_dir, files_under};
+pub use wait::wait_for;

@@ -10,19 +10,17 @@
 //! other and the API server in-cluster; deleting a pod stops its processes and removes its veth.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deployctl_harness::{apply_yaml, require_sim_node, shared, SharedEnv, TestNamespace};
+use deployctl_harness::{apply_yaml, require_sim_node, shared, wait_for, SharedEnv, TestNamespace};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Endpoints, Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Poll interval of every wait below (not a fixed sleep: each wait has a deadline).
-const POLL: Duration = Duration::from_millis(200);
 const FIELD_MANAGER: &str = "platform-test";
 
 /// A test's namespace and client.
@@ -85,25 +83,6 @@ impl Ctx {
             .await
             .map(|l| l.items.into_iter().filter_map(|e| e.reason).collect())
             .unwrap_or_default()
-    }
-}
-
-/// Polls `probe` until it returns `Ok`, panicking after `timeout` with its last `Err`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
-        if started.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 

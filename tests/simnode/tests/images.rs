@@ -18,20 +18,19 @@
 //! corrupted layer is refused and nothing of it is kept.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deployctl_harness::{
-    apply_yaml, require_sim_node, shared_with_registry, RegistryEndpoint, SharedEnv, TestNamespace,
+    apply_yaml, require_sim_node, shared_with_registry, wait_for, RegistryEndpoint, SharedEnv,
+    TestNamespace,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use kube::api::{Api, ListParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-const POLL: Duration = Duration::from_millis(200);
 const FIELD_MANAGER: &str = "images-test";
 /// How long a pod may take to run: the first pull of an image included.
 const START: Duration = Duration::from_secs(90);
@@ -500,24 +499,6 @@ impl Proc {
             nix::unistd::Pid::from_raw(i32::try_from(self.0).expect("pid")),
             nix::sys::signal::Signal::SIGKILL,
         );
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
-        if started.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
